@@ -1,0 +1,43 @@
+"""shardspec: a sharding-strategy compiler for JAX.
+
+    strategy = shardspec.load("strategies/attention_dp.yaml")
+    plan = shardspec.compile(strategy)            # mesh + PartitionSpec trees
+    print(shardspec.explain(plan))                # every tensor, bytes per device
+    model = shardspec.apply(plan)                 # parameters created in their shardings
+
+`load` and `Strategy` never import jax, so loading and validating a strategy is
+instant; the rest is imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from .errors import ShardspecError
+from .load import load
+from .strategy import Strategy
+
+# Public name -> module that defines it (imported lazily: these pull in jax).
+_LAZY = {
+    "compile": ".plan",
+    "ShardingPlan": ".plan",
+    "apply": ".apply",
+    "explain": ".explain",
+    "Engine": ".runtime",
+}
+
+__all__ = ["load", "Strategy", "ShardspecError", *_LAZY]
+
+if TYPE_CHECKING:
+    from .apply import apply
+    from .explain import explain
+    from .plan import ShardingPlan, compile
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'shardspec' has no attribute {name!r}")

@@ -1,0 +1,101 @@
+"""The one user-facing error type and the one place it is formatted.
+
+Every problem a user can cause (a bad strategy, a bad request file, a bad flag)
+becomes a `Problem`: where it is (file, line, YAML path), what is wrong (with the
+bad value) and how to fix it. A `ShardspecError` carries one or more problems so
+that a strategy with three mistakes reports all three at once.
+
+    error: attn_dp.yaml:7: parallelism.attention_data: 3 does not divide tensor=8 (use 1, 2, 4 or 8, or auto)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Iterable, Mapping, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    message: str
+    path: str = ""
+    file: str | None = None
+    line: int | None = None
+    hint: str | None = None
+
+    def format(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = self.file if self.line is None else f"{self.file}:{self.line}"
+            where += ": "
+        path = f"{self.path}: " if self.path else ""
+        hint = f" ({self.hint})" if self.hint else ""
+        return f"error: {where}{path}{self.message}{hint}"
+
+
+class ShardspecError(Exception):
+    """A user error: exit code 2 on the command line, one line per problem."""
+
+    def __init__(self, problems: Problem | str | Iterable[Problem], **location):
+        if isinstance(problems, str):
+            problems = [Problem(problems, **location)]
+        elif isinstance(problems, Problem):
+            problems = [problems]
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        if not self.problems:
+            raise ValueError("ShardspecError needs at least one problem")
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        return "\n".join(p.format() for p in self.problems)
+
+
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)'-style suffix text, or '' when nothing is close."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def one_of(choices: Iterable[object]) -> str:
+    """Human list of valid choices: 'a, b or c'."""
+    items = [str(c) for c in choices]
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " or " + items[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where a strategy came from: its file name and the line of each YAML path."""
+
+    file: str = "<strategy>"
+    lines: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+    def line(self, path: str) -> int | None:
+        """Line of `path`, else of its nearest ancestor that has one."""
+        while True:
+            if path in self.lines:
+                return self.lines[path]
+            if not path:
+                return None
+            path = _parent(path)
+
+    def problem(self, path: str, message: str, hint: str | None = None) -> Problem:
+        return Problem(message, path=path, file=self.file, line=self.line(path), hint=hint)
+
+    def error(self, path: str, message: str, hint: str | None = None) -> ShardspecError:
+        return ShardspecError(self.problem(path, message, hint))
+
+
+def _parent(path: str) -> str:
+    """'params[0].match' -> 'params[0]' -> 'params' -> ''."""
+    if path.endswith("]"):
+        return path[: path.rindex("[")]
+    return path.rpartition(".")[0]
+
+
+def raise_all(problems: Sequence[Problem]) -> None:
+    """Raise one error holding every problem, sorted by file position, if any."""
+    if problems:
+        ordered = sorted(problems, key=lambda p: (p.file or "", p.line or 0, p.path))
+        raise ShardspecError(ordered)
