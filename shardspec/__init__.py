@@ -24,7 +24,6 @@ _LAZY = {
     "ShardingPlan": ".plan",
     "apply": ".apply",
     "explain": ".explain",
-    "Engine": ".runtime",
 }
 
 __all__ = ["load", "Strategy", "ShardspecError", *_LAZY]
