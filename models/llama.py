@@ -1,0 +1,166 @@
+"""A Llama-3 decoder in Flax NNX, annotated with logical axes only.
+
+Reads top to bottom: RMSNorm, RoPE, grouped-query attention, SwiGLU MLP,
+decoder layer, model. Parameter paths follow Hugging Face names
+(`layers.0.self_attn.q_proj`) so checkpoints map one to one.
+
+Sharding enters through one explicit argument, a `Layout`: `constrain(x, name)`
+pins activations at the named points of `axes.ACTIVATIONS`, and
+`kv_repeat` says how many times each KV head is repeated so that every
+device of the `model` axis holds the KV head its query heads read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .axes import EMBED, HEAD_DIM, HEADS, KV_HEADS, MLP, VOCAB
+from .config import LlamaConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a forward pass is laid out. The default is one unsharded device."""
+
+    constrain: Callable[[jax.Array, str], jax.Array] = lambda x, name: x
+    kv_repeat: int = 1  # each KV head repeated so every model shard holds the ones it reads
+
+
+def _param(rngs: nnx.Rngs | None, shape, axes, dtype, fan_in: int | None = None) -> nnx.Param:
+    """A parameter with its logical axes; `rngs=None` builds an abstract one (no memory).
+
+    Scaled normal init: logits of a random model stay O(1), so greedy tokens are
+    well separated and sharded-vs-unsharded checks are meaningful.
+    """
+    if rngs is None:
+        return nnx.Param(jax.ShapeDtypeStruct(shape, dtype), out_sharding=axes)
+    std = 1.0 if fan_in is None else fan_in**-0.5
+    return nnx.Param(nnx.initializers.normal(std)(rngs.params(), shape, dtype), out_sharding=axes)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, dtype, abstract: bool = False):
+        ones = jax.ShapeDtypeStruct((dim,), dtype) if abstract else jnp.ones((dim,), dtype)
+        self.scale = nnx.Param(ones, out_sharding=(EMBED,))
+        self.eps = eps
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (normed * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def rope(x, positions, theta: float):
+    """Rotary embedding, Hugging Face's half-split layout. x: [B, T, H, D]; positions: [B, T]."""
+    half = x.shape[-1] // 2
+    freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [D/2]
+    angles = positions[..., None].astype(jnp.float32) * freqs  # [B, T, D/2]
+    cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]  # [B, T, 1, D/2]
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, dtype, rngs: nnx.Rngs | None):
+        E, H, K, D = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = _param(rngs, (E, H, D), (EMBED, HEADS, HEAD_DIM), dtype, fan_in=E)
+        self.k_proj = _param(rngs, (E, K, D), (EMBED, KV_HEADS, HEAD_DIM), dtype, fan_in=E)
+        self.v_proj = _param(rngs, (E, K, D), (EMBED, KV_HEADS, HEAD_DIM), dtype, fan_in=E)
+        self.o_proj = _param(rngs, (H, D, E), (HEADS, HEAD_DIM, EMBED), dtype, fan_in=H * D)
+        self.rope_theta = cfg.rope_theta
+
+    def project_qkv(self, x, positions, layout: Layout):
+        """x: [B, T, E] -> q [B, T, H, D], k and v [B, T, K*r, D] (r = KV-head replication)."""
+        q = jnp.einsum("bte,ehd->bthd", x, self.q_proj[...])
+        k = jnp.einsum("bte,ekd->btkd", x, self.k_proj[...])
+        v = jnp.einsum("bte,ekd->btkd", x, self.v_proj[...])
+        q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+        r = layout.kv_repeat
+        if r > 1:  # slot s holds KV head s // r: query head h reads slot h * K*r / H
+            k, v = jnp.repeat(k, r, axis=2), jnp.repeat(v, r, axis=2)
+        q = layout.constrain(q, "attn_q")
+        return q, layout.constrain(k, "attn_kv"), layout.constrain(v, "attn_kv")
+
+    def output(self, attn, layout: Layout):
+        """attn: [B, T, H, D] -> [B, T, E]."""
+        return layout.constrain(jnp.einsum("bthd,hde->bte", attn, self.o_proj[...]), "attn_out")
+
+    def __call__(self, x, positions, layout: Layout):
+        """Causal self-attention over whole sequences. x: [B, T, E]."""
+        q, k, v = self.project_qkv(x, positions, layout)
+        B, T, H, D = q.shape
+        Kr = k.shape[2]
+        q = q.reshape(B, T, Kr, H // Kr, D)  # [B, T, K', G, D]
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * D**-0.5
+        causal = positions[:, None, None, :, None] >= positions[:, None, None, None, :]  # [B,1,1,T,S]
+        scores = jnp.where(causal, scores, -jnp.inf)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        attn = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, D)
+        return self.output(attn, layout)
+
+
+class SwiGLU(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, dtype, rngs: nnx.Rngs | None):
+        E, F = cfg.hidden_size, cfg.mlp_size
+        self.gate_proj = _param(rngs, (E, F), (EMBED, MLP), dtype, fan_in=E)
+        self.up_proj = _param(rngs, (E, F), (EMBED, MLP), dtype, fan_in=E)
+        self.down_proj = _param(rngs, (F, E), (MLP, EMBED), dtype, fan_in=F)
+
+    def __call__(self, x, layout: Layout):
+        """SwiGLU. x: [B, T, E] -> [B, T, E]."""
+        x = layout.constrain(x, "mlp_in")
+        h = jax.nn.silu(x @ self.gate_proj[...]) * (x @ self.up_proj[...])  # [B, T, F]
+        h = layout.constrain(h, "mlp_hidden")
+        return layout.constrain(h @ self.down_proj[...], "mlp_out")
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, dtype, rngs: nnx.Rngs | None):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_eps, dtype, abstract=rngs is None)
+        self.self_attn = Attention(cfg, dtype, rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_eps, dtype, abstract=rngs is None)
+        self.mlp = SwiGLU(cfg, dtype, rngs)
+
+    def __call__(self, x, positions, layout: Layout):
+        x = x + self.self_attn(self.input_layernorm(x), positions, layout)
+        return x + self.mlp(self.post_attention_layernorm(x), layout)
+
+
+class Llama(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, dtype=jnp.float32, rngs: nnx.Rngs | None):
+        """`rngs=None` builds the model abstractly: parameters are ShapeDtypeStructs."""
+        self.config = cfg
+        self.embed_tokens = _param(rngs, (cfg.vocab_size, cfg.hidden_size), (VOCAB, EMBED), dtype)
+        self.layers = nnx.List([DecoderLayer(cfg, dtype, rngs) for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_eps, dtype, abstract=rngs is None)
+        if not cfg.tie_embeddings:
+            self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), (EMBED, VOCAB), dtype,
+                                  fan_in=cfg.hidden_size)
+
+    def embed(self, tokens, layout: Layout):
+        """tokens: [B, T] int -> [B, T, E]."""
+        return layout.constrain(jnp.take(self.embed_tokens[...], tokens, axis=0), "attn_in")
+
+    def logits(self, x, layout: Layout):
+        """x: [B, T, E] -> [B, T, V]; a vocab padded for sharding is cut back to the real one."""
+        x = layout.constrain(self.norm(x), "mlp_in")
+        if self.config.tie_embeddings:
+            logits = x @ self.embed_tokens[...].T
+        else:
+            logits = x @ self.lm_head[...]
+        logits = layout.constrain(logits, "logits")
+        return logits[..., : self.config.vocab_size]
+
+    def __call__(self, tokens, positions=None, layout: Layout = Layout()):
+        """Dense causal forward over whole sequences: tokens [B, T] -> logits [B, T, V]."""
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        x = self.embed(tokens, layout)
+        for layer in self.layers:
+            x = layout.constrain(layer(x, positions, layout), "attn_in")
+        return self.logits(x, layout)

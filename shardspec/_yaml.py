@@ -1,0 +1,216 @@
+"""Safe YAML parsing that remembers where every key came from.
+
+    data, lines = parse_document(text, "attn_dp.yaml")
+    lines["parallelism.attention_data"]  # -> 7
+
+PyYAML's `safe_load` throws the node tree (and so the line numbers) away and
+silently keeps the last of two duplicate keys. Here the text is composed into
+nodes with `SafeLoader`, the nodes are checked (size, tags, keys) and their lines
+recorded, and only then turned into plain data by SafeLoader's own constructor.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import yaml
+
+from .errors import Problem, ShardspecError, raise_all
+
+# Expanded node count above which a document is rejected. A strategy is a few
+# hundred nodes; anchors and aliases can make a 1 kB file expand to billions.
+MAX_NODES = 10_000
+
+_STD = "tag:yaml.org,2002:"
+_MERGE = _STD + "merge"  # `<<: *base`
+_VALUE = _STD + "value"  # a bare `=` key, constructed as the string '='
+# Only what SafeLoader itself constructs: never python/*, never custom `!tags`.
+_SAFE_TAGS = frozenset(tag for tag in yaml.SafeLoader.yaml_constructors if tag is not None)
+
+
+def parse_document(text: str | bytes, file: str) -> tuple[dict, dict[str, int]]:
+    """(data, {yaml path: 1-based line of its key}) of a strategy-like file.
+
+    The top level must be a mapping with text keys. Raises `ShardspecError`
+    (with `file` and the line) for anything that is not plain, safe YAML data.
+    """
+    loader, root = _compose(text, file)
+    try:
+        if root is None or root.tag == _STD + "null" and not root.value:
+            raise ShardspecError("the file is empty", file=file,
+                                 hint="a strategy needs at least `parallelism:`")
+        _check_size(root, file)
+        if not isinstance(root, yaml.MappingNode) or root.tag != _STD + "map":
+            raise ShardspecError(
+                f"the top level must be a mapping (name:, parallelism:, ...), got {_kind(root)}",
+                file=file, line=_line(root))
+        lines: dict[str, int] = {}
+        raise_all(list(_walk(root, "", file, lines)))
+        return _construct(loader, root, file), lines
+    finally:
+        loader.dispose()
+
+
+def parse_value(text: str, file: str) -> object:
+    """One safe YAML value (e.g. the right-hand side of `--set key=value`)."""
+    loader, root = _compose(text, file)
+    try:
+        if root is None:
+            return None
+        _check_size(root, file)
+        raise_all(list(_walk(root, "", file, {})))
+        return _construct(loader, root, file)
+    finally:
+        loader.dispose()
+
+
+def join_path(parts: Iterable[str | int]) -> str:
+    """('params', 0, 'match') -> 'params[0].match'."""
+    path = ""
+    for part in parts:
+        path = _child(path, part)
+    return path
+
+
+def _child(path: str, part: str | int) -> str:
+    if isinstance(part, int):
+        return f"{path}[{part}]"
+    return f"{path}.{part}" if path else str(part)
+
+
+def _compose(text: str | bytes, file: str) -> tuple[yaml.SafeLoader, yaml.Node | None]:
+    if isinstance(text, bytes):
+        text = _decode(text, file)
+    loader = yaml.SafeLoader(text)
+    try:
+        return loader, loader.get_single_node()
+    except yaml.MarkedYAMLError as e:
+        loader.dispose()
+        raise _syntax_error(e, file) from None
+    except yaml.reader.ReaderError as e:
+        loader.dispose()
+        line = text.count("\n", 0, e.position) + 1
+        raise ShardspecError(f"invalid YAML: character {e.character!r}: {e.reason}",
+                             file=file, line=line) from None
+    except RecursionError:
+        loader.dispose()
+        raise ShardspecError("invalid YAML: nested too deeply", file=file) from None
+
+
+def _decode(data: bytes, file: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ShardspecError(f"not UTF-8 text (byte 0x{data[e.start]:02x})", file=file,
+                             line=line, hint="save the file as UTF-8") from None
+
+
+def _syntax_error(e: yaml.MarkedYAMLError, file: str) -> ShardspecError:
+    mark = e.problem_mark or e.context_mark
+    hint = None
+    if e.context and e.context_mark is not None:
+        hint = f"{e.context} at line {e.context_mark.line + 1}"
+    return ShardspecError(f"invalid YAML: {e.problem or e.context}", file=file,
+                          line=mark.line + 1 if mark else None, hint=hint)
+
+
+def _check_size(root: yaml.Node, file: str) -> None:
+    """Reject documents whose aliases expand past MAX_NODES, without expanding.
+
+    An alias is the *same* node object as its anchor, so counting each node once
+    (memoised by id) takes time linear in the text even for a billion laughs.
+    """
+    counts: dict[int, int] = {}
+    active: set[int] = set()  # nodes on the current path: an alias to one is a cycle
+
+    def count(node: yaml.Node) -> int:
+        if id(node) in counts:
+            return counts[id(node)]
+        if id(node) in active:
+            raise ShardspecError("an anchor is used inside itself (recursive alias)",
+                                 file=file, line=_line(node))
+        active.add(id(node))
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(count(item) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(count(k) + count(v) for k, v in node.value)
+        active.discard(id(node))
+        if total > MAX_NODES:
+            raise ShardspecError(
+                f"the document expands to more than {MAX_NODES} values "
+                "(anchors and aliases nested too deeply)", file=file, line=_line(node))
+        counts[id(node)] = total
+        return total
+
+    count(root)
+
+
+def _walk(node: yaml.Node, path: str, file: str, lines: dict[str, int]) -> Iterable[Problem]:
+    """Problems of `node` and below; records the line of every key and list item.
+
+    Lines are only set once (`setdefault`), and a mapping's own keys are visited
+    before its `<<` merges, so an explicit key wins over a merged one, as in YAML.
+    """
+    if node.tag not in _SAFE_TAGS:
+        yield Problem(f"the tag {_short_tag(node.tag)} is not allowed", path=path, file=file,
+                      line=_line(node), hint="a strategy is plain data: values, lists and mappings")
+        return  # never look inside (or construct) an untrusted tag
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.setdefault(_child(path, i), _line(item))
+            yield from _walk(item, _child(path, i), file, lines)
+    elif isinstance(node, yaml.MappingNode):
+        yield from _walk_mapping(node, path, file, lines)
+
+
+def _walk_mapping(node: yaml.MappingNode, path: str, file: str,
+                  lines: dict[str, int]) -> Iterable[Problem]:
+    seen: dict[str, int] = {}
+    merges = []
+    for key, value in node.value:
+        if key.tag == _MERGE:
+            merges.append(value)
+            continue
+        if not isinstance(key, yaml.ScalarNode) or key.tag not in (_STD + "str", _VALUE):
+            yield Problem(f"keys must be text, got {_kind(key)}", path=path, file=file,
+                          line=_line(key), hint="quote the key")
+            continue
+        child = _child(path, key.value)
+        if key.value in seen:
+            yield Problem(f"duplicate key {key.value!r} (first at line {seen[key.value]})",
+                          path=child, file=file, line=_line(key), hint="keep one of them")
+            continue
+        seen[key.value] = _line(key)
+        lines.setdefault(child, _line(key))
+        yield from _walk(value, child, file, lines)
+    for merged in merges:  # `<<: *base` or `<<: [*base, *other]`
+        if isinstance(merged, yaml.SequenceNode) and merged.tag == _STD + "seq":
+            for item in merged.value:
+                yield from _walk(item, path, file, lines)
+        else:
+            yield from _walk(merged, path, file, lines)
+
+
+def _construct(loader: yaml.SafeLoader, root: yaml.Node, file: str) -> object:
+    try:
+        return loader.construct_document(root)
+    except yaml.MarkedYAMLError as e:  # e.g. a bad !!binary or an unhashable set item
+        raise _syntax_error(e, file) from None
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag[len(_STD):] if tag.startswith(_STD) else tag
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    return repr(node.value)

@@ -1,0 +1,240 @@
+"""`compile()`: Strategy + model shapes -> ShardingPlan, the single source of truth.
+
+Every derived size (DP ranks, attention-TP size, KV-head replication, pages per
+rank) is computed here once; explain, apply, check and the runtime read it and
+never recompute it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import AbstractMesh, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from . import mesh as mesh_lib
+from . import rules as rules_lib
+from .errors import ShardspecError, raise_all
+from .load import load
+from .models import axes as ax
+from .models.config import LlamaConfig
+from .models.llama import Layout
+from .models.registry import abstract, resolve_config
+from .strategy import Strategy
+
+CPU_PAGES_PER_RANK = 256  # `num_pages: auto` on CPU: 4,096 tokens a rank at page_size 16
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
+           "float8_e4m3fn": jnp.float8_e4m3fn}
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamLayout:
+    path: str  # "layers.0.self_attn.q_proj"
+    shape: tuple[int, ...]  # the model's shape
+    stored_shape: tuple[int, ...]  # after policy padding (== shape unless padded)
+    dtype: str
+    axes: tuple[str | None, ...]  # logical axes
+    spec: P
+    bytes_per_device: int
+    notes: tuple[str, ...]  # policy fallbacks, KV-head replication
+    axes_from: str | None = None  # "params[0]" when a `params:` override set the axes
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.stored_shape) * jnp.dtype(self.dtype).itemsize
+
+
+@dataclasses.dataclass(frozen=True)
+class KVCacheLayout:
+    """One array per layer for K and one for V: [pages, page_size, kv slots, head_dim]."""
+
+    spec: P
+    kv_heads: int  # the model's KV heads
+    slots: int  # KV heads as stored: kv_heads × repeat
+    replication: int  # devices of one tensor group holding each KV head
+    page_size: int
+    pages_per_rank: int
+    dtype: str
+    bytes_per_page_per_device: int  # K and V, all layers
+
+    def bytes_per_device(self, pages_per_rank: int | None = None) -> int:
+        return self.bytes_per_page_per_device * (pages_per_rank or self.pages_per_rank)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ShardingPlan:
+    strategy: Strategy
+    model: LlamaConfig
+    mesh: Mesh | AbstractMesh
+    mesh_shape: Mapping[str, int]
+    attention_data: int
+    attention_data_why: str
+    rules: Mapping[str, rules_lib.Rule]
+    params: tuple[ParamLayout, ...]
+    activations: Mapping[str, P]
+    kv_cache: KVCacheLayout
+    graphdef: nnx.GraphDef  # the model's structure, for apply()
+    abstract_state: nnx.State  # parameter ShapeDtypeStructs (model shapes)
+
+    @property
+    def dp_ranks(self) -> int:
+        """Ranks that each own requests and KV pages: data × attn_dp."""
+        return self.mesh_shape["data"] * self.mesh_shape["attn_dp"]
+
+    @property
+    def attn_tp(self) -> int:
+        """Devices that split one rank's attention heads."""
+        return self.mesh_shape["model"]
+
+    @property
+    def kv_repeat(self) -> int:
+        """How often the forward repeats each KV head (1 unless model > kv_heads)."""
+        return self.kv_cache.slots // self.kv_cache.kv_heads
+
+    @property
+    def dtype(self):
+        return _DTYPES[self.strategy.runtime.dtype]
+
+    @property
+    def is_abstract(self) -> bool:
+        return not isinstance(self.mesh, Mesh)
+
+    def param(self, path: str) -> ParamLayout:
+        return next(p for p in self.params if p.path == path)
+
+    def param_specs(self) -> nnx.State:
+        """PartitionSpec tree shaped like the model's parameter state."""
+        specs = {p.path: p.spec for p in self.params}
+        flat = nnx.to_flat_state(self.abstract_state)
+        return nnx.from_flat_state([(k, v.replace(specs[_dotted(k)])) for k, v in flat])
+
+    def param_shardings(self) -> nnx.State:
+        return jax.tree.map(lambda spec: NamedSharding(self.mesh, spec), self.param_specs())
+
+    def sharding(self, spec: P) -> NamedSharding:
+        return NamedSharding(self.mesh, spec)
+
+    def constrain(self, x: jax.Array, name: str) -> jax.Array:
+        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, self.activations[name]))
+
+    @property
+    def layout(self) -> Layout:
+        """What the model's forward needs from the plan, passed explicitly."""
+        return Layout(constrain=self.constrain, kv_repeat=self.kv_repeat)
+
+
+def _dotted(path: Sequence) -> str:
+    return ".".join(str(k) for k in path)
+
+
+def compile(strategy: Strategy | str | os.PathLike, model: str | LlamaConfig | None = None, *,
+            devices: Sequence[jax.Device] | None = None, abstract_mesh: bool = False) -> ShardingPlan:
+    """Compile a strategy against a model's abstract shapes.
+
+    `abstract_mesh=True` builds the plan on an AbstractMesh: every check runs and
+    nothing touches a device (validate, explain). Otherwise the mesh is built on
+    `devices` (default: all devices, whose count must match the strategy).
+    """
+    if not isinstance(strategy, Strategy):
+        strategy = load(strategy)
+    if model is None and strategy.model is None:
+        raise ShardspecError("no model given", path="model", file=strategy.source.file,
+                             hint="set model: in the strategy or pass --model (see `shardspec models`)")
+    config = resolve_config(model if model is not None else strategy.model)
+    attention_data, why = strategy.resolve_attention_data(config.num_kv_heads)
+    shape = mesh_lib.mesh_shape(strategy, attention_data)
+    table = rules_lib.rule_table(strategy)
+
+    abstract_model = abstract(config, dtype=_DTYPES[strategy.runtime.dtype])
+    graphdef, state = nnx.split(abstract_model)
+    params, problems = _param_layouts(state, strategy, table, shape)
+    activations, act_problems = _activation_specs(strategy, table, shape)
+    kv = _kv_cache_layout(strategy, table, shape, config)
+    raise_all(problems + act_problems)
+
+    if abstract_mesh:
+        mesh = mesh_lib.abstract_mesh(shape)
+    else:
+        mesh = mesh_lib.device_mesh(shape, strategy, devices)
+    return ShardingPlan(strategy, config, mesh, shape, attention_data, why, table, tuple(params),
+                        activations, kv, graphdef, state)
+
+
+def _param_layouts(state, strategy, table, shape):
+    overrides = [(o, re.compile(o.match)) for o in strategy.params]
+    layouts, problems = [], []
+    for key, var in nnx.to_flat_state(state):
+        path, value = _dotted(key), var.get_value()
+        axes = tuple(var.get_metadata().get("out_sharding") or (None,) * value.ndim)
+        axes_from = None
+        for o, regex in overrides:
+            if regex.search(path):
+                if len(o.axes) != value.ndim:
+                    problems.append(strategy.source.problem(
+                        f"params[{o.index}].axes", f"{path} has {value.ndim} dims but {len(o.axes)} axes were given",
+                        f"give one logical axis (or null) per dim of shape {tuple(value.shape)}"))
+                    break
+                axes, axes_from = o.axes, f"params[{o.index}]"
+                break
+        res, found = rules_lib.resolve_array(path, value.shape, axes, table=table, mesh_shape=shape,
+                                             strategy=strategy, axes_from=axes_from)
+        problems += found
+        notes = res.notes + (("KV heads replicated over model",) if res.kv_replicated else ())
+        layouts.append(ParamLayout(
+            path, tuple(value.shape), res.padded_shape, jnp.dtype(value.dtype).name, axes, res.spec,
+            rules_lib.bytes_per_device(res.padded_shape, res.spec, shape, jnp.dtype(value.dtype).itemsize),
+            notes, axes_from))
+    return layouts, _dedupe(problems)
+
+
+def _dedupe(problems):
+    """One problem per (location, message without the parameter path): layers repeat."""
+    seen, out = set(), []
+    for p in problems:
+        key = (p.path, p.message.partition(": ")[2] or p.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def _activation_specs(strategy, table, shape):
+    specs, problems = {}, []
+    for name, logical in ax.ACTIVATIONS.items():
+        entries, used = [], {}
+        for axis in logical:
+            rule = table.get(axis) if axis else None
+            mesh = rules_lib.effective_axes(rule.mesh_axes, shape) if rule else ()
+            for a in mesh:
+                if a in used:
+                    problems.append(strategy.source.problem(rule.yaml_path or "rules",
+                        f"activation {name!r}: mesh axis {a!r} shards both {used[a]!r} and {axis!r}",
+                        "a mesh axis may shard only one dimension of an array; change one of the rules"))
+                used[a] = axis
+            entries.append(rules_lib.spec_entry(mesh))
+        specs[name] = P(*entries)
+    return specs, _dedupe(problems)
+
+
+def _kv_cache_layout(strategy, table, shape, config) -> KVCacheLayout:
+    kv_axes = rules_lib.effective_axes(table[ax.KV_HEADS].mesh_axes, shape)
+    kv_shards = math.prod(shape[a] for a in kv_axes)
+    kv = config.num_kv_heads
+    slots = kv if kv % kv_shards == 0 else math.lcm(kv, kv_shards)
+    pages = rules_lib.spec_entry(rules_lib.effective_axes(table[ax.KV_PAGES].mesh_axes, shape))
+    spec = P(pages, None, rules_lib.spec_entry(kv_axes), None)
+    cfg = strategy.kv_cache
+    per_page = (2 * config.num_layers * cfg.page_size * (slots // kv_shards) * config.head_dim
+                * jnp.dtype(_DTYPES[cfg.dtype]).itemsize)
+    pages_per_rank = CPU_PAGES_PER_RANK if cfg.num_pages == "auto" else int(cfg.num_pages)
+    # Copies of each KV head in one tensor group: repeated slots × model devices per slot.
+    replication = (slots // kv) * max(1, shape["model"] // kv_shards)
+    return KVCacheLayout(spec, kv, slots, replication, cfg.page_size, pages_per_rank, cfg.dtype, per_page)

@@ -1,0 +1,150 @@
+"""Logical axes -> mesh axes: the rule table and the resolution of one array.
+
+The only module besides `mesh.py` that knows mesh axis names. Pure: a function
+of the strategy, a shape and the mesh shape; no devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping, Sequence
+
+from jax.sharding import PartitionSpec as P
+
+from .errors import Problem
+from .models import axes as ax
+from .strategy import Strategy
+
+# logical axis -> (mesh axes, why). DESIGN §2.
+DEFAULT_RULES: dict[str, tuple[tuple[str, ...], str]] = {
+    ax.BATCH: (("data", "attn_dp"), "each DP rank owns its tokens"),
+    ax.KV_PAGES: (("data", "attn_dp"), "each DP rank owns its KV pages"),
+    ax.MLP_BATCH: (("data",), "inside the FFN the attn_dp devices act as tensor parallel"),
+    ax.HEADS: (("model",), "Megatron attention"),
+    ax.KV_HEADS: (("model",), "Megatron attention"),
+    ax.MLP: (("attn_dp", "model"), "the FFN uses the whole tensor group"),
+    ax.VOCAB: (("attn_dp", "model"), "the vocab uses the whole tensor group"),
+    ax.EXPERT: (("expert",), "expert parallelism"),
+    ax.EXPERT_MLP: (("attn_dp", "model"), "experts use the whole tensor group"),
+    ax.EMBED: ((), "replicated"),
+    ax.HEAD_DIM: ((), "replicated"),
+}
+
+# Dimensions that can be zero-padded without changing the model's outputs:
+# padded FFN columns give silu(0) * 0 = 0, padded vocab columns are cut off.
+PADDABLE = frozenset({ax.MLP, ax.EXPERT_MLP, ax.VOCAB})
+
+# Which strategy key sets the size of each mesh axis (for error locations).
+_AXIS_KEY = {"data": "parallelism.data", "attn_dp": "parallelism.attention_data",
+             "expert": "parallelism.expert", "model": "parallelism.tensor"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    logical: str
+    mesh_axes: tuple[str, ...]  # as written, size-1 axes included
+    why: str  # "default: Megatron attention" or "rules.mlp"
+    yaml_path: str | None  # where the user set it, for errors
+
+
+def rule_table(strategy: Strategy) -> dict[str, Rule]:
+    table = {name: Rule(name, mesh, f"default: {why}", None) for name, (mesh, why) in DEFAULT_RULES.items()}
+    for name, mesh in strategy.rules.items():
+        table[name] = Rule(name, tuple(mesh), f"rules.{name}", f"rules.{name}")
+    return table
+
+
+def effective_axes(mesh_axes: Sequence[str], mesh_shape: Mapping[str, int]) -> tuple[str, ...]:
+    """Mesh axes that actually split: size-1 axes are dropped from specs."""
+    return tuple(a for a in mesh_axes if mesh_shape[a] > 1)
+
+
+def spec_entry(mesh_axes: tuple[str, ...]):
+    """PartitionSpec entry: None, 'model' or ('attn_dp', 'model')."""
+    if not mesh_axes:
+        return None
+    return mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """The layout of one array under the plan."""
+
+    spec: P
+    padded_shape: tuple[int, ...]
+    notes: tuple[str, ...]  # every policy fallback / KV replication, for explain
+    kv_replicated: bool = False
+
+
+def resolve_array(path: str, shape: Sequence[int], logical: Sequence[str | None], *,
+                  table: Mapping[str, Rule], mesh_shape: Mapping[str, int], strategy: Strategy,
+                  axes_from: str | None = None) -> tuple[Resolved, list[Problem]]:
+    """Resolve one array's logical axes into a PartitionSpec, applying the policy.
+
+    `axes_from` is the YAML path of a `params:` override that gave the axes.
+    """
+    problems: list[Problem] = []
+    entries, padded, notes, used = [], list(shape), [], {}
+    kv_replicated = False
+    src = strategy.source
+    for dim, (size, name) in enumerate(zip(shape, logical)):
+        if name is None:
+            entries.append(None)
+            continue
+        rule = table.get(name)
+        if rule is None:
+            if strategy.policy.unmatched == "error":
+                problems.append(src.problem(axes_from or "rules", f"{path}: logical axis {name!r} has no rule",
+                                            f"add rules.{name}: <mesh axis> or null, or set policy.unmatched: replicate"))
+            else:
+                notes.append(f"{name!r} has no rule: replicated (policy.unmatched)")
+            entries.append(None)
+            continue
+        mesh = effective_axes(rule.mesh_axes, mesh_shape)
+        for a in mesh:
+            if a in used:
+                problems.append(src.problem(rule.yaml_path or axes_from or "rules",
+                    f"{path}: mesh axis {a!r} shards both {used[a]!r} and {name!r}",
+                    "a mesh axis may shard only one dimension of an array; change one of the rules"))
+        used.update({a: name for a in mesh})
+        shards = math.prod(mesh_shape[a] for a in mesh)
+        if size % shards == 0:
+            entries.append(spec_entry(mesh))
+            continue
+        if name == ax.KV_HEADS and mesh == ("model",) and shards % size == 0:
+            # Fewer KV heads than model shards: keep them whole on every device; the
+            # plan repeats them so each device holds the heads its queries read.
+            kv_replicated = True
+            entries.append(None)
+            continue
+        by = " × ".join(f"{a} {mesh_shape[a]}" for a in mesh)
+        policy = strategy.policy.indivisible
+        if policy == "error":
+            key = rule.yaml_path or axes_from or _AXIS_KEY[mesh[-1]]
+            problems.append(src.problem(key,
+                f"{path}: dim {dim} ({name} = {size}) is not divisible by {shards} shards ({by})",
+                f"choose sizes that divide {size}, or set policy.indivisible: replicate or pad"))
+            entries.append(None)
+        elif policy == "pad" and name in PADDABLE:
+            padded[dim] = -(-size // shards) * shards
+            notes.append(f"{name} {size} padded to {padded[dim]} for {shards} shards (policy.indivisible: pad)")
+            entries.append(spec_entry(mesh))
+        else:
+            why = "policy.indivisible: replicate" if policy == "replicate" else f"pad is not exact for {name}"
+            notes.append(f"{name} {size} not divisible by {shards} shards: replicated ({why})")
+            entries.append(None)
+    return Resolved(P(*entries), tuple(padded), tuple(notes), kv_replicated), problems
+
+
+def shards_per_dim(spec: P, mesh_shape: Mapping[str, int]) -> list[int]:
+    out = []
+    for entry in spec:
+        names = () if entry is None else (entry,) if isinstance(entry, str) else entry
+        out.append(math.prod(mesh_shape[a] for a in names))
+    return out
+
+
+def bytes_per_device(shape: Sequence[int], spec: P, mesh_shape: Mapping[str, int], itemsize: int) -> int:
+    shards = shards_per_dim(spec, mesh_shape) + [1] * (len(shape) - len(spec))
+    return math.prod(s // k for s, k in zip(shape, shards)) * itemsize
