@@ -36,7 +36,7 @@ def parse_document(text: str | bytes, file: str) -> tuple[dict, dict[str, int]]:
     """
     loader, root = _compose(text, file)
     try:
-        if root is None or root.tag == _STD + "null" and not root.value:
+        if root is None or (root.tag == _STD + "null" and not root.value):
             raise ShardspecError("the file is empty", file=file,
                                  hint="a strategy needs at least `parallelism:`")
         _check_size(root, file)
@@ -81,19 +81,16 @@ def _child(path: str, part: str | int) -> str:
 def _compose(text: str | bytes, file: str) -> tuple[yaml.SafeLoader, yaml.Node | None]:
     if isinstance(text, bytes):
         text = _decode(text, file)
-    loader = yaml.SafeLoader(text)
     try:
+        loader = yaml.SafeLoader(text)  # the reader already rejects control characters
         return loader, loader.get_single_node()
     except yaml.MarkedYAMLError as e:
-        loader.dispose()
         raise _syntax_error(e, file) from None
     except yaml.reader.ReaderError as e:
-        loader.dispose()
         line = text.count("\n", 0, e.position) + 1
-        raise ShardspecError(f"invalid YAML: character {e.character!r}: {e.reason}",
+        raise ShardspecError(f"invalid YAML: character #x{e.character:04x}: {e.reason}",
                              file=file, line=line) from None
     except RecursionError:
-        loader.dispose()
         raise ShardspecError("invalid YAML: nested too deeply", file=file) from None
 
 

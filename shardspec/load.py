@@ -27,10 +27,7 @@ from .errors import Problem, ShardspecError, Source, did_you_mean, one_of, raise
 from .strategy import (MESH_AXES, KVCacheConfig, ParamOverride, Parallelism, Policy,
                        RuntimeConfig, Strategy)
 
-try:  # installed: models/ is packaged as shardspec.models (pyproject.toml)
-    from .models import axes as _axes, presets as _presets
-except ModuleNotFoundError:  # a source checkout: models/ sits next to shardspec/
-    from models import axes as _axes, presets as _presets
+from .models import axes as _axes, presets as _presets
 
 _SCHEMA = Path(__file__).with_name("strategy.schema.json")
 SET = "--set"  # the "file" of problems caused by an override
@@ -81,6 +78,8 @@ def _read(source) -> tuple[dict, Source, str]:
 def _looks_like_path(text: str) -> bool:
     if "\n" in text:
         return False
+    if text and ":" not in text and "{" not in text:
+        return True  # can only be YAML for a scalar or a list: a mistyped path is likelier
     return text.endswith((".yaml", ".yml")) or os.path.isfile(text)
 
 
@@ -150,18 +149,21 @@ def _under_any(path: str, prefixes: Iterable[str]) -> bool:
     return any(path == p or path.startswith((p + ".", p + "[")) for p in prefixes)
 
 
-
-def _validator() -> jsonschema.protocols.Validator:
+def _integer(_checker, value: object) -> bool:
     # Draft 2020-12 counts 8.0 as an integer; a strategy size must be written 8.
-    strict = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-        "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool))
-    cls = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=strict)
-    return cls(json.loads(_SCHEMA.read_text(encoding="utf-8")))
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _integer))
 
 
 def _schema_problems(raw: dict, where: _Where) -> list[Problem]:
-    errors = sorted(_validator().iter_errors(raw), key=lambda e: _sort_key(e.absolute_path))
-    return [p for e in errors for p in _friendly(e, where)]
+    validator = _Validator(json.loads(_SCHEMA.read_text(encoding="utf-8")))
+    errors = sorted(validator.iter_errors(raw), key=lambda e: _sort_key(e.absolute_path))
+    # dict.fromkeys: two missing keys are two schema errors but one message.
+    return list(dict.fromkeys(p for e in errors for p in _friendly(e, where)))
 
 
 def _sort_key(parts) -> tuple:
@@ -194,8 +196,8 @@ def _message(e: jsonschema.ValidationError) -> tuple[str, str | None]:
     if e.validator == "minLength":
         return "must not be empty", None
     if e.validator == "required":
-        missing = [k for k in arg if k not in value]
-        return f"missing key {missing[0]!r}", "each entry needs " + " and ".join(f"{k}:" for k in arg)
+        missing = " and ".join(repr(k) for k in arg if k not in value)
+        return f"missing {missing}", "each entry needs " + " and ".join(f"{k}:" for k in arg)
     if e.validator == "anyOf":
         return _any_of_message(e)
     return e.message, None
@@ -232,7 +234,6 @@ def _show(value: object) -> str:
     if isinstance(value, dict):
         return "a mapping"
     return f"{value} (a {type(value).__name__})"
-
 
 
 def _semantic_problems(raw: dict, where: _Where) -> list[Problem]:
@@ -321,7 +322,7 @@ def _check_model(model: str | None, where: _Where) -> list[Problem]:
 def _unknown(where: _Where, path: str, kind: str, name: str, valid: Iterable[str]) -> Problem:
     valid = list(valid)
     return where.problem(path, f"unknown {kind} {name!r}",
-                         did_you_mean(name, valid) or f"{kind}s: {one_of(valid)}")
+                         did_you_mean(name, valid) or f"use {one_of(valid)}")
 
 
 def _divisors(n: int) -> list[int]:

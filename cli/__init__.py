@@ -1,0 +1,1 @@
+"""The `shardspec` command line: a thin shell over the public API."""

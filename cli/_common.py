@@ -1,0 +1,74 @@
+"""What every command shares: loading a strategy with its overrides, error exits."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from typing import Callable
+
+import typer
+
+from shardspec.errors import ShardspecError, Problem
+from shardspec.load import load
+from shardspec.strategy import Strategy
+
+USER_ERROR = 2
+INTERNAL_ERROR = 1
+
+
+def parse_sets(sets: list[str] | None) -> dict[str, str]:
+    """['runtime.routing=least_tokens'] -> {'runtime.routing': 'least_tokens'}."""
+    out = {}
+    for item in sets or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ShardspecError(Problem(f"{item!r} is not key.path=value", path="--set",
+                                         hint="e.g. --set runtime.routing=least_tokens"))
+        out[key.strip()] = value
+    return out
+
+
+def load_strategy(path: str, model: str | None, sets: list[str] | None) -> Strategy:
+    strategy = load(path, overrides=parse_sets(sets))
+    return strategy.with_model(model) if model else strategy
+
+
+def simulate_devices(strategy: Strategy) -> None:
+    """Give a CPU-only JAX the devices the strategy needs; say so once."""
+    from shardspec.mesh import simulate_cpu_devices
+
+    if simulate_cpu_devices(strategy.device_count):
+        import jax
+
+        if jax.default_backend() == "cpu":
+            typer.echo(f"note: using {strategy.device_count} simulated CPU devices", err=True)
+
+
+def handle_errors(command: Callable) -> Callable:
+    """ShardspecError -> exit 2 with its lines; anything else -> exit 1.
+
+    No traceback unless --debug (the app callback stores it in ctx.obj); the
+    command takes `ctx: typer.Context` as its first parameter for that.
+    """
+
+    @functools.wraps(command)
+    def wrapper(ctx: typer.Context, *args, **kwargs):
+        debug = bool((ctx.obj or {}).get("debug"))
+        try:
+            return command(ctx, *args, **kwargs)
+        except ShardspecError as err:
+            if debug:
+                traceback.print_exc()
+            typer.echo(err.format(), err=True)
+            raise typer.Exit(USER_ERROR)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as err:  # an internal error: ours, not the user's
+            if debug:
+                traceback.print_exc()
+            typer.echo(f"internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+                       err=True)
+            raise typer.Exit(INTERNAL_ERROR)
+
+    return wrapper

@@ -1,0 +1,153 @@
+"""`explain()`: the whole layout of a plan as text or JSON, from shapes alone.
+
+One line per parameter; every derived size with its derivation; every policy
+fallback and every large replicated tensor as a warning. Uses no device memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from . import mesh as mesh_lib
+from .plan import ShardingPlan
+from .strategy import MESH_AXES
+
+LARGE_REPLICATED = 1 << 20  # warn about replicated tensors above 1 MiB
+
+
+def explain(plan: ShardingPlan, format: str = "text") -> str:
+    if format == "json":
+        return json.dumps(explain_dict(plan), indent=2)
+    return "\n".join(_text_lines(plan)) + "\n"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def spec_str(spec) -> str:
+    """P('model', None) printed without the noise: (model, -)."""
+    parts = ["-" if e is None else e if isinstance(e, str) else "×".join(e) for e in spec]
+    return "(" + ", ".join(parts) + ")"
+
+
+def _spec_json(spec) -> list:
+    return [e if e is None or isinstance(e, str) else list(e) for e in spec]
+
+
+def derivations(plan: ShardingPlan) -> list[str]:
+    s, kv = plan.mesh_shape, plan.kv_cache
+    tensor = plan.strategy.parallelism.tensor
+    return [
+        plan.attention_data_why,
+        f"model (attention TP) = tensor {tensor} / attention_data {plan.attention_data} = {s['model']}",
+        f"DP ranks = data {s['data']} × attn_dp {s['attn_dp']} = {plan.dp_ranks}",
+        f"KV-head replication = {kv.replication}: kv_heads {kv.kv_heads} stored as {kv.slots} slots "
+        f"over model {s['model']}",
+    ]
+
+
+def totals(plan: ShardingPlan) -> dict[str, int]:
+    devices = math.prod(plan.mesh_shape.values())
+    params = sum(p.bytes_per_device for p in plan.params)
+    ideal = sum(math.prod(p.shape) for p in plan.params) * np.dtype(plan.dtype).itemsize / devices
+    kv = plan.kv_cache.bytes_per_device()
+    return {"params_bytes_per_device": params, "params_ideal_bytes_per_device": int(ideal),
+            "kv_cache_bytes_per_device": kv, "bytes_per_device": params + kv}
+
+
+def warnings(plan: ShardingPlan) -> list[str]:
+    out = []
+    for p in plan.params:
+        out += [f"{p.path}: {note}" for note in p.notes]
+        if all(e is None for e in p.spec) and p.bytes_per_device > LARGE_REPLICATED and plan.dp_ranks * plan.attn_tp > 1:
+            out.append(f"{p.path}: {fmt_bytes(p.bytes_per_device)} replicated on every device")
+    return out
+
+
+def mesh_picture(plan: ShardingPlan) -> list[str]:
+    """Device ids on the mesh, size-1 axes hidden: rows = leading axes, columns = last."""
+    ids = mesh_lib.device_ids(plan.mesh_shape, plan.mesh)
+    axes = [a for a in MESH_AXES if plan.mesh_shape[a] > 1]
+    grid = ids.reshape([plan.mesh_shape[a] for a in axes]) if axes else ids.reshape(1)
+    if len(axes) <= 1:
+        name = axes[0] if axes else "devices"
+        return [f"  {name}: " + " ".join(str(i) for i in grid.reshape(-1))]
+    *rows, col = axes
+    width = max(len(str(ids.max())), len(f"{col} {plan.mesh_shape[col] - 1}"))
+    labels = [" · ".join(f"{a} {i}" for a, i in zip(rows, idx)) for idx in np.ndindex(*grid.shape[:-1])]
+    pad = max(map(len, labels))
+    lines = ["  " + " " * pad + "  " + "  ".join(f"{col} {j}".rjust(width) for j in range(grid.shape[-1]))]
+    for label, row in zip(labels, grid.reshape(-1, grid.shape[-1])):
+        lines.append("  " + label.ljust(pad) + "  " + "  ".join(str(i).rjust(width) for i in row))
+    return lines
+
+
+def _text_lines(plan: ShardingPlan) -> list[str]:
+    st, s = plan.strategy, plan.mesh_shape
+    devices = math.prod(s.values())
+    model_name = st.model or "model"
+    lines = [f"strategy {st.name} · model {model_name} · {devices} devices", ""]
+    lines.append("mesh: " + " × ".join(f"{a} {s[a]}" for a in MESH_AXES) + "   (size-1 axes hidden below)")
+    lines += mesh_picture(plan) + ["", "derived:"]
+    lines += [f"  {d}" for d in derivations(plan)] + ["", "rules:"]
+    for name, rule in plan.rules.items():
+        mesh = [a for a in rule.mesh_axes if s[a] > 1]
+        lines.append(f"  {name:<11} → {'×'.join(mesh) or 'replicated':<14} ({rule.why})")
+    lines += ["", "params:"]
+    rows = [(p.path, "×".join(map(str, p.stored_shape)), "(" + ", ".join(a or "-" for a in p.axes) + ")",
+             spec_str(p.spec), fmt_bytes(p.bytes_per_device)) for p in plan.params]
+    rows.insert(0, ("path", "shape", "logical axes", "spec", "per device"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines += ["  " + "  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4].rjust(10) for r in rows]
+    kv, m = plan.kv_cache, plan.model
+    lines += ["", "kv cache:",
+              f"  K and V per layer: [pages, {kv.page_size}, {kv.slots}, {m.head_dim}] {kv.dtype}, spec {spec_str(kv.spec)}",
+              f"  pages per DP rank: {kv.pages_per_rank}"
+              + (" (auto)" if st.kv_cache.num_pages == "auto" else "")
+              + f" · KV-head replication: {kv.replication}",
+              f"  per device: {fmt_bytes(kv.bytes_per_page_per_device)} a page, "
+              f"{fmt_bytes(kv.bytes_per_device(1000))} per 1,000 pages, "
+              f"{fmt_bytes(kv.bytes_per_device())} for {kv.pages_per_rank} pages"]
+    t = totals(plan)
+    lines += ["", "totals per device:",
+              f"  params {fmt_bytes(t['params_bytes_per_device'])} "
+              f"(ideal {fmt_bytes(t['params_ideal_bytes_per_device'])} = total / {devices})",
+              f"  kv cache {fmt_bytes(t['kv_cache_bytes_per_device'])}",
+              f"  total {fmt_bytes(t['bytes_per_device'])}"]
+    warns = warnings(plan)
+    if warns:
+        lines += ["", "warnings:"] + [f"  {w}" for w in warns]
+    return lines
+
+
+def explain_dict(plan: ShardingPlan) -> dict[str, Any]:
+    """The JSON form (DESIGN §5)."""
+    kv = plan.kv_cache
+    return {
+        "strategy": plan.strategy.name,
+        "model": plan.strategy.model,
+        "mesh": {"axes": dict(plan.mesh_shape), "devices": math.prod(plan.mesh_shape.values()),
+                 "device_ids": mesh_lib.device_ids(plan.mesh_shape, plan.mesh).tolist()},
+        "attention_data": plan.attention_data,
+        "derived": {"dp_ranks": plan.dp_ranks, "attn_tp": plan.attn_tp,
+                    "kv_head_replication": kv.replication, "why": derivations(plan)},
+        "rules": {name: [a for a in r.mesh_axes if plan.mesh_shape[a] > 1] for name, r in plan.rules.items()},
+        "params": [{"path": p.path, "shape": list(p.stored_shape), "axes": list(p.axes),
+                    "spec": _spec_json(p.spec), "bytes_per_device": p.bytes_per_device,
+                    "notes": list(p.notes)} for p in plan.params],
+        "kv_cache": {"spec": _spec_json(kv.spec), "bytes_per_device": kv.bytes_per_device(),
+                     "bytes_per_page_per_device": kv.bytes_per_page_per_device,
+                     "pages_per_rank": kv.pages_per_rank, "page_size": kv.page_size,
+                     "kv_head_replication": kv.replication, "kv_slots": kv.slots, "dtype": kv.dtype},
+        "totals": totals(plan),
+        "warnings": warnings(plan),
+    }
