@@ -30,7 +30,7 @@ from .strategy import (MESH_AXES, KVCacheConfig, ParamOverride, Parallelism, Pol
 from .models import axes as _axes, presets as _presets
 
 _SCHEMA = Path(__file__).with_name("strategy.schema.json")
-SET = "--set"  # the "file" of problems caused by an override
+_SET = "--set"  # the "file" of problems caused by an override
 
 
 def load(source: str | os.PathLike | Mapping, overrides: Mapping[str, object] | None = None
@@ -89,15 +89,15 @@ def _apply_overrides(raw: dict, overrides: Mapping[str, object]) -> list[Problem
     for key, value in overrides.items():
         parts = _split_key(key)
         if parts is None:
-            problems.append(Problem(f"bad key path {key!r}", file=SET,
+            problems.append(Problem(f"bad key path {key!r}", file=_SET,
                                     hint="write key.path=value, e.g. runtime.routing=least_tokens"))
             continue
         try:
             if isinstance(value, str):
-                value = _yaml.parse_value(value, SET)
+                value = _yaml.parse_value(value, _SET)
             _set_path(raw, parts, value)
         except ShardspecError as e:
-            problems += [Problem(p.message, path=key, file=SET, hint=p.hint) for p in e.problems]
+            problems += [Problem(p.message, path=key, file=_SET, hint=p.hint) for p in e.problems]
     return problems
 
 
@@ -140,7 +140,7 @@ class _Where:
                 ) -> Problem:
         at = path if at is None else at  # the path whose line is shown
         if _under_any(at, self.overridden):
-            return Problem(message, path=path, file=SET, hint=hint or None)
+            return Problem(message, path=path, file=_SET, hint=hint or None)
         line = self.source.line(at)
         return Problem(message, path=path, file=self.source.file, line=line, hint=hint or None)
 

@@ -104,7 +104,9 @@ def resolve_array(path: str, shape: Sequence[int], logical: Sequence[str | None]
         mesh = effective_axes(rule.mesh_axes, mesh_shape)
         for a in mesh:
             if a in used:
-                problems.append(src.problem(rule.yaml_path or axes_from or "rules",
+                # Blame whichever of the two rules the user wrote.
+                blame = rule.yaml_path or table[used[a]].yaml_path or axes_from or "rules"
+                problems.append(src.problem(blame,
                     f"{path}: mesh axis {a!r} shards both {used[a]!r} and {name!r}",
                     "a mesh axis may shard only one dimension of an array; change one of the rules"))
         used.update({a: name for a in mesh})
