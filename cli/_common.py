@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 import traceback
 from typing import Callable
 

@@ -29,9 +29,9 @@ _LAZY = {
 __all__ = ["load", "Strategy", "ShardspecError", *_LAZY]
 
 if TYPE_CHECKING:
-    from .apply import apply
-    from .explain import explain
-    from .plan import ShardingPlan, compile
+    from .apply import apply  # noqa: F401
+    from .explain import explain  # noqa: F401
+    from .plan import ShardingPlan, compile  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -12,25 +12,21 @@ No jax here: a strategy loads and validates instantly.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import os
 import re
 from pathlib import Path
 from types import MappingProxyType
 from typing import Iterable, Mapping
 
-import jsonschema
-
 from . import _yaml
+from ._overrides import apply_overrides
+from ._schema import Where, schema_problems, under_any
 from .errors import Problem, ShardspecError, Source, did_you_mean, one_of, raise_all
 from .strategy import (MESH_AXES, KVCacheConfig, ParamOverride, Parallelism, Policy,
                        RuntimeConfig, Strategy)
 
 from .models import axes as _axes, presets as _presets
 
-_SCHEMA = Path(__file__).with_name("strategy.schema.json")
-_SET = "--set"  # the "file" of problems caused by an override
 
 
 def load(source: str | os.PathLike | Mapping, overrides: Mapping[str, object] | None = None
@@ -45,10 +41,10 @@ def load(source: str | os.PathLike | Mapping, overrides: Mapping[str, object] | 
     """
     raw, src, name = _read(source)
     overridden = tuple(overrides or ())
-    raise_all(_apply_overrides(raw, overrides or {}))
-    src = Source(src.file, {p: n for p, n in src.lines.items() if not _under_any(p, overridden)})
-    where = _Where(src, overridden)
-    raise_all(_schema_problems(raw, where))
+    raise_all(apply_overrides(raw, overrides or {}))
+    src = Source(src.file, {p: n for p, n in src.lines.items() if not under_any(p, overridden)})
+    where = Where(src, overridden)
+    raise_all(schema_problems(raw, where))
     raise_all(_semantic_problems(raw, where))
     return _build(raw, src, name)
 
@@ -83,160 +79,7 @@ def _looks_like_path(text: str) -> bool:
     return text.endswith((".yaml", ".yml")) or os.path.isfile(text)
 
 
-def _apply_overrides(raw: dict, overrides: Mapping[str, object]) -> list[Problem]:
-    """Set each `key.path = value` into `raw`, creating missing mappings."""
-    problems = []
-    for key, value in overrides.items():
-        parts = _split_key(key)
-        if parts is None:
-            problems.append(Problem(f"bad key path {key!r}", file=_SET,
-                                    hint="write key.path=value, e.g. runtime.routing=least_tokens"))
-            continue
-        try:
-            if isinstance(value, str):
-                value = _yaml.parse_value(value, _SET)
-            _set_path(raw, parts, value)
-        except ShardspecError as e:
-            problems += [Problem(p.message, path=key, file=_SET, hint=p.hint) for p in e.problems]
-    return problems
-
-
-def _split_key(key: str) -> list[str | int] | None:
-    """'params[0].match' -> ['params', 0, 'match']; None if malformed."""
-    if not re.fullmatch(r"[\w-]+(\[\d+\])*(\.[\w-]+(\[\d+\])*)*", key):
-        return None
-    return [int(i) if i else name for name, i in re.findall(r"([\w-]+)|\[(\d+)\]", key)]
-
-
-def _set_path(node: dict, parts: list[str | int], value: object) -> None:
-    for i, (part, nxt) in enumerate(zip(parts, parts[1:])):
-        child = node[part] if isinstance(part, int) else node.get(part, [] if isinstance(nxt, int) else {})
-        _check_container(child, nxt, parts[: i + 1])
-        # Copy on the way down: an alias makes two keys share one object, and
-        # `--set` changes only the path it names.
-        child = copy.copy(child)
-        node[part] = child
-        node = child
-    node[parts[-1]] = value
-
-
-def _check_container(node: object, part: str | int, done: list[str | int]) -> None:
-    here = _yaml.join_path(done)
-    if isinstance(part, int):
-        if not isinstance(node, list) or not 0 <= part < len(node):
-            raise ShardspecError(f"{here} has no item [{part}]")
-    elif not isinstance(node, dict):
-        raise ShardspecError(f"{here} is {_show(node)}, not a mapping")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Where:
-    """Makes Problems located in the file, or at `--set` for overridden paths."""
-
-    source: Source
-    overridden: tuple[str, ...]
-
-    def problem(self, path: str, message: str, hint: str | None = None, at: str | None = None
-                ) -> Problem:
-        at = path if at is None else at  # the path whose line is shown
-        if _under_any(at, self.overridden):
-            return Problem(message, path=path, file=_SET, hint=hint or None)
-        line = self.source.line(at)
-        return Problem(message, path=path, file=self.source.file, line=line, hint=hint or None)
-
-
-def _under_any(path: str, prefixes: Iterable[str]) -> bool:
-    return any(path == p or path.startswith((p + ".", p + "[")) for p in prefixes)
-
-
-def _integer(_checker, value: object) -> bool:
-    # Draft 2020-12 counts 8.0 as an integer; a strategy size must be written 8.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-_Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _integer))
-
-
-def _schema_problems(raw: dict, where: _Where) -> list[Problem]:
-    validator = _Validator(json.loads(_SCHEMA.read_text(encoding="utf-8")))
-    errors = sorted(validator.iter_errors(raw), key=lambda e: _sort_key(e.absolute_path))
-    # dict.fromkeys: two missing keys are two schema errors but one message.
-    return list(dict.fromkeys(p for e in errors for p in _friendly(e, where)))
-
-
-def _sort_key(parts) -> tuple:
-    return tuple((0, p, "") if isinstance(p, int) else (1, 0, str(p)) for p in parts)
-
-
-def _friendly(e: jsonschema.ValidationError, where: _Where) -> list[Problem]:
-    path = _yaml.join_path(e.absolute_path)
-    if e.validator == "additionalProperties":
-        allowed = list(e.schema.get("properties", {}))
-        return [where.problem(path, f"unknown key {key!r}",
-                              did_you_mean(key, allowed) or f"allowed: {one_of(allowed)}",
-                              at=_yaml.join_path([*e.absolute_path, key]))
-                for key in e.instance if key not in allowed]
-    return [where.problem(path, *_message(e))]
-
-
-def _message(e: jsonschema.ValidationError) -> tuple[str, str | None]:
-    """(message, hint) for one schema error."""
-    value, arg = e.instance, e.validator_value
-    if e.validator == "type":
-        return f"expected {_type_names(arg)}, got {_show(value)}", None
-    if e.validator == "enum":
-        return (f"{_show(value)} is not one of {one_of(arg)}",
-                did_you_mean(value, arg) if isinstance(value, str) else None)
-    if e.validator == "minimum":
-        return f"{_show(value)} is below the minimum {arg}", None
-    if e.validator == "maximum":
-        return f"{_show(value)} is above the maximum {arg}", None
-    if e.validator == "minLength":
-        return "must not be empty", None
-    if e.validator == "required":
-        missing = " and ".join(repr(k) for k in arg if k not in value)
-        return f"missing {missing}", "each entry needs " + " and ".join(f"{k}:" for k in arg)
-    if e.validator == "anyOf":
-        return _any_of_message(e)
-    return e.message, None
-
-
-def _any_of_message(e: jsonschema.ValidationError) -> tuple[str, str | None]:
-    """`int | "auto"`: a range error for an int, else what the alternatives are."""
-    for sub in e.context:
-        if sub.validator not in ("type", "const"):
-            return _message(sub)
-    wanted = [_type_names(s["type"]) if "type" in s else _show(s["const"]) for s in e.validator_value]
-    return f"expected {' or '.join(wanted)}, got {_show(e.instance)}", None
-
-
-_TYPE_NAMES = {"integer": "an integer", "string": "a string", "boolean": "true or false",
-               "array": "a list", "object": "a mapping", "null": "null", "number": "a number"}
-
-
-def _type_names(types: str | list[str]) -> str:
-    types = [types] if isinstance(types, str) else types
-    return one_of(_TYPE_NAMES[t] for t in types)
-
-
-def _show(value: object) -> str:
-    """A value as the user wrote it in YAML."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (str, int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return f"{value} (a {type(value).__name__})"
-
-
-def _semantic_problems(raw: dict, where: _Where) -> list[Problem]:
+def _semantic_problems(raw: dict, where: Where) -> list[Problem]:
     par = {"data": 1, "tensor": 1, "attention_data": "auto", "expert": 1, **raw.get("parallelism", {})}
     return [
         *_check_devices(raw.get("devices"), par, where),
@@ -248,7 +91,7 @@ def _semantic_problems(raw: dict, where: _Where) -> list[Problem]:
     ]
 
 
-def _check_devices(devices: int | None, par: dict, where: _Where) -> list[Problem]:
+def _check_devices(devices: int | None, par: dict, where: Where) -> list[Problem]:
     product = par["data"] * par["tensor"] * par["expert"]
     if devices is None or devices == product:
         return []
@@ -259,7 +102,7 @@ def _check_devices(devices: int | None, par: dict, where: _Where) -> list[Proble
         f"make data x tensor x expert = {devices}, or set devices: {product} (or leave it out)")]
 
 
-def _check_attention_data(par: dict, where: _Where) -> list[Problem]:
+def _check_attention_data(par: dict, where: Where) -> list[Problem]:
     value, tensor = par["attention_data"], par["tensor"]
     if value == "auto" or tensor % value == 0:
         return []
@@ -267,7 +110,7 @@ def _check_attention_data(par: dict, where: _Where) -> list[Problem]:
                           f"use {one_of(_divisors(tensor))}, or auto")]
 
 
-def _check_multihost(multihost: dict, par: dict, where: _Where) -> list[Problem]:
+def _check_multihost(multihost: dict, par: dict, where: Where) -> list[Problem]:
     """Each cross-host factor must divide its axis, where the file fixes the axis."""
     sizes = {"data": par["data"], "expert": par["expert"]}
     attn, tensor = par["attention_data"], par["tensor"]
@@ -278,7 +121,7 @@ def _check_multihost(multihost: dict, par: dict, where: _Where) -> list[Problem]
             for axis, factor in multihost.items() if axis in sizes and sizes[axis] % factor]
 
 
-def _check_rules(rules: dict, where: _Where) -> list[Problem]:
+def _check_rules(rules: dict, where: Where) -> list[Problem]:
     problems = []
     for logical, value in rules.items():
         path = f"rules.{logical}"
@@ -295,7 +138,7 @@ def _check_rules(rules: dict, where: _Where) -> list[Problem]:
     return problems
 
 
-def _check_params(params: list, where: _Where) -> list[Problem]:
+def _check_params(params: list, where: Where) -> list[Problem]:
     problems = []
     for i, entry in enumerate(params):
         try:
@@ -310,7 +153,7 @@ def _check_params(params: list, where: _Where) -> list[Problem]:
     return problems
 
 
-def _check_model(model: str | None, where: _Where) -> list[Problem]:
+def _check_model(model: str | None, where: Where) -> list[Problem]:
     if model is None or model in _presets.PRESETS or os.path.isdir(model):
         return []
     close = did_you_mean(model, _presets.PRESETS)
@@ -319,7 +162,7 @@ def _check_model(model: str | None, where: _Where) -> list[Problem]:
     return [where.problem("model", f"unknown model {model!r}", hint)]
 
 
-def _unknown(where: _Where, path: str, kind: str, name: str, valid: Iterable[str]) -> Problem:
+def _unknown(where: Where, path: str, kind: str, name: str, valid: Iterable[str]) -> Problem:
     valid = list(valid)
     return where.problem(path, f"unknown {kind} {name!r}",
                          did_you_mean(name, valid) or f"use {one_of(valid)}")
@@ -327,8 +170,6 @@ def _unknown(where: _Where, path: str, kind: str, name: str, valid: Iterable[str
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
-
-
 
 def _build(raw: dict, source: Source, default_name: str) -> Strategy:
     """Dataclasses with their own defaults for every key the file leaves out."""

@@ -1,7 +1,5 @@
 """Every file in strategies/ loads, compiles, applies and matches the unsharded model."""
 
-import jax
-import numpy as np
 import pytest
 
 from shardspec import apply, compile, load

@@ -1,0 +1,123 @@
+"""JSON Schema validation of a raw strategy, with errors a person can act on."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Iterable
+
+import jsonschema
+
+from . import _yaml
+from .errors import Problem, Source, did_you_mean, one_of
+
+SCHEMA_FILE = Path(__file__).with_name("strategy.schema.json")
+SET_FILE = "--set"  # the "file" of problems caused by an override
+
+
+@dataclasses.dataclass(frozen=True)
+class Where:
+    """Makes Problems located in the file, or at `--set` for overridden paths."""
+
+    source: Source
+    overridden: tuple[str, ...]
+
+    def problem(self, path: str, message: str, hint: str | None = None, at: str | None = None
+                ) -> Problem:
+        at = path if at is None else at  # the path whose line is shown
+        if under_any(at, self.overridden):
+            return Problem(message, path=path, file=SET_FILE, hint=hint or None)
+        line = self.source.line(at)
+        return Problem(message, path=path, file=self.source.file, line=line, hint=hint or None)
+
+
+def under_any(path: str, prefixes: Iterable[str]) -> bool:
+    return any(path == p or path.startswith((p + ".", p + "[")) for p in prefixes)
+
+
+def _integer(_checker, value: object) -> bool:
+    # Draft 2020-12 counts 8.0 as an integer; a strategy size must be written 8.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _integer))
+
+
+def schema_problems(raw: dict, where: Where) -> list[Problem]:
+    validator = _Validator(json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
+    errors = sorted(validator.iter_errors(raw), key=lambda e: _sort_key(e.absolute_path))
+    # dict.fromkeys: two missing keys are two schema errors but one message.
+    return list(dict.fromkeys(p for e in errors for p in _friendly(e, where)))
+
+
+def _sort_key(parts) -> tuple:
+    return tuple((0, p, "") if isinstance(p, int) else (1, 0, str(p)) for p in parts)
+
+
+def _friendly(e: jsonschema.ValidationError, where: Where) -> list[Problem]:
+    path = _yaml.join_path(e.absolute_path)
+    if e.validator == "additionalProperties":
+        allowed = list(e.schema.get("properties", {}))
+        return [where.problem(path, f"unknown key {key!r}",
+                              did_you_mean(key, allowed) or f"allowed: {one_of(allowed)}",
+                              at=_yaml.join_path([*e.absolute_path, key]))
+                for key in e.instance if key not in allowed]
+    return [where.problem(path, *_message(e))]
+
+
+def _message(e: jsonschema.ValidationError) -> tuple[str, str | None]:
+    """(message, hint) for one schema error."""
+    value, arg = e.instance, e.validator_value
+    if e.validator == "type":
+        return f"expected {_type_names(arg)}, got {show(value)}", None
+    if e.validator == "enum":
+        return (f"{show(value)} is not one of {one_of(arg)}",
+                did_you_mean(value, arg) if isinstance(value, str) else None)
+    if e.validator == "minimum":
+        return f"{show(value)} is below the minimum {arg}", None
+    if e.validator == "maximum":
+        return f"{show(value)} is above the maximum {arg}", None
+    if e.validator == "minLength":
+        return "must not be empty", None
+    if e.validator == "required":
+        missing = " and ".join(repr(k) for k in arg if k not in value)
+        return f"missing {missing}", "each entry needs " + " and ".join(f"{k}:" for k in arg)
+    if e.validator == "anyOf":
+        return _any_of_message(e)
+    return e.message, None
+
+
+def _any_of_message(e: jsonschema.ValidationError) -> tuple[str, str | None]:
+    """`int | "auto"`: a range error for an int, else what the alternatives are."""
+    for sub in e.context:
+        if sub.validator not in ("type", "const"):
+            return _message(sub)
+    wanted = [_type_names(s["type"]) if "type" in s else show(s["const"]) for s in e.validator_value]
+    return f"expected {' or '.join(wanted)}, got {show(e.instance)}", None
+
+
+_TYPE_NAMES = {"integer": "an integer", "string": "a string", "boolean": "true or false",
+               "array": "a list", "object": "a mapping", "null": "null", "number": "a number"}
+
+
+def _type_names(types: str | list[str]) -> str:
+    types = [types] if isinstance(types, str) else types
+    return one_of(_TYPE_NAMES[t] for t in types)
+
+
+def show(value: object) -> str:
+    """A value as the user wrote it in YAML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (str, int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"{value} (a {type(value).__name__})"
