@@ -4,8 +4,13 @@ from pathlib import Path
 
 import jax
 import pytest
+from hypothesis import settings
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+# Property tests draw the same examples on every run: CI must not be flaky.
+settings.register_profile("deterministic", derandomize=True)
+settings.load_profile("deterministic")
 
 ROOT = Path(__file__).resolve().parent.parent
 STRATEGY_FILES = sorted((ROOT / "strategies").glob("*.yaml"))

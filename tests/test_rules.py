@@ -94,3 +94,23 @@ def test_shardspec_error_holds_every_problem():
     _, p2 = resolve(st, (3, 16), ("heads", "head_dim"))
     err = ShardspecError(p1 + p2)
     assert len(str(err).splitlines()) == 2
+
+
+from hypothesis import given, strategies as hs  # noqa: E402
+
+_sizes = hs.sampled_from([1, 2, 3, 4, 8])
+
+
+@given(data=_sizes, attn=_sizes, model=_sizes, dim=hs.integers(1, 64),
+       policy=hs.sampled_from(["replicate", "pad"]), axis=hs.sampled_from(["mlp", "heads", "vocab", "batch"]))
+def test_every_resolved_spec_divides_the_stored_shape(data, attn, model, dim, policy, axis):
+    mesh = {"data": data, "attn_dp": attn, "expert": 1, "model": model}
+    st = strategy(policy={"indivisible": policy})
+    res, problems = resolve(st, (dim, 16), (axis, "embed"), mesh=mesh)
+    assert problems == []
+    shards = rules.shards_per_dim(res.spec, mesh)
+    assert all(s % k == 0 for s, k in zip(res.padded_shape, shards))
+    assert res.padded_shape[0] >= dim and (res.padded_shape[0] == dim or axis in rules.PADDABLE)
+    # Never fewer bytes than an even split of the real tensor.
+    per_device = rules.bytes_per_device(res.padded_shape, res.spec, mesh, 4)
+    assert per_device * shards[0] >= dim * 16 * 4

@@ -152,6 +152,8 @@ _data = st.dictionaries(_keys, st.recursive(
 def test_same_data_as_safe_load_and_every_key_has_a_line(data):
     text = yaml.safe_dump(data, allow_unicode=True)
     parsed, lines = _yaml.parse_document(text, "s.yaml")
-    assert parsed == yaml.safe_load(text) == data
+    # Compared with PyYAML's own reading, not with `data`: PyYAML's dump/load
+    # round trip itself changes some characters (e.g. U+0085 becomes a space).
+    assert parsed == yaml.safe_load(text)
     assert all(key in lines for key in data)
     assert all(1 <= n <= text.count("\n") for n in lines.values())
