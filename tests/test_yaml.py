@@ -141,7 +141,10 @@ def test_parse_value():
 
 # Plain data as strategies hold it: text keys; scalars, lists and mappings.
 _keys = st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), min_size=1, max_size=8)
-_scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+# Control and line-separator characters are left out: YAML counts U+0085,
+# U+2028 and U+2029 as line breaks, which would shift the line numbers checked.
+_text = st.text(st.characters(exclude_categories=["Cs", "Cc", "Zl", "Zp"]), max_size=8)
+_scalars = st.none() | st.booleans() | st.integers() | _text
 _data = st.dictionaries(_keys, st.recursive(
     _scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=3),
     max_leaves=10), min_size=1, max_size=4)
