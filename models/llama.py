@@ -4,6 +4,10 @@ Reads top to bottom: RMSNorm, RoPE, grouped-query attention, SwiGLU MLP,
 decoder layer, model. Parameter paths follow Hugging Face names
 (`layers.0.self_attn.q_proj`) so checkpoints map one to one.
 
+Attention itself is a function passed in (`attend`): dense causal attention
+here, paged attention over each DP rank's KV pages in the runtime; the rest of
+the model is the same code in both.
+
 Sharding enters through one explicit argument, a `Layout`: `constrain(x, name)`
 pins activations at the named points of `axes.ACTIVATIONS`, and
 `kv_repeat` says how many times each KV head is repeated so that every
@@ -65,6 +69,21 @@ def rope(x, positions, theta: float):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+# attend(q [B,T,H,D], k [B,T,K',D], v [B,T,K',D], positions [B,T], cache) -> (out [B,T,H,D], cache)
+Attend = Callable[..., tuple[jax.Array, object]]
+
+
+def causal_attention(q, k, v, positions, cache=None):
+    """Attention over whole sequences in the batch, no KV cache (the `Attend` default)."""
+    B, T, H, D = q.shape
+    Kr = k.shape[2]
+    q = q.reshape(B, T, Kr, H // Kr, D)  # [B, T, K', G, D]: query head h reads KV slot h // G
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * D**-0.5
+    causal = positions[:, None, None, :, None] >= positions[:, None, None, None, :]  # [B,1,1,T,S]
+    probs = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, D), cache
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: LlamaConfig, dtype, rngs: nnx.Rngs | None):
         E, H, K, D = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -90,18 +109,11 @@ class Attention(nnx.Module):
         """attn: [B, T, H, D] -> [B, T, E]."""
         return layout.constrain(jnp.einsum("bthd,hde->bte", attn, self.o_proj[...]), "attn_out")
 
-    def __call__(self, x, positions, layout: Layout):
-        """Causal self-attention over whole sequences. x: [B, T, E]."""
+    def __call__(self, x, positions, layout: Layout, attend: Attend, cache):
+        """x: [B, T, E] -> ([B, T, E], the layer's KV cache as `attend` left it)."""
         q, k, v = self.project_qkv(x, positions, layout)
-        B, T, H, D = q.shape
-        Kr = k.shape[2]
-        q = q.reshape(B, T, Kr, H // Kr, D)  # [B, T, K', G, D]
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * D**-0.5
-        causal = positions[:, None, None, :, None] >= positions[:, None, None, None, :]  # [B,1,1,T,S]
-        scores = jnp.where(causal, scores, -jnp.inf)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        attn = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, D)
-        return self.output(attn, layout)
+        attn, cache = attend(q, k, v, positions, cache)
+        return self.output(attn, layout), cache
 
 
 class SwiGLU(nnx.Module):
@@ -126,9 +138,10 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_eps, dtype, abstract=rngs is None)
         self.mlp = SwiGLU(cfg, dtype, rngs)
 
-    def __call__(self, x, positions, layout: Layout):
-        x = x + self.self_attn(self.input_layernorm(x), positions, layout)
-        return x + self.mlp(self.post_attention_layernorm(x), layout)
+    def __call__(self, x, positions, layout: Layout, attend: Attend, cache):
+        h, cache = self.self_attn(self.input_layernorm(x), positions, layout, attend, cache)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x), layout), cache
 
 
 class Llama(nnx.Module):
@@ -156,11 +169,19 @@ class Llama(nnx.Module):
         logits = layout.constrain(logits, "logits")
         return logits[..., : self.config.vocab_size]
 
+    def hidden_states(self, tokens, positions, layout: Layout, attend: Attend = causal_attention,
+                      caches=None):
+        """tokens, positions: [B, T] -> (hidden [B, T, E], per-layer caches as `attend` left them)."""
+        x = self.embed(tokens, layout)
+        caches = [None] * len(self.layers) if caches is None else list(caches)
+        for i, layer in enumerate(self.layers):
+            x, caches[i] = layer(x, positions, layout, attend, caches[i])
+            x = layout.constrain(x, "attn_in")
+        return x, caches
+
     def __call__(self, tokens, positions=None, layout: Layout = Layout()):
         """Dense causal forward over whole sequences: tokens [B, T] -> logits [B, T, V]."""
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        x = self.embed(tokens, layout)
-        for layer in self.layers:
-            x = layout.constrain(layer(x, positions, layout), "attn_in")
-        return self.logits(x, layout)
+        hidden, _ = self.hidden_states(tokens, positions, layout)
+        return self.logits(hidden, layout)

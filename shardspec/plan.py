@@ -69,6 +69,37 @@ class KVCacheLayout:
         return self.bytes_per_page_per_device * (pages_per_rank or self.pages_per_rank)
 
 
+@dataclasses.dataclass(frozen=True)
+class RuntimeSizes:
+    """Every size the scheduler, packer, KV cache and step share, computed once."""
+
+    dp_ranks: int
+    page_size: int
+    pages_per_rank: int
+    max_pages_per_seq: int  # ceil(max_model_len / page_size): columns of a block table
+    max_model_len: int  # longest prompt + output
+    max_num_seqs: int  # running sequences per DP rank
+    max_num_batched_tokens: int  # tokens per DP rank per step
+    token_buckets: tuple[int, ...]  # per-rank token strides a step is padded to (ascending)
+
+    def token_stride(self, busiest_rank_tokens: int) -> int:
+        """The smallest bucket that holds the busiest rank's tokens."""
+        return next(b for b in self.token_buckets if b >= busiest_rank_tokens)
+
+    def request_stride(self, token_stride: int) -> int:
+        """Rows per rank for per-request arrays: every request has >= 1 token in the step."""
+        return min(token_stride, self.max_num_seqs)
+
+
+def token_buckets(max_tokens: int, smallest: int = 16) -> tuple[int, ...]:
+    """Powers of two from `smallest` up to `max_tokens`, which is always the last."""
+    out, b = [], min(smallest, max_tokens)
+    while b < max_tokens:
+        out.append(b)
+        b *= 2
+    return (*out, max_tokens)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ShardingPlan:
     strategy: Strategy
@@ -83,6 +114,16 @@ class ShardingPlan:
     kv_cache: KVCacheLayout
     graphdef: nnx.GraphDef  # the model's structure, for apply()
     abstract_state: nnx.State  # parameter ShapeDtypeStructs (model shapes)
+
+    @property
+    def runtime(self) -> RuntimeSizes:
+        rt, kv = self.strategy.runtime, self.kv_cache
+        return RuntimeSizes(
+            dp_ranks=self.dp_ranks, page_size=kv.page_size, pages_per_rank=kv.pages_per_rank,
+            max_pages_per_seq=-(-self.model.max_seq_len // kv.page_size),
+            max_model_len=self.model.max_seq_len, max_num_seqs=rt.max_num_seqs,
+            max_num_batched_tokens=rt.max_num_batched_tokens,
+            token_buckets=token_buckets(rt.max_num_batched_tokens))
 
     @property
     def dp_ranks(self) -> int:
