@@ -93,6 +93,11 @@ def _count(c) -> str:
     return str(total)
 
 
+from .run import run  # noqa: E402  (registered below, next to the other commands)
+
+app.command()(handle_errors(run))
+
+
 def main():
     app()
 

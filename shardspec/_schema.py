@@ -1,4 +1,4 @@
-"""JSON Schema validation of a raw strategy, with errors a person can act on."""
+"""JSON Schema validation (strategies, request files), with errors a person can act on."""
 
 from __future__ import annotations
 
@@ -46,8 +46,11 @@ _Validator = jsonschema.validators.extend(
     type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _integer))
 
 
-def schema_problems(raw: dict, where: Where) -> list[Problem]:
-    validator = _Validator(json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
+def schema_problems(raw: object, where: Where, schema: dict | None = None) -> list[Problem]:
+    """Every schema error of `raw` as a Problem; `schema` defaults to the strategy schema."""
+    if schema is None:
+        schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    validator = _Validator(schema)
     errors = sorted(validator.iter_errors(raw), key=lambda e: _sort_key(e.absolute_path))
     # dict.fromkeys: two missing keys are two schema errors but one message.
     return list(dict.fromkeys(p for e in errors for p in _friendly(e, where)))

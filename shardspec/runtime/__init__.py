@@ -1,0 +1,1 @@
+"""The serving runtime: DP scheduler -> input packer -> one jitted step -> sampler."""

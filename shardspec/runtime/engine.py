@@ -1,0 +1,187 @@
+"""The engine: one jitted program over one mesh serving every DP rank (SPMD).
+
+    add_request -> DPScheduler.schedule -> pack -> Step (device) -> sample -> update -> Output
+
+With async scheduling the host schedules and packs step t+1 while the device
+runs step t; decode tokens of t that the host has not seen yet are filled in on
+the device (`FROM_PREVIOUS_STEP`). Outputs are identical either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Iterable, Iterator, Mapping
+
+import jax
+import numpy as np
+
+from ..apply import apply
+from ..errors import ShardspecError
+from ..load import load
+from ..models.llama import Llama
+from ..plan import ShardingPlan, compile
+from .metrics import Metrics
+from .packer import PackedStep, pack
+from .request import Output, Request
+from .requests_io import make_request
+from .schedule import StepSchedule
+from .scheduler import DPScheduler
+from .step import ROW_FIELDS, TOKEN_FIELDS, Step, allocate_kv_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class _InFlight:
+    schedule: StepSchedule
+    packed: PackedStep
+    sampled: jax.Array  # [R*Q_max] on device
+
+
+class Engine:
+    """Serve a model under a plan. Every accepted request finishes exactly once."""
+
+    def __init__(self, plan: ShardingPlan, model: Llama | None = None, *, seed: int = 0,
+                 eos_token_id: int | None = None):
+        if plan.kv_cache.spec[0] != plan.activations["attn_in"][0]:
+            raise ShardspecError("rules.batch and rules.kv_pages must shard over the same mesh axes "
+                                 "for serving", path="rules", file=plan.strategy.source.file)
+        self.plan = plan
+        self.sizes = plan.runtime
+        self.model = model if model is not None else apply(plan, seed=seed)
+        runtime = plan.strategy.runtime
+        self.async_scheduling = runtime.async_scheduling
+        self.scheduler = DPScheduler(self.sizes, routing=runtime.routing, eos_token_id=eos_token_id,
+                                     async_scheduling=runtime.async_scheduling)
+        self._step = Step(plan, self.model)
+        self._caches = allocate_kv_cache(plan)
+        self._inflight: _InFlight | None = None
+        self._samples = self._step.initial_samples()
+        self._next_id = 0
+        self.metrics = Metrics(self.sizes.dp_ranks)
+
+    @classmethod
+    def from_strategy(cls, path: str | os.PathLike, model: str | None = None,
+                      overrides: Mapping[str, str] | None = None, **kwargs) -> "Engine":
+        strategy = load(path, overrides=overrides)
+        return cls(compile(strategy.with_model(model) if model else strategy), **kwargs)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def add_request(self, request: Request | None = None, /, **fields) -> str:
+        """Accept a Request, or request-file fields (`prompt_token_ids=[...]`, `max_tokens=8`…).
+
+        Raises ShardspecError for a bad request; an accepted one always finishes.
+        """
+        if request is None:
+            request = make_request(fields, default_id=str(self._next_id), vocab_size=self.plan.model.vocab_size,
+                                   max_model_len=self.sizes.max_model_len)
+        elif fields:
+            raise TypeError("pass a Request or fields, not both")
+        self._next_id += 1
+        self.scheduler.add_request(request)
+        return request.id
+
+    def abort(self, request_id: str) -> bool:
+        return self.scheduler.abort(request_id)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished() or self._inflight is not None
+
+    # -- stepping ---------------------------------------------------------------------------
+
+    def warmup(self) -> None:
+        """Compile every token bucket now, with padding-only steps that change nothing."""
+        start = time.perf_counter()
+        for stride in self.sizes.token_buckets:
+            sampled, self._caches = self._step(self._caches, self._padding_batch(stride), self._samples)
+            sampled.block_until_ready()
+        self.metrics.compiles = self._step.traces
+        self.metrics.wall_seconds += time.perf_counter() - start
+
+    def step(self) -> list[Output]:
+        """Run one step; return the requests that finished."""
+        start = time.perf_counter()
+        host = 0.0
+        schedule = self.scheduler.schedule()
+        launched = None
+        if schedule.chunks:
+            prev = self._inflight.packed.sampled_rows() if self._inflight else None
+            packed = pack(schedule, self.sizes, prev_rows=prev)
+            samples = self._inflight.sampled if self._inflight else self._samples
+            sampled, self._caches = self._step(self._caches, _device_batch(packed), samples)
+            launched = _InFlight(schedule, packed, sampled)
+            self.metrics.record_step(packed.real_tokens, packed.padded_tokens,
+                                     schedule.tokens_per_rank(self.sizes.dp_ranks))
+        host += time.perf_counter() - start
+        # Sync: collect what was just launched. Async: collect the step before it,
+        # which ran on the device while the host planned this one.
+        collect = launched if not self.async_scheduling else self._inflight
+        self._inflight = launched if self.async_scheduling else None
+        outputs = self._collect(collect) if collect else self.scheduler.take_finished()
+        self._record(start, host)
+        return outputs
+
+    def _collect(self, done: _InFlight) -> list[Output]:
+        tokens = np.asarray(done.sampled)[done.packed.selector]
+        t0 = time.perf_counter()
+        outputs = self.scheduler.update(done.schedule, dict(zip(done.packed.sampled_seq_ids.tolist(),
+                                                                tokens.tolist())))
+        self.metrics.host_seconds += time.perf_counter() - t0
+        return outputs
+
+    def _record(self, start: float, host: float) -> None:
+        m = self.metrics
+        m.host_seconds += host
+        m.wall_seconds += time.perf_counter() - start
+        m.compiles = self._step.traces
+        stats = self.scheduler.stats()
+        m.max_kv_usage = max(m.max_kv_usage, stats["max_kv_usage"])
+        m.preemptions = stats["preemptions"]
+
+    # -- whole workloads --------------------------------------------------------------------
+
+    def stream(self, requests: Iterable[Request | Mapping] = ()) -> Iterator[Output]:
+        """Add `requests`, then yield every output as it finishes until none is left."""
+        for r in requests:
+            self.add_request(r) if isinstance(r, Request) else self.add_request(**r)
+        idle = 0
+        while self.has_unfinished():
+            steps = self.metrics.steps
+            outputs = self.step()
+            for out in outputs:
+                self.metrics.generated_tokens += len(out.output_token_ids)
+                yield out
+            stalled = self.metrics.steps == steps and not outputs and self._inflight is None
+            idle = idle + 1 if stalled else 0
+            if idle > 100:  # a scheduler bug, never a user error: fail loudly, never hang
+                raise RuntimeError("the scheduler made no progress in 100 steps")
+
+    def generate(self, requests: Iterable[Request | Mapping]) -> list[Output]:
+        """Serve `requests` to the end; outputs in input order."""
+        requests = [r if isinstance(r, Request) else make_request(
+            r, default_id=str(i), vocab_size=self.plan.model.vocab_size, max_model_len=self.sizes.max_model_len)
+            for i, r in enumerate(requests)]
+        order = {r.id: i for i, r in enumerate(requests)}
+        if len(order) != len(requests):
+            raise ShardspecError("request ids must be unique")
+        outputs = sorted(self.stream(requests), key=lambda o: order[o.id])
+        assert len(outputs) == len(requests), "a request finished more or less than once"
+        return outputs
+
+    def _padding_batch(self, stride: int) -> dict[str, np.ndarray]:
+        """A step of nothing but padding: KV writes go to the dropped slot."""
+        R, Q = self.sizes.dp_ranks, self.sizes.request_stride(stride)
+        batch = {f: np.zeros(R * stride, np.int32) for f in TOKEN_FIELDS}
+        batch["prev_rows"][:] = -1
+        batch["slot_mapping"][:] = self.sizes.pages_per_rank * self.sizes.page_size
+        batch.update({f: np.zeros(R * Q, np.int32) for f in ROW_FIELDS})
+        batch["block_tables"] = np.zeros((R * Q, self.sizes.max_pages_per_seq), np.int32)
+        batch["temperature"] = np.zeros(R * Q, np.float32)
+        batch["top_p"] = np.ones(R * Q, np.float32)
+        batch["seeds"] = np.zeros(R * Q, np.uint32)
+        return batch
+
+
+def _device_batch(packed: PackedStep) -> dict[str, np.ndarray]:
+    return {f: getattr(packed, f) for f in TOKEN_FIELDS + ROW_FIELDS}

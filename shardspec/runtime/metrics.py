@@ -1,0 +1,57 @@
+"""Run metrics (DESIGN §4): what a step cost and how well the DP ranks were used."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Metrics:
+    dp_ranks: int
+    steps: int = 0
+    real_tokens: int = 0  # tokens that belonged to a request
+    computed_tokens: int = 0  # tokens the device computed, padding included
+    generated_tokens: int = 0
+    host_seconds: float = 0.0  # scheduling, packing and bookkeeping on the host
+    wall_seconds: float = 0.0
+    compiles: int = 0
+    max_kv_usage: float = 0.0  # the fullest rank's page pool, at its fullest
+    preemptions: int = 0
+    rank_tokens: np.ndarray | None = None  # tokens each rank computed, summed over steps
+
+    def __post_init__(self):
+        if self.rank_tokens is None:
+            self.rank_tokens = np.zeros(self.dp_ranks, np.int64)
+
+    def record_step(self, real: int, computed: int, per_rank: np.ndarray) -> None:
+        self.steps += 1
+        self.real_tokens += real
+        self.computed_tokens += computed
+        self.rank_tokens += per_rank
+
+    @property
+    def padding_efficiency(self) -> float:
+        """Real ÷ computed tokens over the run (1.0 = no padding)."""
+        return self.real_tokens / self.computed_tokens if self.computed_tokens else 1.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.wall_seconds if self.wall_seconds else 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "tokens_per_s": round(self.tokens_per_second, 2),
+            "generated_tokens": self.generated_tokens,
+            "padding_efficiency": round(self.padding_efficiency, 4),
+            "real_tokens": self.real_tokens,
+            "computed_tokens": self.computed_tokens,
+            "per_rank_tokens": self.rank_tokens.tolist(),
+            "max_kv_usage": round(self.max_kv_usage, 4),
+            "preemptions": self.preemptions,
+            "compiles": self.compiles,
+            "steps": self.steps,
+            "host_overhead_fraction": round(self.host_seconds / self.wall_seconds, 4) if self.wall_seconds else 0.0,
+            "wall_s": round(self.wall_seconds, 3),
+        }

@@ -1,0 +1,42 @@
+"""What a caller sends and gets back (vLLM's field names, DESIGN §5)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 (or -1) = off
+    top_p: float = 1.0  # 1 = off
+    seed: int = 0  # per-request: the same seed gives the same tokens in any batch, any strategy
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    id: str
+    prompt_token_ids: tuple[int, ...]
+    max_tokens: int = 16
+    sampling: SamplingParams = SamplingParams()
+    ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    id: str
+    prompt_token_ids: tuple[int, ...]
+    output_token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+    text: str | None = None
+
+    def to_json(self) -> dict:
+        out = {"id": self.id, "prompt_token_ids": list(self.prompt_token_ids),
+               "output_token_ids": list(self.output_token_ids), "finish_reason": self.finish_reason}
+        if self.text is not None:
+            out["text"] = self.text
+        return out

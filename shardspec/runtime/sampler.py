@@ -1,0 +1,38 @@
+"""Token sampling: greedy, temperature, top-k, top-p, with a per-request seed.
+
+Each row draws from its own key, `fold_in(key(seed), output_index)`, so a
+request's tokens depend only on its logits, its seed and how many tokens it has
+generated: never on the batch around it or on the strategy.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _filter_row(logits, temperature, top_k, top_p):
+    """One row [V] -> logits scaled by temperature with top-k / top-p cut to -inf."""
+    V = logits.shape[0]
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    ordered = jnp.sort(scaled)[::-1]  # descending
+    k = jnp.where((top_k <= 0) | (top_k > V), V, top_k)
+    kth = ordered[k - 1]
+    probs = jax.nn.softmax(ordered)
+    # Keep the smallest prefix whose mass reaches top_p (always at least one token).
+    before = jnp.cumsum(probs) - probs
+    cutoff = ordered[jnp.maximum(jnp.sum(before < top_p) - 1, 0)]
+    threshold = jnp.maximum(kth, cutoff)
+    return jnp.where(scaled >= threshold, scaled, -jnp.inf)
+
+
+def _sample_row(logits, temperature, top_k, top_p, seed, output_index):
+    greedy = jnp.argmax(logits).astype(jnp.int32)
+    key = jax.random.fold_in(jax.random.key(seed), output_index)
+    drawn = jax.random.categorical(key, _filter_row(logits, temperature, top_k, top_p)).astype(jnp.int32)
+    return jnp.where(temperature <= 0, greedy, drawn)
+
+
+def sample(logits, temperature, top_k, top_p, seeds, output_index):
+    """logits [N, V] float32; per-row parameters [N] -> tokens [N] int32."""
+    return jax.vmap(_sample_row)(logits.astype(jnp.float32), temperature, top_k, top_p, seeds, output_index)

@@ -1,0 +1,89 @@
+"""One serving step as one jitted program over the plan's mesh.
+
+    tokens -> model (paged attention per DP rank) -> last token of each request row
+           -> logits -> sampler -> sampled tokens [R*Q_max]
+
+Compiled once per token bucket (the request stride follows from it); the KV
+cache is donated, and in/out shardings come from the plan, so warm-up and
+serving share one compiled program per bucket and steady state never compiles.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ..models.llama import Llama
+from ..plan import ShardingPlan
+from .paged_attention import PagedBatch, make_attend
+from .sampler import sample
+
+# Packer fields the device needs, and whether each is per token or per request row.
+TOKEN_FIELDS = ("token_ids", "prev_rows", "positions", "slot_mapping", "token_rows")
+ROW_FIELDS = ("block_tables", "logits_indices", "temperature", "top_k", "top_p", "seeds", "output_index")
+
+
+def allocate_kv_cache(plan: ShardingPlan) -> list[tuple[jax.Array, jax.Array]]:
+    """K and V per layer: [R × pages_per_rank, page_size, kv slots, head_dim], zeros, in place."""
+    kv, sizes, m = plan.kv_cache, plan.runtime, plan.model
+    shape = (sizes.dp_ranks * sizes.pages_per_rank, kv.page_size, kv.slots, m.head_dim)
+    sharding = plan.sharding(kv.spec)
+    zeros = jax.jit(lambda: jnp.zeros(shape, jnp.dtype(kv.dtype)), out_shardings=sharding)
+    return [(zeros(), zeros()) for _ in range(m.num_layers)]
+
+
+class Step:
+    """The jitted step for one plan and model. `traces` counts compilations."""
+
+    def __init__(self, plan: ShardingPlan, model: Llama):
+        self.plan = plan
+        self.graphdef, self.state = nnx.split(model)
+        self.sizes = plan.runtime
+        self.max_rows = self.sizes.dp_ranks * self.sizes.request_stride(self.sizes.token_buckets[-1])
+        self.traces = 0
+        token_axes = plan.kv_cache.spec[0]
+        self._attend = make_attend(plan.mesh, token_axes, plan.activations["attn_q"],
+                                   plan.activations["attn_kv"], plan.kv_cache.spec)
+        per_token = NamedSharding(plan.mesh, P(token_axes))
+        batch = {f: per_token for f in TOKEN_FIELDS + ROW_FIELDS}
+        batch["block_tables"] = NamedSharding(plan.mesh, P(token_axes, None))
+        cache = plan.sharding(plan.kv_cache.spec)
+        replicated = NamedSharding(plan.mesh, P())
+        self._rows = NamedSharding(plan.mesh, P(token_axes, None))
+        caches = [(cache, cache)] * plan.model.num_layers
+        self._jitted = jax.jit(self._step, donate_argnums=(1,),
+                               in_shardings=(plan.param_shardings(), caches, batch, replicated),
+                               out_shardings=(replicated, caches))
+
+    def __call__(self, caches, batch: dict[str, np.ndarray], prev_sampled: jax.Array):
+        """Dispatch one step (asynchronously); returns (sampled [R*Q_max], new caches)."""
+        return self._jitted(self.state, caches, batch, prev_sampled)
+
+    def initial_samples(self) -> jax.Array:
+        return jax.device_put(np.zeros(self.max_rows, np.int32), NamedSharding(self.plan.mesh, P()))
+
+    def _step(self, state, caches, batch, prev_sampled):
+        self.traces += 1  # runs only while tracing: once per compiled bucket
+        model = nnx.merge(self.graphdef, state)
+        layout = self.plan.layout
+        # Decode tokens sampled by the step before, not yet seen by the host (async).
+        tokens = jnp.where(batch["prev_rows"] >= 0, prev_sampled[jnp.maximum(batch["prev_rows"], 0)],
+                           batch["token_ids"])
+        paged = PagedBatch(batch["positions"], batch["slot_mapping"], batch["token_rows"], batch["block_tables"])
+        hidden, caches = model.hidden_states(tokens[:, None], batch["positions"][:, None], layout,
+                                             self._attend, [(c, paged) for c in caches])
+        caches = [c for c, _ in caches]
+        R, rows = self.sizes.dp_ranks, batch["logits_indices"].shape[0]
+        per_rank = hidden[:, 0].reshape(R, -1, hidden.shape[-1])  # [R, S, E]
+        index = batch["logits_indices"].reshape(R, -1)  # [R, Q], rank-local token index
+        last = jnp.take_along_axis(per_rank, index[..., None], axis=1).reshape(rows, 1, -1)
+        logits = model.logits(last, layout)[:, 0]  # [R*Q, V]
+        # Sampling sorts whole rows: gather the vocab once, keep rows on their ranks.
+        logits = jax.lax.with_sharding_constraint(logits, self._rows)
+        sampled = sample(logits, batch["temperature"], batch["top_k"], batch["top_p"], batch["seeds"],
+                         batch["output_index"])
+        return jnp.zeros(self.max_rows, jnp.int32).at[:rows].set(sampled), caches
