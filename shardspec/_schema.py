@@ -83,8 +83,10 @@ def _message(e: jsonschema.ValidationError) -> tuple[str, str | None]:
         return f"{show(value)} is below the minimum {arg}", None
     if e.validator == "maximum":
         return f"{show(value)} is above the maximum {arg}", None
-    if e.validator == "minLength":
+    if e.validator in ("minLength", "minItems"):
         return "must not be empty", None
+    if e.validator == "exclusiveMinimum":
+        return f"{show(value)} is not above {arg}", None
     if e.validator == "required":
         missing = " and ".join(repr(k) for k in arg if k not in value)
         return f"missing {missing}", "each entry needs " + " and ".join(f"{k}:" for k in arg)
