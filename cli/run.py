@@ -56,7 +56,7 @@ def run(ctx: typer.Context,
     from shardspec.runtime.requests_io import read_requests, write_outputs
 
     plan = compile(loaded, abstract_mesh=True)  # every user error before any device work
-    vocab, max_len = plan.model.vocab_size, plan.runtime.max_model_len
+    vocab, max_len = plan.model.vocab_size, plan.runtime.max_request_len
     if prompts:
         requests = read_requests(prompts, vocab_size=vocab, max_model_len=max_len)
     else:

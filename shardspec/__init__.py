@@ -4,6 +4,7 @@
     plan = shardspec.compile(strategy)            # mesh + PartitionSpec trees
     print(shardspec.explain(plan))                # every tensor, bytes per device
     model = shardspec.apply(plan)                 # parameters created in their shardings
+    engine = shardspec.Engine(plan)               # serve it: DP scheduler + input packer
 
 `load` and `Strategy` never import jax, so loading and validating a strategy is
 instant; the rest is imported on first use.
@@ -24,6 +25,7 @@ _LAZY = {
     "ShardingPlan": ".plan",
     "apply": ".apply",
     "explain": ".explain",
+    "Engine": ".runtime.engine",
 }
 
 __all__ = ["load", "Strategy", "ShardspecError", *_LAZY]
@@ -31,6 +33,7 @@ __all__ = ["load", "Strategy", "ShardspecError", *_LAZY]
 if TYPE_CHECKING:
     from .apply import apply  # noqa: F401
     from .explain import explain  # noqa: F401
+    from .runtime.engine import Engine  # noqa: F401
     from .plan import ShardingPlan, compile  # noqa: F401
 
 

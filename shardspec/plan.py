@@ -82,6 +82,12 @@ class RuntimeSizes:
     max_num_batched_tokens: int  # tokens per DP rank per step
     token_buckets: tuple[int, ...]  # per-rank token strides a step is padded to (ascending)
 
+    @property
+    def max_request_len(self) -> int:
+        """Longest prompt + max_tokens served: the model's limit, or one rank's pages
+        (+1: the last sampled token is never written to the cache)."""
+        return min(self.max_model_len, self.pages_per_rank * self.page_size + 1)
+
     def token_stride(self, busiest_rank_tokens: int) -> int:
         """The smallest bucket that holds the busiest rank's tokens."""
         return next(b for b in self.token_buckets if b >= busiest_rank_tokens)

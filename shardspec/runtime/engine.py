@@ -74,13 +74,19 @@ class Engine:
         Raises ShardspecError for a bad request; an accepted one always finishes.
         """
         if request is None:
-            request = make_request(fields, default_id=str(self._next_id), vocab_size=self.plan.model.vocab_size,
-                                   max_model_len=self.sizes.max_model_len)
+            request = self._validate(fields, str(self._next_id))
         elif fields:
             raise TypeError("pass a Request or fields, not both")
         self._next_id += 1
-        self.scheduler.add_request(request)
+        try:
+            self.scheduler.add_request(request)
+        except ValueError as e:  # a duplicate id, or a request longer than a rank's pages
+            raise ShardspecError(str(e)) from None
         return request.id
+
+    def _validate(self, fields: Mapping, default_id: str) -> Request:
+        return make_request(fields, default_id=default_id, vocab_size=self.plan.model.vocab_size,
+                            max_model_len=self.sizes.max_request_len)
 
     def abort(self, request_id: str) -> bool:
         return self.scheduler.abort(request_id)
@@ -92,28 +98,27 @@ class Engine:
 
     def warmup(self) -> None:
         """Compile every token bucket now, with padding-only steps that change nothing."""
-        start = time.perf_counter()
         for stride in self.sizes.token_buckets:
             sampled, self._caches = self._step(self._caches, self._padding_batch(stride), self._samples)
             sampled.block_until_ready()
         self.metrics.compiles = self._step.traces
-        self.metrics.wall_seconds += time.perf_counter() - start
 
     def step(self) -> list[Output]:
         """Run one step; return the requests that finished."""
         start = time.perf_counter()
-        host = 0.0
         schedule = self.scheduler.schedule()
         launched = None
         if schedule.chunks:
             prev = self._inflight.packed.sampled_rows() if self._inflight else None
             packed = pack(schedule, self.sizes, prev_rows=prev)
+            host = time.perf_counter() - start  # scheduling and packing, before the dispatch
             samples = self._inflight.sampled if self._inflight else self._samples
             sampled, self._caches = self._step(self._caches, _device_batch(packed), samples)
             launched = _InFlight(schedule, packed, sampled)
             self.metrics.record_step(packed.real_tokens, packed.padded_tokens,
                                      schedule.tokens_per_rank(self.sizes.dp_ranks))
-        host += time.perf_counter() - start
+        else:
+            host = time.perf_counter() - start
         # Sync: collect what was just launched. Async: collect the step before it,
         # which ran on the device while the host planned this one.
         collect = launched if not self.async_scheduling else self._inflight
@@ -159,9 +164,7 @@ class Engine:
 
     def generate(self, requests: Iterable[Request | Mapping]) -> list[Output]:
         """Serve `requests` to the end; outputs in input order."""
-        requests = [r if isinstance(r, Request) else make_request(
-            r, default_id=str(i), vocab_size=self.plan.model.vocab_size, max_model_len=self.sizes.max_model_len)
-            for i, r in enumerate(requests)]
+        requests = [r if isinstance(r, Request) else self._validate(r, str(i)) for i, r in enumerate(requests)]
         order = {r.id: i for i, r in enumerate(requests)}
         if len(order) != len(requests):
             raise ShardspecError("request ids must be unique")

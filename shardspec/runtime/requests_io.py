@@ -31,7 +31,7 @@ def make_request(fields: Mapping, *, default_id: str, vocab_size: int, max_model
     max_tokens = fields.get("max_tokens", 16)
     if len(prompt) + max_tokens > max_model_len:
         problems.append(where.problem("max_tokens", f"prompt {len(prompt)} + max_tokens {max_tokens} "
-                                      f"exceeds the model's maximum length {max_model_len}",
+                                      f"exceeds the maximum length {max_model_len}",
                                       f"use max_tokens <= {max(max_model_len - len(prompt), 0)}"))
     raise_all(problems)
     sampling = SamplingParams(float(fields.get("temperature", 0.0)), int(fields.get("top_k", 0)),

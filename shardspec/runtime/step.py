@@ -53,7 +53,9 @@ class Step:
         batch["block_tables"] = NamedSharding(plan.mesh, P(token_axes, None))
         cache = plan.sharding(plan.kv_cache.spec)
         replicated = NamedSharding(plan.mesh, P())
-        self._rows = NamedSharding(plan.mesh, P(token_axes, None))
+        # Logit rows stay where the FFN layout put them (over `data`): moving them
+        # onto attn_dp as well would be an all-to-all that GSPMD can only replicate.
+        self._rows = NamedSharding(plan.mesh, P(plan.activations["logits"][0], None))
         caches = [(cache, cache)] * plan.model.num_layers
         self._jitted = jax.jit(self._step, donate_argnums=(1,),
                                in_shardings=(plan.param_shardings(), caches, batch, replicated),
@@ -82,7 +84,7 @@ class Step:
         index = batch["logits_indices"].reshape(R, -1)  # [R, Q], rank-local token index
         last = jnp.take_along_axis(per_rank, index[..., None], axis=1).reshape(rows, 1, -1)
         logits = model.logits(last, layout)[:, 0]  # [R*Q, V]
-        # Sampling sorts whole rows: gather the vocab once, keep rows on their ranks.
+        # Sampling sorts whole rows: gather the vocab once.
         logits = jax.lax.with_sharding_constraint(logits, self._rows)
         sampled = sample(logits, batch["temperature"], batch["top_k"], batch["top_p"], batch["seeds"],
                          batch["output_index"])

@@ -1,0 +1,86 @@
+"""Routing: which DP rank a new (or spilled) request waits on.
+
+The scheduler keeps three counters per rank, updated in O(1) as sequences
+arrive, compute, sample, move and finish, so that routing never walks the
+requests:
+
+- `load`: tokens the rank still has to run for its sequences: the prompt
+  tokens (plus, after a preemption, the tokens to recompute) not yet computed,
+  and 1 for each sequence in decode;
+- `tokens`: all tokens (prompt + output) of its running and waiting sequences;
+- `seqs`: its running and waiting sequences.
+
+Policies (`runtime.routing`):
+
+- `balanced` (default): the rank that minimises the largest per-rank `load`
+  after the assignment; ties -> fewest `seqs`, then lowest rank. Counting
+  pending prefill tokens keeps one long prompt from landing on a rank that
+  already has one (the reference system's lockstep padding made every rank
+  wait for the busiest);
+- `least_tokens`: the rank with the fewest `tokens` (the reference system's
+  rule without a prefix cache); ties -> lowest rank;
+- `round_robin`: ranks in turn.
+
+Every policy is deterministic: the same calls give the same ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+POLICIES = ("balanced", "least_tokens", "round_robin")
+
+
+class RankCounters:
+    """Per-rank `load`, `tokens` and `seqs` (see the module doc), as lists of ints."""
+
+    __slots__ = ("load", "tokens", "seqs")
+
+    def __init__(self, dp_ranks: int):
+        self.load = [0] * dp_ranks
+        self.tokens = [0] * dp_ranks
+        self.seqs = [0] * dp_ranks
+
+    def add(self, rank: int, load: int, tokens: int, seqs: int = 1) -> None:
+        self.load[rank] += load
+        self.tokens[rank] += tokens
+        self.seqs[rank] += seqs
+
+
+class Router:
+    """Picks a rank for a sequence of `new_load` tokens among `candidates` (default: all)."""
+
+    def __init__(self, policy: str, dp_ranks: int):
+        if policy not in POLICIES:
+            raise ValueError(f"routing: unknown policy {policy!r} (use one of {', '.join(POLICIES)})")
+        self.policy = policy
+        self.dp_ranks = dp_ranks
+        self._next = 0  # round_robin cursor
+
+    def pick(self, counters: RankCounters, new_load: int, candidates: Sequence[int] | None = None) -> int:
+        ranks = range(self.dp_ranks) if candidates is None else candidates
+        if self.policy == "balanced":
+            return _balanced(counters, new_load, ranks)
+        if self.policy == "least_tokens":
+            return min(ranks, key=lambda r: (counters.tokens[r], r))
+        return self._round_robin(ranks)
+
+    def _round_robin(self, ranks: Sequence[int]) -> int:
+        # The first candidate at or after the cursor, cyclically.
+        rank = min(ranks, key=lambda r: ((r - self._next) % self.dp_ranks, r))
+        self._next = (rank + 1) % self.dp_ranks
+        return rank
+
+
+def _balanced(counters: RankCounters, new_load: int, ranks: Sequence[int]) -> int:
+    load = counters.load
+    # The largest load among the *other* ranks: the top one, or the second
+    # when the top one is the rank being tried.
+    top = max(range(len(load)), key=lambda r: (load[r], -r))
+    second = max((load[r] for r in range(len(load)) if r != top), default=0)
+
+    def key(r: int) -> tuple[int, int, int]:
+        others = second if r == top else load[top]
+        return max(load[r] + new_load, others), counters.seqs[r], r
+
+    return min(ranks, key=key)

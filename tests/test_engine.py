@@ -1,0 +1,100 @@
+"""The engine end to end: every strategy gives the single-device tokens."""
+
+import numpy as np
+import pytest
+
+from shardspec import compile, load
+from shardspec.runtime.engine import Engine
+from shardspec.runtime.request import Request, SamplingParams
+
+from conftest import ROOT, STRATEGY_FILES, strategy_ids
+
+# Small buckets keep compiles few; float32 KV pages keep the comparison exact
+# (bf16 pages round differently when the reduction order differs).
+SMALL = {"runtime.max_num_batched_tokens": "64", "runtime.max_num_seqs": "8", "kv_cache.dtype": "float32"}
+LENGTHS = [1, 2, 5, 9, 17, 31, 48, 64, 100, 130]
+
+
+def _requests(seed=0, temperature=0.0):
+    rng = np.random.default_rng(seed)
+    return [Request(str(i), tuple(rng.integers(0, 512, n).tolist()), max_tokens=int(rng.integers(1, 24)),
+                    sampling=SamplingParams(temperature=temperature, seed=i), ignore_eos=True)
+            for i, n in enumerate(LENGTHS)]
+
+
+def _engine(path, **overrides):
+    return Engine(compile(load(path, overrides={**SMALL, **overrides})))
+
+
+@pytest.fixture(scope="module")
+def single_device_tokens():
+    engine = _engine(ROOT / "strategies" / "tp.yaml", **{"parallelism.tensor": "1", "devices": "1"})
+    return [o.output_token_ids for o in engine.generate(_requests())]
+
+
+@pytest.mark.parametrize("async_scheduling", ["true", "false"])
+@pytest.mark.parametrize("path", STRATEGY_FILES, ids=strategy_ids())
+def test_greedy_tokens_equal_the_single_device_run(path, async_scheduling, single_device_tokens):
+    engine = _engine(path, **{"runtime.async_scheduling": async_scheduling})
+    outputs = engine.generate(_requests())
+    assert [o.id for o in outputs] == [str(i) for i in range(len(LENGTHS))]
+    assert [o.output_token_ids for o in outputs] == single_device_tokens
+    assert all(o.finish_reason == "length" and len(o.output_token_ids) == r.max_tokens
+               for o, r in zip(outputs, _requests()))
+
+
+def test_a_small_kv_cache_forces_preemption_and_changes_no_token(single_device_tokens):
+    engine = _engine(ROOT / "strategies" / "attention_dp.yaml", **{"kv_cache.num_pages": "10"})
+    outputs = engine.generate(_requests())
+    assert engine.metrics.preemptions > 0
+    assert [o.output_token_ids for o in outputs] == single_device_tokens
+
+
+def test_sampling_with_seeds_is_the_same_under_every_strategy():
+    runs = [[o.output_token_ids for o in _engine(p).generate(_requests(temperature=0.8))]
+            for p in STRATEGY_FILES[:2]]
+    assert runs[0] == runs[1]
+
+
+def test_warmup_compiles_every_bucket_and_serving_compiles_nothing():
+    engine = _engine(ROOT / "strategies" / "dp_tp.yaml")
+    engine.warmup()
+    compiled = engine.metrics.compiles
+    assert compiled == len(engine.sizes.token_buckets)
+    engine.generate(_requests())
+    assert engine.metrics.compiles == compiled
+
+
+def test_abort_finishes_a_request_once_with_its_tokens_so_far():
+    engine = _engine(ROOT / "strategies" / "dp.yaml")
+    engine.add_request(Request("long", tuple(range(1, 40)), max_tokens=30, ignore_eos=True))
+    engine.add_request(prompt_token_ids=[5, 6, 7], max_tokens=3, ignore_eos=True, id="short")
+    finished = []
+    for _ in range(4):
+        finished += engine.step()
+    assert engine.abort("long")
+    while engine.has_unfinished():
+        finished += engine.step()
+    by_id = {o.id: o for o in finished}
+    assert sorted(by_id) == ["long", "short"] and len(finished) == 2
+    assert by_id["long"].finish_reason == "abort" and len(by_id["long"].output_token_ids) < 30
+    assert by_id["short"].finish_reason == "length"
+
+
+def test_stop_tokens_end_a_request():
+    engine = _engine(ROOT / "strategies" / "dp.yaml")
+    first = engine.generate([{"prompt_token_ids": [1, 2, 3], "max_tokens": 8, "ignore_eos": True}])[0]
+    stop = first.output_token_ids[2]
+    again = engine.generate([{"id": "s", "prompt_token_ids": [1, 2, 3], "max_tokens": 8,
+                              "stop_token_ids": [stop]}])[0]
+    assert again.finish_reason == "stop"
+    assert again.output_token_ids == first.output_token_ids[: first.output_token_ids.index(stop) + 1]
+
+
+def test_metrics_are_reported():
+    engine = _engine(ROOT / "strategies" / "attention_dp.yaml")
+    engine.generate(_requests())
+    m = engine.metrics.to_json()
+    assert m["generated_tokens"] == sum(r.max_tokens for r in _requests())
+    assert 0 < m["padding_efficiency"] <= 1 and m["steps"] > 0 and len(m["per_rank_tokens"]) == 4
+    assert m["real_tokens"] == sum(len(r.prompt_token_ids) + r.max_tokens - 1 for r in _requests())

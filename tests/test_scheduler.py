@@ -1,0 +1,498 @@
+"""DPScheduler: continuous batching, chunked prefill, preemption, spill-over, async scheduling.
+
+Most tests drive the scheduler with a tiny fake engine: a "model" whose KV cache
+holds token ids in rank-local pages, read back through each chunk's block table,
+and whose next token is a hash of the whole context read back that way. A
+wrong block table, a page owned by two sequences or a wrong recompute after a
+preemption changes the tokens, so comparing with a plain reference generation
+checks all of them at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shardspec.plan import RuntimeSizes, token_buckets
+from shardspec.runtime.kv_pages import pages_for
+from shardspec.runtime.request import Request
+from shardspec.runtime.schedule import FROM_PREVIOUS_STEP, ScheduledChunk
+from shardspec.runtime.scheduler import DPScheduler
+
+VOCAB = 16  # small, so that EOS and stop tokens come up often
+EOS = 0
+
+
+def sizes(dp_ranks=1, page_size=4, pages_per_rank=64, max_model_len=64, max_num_seqs=4, max_num_batched_tokens=8):
+    return RuntimeSizes(
+        dp_ranks=dp_ranks, page_size=page_size, pages_per_rank=pages_per_rank,
+        max_pages_per_seq=pages_for(max_model_len, page_size), max_model_len=max_model_len,
+        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+        token_buckets=token_buckets(max_num_batched_tokens))
+
+
+def req(rid, prompt, max_tokens=16, **kw):
+    prompt = tuple(range(1, prompt + 1)) if isinstance(prompt, int) else tuple(prompt)
+    return Request(str(rid), prompt, max_tokens=max_tokens, **kw)
+
+
+def next_token(context: np.ndarray) -> int:
+    """The fake model: a deterministic function of every token before the sample."""
+    weights = np.arange(len(context)) % 7 + 1
+    return int((int((context * weights).sum()) * 2654435761 + len(context)) % 1_000_003 % VOCAB)
+
+
+def reference(request: Request, eos=EOS) -> tuple[tuple[int, ...], str]:
+    """What serving `request` alone must produce: output tokens and finish reason."""
+    tokens, out = list(request.prompt_token_ids), []
+    stop = set(request.stop_token_ids) | (set() if request.ignore_eos or eos is None else {eos})
+    while True:
+        out.append(next_token(np.array(tokens)))
+        tokens.append(out[-1])
+        if out[-1] in stop:
+            return tuple(out), "stop"
+        if len(out) == request.max_tokens:
+            return tuple(out), "length"
+
+
+class FakeModel:
+    def __init__(self, sz: RuntimeSizes):
+        self.sz = sz
+        self.kv = np.full((sz.dp_ranks, sz.pages_per_rank, sz.page_size), -7, np.int64)
+        self.previous: dict[int, int] = {}  # the last step's samples (fill FROM_PREVIOUS_STEP)
+
+    def run(self, schedule) -> dict[int, int]:
+        ps, out = self.sz.page_size, {}
+        for c in schedule.chunks:
+            tokens = np.asarray(c.token_ids, np.int64).copy()
+            unknown = tokens == FROM_PREVIOUS_STEP
+            if unknown.any():
+                assert c.num_tokens == 1
+                tokens[unknown] = self.previous[c.seq_id]
+            end = c.start_pos + c.num_tokens
+            assert len(c.block_table) == pages_for(end, ps)
+            pos = np.arange(c.start_pos, end)
+            self.kv[c.rank, c.block_table[pos // ps], pos % ps] = tokens
+            if c.sample:
+                pos = np.arange(end)
+                out[c.seq_id] = next_token(self.kv[c.rank, c.block_table[pos // ps], pos % ps])
+        self.previous = out
+        return out
+
+
+def check_step(schedule, sz: RuntimeSizes, async_scheduling: bool) -> None:
+    ranks = [c.rank for c in schedule.chunks]
+    assert ranks == sorted(ranks)
+    assert len({c.seq_id for c in schedule.chunks}) == len(schedule.chunks)
+    assert (schedule.tokens_per_rank(sz.dp_ranks) <= sz.max_num_batched_tokens).all()
+    for r in range(sz.dp_ranks):
+        mine = [c for c in schedule.chunks if c.rank == r]
+        assert len(mine) <= sz.max_num_seqs
+        pages = np.concatenate([c.block_table for c in mine] + [np.zeros(0, np.int32)])
+        assert len(set(pages.tolist())) == len(pages), "a page in two block tables"
+    for c in schedule.chunks:
+        assert c.num_tokens >= 1 and c.token_ids.dtype == np.int32
+        if (c.token_ids == FROM_PREVIOUS_STEP).any():
+            assert async_scheduling and c.num_tokens == 1 and c.sample
+
+
+def serve(sched: DPScheduler, arrivals: dict[int, list[Request]], aborts=None, max_steps=2000):
+    """A fake engine loop (sync, or async: schedule t+1 before update t). Returns
+    {request id: Output}, the ids aborted while unfinished, and the schedules."""
+    model, aborts = FakeModel(sched.sizes), aborts or {}
+    outputs, aborted, schedules, in_flight = {}, set(), [], None
+    last_arrival = max(arrivals, default=0)
+    for step in range(max_steps):
+        for r in arrivals.get(step, []):
+            sched.add_request(r)
+        for rid in aborts.get(step, []):
+            if sched.abort(rid):
+                aborted.add(rid)
+        if step > last_arrival and not sched.has_unfinished() and in_flight is None:
+            break
+        schedule = sched.schedule()
+        check_step(schedule, sched.sizes, sched.async_scheduling)
+        schedules.append(schedule)
+        sampled = model.run(schedule)
+        if sched.async_scheduling:
+            done = sched.update(*in_flight) if in_flight else sched.take_finished()
+            in_flight = (schedule, sampled) if schedule.chunks else None
+        else:
+            done = sched.update(schedule, sampled)
+        for out in done:
+            assert out.id not in outputs, f"{out.id} finished twice"
+            outputs[out.id] = out
+    else:
+        raise AssertionError(f"not done after {max_steps} steps: {sched.stats()}")
+    outputs.update((o.id, o) for o in sched.take_finished())
+    return outputs, aborted, schedules
+
+
+def check_outputs(sched, requests, outputs, aborted, eos=EOS):
+    assert sorted(outputs) == sorted(r.id for r in requests)
+    for r in requests:
+        want, reason = reference(r, eos)
+        got = outputs[r.id]
+        if r.id in aborted:
+            assert got.finish_reason == "abort" and want[:len(got.output_token_ids)] == got.output_token_ids
+        else:
+            assert (got.output_token_ids, got.finish_reason) == (want, reason)
+    stats = sched.stats()
+    assert stats["pages_used"] == [0] * sched.sizes.dp_ranks and stats["max_kv_usage"] == 0
+    assert stats["running"] == stats["waiting"] == stats["load"] == [0] * sched.sizes.dp_ranks
+
+
+def chunks_of(schedule):
+    return [(c.seq_id, c.token_ids.tolist(), c.start_pos, c.block_table.tolist(), c.sample) for c in schedule.chunks]
+
+
+# ------------------------------------------------------------------ one rank, exact chunks
+
+
+def step(sched, sampled=None):
+    """One sync step; `sampled` maps seq id -> token (tokens not given are 3)."""
+    schedule = sched.schedule()
+    sampled = {c.seq_id: 3 for c in schedule.chunks if c.sample} | (sampled or {})
+    return schedule, sched.update(schedule, sampled)
+
+
+def test_chunked_prefill_then_decode_with_exact_chunks():
+    sched = DPScheduler(sizes(page_size=4, max_num_batched_tokens=8), eos_token_id=EOS)
+    assert sched.add_request(req("a", 20, max_tokens=3)) == 0
+    got, outs = [], []
+    for tok in (None, None, 5, 6, 7):
+        schedule, done = step(sched, {0: tok} if tok else None)
+        got.append(chunks_of(schedule) + [schedule.chunks[0].output_index])
+        outs += done
+    assert got == [
+        [(0, list(range(1, 9)), 0, [0, 1], False), 0],
+        [(0, list(range(9, 17)), 8, [0, 1, 2, 3], False), 0],
+        [(0, list(range(17, 21)), 16, [0, 1, 2, 3, 4], True), 0],
+        [(0, [5], 20, [0, 1, 2, 3, 4, 5], True), 1],
+        [(0, [6], 21, [0, 1, 2, 3, 4, 5], True), 2],
+    ]
+    assert [(o.id, o.output_token_ids, o.finish_reason) for o in outs] == [("a", (5, 6, 7), "length")]
+    assert not sched.has_unfinished() and sched.stats()["pages_used"] == [0]
+
+
+def test_block_table_grows_one_page_at_a_time():
+    sched = DPScheduler(sizes(page_size=2))
+    sched.add_request(req("a", 3, max_tokens=6, ignore_eos=True))
+    lengths = []
+    while sched.has_unfinished():
+        schedule, _ = step(sched)
+        lengths.append([len(c.block_table) for c in schedule.chunks])
+    # positions computed: 3, 4, 5, 6, 7, 8 -> pages 2, 2, 3, 3, 4, 4
+    assert lengths == [[2], [2], [3], [3], [4], [4]]
+
+
+def test_decodes_first_then_prefill_chunks_then_admission_in_admission_order():
+    sched = DPScheduler(sizes(max_num_seqs=3, max_num_batched_tokens=8))
+    for rid in "ab":
+        sched.add_request(req(rid, 2, ignore_eos=True))
+    first, _ = step(sched)
+    assert [(c.seq_id, c.num_tokens) for c in first.chunks] == [(0, 2), (1, 2)]
+    sched.add_request(req("c", 20, ignore_eos=True))
+    sched.add_request(req("d", 20, ignore_eos=True))
+    sched.add_request(req("e", 2, ignore_eos=True))
+    second, _ = step(sched)
+    # 2 decodes, then c's first chunk takes the 6 tokens left; d and e wait (budget, then seats).
+    assert [(c.seq_id, c.num_tokens, c.sample) for c in second.chunks] == [(0, 1, True), (1, 1, True), (2, 6, False)]
+    third, _ = step(sched)
+    assert [(c.seq_id, c.num_tokens) for c in third.chunks] == [(0, 1), (1, 1), (2, 6)]
+    assert sched.stats()["running"] == [3] and sched.stats()["waiting"] == [2]
+
+
+def test_admission_stops_at_max_num_seqs_and_at_the_token_budget():
+    sched = DPScheduler(sizes(max_num_seqs=2, max_num_batched_tokens=100))
+    for i in range(4):
+        sched.add_request(req(i, 3))
+    assert [c.seq_id for c in sched.schedule().chunks] == [0, 1]
+    sched = DPScheduler(sizes(max_num_seqs=4, max_num_batched_tokens=8))
+    for i in range(4):
+        sched.add_request(req(i, 3))
+    assert [(c.seq_id, c.num_tokens) for c in sched.schedule().chunks] == [(0, 3), (1, 3), (2, 2)]
+
+
+def test_admission_waits_for_pages_for_its_first_chunk():
+    sched = DPScheduler(sizes(page_size=4, pages_per_rank=4, max_model_len=16, max_num_batched_tokens=16))
+    sched.add_request(req("a", 9, max_tokens=4))
+    sched.add_request(req("b", 5, max_tokens=4))
+    schedule, _ = step(sched)
+    assert [c.seq_id for c in schedule.chunks] == [0]  # a takes 3 pages; b needs 2 of the 1 left
+    assert sched.stats()["waiting"] == [1] and sched.stats()["max_kv_usage"] == 0.75
+
+
+# ------------------------------------------------------------------ finishing
+
+
+@pytest.mark.parametrize("request_kw, samples, want", [
+    ({}, [4, EOS, 5], ((4, EOS), "stop")),  # EOS ends it and is in the output, like vLLM
+    ({"ignore_eos": True}, [4, EOS, 5], ((4, EOS, 5), "length")),
+    ({"stop_token_ids": (5, 6)}, [4, 6, 2], ((4, 6), "stop")),
+    ({"max_tokens": 2}, [4, 6, 2], ((4, 6), "length")),
+    ({"max_tokens": 2}, [4, EOS], ((4, EOS), "stop")),  # a stop token on the last allowed token is a stop
+])
+def test_finish_reasons(request_kw, samples, want):
+    sched = DPScheduler(sizes(), eos_token_id=EOS)
+    sched.add_request(req("a", 3, **{"max_tokens": 3} | request_kw))
+    outs = []
+    for tok in samples:
+        outs += step(sched, {0: tok})[1]
+        if outs:
+            break
+    assert [(o.output_token_ids, o.finish_reason) for o in outs] == [want]
+    assert outs[0].prompt_token_ids == (1, 2, 3) and not sched.has_unfinished()
+
+
+def test_without_an_eos_token_only_stop_ids_and_length_finish():
+    sched = DPScheduler(sizes(), eos_token_id=None)
+    sched.add_request(req("a", 3, max_tokens=2))
+    assert step(sched, {0: EOS})[1] == [] and step(sched, {0: EOS})[1][0].finish_reason == "length"
+
+
+def test_abort_a_waiting_and_a_running_request():
+    sched = DPScheduler(sizes(max_num_seqs=1), eos_token_id=EOS)
+    sched.add_request(req("run", 3))
+    sched.add_request(req("wait", 3))
+    step(sched, {0: 4})
+    step(sched, {0: 5})
+    assert sched.abort("wait") and sched.abort("run")
+    assert not sched.abort("run") and not sched.abort("never-added")
+    assert not sched.has_unfinished() and sched.stats()["pages_used"] == [0]
+    outs = sched.take_finished()
+    assert [(o.id, o.output_token_ids, o.finish_reason) for o in outs] == [("wait", (), "abort"),
+                                                                            ("run", (4, 5), "abort")]
+    assert sched.take_finished() == [] and sched.schedule().chunks == ()
+
+
+def test_an_abort_output_comes_with_the_next_update():
+    sched = DPScheduler(sizes())
+    sched.add_request(req("a", 3))
+    sched.add_request(req("b", 3))
+    schedule = sched.schedule()
+    sched.abort("b")
+    assert [o.id for o in sched.update(schedule, {0: 1, 1: 1})] == ["b"]  # b's sample is ignored
+
+
+# ------------------------------------------------------------------ preemption and spill-over
+
+
+def test_preemption_recomputes_the_newest_sequence_and_keeps_its_tokens():
+    # 6 pages of 2 tokens: each request needs up to 5 pages, both at once do not fit.
+    sz = sizes(page_size=2, pages_per_rank=6, max_model_len=12, max_num_batched_tokens=16)
+    sched = DPScheduler(sz, eos_token_id=None)
+    requests = [req("old", 4, max_tokens=6), req("new", [5, 6, 7, 1], max_tokens=6)]
+    outputs, aborted, schedules = serve(sched, {0: requests})
+    check_outputs(sched, requests, outputs, aborted, eos=None)
+    assert sched.stats()["preemptions"] >= 1
+    # The first preemption hit seq 1 ("new"), which later restarts from position 0
+    # with its prompt plus what it had generated, recomputed in one chunk.
+    restart = next(c for s in schedules[1:] for c in s.chunks if c.seq_id == 1 and c.start_pos == 0)
+    generated = list(outputs["new"].output_token_ids[:restart.num_tokens - 4])
+    assert restart.token_ids.tolist() == [5, 6, 7, 1] + generated and len(generated) >= 1
+    assert restart.sample and restart.output_index == len(generated)
+    assert all(c.start_pos > 0 for s in schedules[1:] for c in s.chunks if c.seq_id == 0)  # "old" never restarts
+
+
+def test_a_waiting_request_spills_to_a_rank_with_a_free_seat():
+    sz = sizes(dp_ranks=2, max_num_seqs=1)
+    sched = DPScheduler(sz, routing="round_robin")
+    sched.add_request(req("long", 3, max_tokens=10, ignore_eos=True))  # rank 0
+    sched.add_request(req("short", 3, max_tokens=1))  # rank 1
+    sched.add_request(req("spill", 3, max_tokens=1))  # rank 0, whose only seat is taken
+    schedule, done = step(sched)
+    assert [(c.seq_id, c.rank) for c in schedule.chunks] == [(0, 0), (1, 1)] and done[0].id == "short"
+    schedule, _ = step(sched)
+    assert [(c.seq_id, c.rank) for c in schedule.chunks] == [(0, 0), (2, 1)]
+    assert sched.stats()["spills"] == 1
+
+
+def test_a_waiting_request_spills_to_a_rank_with_free_pages():
+    sz = sizes(dp_ranks=2, page_size=4, pages_per_rank=3, max_model_len=12, max_num_batched_tokens=16)
+    sched = DPScheduler(sz, routing="round_robin")
+    sched.add_request(req("a", 9, max_tokens=3, ignore_eos=True))  # rank 0, 3 pages
+    sched.add_request(req("b", 1, max_tokens=1))  # rank 1
+    sched.add_request(req("c", 4, max_tokens=1))  # rank 0: no page left there
+    schedule, _ = step(sched)
+    assert [(c.seq_id, c.rank) for c in schedule.chunks] == [(0, 0), (1, 1), (2, 1)]
+    assert sched.stats()["spills"] == 1
+
+
+def test_kv_usage_is_the_max_over_ranks():
+    sz = sizes(dp_ranks=2, page_size=4, pages_per_rank=4, max_num_batched_tokens=16)
+    sched = DPScheduler(sz, routing="round_robin")
+    sched.add_request(req("a", 12, max_tokens=1))
+    sched.add_request(req("b", 2, max_tokens=1))
+    sched.schedule()
+    assert sched.stats()["pages_used"] == [3, 1] and sched.stats()["max_kv_usage"] == 0.75
+
+
+# ------------------------------------------------------------------ routing through the scheduler
+
+
+@pytest.mark.parametrize("routing, ranks", [
+    ("round_robin", [0, 1, 0, 1]),
+    ("least_tokens", [0, 1, 1, 1]),  # rank 0 holds 11 tokens: b, c, d (12 tokens) all go to rank 1
+    ("balanced", [0, 1, 0, 1]),
+])
+def test_routing_policies_assign_exact_ranks(routing, ranks):
+    # a (10 tokens) runs its prefill on rank 0 first, so rank 0's load drops to 1
+    # while its token count grows; then b, c, d arrive.
+    sched = DPScheduler(sizes(dp_ranks=2, max_num_batched_tokens=16), routing=routing)
+    sched.add_request(req("a", 10, ignore_eos=True))
+    step(sched)
+    for rid, n in (("b", 4), ("c", 4), ("d", 4)):
+        sched.add_request(req(rid, n, ignore_eos=True))
+    schedule = sched.schedule()
+    assert [c.rank for c in sorted(schedule.chunks, key=lambda c: c.seq_id)] == ranks
+
+
+def test_routing_is_deterministic():
+    def run():
+        sched = DPScheduler(sizes(dp_ranks=3), routing="balanced")
+        for i in range(12):
+            sched.add_request(req(i, 1 + (i * 7) % 9))
+        return [(c.seq_id, c.rank) for c in sched.schedule().chunks]
+
+    assert run() == run()
+
+
+# ------------------------------------------------------------------ async scheduling
+
+
+def test_async_schedules_the_next_decode_before_the_sample_is_known():
+    sched = DPScheduler(sizes(), eos_token_id=EOS, async_scheduling=True)
+    sched.add_request(req("a", 3, max_tokens=3))
+    sched.add_request(req("b", 3, max_tokens=1))
+    s0 = sched.schedule()
+    s1 = sched.schedule()  # before update(s0)
+    assert [(c.seq_id, c.token_ids.tolist(), c.start_pos, c.sample, c.output_index) for c in s1.chunks] == [
+        (0, [FROM_PREVIOUS_STEP], 3, True, 1)]  # b may produce only 1 token: not scheduled again
+    assert not s1.chunks[0].token_ids.flags.writeable
+    assert [o.id for o in sched.update(s0, {0: 4, 1: 4})] == ["b"]
+    s2 = sched.schedule()
+    assert [(c.token_ids.tolist(), c.start_pos, c.output_index) for c in s2.chunks] == [([FROM_PREVIOUS_STEP], 4, 2)]
+    s3 = sched.schedule()  # a third sample would exceed max_tokens: nothing to do
+    assert s3.chunks == ()
+    assert sched.update(s1, {0: 5}) == []
+    outs = sched.update(s2, {0: 6})
+    assert [(o.id, o.output_token_ids, o.finish_reason) for o in outs] == [("a", (4, 5, 6), "length")]
+    assert sched.stats()["pages_used"] == [0]
+
+
+def test_async_ignores_results_for_sequences_that_finished_meanwhile():
+    sched = DPScheduler(sizes(), eos_token_id=EOS, async_scheduling=True)
+    sched.add_request(req("a", 3, max_tokens=5))
+    s0 = sched.schedule()
+    s1 = sched.schedule()
+    assert [o.finish_reason for o in sched.update(s0, {0: EOS})] == ["stop"]
+    assert sched.stats()["pages_used"] == [0]
+    assert sched.update(s1, {0: 4}) == [] and not sched.has_unfinished()
+    assert sched.schedule().chunks == ()
+
+
+def test_async_only_fills_in_the_previous_steps_sample():
+    # 3 pages of 1 token. Step 1: both decodes need a page, only 1 is free and
+    # both sequences have work in flight, so the newer one (b) skips the step.
+    sched = DPScheduler(sizes(page_size=1, pages_per_rank=3), async_scheduling=True)
+    sched.add_request(req("a", 1, max_tokens=3))
+    sched.add_request(req("b", 1, max_tokens=3))
+    s0, s1 = sched.schedule(), sched.schedule()
+    assert [(c.seq_id, c.token_ids.tolist()) for c in s1.chunks] == [(0, [FROM_PREVIOUS_STEP])]
+    assert sched.abort("a")  # frees pages for b
+    # b's unknown token was sampled in step 0, which the device cannot fill in at step 2
+    assert sched.schedule().chunks == () and sched.stats()["preemptions"] == 0
+    sched.update(s0, {0: 1, 1: 2})
+    sched.update(s1, {0: 3})
+    assert [(c.seq_id, c.token_ids.tolist(), c.start_pos) for c in sched.schedule().chunks] == [(1, [2], 1)]
+
+
+def test_async_preemption_still_gives_exact_outputs():
+    sz = sizes(page_size=2, pages_per_rank=6, max_model_len=12, max_num_batched_tokens=16)
+    requests = [req("old", 4, max_tokens=6), req("new", [5, 6, 7, 1], max_tokens=6)]
+    sched = DPScheduler(sz, eos_token_id=None, async_scheduling=True)
+    outputs, aborted, _ = serve(sched, {0: requests})
+    check_outputs(sched, requests, outputs, aborted, eos=None)
+    assert sched.stats()["preemptions"] >= 1
+
+
+# ------------------------------------------------------------------ contracts
+
+
+def test_update_wants_each_schedule_once_in_order_with_every_sample():
+    sched = DPScheduler(sizes(), async_scheduling=True)
+    sched.add_request(req("a", 3))
+    s0, s1 = sched.schedule(), sched.schedule()
+    with pytest.raises(ValueError, match="got step 1, expected step 0"):
+        sched.update(s1, {0: 1})
+    with pytest.raises(ValueError, match=r"no sampled token for sequences \[0\]"):
+        sched.update(s0, {})
+    sched.update(s0, {0: 1})
+    with pytest.raises(ValueError, match="got step 0, expected step 1"):
+        sched.update(s0, {0: 1})
+
+
+def test_add_request_rejects_what_can_never_run():
+    sched = DPScheduler(sizes(page_size=4, pages_per_rank=2, max_model_len=16))
+    with pytest.raises(ValueError, match="empty prompt"):
+        sched.add_request(req("a", 0))
+    with pytest.raises(ValueError, match="max_tokens=0"):
+        sched.add_request(req("a", 2, max_tokens=0))
+    with pytest.raises(ValueError, match="prompt 10 \\+ max_tokens 8 > max_model_len 16"):
+        sched.add_request(req("a", 10, max_tokens=8))
+    with pytest.raises(ValueError, match="needs more KV pages than a rank has"):
+        sched.add_request(req("a", 8, max_tokens=2))
+    sched.add_request(req("a", 8, max_tokens=1))
+    with pytest.raises(ValueError, match="already running or waiting"):
+        sched.add_request(req("a", 1, max_tokens=1))
+
+
+def test_chunks_are_built_like_their_dataclass():
+    sched = DPScheduler(sizes())
+    sched.add_request(req("a", 3))
+    chunk = sched.schedule().chunks[0]
+    fields = [f.name for f in dataclasses.fields(ScheduledChunk)]
+    assert list(vars(chunk)) == fields and not hasattr(ScheduledChunk, "__post_init__")
+    assert repr(chunk) == repr(ScheduledChunk(**{f: getattr(chunk, f) for f in fields}))
+    assert not chunk.token_ids.flags.writeable and not chunk.block_table.flags.writeable
+
+
+# ------------------------------------------------------------------ the property
+
+
+@st.composite
+def workloads(draw):
+    page_size = draw(st.sampled_from([1, 2, 4]))
+    max_model_len = 16
+    sz = sizes(dp_ranks=draw(st.integers(1, 3)), page_size=page_size,
+               # from one longest request's worth of pages (forces preemption) to plenty
+               pages_per_rank=draw(st.integers(pages_for(max_model_len - 1, page_size),
+                                               2 * pages_for(max_model_len, page_size))),
+               max_model_len=max_model_len, max_num_seqs=draw(st.integers(1, 4)),
+               max_num_batched_tokens=draw(st.integers(1, 12)))
+    requests, arrivals = [], {}
+    for i in range(draw(st.integers(1, 12))):
+        n = draw(st.integers(1, 12))
+        stop = tuple(draw(st.sets(st.integers(0, VOCAB - 1), max_size=2)))
+        r = req(i, [draw(st.integers(0, VOCAB - 1)) for _ in range(n)], max_tokens=draw(st.integers(1, 16 - n)),
+                ignore_eos=draw(st.booleans()), stop_token_ids=stop)
+        requests.append(r)
+        arrivals.setdefault(draw(st.integers(0, 8)), []).append(r)
+    aborts = {}
+    for _ in range(draw(st.integers(0, 3))):
+        aborts.setdefault(draw(st.integers(0, 30)), []).append(str(draw(st.integers(0, len(requests) - 1))))
+    return sz, requests, arrivals, aborts
+
+
+@settings(max_examples=300, deadline=None)
+@given(workloads(), st.booleans(), st.sampled_from(["balanced", "least_tokens", "round_robin"]))
+def test_every_request_finishes_once_with_the_right_tokens_and_all_pages_return(workload, async_scheduling, routing):
+    sz, requests, arrivals, aborts = workload
+    sched = DPScheduler(sz, routing=routing, eos_token_id=EOS, async_scheduling=async_scheduling)
+    outputs, aborted, _ = serve(sched, arrivals, aborts)
+    check_outputs(sched, requests, outputs, aborted)
