@@ -204,13 +204,14 @@ def compile(strategy: Strategy | str | os.PathLike, model: str | LlamaConfig | N
     graphdef, state = nnx.split(abstract_model)
     params, problems = _param_layouts(state, strategy, table, shape)
     activations, act_problems = _activation_specs(strategy, table, shape)
-    kv = _kv_cache_layout(strategy, table, shape, config)
     raise_all(problems + act_problems)
 
     if abstract_mesh:
         mesh = mesh_lib.abstract_mesh(shape)
     else:
         mesh = mesh_lib.device_mesh(shape, strategy, devices)
+    param_bytes = sum(p.bytes_per_device for p in params)
+    kv = _kv_cache_layout(strategy, table, shape, config, _free_device_bytes(mesh, param_bytes))
     return ShardingPlan(strategy, config, mesh, shape, attention_data, why, table, tuple(params),
                         activations, kv, graphdef, state)
 
@@ -271,7 +272,21 @@ def _activation_specs(strategy, table, shape):
     return specs, _dedupe(problems)
 
 
-def _kv_cache_layout(strategy, table, shape, config) -> KVCacheLayout:
+KV_MEMORY_FRACTION = 0.9  # `num_pages: auto` on accelerators: this share of what parameters leave
+
+
+def _free_device_bytes(mesh, param_bytes: int) -> int | None:
+    """Device memory left for KV pages on an accelerator; None on CPU or an abstract mesh."""
+    if not isinstance(mesh, Mesh):
+        return None
+    device = mesh.devices.flat[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if not stats or "bytes_limit" not in stats:
+        return None
+    return int((stats["bytes_limit"] - stats.get("bytes_in_use", 0) - param_bytes) * KV_MEMORY_FRACTION)
+
+
+def _kv_cache_layout(strategy, table, shape, config, free_bytes: int | None) -> KVCacheLayout:
     kv_axes = rules_lib.effective_axes(table[ax.KV_HEADS].mesh_axes, shape)
     kv_shards = math.prod(shape[a] for a in kv_axes)
     kv = config.num_kv_heads
@@ -281,7 +296,12 @@ def _kv_cache_layout(strategy, table, shape, config) -> KVCacheLayout:
     cfg = strategy.kv_cache
     per_page = (2 * config.num_layers * cfg.page_size * (slots // kv_shards) * config.head_dim
                 * jnp.dtype(_DTYPES[cfg.dtype]).itemsize)
-    pages_per_rank = CPU_PAGES_PER_RANK if cfg.num_pages == "auto" else int(cfg.num_pages)
+    if cfg.num_pages != "auto":
+        pages_per_rank = int(cfg.num_pages)
+    elif free_bytes is None:
+        pages_per_rank = CPU_PAGES_PER_RANK
+    else:
+        pages_per_rank = max(1, free_bytes // per_page)
     # Copies of each KV head in one tensor group: repeated slots × model devices per slot.
     replication = (slots // kv) * max(1, shape["model"] // kv_shards)
     return KVCacheLayout(spec, kv, slots, replication, cfg.page_size, pages_per_rank, cfg.dtype, per_page)
