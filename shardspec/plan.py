@@ -97,7 +97,7 @@ class RuntimeSizes:
         return min(token_stride, self.max_num_seqs)
 
 
-def token_buckets(max_tokens: int, smallest: int = 16) -> tuple[int, ...]:
+def token_buckets(max_tokens: int, smallest: int = 8) -> tuple[int, ...]:
     """Powers of two from `smallest` up to `max_tokens`, which is always the last."""
     out, b = [], min(smallest, max_tokens)
     while b < max_tokens:

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
 _WAITING, _RUNNING = "waiting", "running"
 
+STEP_EFFICIENCY = 0.9  # padding efficiency a balanced step aims for (see _step_budget)
+
 # The token ids of a decode whose input is the previous step's sample.
 _UNKNOWN = np.full(1, FROM_PREVIOUS_STEP, np.int32)
 _UNKNOWN.flags.writeable = False
@@ -103,9 +105,12 @@ class DPScheduler:
     """
 
     def __init__(self, sizes: RuntimeSizes, routing: str = "balanced", eos_token_id: int | None = None,
-                 async_scheduling: bool = False):
+                 async_scheduling: bool = False, balance_steps: bool | None = None):
         self.sizes = sizes
         self.async_scheduling = async_scheduling
+        # Token-balanced steps are part of the `balanced` policy; the baselines keep
+        # the reference system's full-budget lockstep steps unless asked otherwise.
+        self.balance_steps = routing == "balanced" if balance_steps is None else balance_steps
         self._eos = eos_token_id
         self._router = Router(routing, sizes.dp_ranks)
         self._counters = RankCounters(sizes.dp_ranks)
@@ -181,8 +186,9 @@ class DPScheduler:
     def schedule(self) -> StepSchedule:
         """Plan the next step: chunks grouped by rank (ascending), in admission order within a rank."""
         step, self._step = self._step, self._step + 1
+        budget = self._step_budget()
         for rank in self._ranks:
-            self._plan_running(rank, step)
+            self._plan_running(rank, step, budget)
             self._admit(rank)
         self._spill()
         chunks: list[ScheduledChunk] = []
@@ -192,9 +198,35 @@ class DPScheduler:
             self._outstanding.append(step)
         return StepSchedule(tuple(chunks), step)
 
-    def _plan_running(self, rank: _Rank, step: int) -> None:
+    def _step_budget(self) -> int:
+        """Tokens each rank may run this step.
+
+        Every rank of an SPMD step is padded to one stride, so a rank that runs
+        512 tokens while the others have 30 each wastes 7 × 482 tokens. With
+        `balance_steps`, the budget is the largest token bucket that keeps the
+        step's balance (real tokens ÷ ranks × the busiest rank's tokens, estimated
+        from each rank's pending load) at STEP_EFFICIENCY, or the most balanced
+        bucket when none does (ties -> the larger, which finishes sooner). Long prefills then
+        advance in smaller chunks while the other ranks have work; never below
+        one token per running sequence. Without it: the full budget (the
+        reference system's lockstep steps).
+        """
+        cap = self.sizes.max_num_batched_tokens
+        if not self.balance_steps:
+            return cap
+        demand = [min(load, cap) for load in self._counters.load]
+        floor = max(min(len(r.running), d) for r, d in zip(self._ranks, demand))
+        buckets = [b for b in self.sizes.token_buckets if b >= floor] or [cap]
+        # Imbalance only: the busiest rank's own rounding up to a bucket is not
+        # counted, so one rank alone always takes its full budget.
+        busiest = max(max(demand), 1)
+        efficiency = {b: sum(min(d, b) for d in demand) / (len(demand) * min(b, busiest)) for b in buckets}
+        goal = min(STEP_EFFICIENCY, max(efficiency.values()) - 1e-9)
+        return max(b for b in buckets if efficiency[b] >= goal)
+
+    def _plan_running(self, rank: _Rank, step: int, budget: int) -> None:
         """Set `plan` (tokens this step) of running sequences: decodes first, then prefill chunks."""
-        budget, ps = self.sizes.max_num_batched_tokens, self.sizes.page_size
+        ps = self.sizes.page_size
         may_guess, previous = self.async_scheduling, step - 1
         growing, prefills = [], []  # plans that need new pages; sequences in prefill
         for seq in rank.running.values():
