@@ -1,0 +1,84 @@
+"""Host cost of one decode step: scheduler and packer, at 256 / 1,024 / 4,096 running requests.
+
+Over 8 DP ranks, every request in decode (the steady state of a busy server).
+Also times the packer against the straightforward per-request Python packer
+(`packer_naive.py`) on the same schedules, as a ratio measured in the same run.
+Prints one JSON object; times are medians over repeated steps, in ms.
+
+    python benchmarks/host_cost.py [--sizes 256,1024,4096] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from packer_naive import pack_naive  # noqa: E402
+
+from shardspec.plan import RuntimeSizes, token_buckets  # noqa: E402
+from shardspec.runtime.packer import pack  # noqa: E402
+from shardspec.runtime.request import Request  # noqa: E402
+from shardspec.runtime.scheduler import DPScheduler  # noqa: E402
+
+RANKS = 8
+
+
+def _ms(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return (time.perf_counter() - start) * 1e3, out
+
+
+def measure(n: int, steps: int) -> dict:
+    per_rank = n // RANKS
+    sizes = RuntimeSizes(dp_ranks=RANKS, page_size=16, pages_per_rank=per_rank * 8, max_pages_per_seq=64,
+                         max_model_len=1024, max_num_seqs=per_rank, max_num_batched_tokens=max(per_rank, 512),
+                         token_buckets=token_buckets(max(per_rank, 512)))
+    scheduler = DPScheduler(sizes, routing="balanced")
+    for i in range(n):
+        scheduler.add_request(Request(str(i), (1 + i % 500,) * 16, max_tokens=512, ignore_eos=True))
+    while True:  # prefill everything; stop once every step is a pure decode step
+        schedule = scheduler.schedule()
+        scheduler.update(schedule, {c.seq_id: 3 for c in schedule.chunks if c.sample})
+        if len(schedule.chunks) == n and all(c.num_tokens == 1 for c in schedule.chunks):
+            break
+    times = {"schedule": [], "pack": [], "pack_naive": [], "update": []}
+    for _ in range(steps):
+        t, schedule = _ms(scheduler.schedule)
+        times["schedule"].append(t)
+        t, packed = _ms(lambda: pack(schedule, sizes))
+        times["pack"].append(t)
+        times["pack_naive"].append(_ms(lambda: pack_naive(schedule, sizes))[0])
+        sampled = dict(zip(packed.sampled_seq_ids.tolist(), [3] * len(packed.sampled_seq_ids)))
+        times["update"].append(_ms(lambda: scheduler.update(schedule, sampled))[0])
+    med = {k: round(statistics.median(v), 3) for k, v in times.items()}
+    med["host_total"] = round(med["schedule"] + med["pack"] + med["update"], 3)
+    med["naive_over_pack"] = round(med["pack_naive"] / med["pack"], 2)
+    return med
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="256,1024,4096")
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args(argv)
+    results = {}
+    for n in map(int, args.sizes.split(",")):
+        results[str(n)] = r = measure(n, args.steps)
+        print(f"{n:>5} running: schedule {r['schedule']:.2f} ms, pack {r['pack']:.2f} ms "
+              f"(naive {r['pack_naive']:.2f} ms, {r['naive_over_pack']}x), update {r['update']:.2f} ms",
+              file=sys.stderr)
+    out = {"benchmark": "host_cost", "dp_ranks": RANKS, "unit": "ms per decode step (median)",
+           "results": results}
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
