@@ -35,63 +35,23 @@ import collections
 import heapq
 from typing import TYPE_CHECKING, Mapping
 
-import numpy as np
 
-from .kv_pages import BlockTable, PagePool, pages_for
+from .kv_pages import BlockTable, pages_for
 from .request import FinishReason, Output, Request
 from .routing import RankCounters, Router
-from .schedule import FROM_PREVIOUS_STEP, ScheduledChunk, StepSchedule
+from .schedule import ScheduledChunk, StepSchedule
+from .sequence import RUNNING as _RUNNING
+from .sequence import WAITING as _WAITING
+from .sequence import Rank as _Rank
+from .sequence import UNKNOWN
+from .sequence import Seq as _Seq
+from .step_budget import balanced_budget
 
 if TYPE_CHECKING:
     from ..plan import RuntimeSizes
 
-_WAITING, _RUNNING = "waiting", "running"
-
-STEP_EFFICIENCY = 0.9  # padding efficiency a balanced step aims for (see _step_budget)
-
-# The token ids of a decode whose input is the previous step's sample.
-_UNKNOWN = np.full(1, FROM_PREVIOUS_STEP, np.int32)
-_UNKNOWN.flags.writeable = False
 
 
-class _Seq:
-    """One request's state. Positions: [0, prompt_len) prompt, then outputs."""
-
-    __slots__ = ("id", "request", "rank", "status", "prompt_len", "max_tokens", "sampling", "stop", "tokens",
-                 "tokens_ro", "outputs", "total", "computed", "pending", "in_flight", "last_sample_step", "table",
-                 "plan")
-
-    def __init__(self, seq_id: int, request: Request, rank: int, stop: frozenset[int]):
-        self.id, self.request, self.rank, self.status, self.stop = seq_id, request, rank, _WAITING, stop
-        self.prompt_len, self.max_tokens = len(request.prompt_token_ids), request.max_tokens
-        self.sampling = request.sampling
-        # Every position's token; each entry is written once, so views of known positions never change.
-        self.tokens = np.full(self.prompt_len + request.max_tokens, FROM_PREVIOUS_STEP, np.int32)
-        self.tokens[:self.prompt_len] = request.prompt_token_ids
-        self.tokens_ro = self.tokens.view()
-        self.tokens_ro.flags.writeable = False
-        self.outputs: list[int] = []
-        self.total = self.prompt_len  # known tokens + samples scheduled but not yet received
-        self.computed = 0  # tokens scheduled into the KV cache (optimistic under async scheduling)
-        self.pending = 0  # samples scheduled, not yet received by update()
-        self.in_flight = 0  # chunks scheduled, not yet passed to update()
-        self.last_sample_step = -2
-        self.table: BlockTable | None = None  # while running
-        self.plan = 0  # tokens planned for the step being built
-
-
-class _Rank:
-    __slots__ = ("index", "pool", "running", "waiting", "num_waiting", "budget", "pressed", "blocked")
-
-    def __init__(self, index: int, num_pages: int):
-        self.index = index
-        self.pool = PagePool(num_pages)
-        self.running: dict[int, _Seq] = {}  # seq_id -> seq, in admission order
-        self.waiting: list[int] = []  # heap of seq ids (arrival order); stale ids are skipped
-        self.num_waiting = 0
-        self.budget = 0  # tokens left in the step being built
-        self.pressed = False  # this step: pages ran short (preempted or dropped work)
-        self.blocked = False  # this step: its oldest waiting sequence could not be admitted here
 
 
 class DPScheduler:
@@ -199,30 +159,12 @@ class DPScheduler:
         return StepSchedule(tuple(chunks), step)
 
     def _step_budget(self) -> int:
-        """Tokens each rank may run this step.
-
-        Every rank of an SPMD step is padded to one stride, so a rank that runs
-        512 tokens while the others have 30 each wastes 7 × 482 tokens. With
-        `balance_steps`, the budget is the largest token bucket that keeps the
-        step's balance (real tokens ÷ ranks × the busiest rank's tokens, estimated
-        from each rank's pending load) at STEP_EFFICIENCY, or the most balanced
-        bucket when none does (ties -> the larger, which finishes sooner). Long prefills then
-        advance in smaller chunks while the other ranks have work; never below
-        one token per running sequence. Without it: the full budget (the
-        reference system's lockstep steps).
-        """
+        """Tokens each rank may run this step (see `step_budget.balanced_budget`)."""
         cap = self.sizes.max_num_batched_tokens
         if not self.balance_steps:
-            return cap
-        demand = [min(load, cap) for load in self._counters.load]
-        floor = max(min(len(r.running), d) for r, d in zip(self._ranks, demand))
-        buckets = [b for b in self.sizes.token_buckets if b >= floor] or [cap]
-        # Imbalance only: the busiest rank's own rounding up to a bucket is not
-        # counted, so one rank alone always takes its full budget.
-        busiest = max(max(demand), 1)
-        efficiency = {b: sum(min(d, b) for d in demand) / (len(demand) * min(b, busiest)) for b in buckets}
-        goal = min(STEP_EFFICIENCY, max(efficiency.values()) - 1e-9)
-        return max(b for b in buckets if efficiency[b] >= goal)
+            return cap  # the reference system's lockstep steps: every rank its full budget
+        return balanced_budget(self._counters.load, [len(r.running) for r in self._ranks],
+                               self.sizes.token_buckets, cap)
 
     def _plan_running(self, rank: _Rank, step: int, budget: int) -> None:
         """Set `plan` (tokens this step) of running sequences: decodes first, then prefill chunks."""
@@ -365,7 +307,7 @@ class DPScheduler:
             # checks that the two agree.
             chunk = new(ScheduledChunk)
             chunk.__dict__.update(
-                seq_id=seq.id, rank=r, token_ids=_UNKNOWN if seq.pending else seq.tokens_ro[start:end],
+                seq_id=seq.id, rank=r, token_ids=UNKNOWN if seq.pending else seq.tokens_ro[start:end],
                 start_pos=start, block_table=seq.table.pages, sample=sample, sampling=seq.sampling,
                 output_index=seq.total - seq.prompt_len)  # tokens generated, received or not
             out.append(chunk)
