@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from ._common import handle_errors, load_strategy, simulate_devices
+from ._common import (CoordinatorOpt, NumProcessesOpt, ProcessIdOpt, handle_errors, join_cluster,
+                      load_strategy, simulate_devices)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="shardspec: compile, explain, check and serve JAX sharding strategies.")
@@ -44,28 +45,69 @@ def validate(ctx: typer.Context, strategy: str = typer.Argument(..., help="Strat
 @handle_errors
 def explain(ctx: typer.Context, strategy: str = typer.Argument(..., help="Strategy YAML file."),
             model: Optional[str] = ModelOpt, set: Optional[List[str]] = SetOpt,
-            format: Format = typer.Option(Format.text, "--format", "-f", help="text or json.")):
-    """Print the whole layout: mesh, rules, every parameter, the KV cache, bytes per device."""
+            format: Format = typer.Option(Format.text, "--format", "-f", help="text or json."),
+            hlo: bool = typer.Option(False, "--hlo", help="Compile the serving step and count its "
+                                     "collectives; check the strategy's `expect:` budget."),
+            coordinator: Optional[str] = CoordinatorOpt, num_processes: Optional[int] = NumProcessesOpt,
+            process_id: Optional[int] = ProcessIdOpt):
+    """Print the whole layout: mesh, rules, every parameter, the KV cache, bytes per device.
+
+    Shapes only; in a cluster (--coordinator ...) the mesh is the real one, with
+    each device's process, and process 0 prints it. --hlo compiles one decode and
+    one prefill step on the strategy's devices (simulated on CPU; nothing is
+    allocated) and exits 2 when a count exceeds the `expect:` budget.
+    """
+    from shardspec import distributed
     from shardspec.explain import explain as explain_plan
+    from shardspec.hlo import check_budget, hlo_report
     from shardspec.plan import compile
 
-    plan = compile(load_strategy(strategy, model, set), abstract_mesh=True)
-    typer.echo(explain_plan(plan, format=format.value), nl=False)
+    loaded = load_strategy(strategy, model, set)
+    cluster = (coordinator, num_processes, process_id) != (None, None, None)
+    plan = compile(loaded, abstract_mesh=True)  # every user error before joining
+    if cluster and join_cluster(loaded, coordinator, num_processes, process_id) > 1:
+        plan = compile(loaded)
+    elif hlo:  # the step is compiled on a concrete mesh
+        simulate_devices(loaded)
+        plan = compile(loaded)
+    report = hlo_report(plan) if hlo else None
+    main = distributed.is_main()
+    distributed.leave()
+    if main:
+        typer.echo(explain_plan(plan, format=format.value, hlo=report), nl=False)
+    if report is not None:
+        check_budget(plan, report)
 
 
 @app.command()
 @handle_errors
 def check(ctx: typer.Context, strategy: str = typer.Argument(..., help="Strategy YAML file."),
           model: Optional[str] = ModelOpt, set: Optional[List[str]] = SetOpt,
-          seed: int = typer.Option(0, help="Seed of the parameters and the batch.")):
-    """Compare the sharded model with the unsharded one on a fixed random batch (exit 1 on a mismatch)."""
+          seed: int = typer.Option(0, help="Seed of the parameters and the batch."),
+          coordinator: Optional[str] = CoordinatorOpt, num_processes: Optional[int] = NumProcessesOpt,
+          process_id: Optional[int] = ProcessIdOpt):
+    """Compare the sharded model with the unsharded one on a fixed random batch (exit 1 on a mismatch).
+
+    In a cluster every process compares the whole result; process 0 prints it.
+    A strategy with `expect:` first has its collective budget checked against
+    the compiled serving step (exit 2 when a count exceeds it).
+    """
     loaded = load_strategy(strategy, model, set)
-    simulate_devices(loaded)
+    join_cluster(loaded, coordinator, num_processes, process_id)
+    from shardspec import distributed
     from shardspec.check import check as check_plan
+    from shardspec.check import check_collectives
     from shardspec.plan import compile
 
-    result = check_plan(compile(loaded), seed=seed)
-    typer.echo(result.summary())
+    plan = compile(loaded)
+    budget = check_collectives(plan) if loaded.expect else None  # a blown budget: exit 2 first
+    result = check_plan(plan, seed=seed)
+    main = distributed.is_main()
+    distributed.leave()
+    if main:
+        typer.echo(result.summary())
+        if budget:
+            typer.echo(budget)
     if not result.passed:
         raise typer.Exit(1)
 
@@ -96,6 +138,9 @@ def _count(c) -> str:
 from .run import run  # noqa: E402  (registered below, next to the other commands)
 
 app.command()(handle_errors(run))
+from .launch import launch  # noqa: E402
+
+app.command(context_settings={"allow_interspersed_args": False})(handle_errors(launch))
 
 
 def main():

@@ -13,7 +13,8 @@ from rich.table import Table
 
 from shardspec.errors import Problem, ShardspecError
 
-from ._common import handle_errors, load_strategy, simulate_devices
+from ._common import (CoordinatorOpt, NumProcessesOpt, ProcessIdOpt, handle_errors, join_cluster,
+                      load_strategy)
 
 
 def _span(text: str, flag: str) -> tuple[int, int]:
@@ -41,7 +42,8 @@ def synthetic_requests(n: int, input_len: tuple[int, int], output_len: tuple[int
 
 def run(ctx: typer.Context,
         strategy: str = typer.Argument(..., help="Strategy YAML file."),
-        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model preset; overrides `model:`."),
+        model: Optional[str] = typer.Option(None, "--model", "-m",
+                                            help="Model preset or checkpoint directory; overrides `model:`."),
         prompts: Optional[str] = typer.Option(None, "--prompts", help="Request JSONL file (else synthetic)."),
         output: Optional[str] = typer.Option(None, "--output", "-o", help="Write outputs as JSONL, input order."),
         num_requests: int = typer.Option(32, "--num-requests", "-n", min=1, help="Synthetic requests."),
@@ -49,8 +51,14 @@ def run(ctx: typer.Context,
         output_len: str = typer.Option("16:32", "--output-len", help="Synthetic output length or LOW:HIGH."),
         seed: int = typer.Option(0, help="Seed of the parameters and the synthetic workload."),
         json_out: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object on stdout."),
-        set: Optional[List[str]] = typer.Option(None, "--set", help="Override a strategy key: key.path=value.")):
-    """Serve requests with the DP scheduler and input packer; print a summary."""
+        set: Optional[List[str]] = typer.Option(None, "--set", help="Override a strategy key: key.path=value."),
+        coordinator: Optional[str] = CoordinatorOpt, num_processes: Optional[int] = NumProcessesOpt,
+        process_id: Optional[int] = ProcessIdOpt):
+    """Serve requests with the DP scheduler and input packer; print a summary.
+
+    Across processes every process reads the same requests and runs the same
+    scheduler; process 0 alone writes --output, --json and the summary.
+    """
     loaded = load_strategy(strategy, model, set)
     from shardspec.plan import compile
     from shardspec.runtime.requests_io import read_requests, write_outputs
@@ -58,7 +66,10 @@ def run(ctx: typer.Context,
     plan = compile(loaded, abstract_mesh=True)  # every user error before any device work
     vocab, max_len = plan.model.vocab_size, plan.runtime.max_request_len
     if prompts:
-        requests = read_requests(prompts, vocab_size=vocab, max_model_len=max_len)
+        from shardspec.tokenizer import load_tokenizer  # a checkpoint's: `prompt` text in requests
+
+        requests = read_requests(prompts, vocab_size=vocab, max_model_len=max_len,
+                                 tokenizer=load_tokenizer(plan.model.checkpoint))
     else:
         requests = synthetic_requests(num_requests, _span(input_len, "--input-len"),
                                       _span(output_len, "--output-len"), vocab, seed)
@@ -66,10 +77,15 @@ def run(ctx: typer.Context,
 
         requests = [make_request(r, default_id=r["id"], vocab_size=vocab, max_model_len=max_len)
                     for r in requests]
-    simulate_devices(loaded)
+    join_cluster(loaded, coordinator, num_processes, process_id)
+    from shardspec import distributed
     from shardspec.runtime.engine import Engine
 
-    err = Console(stderr=True)
+    if differ := distributed.disagreeing(repr(requests)):
+        raise ShardspecError(f"processes {differ} read other requests than process 0",
+                             hint="give every process the same --prompts file and flags")
+    main = distributed.is_main()
+    err = Console(stderr=True, quiet=not main)
     engine = Engine(compile(loaded), seed=seed)
     with err.status("compiling the step for every token bucket"):
         engine.warmup()
@@ -81,6 +97,11 @@ def run(ctx: typer.Context,
         for out in engine.stream(requests):
             done[order[out.id]] = out
             progress.advance(task)
+    if differ := distributed.disagreeing(repr(done)):  # never expected: the scheduler is deterministic
+        raise RuntimeError(f"processes {differ} served other outputs than process 0")
+    distributed.leave()
+    if not main:
+        return
     if output:
         write_outputs(output, done)
     metrics = engine.metrics.to_json()

@@ -30,5 +30,6 @@ ACTIVATIONS = {
     "mlp_in": (MLP_BATCH, None, EMBED),  # [B, T, E] tokens entering the FFN
     "mlp_hidden": (MLP_BATCH, None, MLP),  # [B, T, F]
     "mlp_out": (MLP_BATCH, None, EMBED),  # [B, T, E]
+    "moe_hidden": (MLP_BATCH, None, EXPERT, EXPERT_MLP),  # [B, T, X, F] every expert's hidden, all tokens
     "logits": (MLP_BATCH, None, VOCAB),  # [B, T, V]
 }

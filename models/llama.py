@@ -2,7 +2,10 @@
 
 Reads top to bottom: RMSNorm, RoPE, grouped-query attention, SwiGLU MLP,
 decoder layer, model. Parameter paths follow Hugging Face names
-(`layers.0.self_attn.q_proj`) so checkpoints map one to one.
+(`layers.0.self_attn.q_proj`) so checkpoints map one to one (`hf.py`). The
+Hugging Face families it also covers add small switches: q/k norms (Qwen3),
+q/k/v biases (Qwen2), RoPE scaling (Llama 3.1), tied embeddings. The MoE model
+(`moe.py`) is this model with another FFN.
 
 Attention itself is a function passed in (`attend`): dense causal attention
 here, paged attention over each DP rank's KV pages in the runtime; the rest of
@@ -17,6 +20,7 @@ device of the `model` axis holds the KV head its query heads read.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import jax
@@ -48,9 +52,9 @@ def _param(rngs: nnx.Rngs | None, shape, axes, dtype, fan_in: int | None = None)
 
 
 class RMSNorm(nnx.Module):
-    def __init__(self, dim: int, eps: float, dtype, abstract: bool = False):
+    def __init__(self, dim: int, eps: float, dtype, abstract: bool = False, axis: str = EMBED):
         ones = jax.ShapeDtypeStruct((dim,), dtype) if abstract else jnp.ones((dim,), dtype)
-        self.scale = nnx.Param(ones, out_sharding=(EMBED,))
+        self.scale = nnx.Param(ones, out_sharding=(axis,))
         self.eps = eps
 
     def __call__(self, x):
@@ -59,11 +63,34 @@ class RMSNorm(nnx.Module):
         return (normed * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
-def rope(x, positions, theta: float):
+def rope_frequencies(cfg: LlamaConfig) -> tuple[float, ...]:
+    """RoPE's D/2 inverse frequencies, with the config's scaling (as Hugging Face computes them)."""
+    half, s = cfg.head_dim // 2, cfg.rope_scaling
+    freqs = [cfg.rope_theta ** (-i / half) for i in range(half)]
+    if s is None:
+        return tuple(freqs)
+    if s.kind == "linear":
+        return tuple(f / s.factor for f in freqs)
+    # llama3: long wavelengths slowed by `factor`, short ones kept, a smooth blend between.
+    low_wavelen = s.original_max_position / s.low_freq_factor
+    high_wavelen = s.original_max_position / s.high_freq_factor
+    out = []
+    for f in freqs:
+        wavelen = 2 * math.pi / f
+        if wavelen < high_wavelen:
+            out.append(f)
+        elif wavelen > low_wavelen:
+            out.append(f / s.factor)
+        else:
+            smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+            out.append((1 - smooth) * f / s.factor + smooth * f)
+    return tuple(out)
+
+
+def rope(x, positions, freqs: tuple[float, ...]):
     """Rotary embedding, Hugging Face's half-split layout. x: [B, T, H, D]; positions: [B, T]."""
     half = x.shape[-1] // 2
-    freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [D/2]
-    angles = positions[..., None].astype(jnp.float32) * freqs  # [B, T, D/2]
+    angles = positions[..., None].astype(jnp.float32) * jnp.asarray(freqs, jnp.float32)  # [B, T, D/2]
     cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]  # [B, T, 1, D/2]
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
@@ -91,14 +118,26 @@ class Attention(nnx.Module):
         self.k_proj = _param(rngs, (E, K, D), (EMBED, KV_HEADS, HEAD_DIM), dtype, fan_in=E)
         self.v_proj = _param(rngs, (E, K, D), (EMBED, KV_HEADS, HEAD_DIM), dtype, fan_in=E)
         self.o_proj = _param(rngs, (H, D, E), (HEADS, HEAD_DIM, EMBED), dtype, fan_in=H * D)
-        self.rope_theta = cfg.rope_theta
+        if cfg.qkv_bias:
+            self.q_bias = _param(rngs, (H, D), (HEADS, HEAD_DIM), dtype)
+            self.k_bias = _param(rngs, (K, D), (KV_HEADS, HEAD_DIM), dtype)
+            self.v_bias = _param(rngs, (K, D), (KV_HEADS, HEAD_DIM), dtype)
+        if cfg.qk_norm:  # one scale over head_dim, shared by every head
+            self.q_norm = RMSNorm(D, cfg.rms_eps, dtype, abstract=rngs is None, axis=HEAD_DIM)
+            self.k_norm = RMSNorm(D, cfg.rms_eps, dtype, abstract=rngs is None, axis=HEAD_DIM)
+        self.rope_freqs = rope_frequencies(cfg)
+        self.qkv_bias, self.qk_norm = cfg.qkv_bias, cfg.qk_norm
 
     def project_qkv(self, x, positions, layout: Layout):
         """x: [B, T, E] -> q [B, T, H, D], k and v [B, T, K*r, D] (r = KV-head replication)."""
         q = jnp.einsum("bte,ehd->bthd", x, self.q_proj[...])
         k = jnp.einsum("bte,ekd->btkd", x, self.k_proj[...])
         v = jnp.einsum("bte,ekd->btkd", x, self.v_proj[...])
-        q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+        if self.qkv_bias:
+            q, k, v = q + self.q_bias[...], k + self.k_bias[...], v + self.v_bias[...]
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rope(q, positions, self.rope_freqs), rope(k, positions, self.rope_freqs)
         r = layout.kv_repeat
         if r > 1:  # slot s holds KV head s // r: query head h reads slot h * K*r / H
             k, v = jnp.repeat(k, r, axis=2), jnp.repeat(v, r, axis=2)
@@ -132,11 +171,11 @@ class SwiGLU(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: LlamaConfig, dtype, rngs: nnx.Rngs | None):
+    def __init__(self, cfg: LlamaConfig, dtype, rngs: nnx.Rngs | None, make_mlp=SwiGLU):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_eps, dtype, abstract=rngs is None)
         self.self_attn = Attention(cfg, dtype, rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_eps, dtype, abstract=rngs is None)
-        self.mlp = SwiGLU(cfg, dtype, rngs)
+        self.mlp = make_mlp(cfg, dtype, rngs)
 
     def __call__(self, x, positions, layout: Layout, attend: Attend, cache):
         h, cache = self.self_attn(self.input_layernorm(x), positions, layout, attend, cache)
@@ -149,11 +188,15 @@ class Llama(nnx.Module):
         """`rngs=None` builds the model abstractly: parameters are ShapeDtypeStructs."""
         self.config = cfg
         self.embed_tokens = _param(rngs, (cfg.vocab_size, cfg.hidden_size), (VOCAB, EMBED), dtype)
-        self.layers = nnx.List([DecoderLayer(cfg, dtype, rngs) for _ in range(cfg.num_layers)])
+        self.layers = nnx.List([DecoderLayer(cfg, dtype, rngs, self.mlp_for(i)) for i in range(cfg.num_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_eps, dtype, abstract=rngs is None)
         if not cfg.tie_embeddings:
             self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), (EMBED, VOCAB), dtype,
                                   fan_in=cfg.hidden_size)
+
+    def mlp_for(self, layer: int):
+        """The FFN class of layer `layer` (built as cls(cfg, dtype, rngs)); the MoE model overrides it."""
+        return SwiGLU
 
     def embed(self, tokens, layout: Layout):
         """tokens: [B, T] int -> [B, T, E]."""

@@ -2,36 +2,54 @@
 
 from __future__ import annotations
 
+import os
+
 import jax.numpy as jnp
 from flax import nnx
 
 from shardspec.errors import ShardspecError, did_you_mean
 
-from .config import LlamaConfig
+from .config import LlamaConfig, MoEConfig
 from .llama import Llama
+from .moe import MoE
 from .presets import PRESETS
 
 
-def resolve_config(model: str | LlamaConfig) -> LlamaConfig:
+def resolve_config(model: str | os.PathLike | LlamaConfig) -> LlamaConfig:
+    """A config object, a preset name, or a Hugging Face checkpoint directory."""
     if isinstance(model, LlamaConfig):
         return model
     if model in PRESETS:
         return PRESETS[model]
-    raise ShardspecError(f"unknown model {model!r}", path="model",
-                         hint=did_you_mean(model, PRESETS) or "see `shardspec models`")
+    if os.path.isdir(model):
+        from .hf import config_from_dir
+
+        return config_from_dir(model)
+    raise ShardspecError(f"unknown model {os.fspath(model)!r}", path="model",
+                         hint=did_you_mean(model, PRESETS) or "see `shardspec models`, or give a checkpoint directory")
+
+
+def model_class(config: LlamaConfig) -> type[Llama]:
+    """The one place that picks a model class for a config."""
+    return MoE if isinstance(config, MoEConfig) else Llama
 
 
 def build(config: LlamaConfig, *, dtype=jnp.float32, seed: int = 0) -> Llama:
-    """A real model with initialised parameters on the default device.
+    """A real model on the default device: the checkpoint's weights, else initialised with `seed`.
 
     Eager sharding is off: the logical axes are only metadata here; shardspec's
     plan, not Flax, decides where parameters live.
     """
+    if config.checkpoint:
+        from shardspec.checkpoint import load_state
+
+        graphdef, state = nnx.split(abstract(config, dtype=dtype))
+        return nnx.merge(graphdef, load_state(config, state, dtype))
     with nnx.use_eager_sharding(False):
-        return Llama(config, dtype=dtype, rngs=nnx.Rngs(seed))
+        return model_class(config)(config, dtype=dtype, rngs=nnx.Rngs(seed))
 
 
 def abstract(config: LlamaConfig, *, dtype=jnp.float32) -> Llama:
     """The model with ShapeDtypeStructs for parameters: no memory, any size, no tracing."""
     with nnx.use_eager_sharding(False):
-        return Llama(config, dtype=dtype, rngs=None)
+        return model_class(config)(config, dtype=dtype, rngs=None)

@@ -13,6 +13,7 @@ from flax import nnx
 
 from .errors import ShardspecError
 from .models.llama import Llama
+from .models.registry import model_class
 from .plan import ShardingPlan
 
 
@@ -21,7 +22,9 @@ def apply(plan: ShardingPlan, params: nnx.State | None = None, *, seed: int = 0)
 
     With `params=None` the parameters are initialised inside one jitted program
     whose outputs carry the plan's shardings, so each device computes only its
-    shard (JAX's partitionable RNG gives the same values as an unsharded init).
+    shard (JAX's partitionable RNG gives the same values as an unsharded init);
+    a model compiled from a checkpoint directory instead reads each device's
+    shard from the safetensors files (`checkpoint.py`).
     With `params` (a parameter State of host or device arrays) they are moved
     into the shardings, padded where the plan pads.
     """
@@ -31,10 +34,15 @@ def apply(plan: ShardingPlan, params: nnx.State | None = None, *, seed: int = 0)
         raise ShardspecError(f"model {plan.strategy.model!r} is shape-only: explain and validate it, "
                              "do not materialise it", path="model")
     shardings = plan.param_shardings()
-    if params is None:
+    if params is None and plan.model.checkpoint:
+        from .checkpoint import load_state
+
+        placements = {p.path: (plan.sharding(p.spec), p.stored_shape) for p in plan.params}
+        state = load_state(plan.model, plan.abstract_state, plan.dtype, placements)
+    elif params is None:
         def init():
             with nnx.use_eager_sharding(False):
-                model = Llama(plan.model, dtype=plan.dtype, rngs=nnx.Rngs(seed))
+                model = model_class(plan.model)(plan.model, dtype=plan.dtype, rngs=nnx.Rngs(seed))
             return _pad(nnx.state(model), plan, jnp.pad)
 
         state = jax.jit(init, out_shardings=shardings)()

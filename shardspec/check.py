@@ -1,7 +1,8 @@
 """`check()`: the sharded model against the unsharded one, on one fixed batch.
 
 Passes when greedy next tokens are identical at every position and logits
-agree within a tolerance relative to the largest logit.
+agree within a tolerance relative to the largest logit. `check_collectives()`
+holds the compiled serving step to the strategy's `expect:` collective budget.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from .apply import apply
+from .distributed import fetch, global_array
+from .hlo import budget_summary, check_budget, hlo_report
 from .models.registry import build
 from .plan import ShardingPlan
 
@@ -50,14 +53,15 @@ def check(plan: ShardingPlan, *, seed: int = 0, seq_len: int = 16, seqs_per_rank
     batch = plan.dp_ranks * max(seqs_per_rank, -(-8 // plan.dp_ranks))
     tokens = np.asarray(jax.random.randint(jax.random.key(seed + 1), (batch, seq_len), 0,
                                            plan.model.vocab_size))
-    with jax.default_device(jax.devices()[0]):
+    # Every process computes the same reference on one of its own devices.
+    with jax.default_device(jax.local_devices()[0]):
         reference = build(plan.model, dtype=plan.dtype, seed=seed)
         want = np.asarray(jax.jit(lambda m, t: m(t))(reference, jnp.asarray(tokens)))
 
     model = apply(plan, seed=seed)
     token_sharding = plan.sharding(P(plan.activations["attn_in"][0]))
     sharded_forward = jax.jit(lambda m, t: m(t, layout=plan.layout), in_shardings=(None, token_sharding))
-    got = np.asarray(sharded_forward(model, jax.device_put(tokens, token_sharding)))
+    got = fetch(sharded_forward(model, global_array(tokens, token_sharding)))
 
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
     worst = np.unravel_index(int(diff.argmax()), diff.shape)
@@ -65,3 +69,13 @@ def check(plan: ShardingPlan, *, seed: int = 0, seq_len: int = 16, seqs_per_rank
     tolerance = RTOL[plan.strategy.runtime.dtype] * max(1.0, float(np.abs(want).max()))
     return CheckResult((batch, seq_len), float(diff.max()), tolerance, tuple(int(i) for i in worst),
                        same, batch * seq_len)
+
+
+def check_collectives(plan: ShardingPlan) -> str:
+    """The strategy's `expect:` budget against the compiled decode and prefill steps.
+
+    Returns a one-line summary; raises a ShardspecError naming each exceeded budget.
+    """
+    report = hlo_report(plan)
+    check_budget(plan, report)
+    return budget_summary(plan, report)

@@ -19,10 +19,34 @@ from .strategy import MESH_AXES
 LARGE_REPLICATED = 1 << 20  # warn about replicated tensors above 1 MiB
 
 
-def explain(plan: ShardingPlan, format: str = "text") -> str:
+def explain(plan: ShardingPlan, format: str = "text", hlo: dict[str, Any] | None = None) -> str:
+    """`hlo`: a `shardspec.hlo.hlo_report()` to add (text: a table at the end; JSON: key "hlo")."""
     if format == "json":
-        return json.dumps(explain_dict(plan), indent=2)
-    return "\n".join(_text_lines(plan)) + "\n"
+        out = explain_dict(plan)
+        if hlo is not None:
+            out["hlo"] = hlo
+        return json.dumps(out, indent=2)
+    return "\n".join(_text_lines(plan) + (hlo_lines(hlo) if hlo is not None else [])) + "\n"
+
+
+def hlo_lines(hlo: dict[str, Any]) -> list[str]:
+    """The collectives of each compiled step, one line per kind that occurs, then memory."""
+    steps = {"decode": hlo, "prefill": hlo["prefill"]}
+    rows = [("step", "tokens", "collective", "count", "bytes", "per layer")]
+    for name, step in steps.items():
+        tokens = f"{step['tokens'] // step['tokens_per_rank']}×{step['tokens_per_rank']}"
+        kinds = [k for k, n in step["collectives"].items() if n or step["per_layer"][k]]
+        rows += [(name, tokens, k, str(step["collectives"][k]), fmt_bytes(step["bytes"][k]),
+                  str(step["per_layer"][k])) for k in kinds] or [(name, tokens, "none", "", "", "")]
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    lines = ["", "collectives (compiled serving step; tokens = ranks × tokens a rank; "
+                 "per layer = what the decoder layers add, ÷ layers):"]
+    lines += ["  " + "  ".join([*(r[i].ljust(widths[i]) for i in range(3)),
+                                *(r[i].rjust(widths[i]) for i in range(3, 6))]).rstrip() for r in rows]
+    lines += ["", "compiled memory per device:"]
+    lines += [f"  {name:<7}  " + " · ".join(f"{k.replace('_', ' ')} {fmt_bytes(v)}" for k, v in step["memory"].items())
+              for name, step in steps.items()]
+    return lines
 
 
 def fmt_bytes(n: float) -> str:
@@ -75,7 +99,20 @@ def warnings(plan: ShardingPlan) -> list[str]:
 
 def mesh_picture(plan: ShardingPlan) -> list[str]:
     """Device ids on the mesh, size-1 axes hidden: rows = leading axes, columns = last."""
-    ids = mesh_lib.device_ids(plan.mesh_shape, plan.mesh)
+    return _grid(plan, mesh_lib.device_ids(plan.mesh_shape, plan.mesh))
+
+
+def process_picture(plan: ShardingPlan) -> list[str]:
+    """The process (host) of each device, laid out as in `mesh_picture`; [] in one process."""
+    ids = mesh_lib.process_ids(plan.mesh_shape, plan.strategy, plan.mesh)
+    if ids is None:
+        return []
+    factors = " × ".join(f"{a} {f}" for a, f in mesh_lib.cross_host(plan.mesh_shape, plan.strategy).items()
+                         if f > 1)
+    return ["", f"processes: {int(ids.max()) + 1}, one per host (multihost: {factors or 'none'})"] + _grid(plan, ids)
+
+
+def _grid(plan: ShardingPlan, ids: np.ndarray) -> list[str]:
     axes = [a for a in MESH_AXES if plan.mesh_shape[a] > 1]
     grid = ids.reshape([plan.mesh_shape[a] for a in axes]) if axes else ids.reshape(1)
     if len(axes) <= 1:
@@ -97,7 +134,7 @@ def _text_lines(plan: ShardingPlan) -> list[str]:
     model_name = st.model or "model"
     lines = [f"strategy {st.name} · model {model_name} · {devices} devices", ""]
     lines.append("mesh: " + " × ".join(f"{a} {s[a]}" for a in MESH_AXES) + "   (size-1 axes hidden below)")
-    lines += mesh_picture(plan) + ["", "derived:"]
+    lines += mesh_picture(plan) + process_picture(plan) + ["", "derived:"]
     lines += [f"  {d}" for d in derivations(plan)] + ["", "rules:"]
     for name, rule in plan.rules.items():
         mesh = [a for a in rule.mesh_axes if s[a] > 1]
@@ -108,6 +145,7 @@ def _text_lines(plan: ShardingPlan) -> list[str]:
     rows.insert(0, ("path", "shape", "logical axes", "spec", "per device"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines += ["  " + "  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4].rjust(10) for r in rows]
+    lines += expert_lines(plan)
     kv, m = plan.kv_cache, plan.model
     lines += ["", "kv cache:",
               f"  K and V per layer: [pages, {kv.page_size}, {kv.slots}, {m.head_dim}] {kv.dtype}, spec {spec_str(kv.spec)}",
@@ -135,8 +173,7 @@ def explain_dict(plan: ShardingPlan) -> dict[str, Any]:
     return {
         "strategy": plan.strategy.name,
         "model": plan.strategy.model,
-        "mesh": {"axes": dict(plan.mesh_shape), "devices": math.prod(plan.mesh_shape.values()),
-                 "device_ids": mesh_lib.device_ids(plan.mesh_shape, plan.mesh).tolist()},
+        "mesh": _mesh_json(plan),
         "attention_data": plan.attention_data,
         "derived": {"dp_ranks": plan.dp_ranks, "attn_tp": plan.attn_tp,
                     "kv_head_replication": kv.replication, "why": derivations(plan)},
@@ -150,4 +187,54 @@ def explain_dict(plan: ShardingPlan) -> dict[str, Any]:
                      "kv_head_replication": kv.replication, "kv_slots": kv.slots, "dtype": kv.dtype},
         "totals": totals(plan),
         "warnings": warnings(plan),
+        **({"experts": e} if (e := experts(plan)) else {}),
     }
+
+
+def experts(plan: ShardingPlan) -> dict[str, Any] | None:
+    """Which experts live on which devices (one entry per expert shard); None for a dense model.
+
+    Read from the planned spec of the first stacked expert weight, so `rules:`
+    and `params:` overrides show as they take effect.
+    """
+    layout = next((p for p in plan.params if p.path.endswith("mlp.gate_proj") and len(p.shape) == 3), None)
+    if layout is None:
+        return None
+    entry = layout.spec[0] if len(layout.spec) else None
+    axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    shape = plan.mesh_shape
+    ids = mesh_lib.device_ids(shape, plan.mesh)
+    per = layout.shape[0] // math.prod(shape[a] for a in axes)
+    groups: dict[int, list[int]] = {}
+    for coord in np.ndindex(ids.shape):
+        at, shard = dict(zip(MESH_AXES, coord)), 0
+        for a in axes:  # a spec entry of several axes: the first is the major one
+            shard = shard * shape[a] + at[a]
+        groups.setdefault(shard, []).append(int(ids[coord]))
+    return {"num_experts": layout.shape[0], "experts_per_token": plan.model.experts_per_token,
+            "mesh_axes": list(axes), "per_device": per,
+            "placement": [{"experts": list(range(k * per, (k + 1) * per)), "devices": sorted(d)}
+                          for k, d in sorted(groups.items())]}
+
+
+def expert_lines(plan: ShardingPlan) -> list[str]:
+    e = experts(plan)
+    if e is None:
+        return []
+    over = " × ".join(f"{a} {plan.mesh_shape[a]}" for a in e["mesh_axes"]) or "no axis (replicated)"
+    lines = ["", f"experts: {e['num_experts']} a MoE layer (top {e['experts_per_token']} a token), "
+                 f"split over {over}: {e['per_device']} a device"]
+    for group in e["placement"]:
+        first, last = group["experts"][0], group["experts"][-1]
+        name = f"expert {first}" if first == last else f"experts {first}-{last}"
+        lines.append(f"  {name:<13} devices " + " ".join(map(str, group["devices"])))
+    return lines
+
+
+def _mesh_json(plan: ShardingPlan) -> dict[str, Any]:
+    out = {"axes": dict(plan.mesh_shape), "devices": math.prod(plan.mesh_shape.values()),
+           "device_ids": mesh_lib.device_ids(plan.mesh_shape, plan.mesh).tolist()}
+    processes = mesh_lib.process_ids(plan.mesh_shape, plan.strategy, plan.mesh)
+    if processes is not None:  # only where the mesh spans processes
+        out["process_ids"] = processes.tolist()
+    return out

@@ -186,6 +186,9 @@ def compile(strategy: Strategy | str | os.PathLike, model: str | LlamaConfig | N
             devices: Sequence[jax.Device] | None = None, abstract_mesh: bool = False) -> ShardingPlan:
     """Compile a strategy against a model's abstract shapes.
 
+    `model` (or the strategy's `model:`) is a preset name, a config, or a
+    Hugging Face checkpoint directory, whose tensors are checked here.
+
     `abstract_mesh=True` builds the plan on an AbstractMesh: every check runs and
     nothing touches a device (validate, explain). Otherwise the mesh is built on
     `devices` (default: all devices, whose count must match the strategy).
@@ -202,6 +205,10 @@ def compile(strategy: Strategy | str | os.PathLike, model: str | LlamaConfig | N
 
     abstract_model = abstract(config, dtype=_DTYPES[strategy.runtime.dtype])
     graphdef, state = nnx.split(abstract_model)
+    if config.checkpoint:  # file headers only: every tensor there, with its shape, before any device work
+        from .checkpoint import check as check_checkpoint
+
+        check_checkpoint(config, state)
     params, problems = _param_layouts(state, strategy, table, shape)
     activations, act_problems = _activation_specs(strategy, table, shape)
     raise_all(problems + act_problems)

@@ -43,8 +43,10 @@ def test_greedy_tokens_equal_the_single_device_run(path, async_scheduling, singl
                for o, r in zip(outputs, _requests()))
 
 
-def test_a_small_kv_cache_forces_preemption_and_changes_no_token(single_device_tokens):
-    engine = _engine(ROOT / "strategies" / "attention_dp.yaml", **{"kv_cache.num_pages": "10"})
+@pytest.mark.parametrize("name, routing", [("tp.yaml", "balanced"), ("attention_dp.yaml", "round_robin")])
+def test_a_small_kv_cache_forces_preemption_and_changes_no_token(name, routing, single_device_tokens):
+    # 10 pages of 16 tokens a rank: the longest request alone needs 10.
+    engine = _engine(ROOT / "strategies" / name, **{"kv_cache.num_pages": "10", "runtime.routing": routing})
     outputs = engine.generate(_requests())
     assert engine.metrics.preemptions > 0
     assert [o.output_token_ids for o in outputs] == single_device_tokens

@@ -22,6 +22,7 @@ from ..errors import ShardspecError
 from ..load import load
 from ..models.llama import Llama
 from ..plan import ShardingPlan, compile
+from ..tokenizer import decode, load_tokenizer
 from .metrics import Metrics
 from .packer import PackedStep, pack
 from .request import Output, Request
@@ -43,6 +44,8 @@ class Engine:
 
     def __init__(self, plan: ShardingPlan, model: Llama | None = None, *, seed: int = 0,
                  eos_token_id: int | None = None):
+        """`eos_token_id` defaults to the checkpoint's (generation_config.json); a checkpoint's
+        tokenizer.json lets requests give `prompt` text and outputs carry `text`."""
         if plan.kv_cache.spec[0] != plan.activations["attn_in"][0]:
             raise ShardspecError("rules.batch and rules.kv_pages must shard over the same mesh axes "
                                  "for serving", path="rules", file=plan.strategy.source.file)
@@ -51,7 +54,10 @@ class Engine:
         self.model = model if model is not None else apply(plan, seed=seed)
         runtime = plan.strategy.runtime
         self.async_scheduling = runtime.async_scheduling
-        self.scheduler = DPScheduler(self.sizes, routing=runtime.routing, eos_token_id=eos_token_id,
+        eos = (eos_token_id,) if eos_token_id is not None else plan.model.eos_token_ids
+        self._extra_eos = tuple(eos[1:])  # the scheduler knows one EOS; others stop like stop_token_ids
+        self.tokenizer = load_tokenizer(plan.model.checkpoint)
+        self.scheduler = DPScheduler(self.sizes, routing=runtime.routing, eos_token_id=eos[0] if eos else None,
                                      async_scheduling=runtime.async_scheduling)
         self._step = Step(plan, self.model)
         self._caches = allocate_kv_cache(plan)
@@ -77,6 +83,8 @@ class Engine:
             request = self._validate(fields, str(self._next_id))
         elif fields:
             raise TypeError("pass a Request or fields, not both")
+        if self._extra_eos and not request.ignore_eos:
+            request = dataclasses.replace(request, stop_token_ids=request.stop_token_ids + self._extra_eos)
         self._next_id += 1
         try:
             self.scheduler.add_request(request)
@@ -86,7 +94,7 @@ class Engine:
 
     def _validate(self, fields: Mapping, default_id: str) -> Request:
         return make_request(fields, default_id=default_id, vocab_size=self.plan.model.vocab_size,
-                            max_model_len=self.sizes.max_request_len)
+                            max_model_len=self.sizes.max_request_len, tokenizer=self.tokenizer)
 
     def abort(self, request_id: str) -> bool:
         return self.scheduler.abort(request_id)
@@ -125,6 +133,8 @@ class Engine:
         self._inflight = launched if self.async_scheduling else None
         outputs = self._collect(collect) if collect else self.scheduler.take_finished()
         self._record(start, host)
+        if self.tokenizer is not None:
+            outputs = [dataclasses.replace(o, text=decode(self.tokenizer, o.output_token_ids)) for o in outputs]
         return outputs
 
     def _collect(self, done: _InFlight) -> list[Output]:

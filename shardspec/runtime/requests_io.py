@@ -14,16 +14,26 @@ _SCHEMA = json.loads(Path(__file__).with_name("request.schema.json").read_text(e
 
 
 def make_request(fields: Mapping, *, default_id: str, vocab_size: int, max_model_len: int,
-                 where: Where | None = None) -> Request:
-    """A validated Request from request-file fields; ShardspecError names each bad field."""
+                 where: Where | None = None, tokenizer=None) -> Request:
+    """A validated Request from request-file fields; ShardspecError names each bad field.
+
+    `tokenizer` (a checkpoint's, `shardspec.tokenizer`) turns `prompt` text into ids.
+    """
     where = where or Where(Source("<request>", {}), ())
     raise_all(schema_problems(dict(fields), where, _SCHEMA))
     problems: list[Problem] = []
-    if "prompt_token_ids" not in fields:
+    if "prompt" in fields and "prompt_token_ids" in fields:
+        raise_all([where.problem("prompt", "both prompt and prompt_token_ids given", "give one of them")])
+    if "prompt" in fields and tokenizer is not None:
+        prompt = tuple(tokenizer.encode(fields["prompt"]).ids)
+    elif "prompt_token_ids" not in fields:
         hint = "give prompt_token_ids" if "prompt" in fields else "add prompt_token_ids: [1, 2, 3]"
         what = "prompt text needs a model with a tokenizer" if "prompt" in fields else "no prompt"
         raise_all([where.problem("prompt_token_ids", what, hint)])
-    prompt = tuple(fields["prompt_token_ids"])
+    else:
+        prompt = tuple(fields["prompt_token_ids"])
+    if not prompt:
+        raise_all([where.problem("prompt", "the prompt text encodes to no tokens", "give more text")])
     bad = [t for t in prompt if t >= vocab_size]
     if bad:
         problems.append(where.problem("prompt_token_ids", f"token id {bad[0]} is outside the vocabulary",
@@ -40,7 +50,7 @@ def make_request(fields: Mapping, *, default_id: str, vocab_size: int, max_model
                    bool(fields.get("ignore_eos", False)), tuple(fields.get("stop_token_ids", ())))
 
 
-def read_requests(path: str | Path, *, vocab_size: int, max_model_len: int) -> list[Request]:
+def read_requests(path: str | Path, *, vocab_size: int, max_model_len: int, tokenizer=None) -> list[Request]:
     """Every line of a JSONL file as a Request; all bad lines reported at once, nothing run."""
     file = str(path)
     try:
@@ -64,7 +74,7 @@ def read_requests(path: str | Path, *, vocab_size: int, max_model_len: int) -> l
             continue
         try:
             request = make_request(fields, default_id=str(number), vocab_size=vocab_size,
-                                   max_model_len=max_model_len, where=where)
+                                   max_model_len=max_model_len, where=where, tokenizer=tokenizer)
         except ShardspecError as e:
             problems += e.problems
             continue

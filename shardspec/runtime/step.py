@@ -17,6 +17,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ..distributed import global_array
 from ..models.llama import Llama
 from ..plan import ShardingPlan
 from .paged_attention import PagedBatch, make_attend
@@ -56,17 +57,26 @@ class Step:
         # Logit rows stay where the FFN layout put them (over `data`): moving them
         # onto attn_dp as well would be an all-to-all that GSPMD can only replicate.
         self._rows = NamedSharding(plan.mesh, P(plan.activations["logits"][0], None))
+        # ...but once the vocab is gathered, each rank's rows are a local slice.
+        self._sample_rows = NamedSharding(plan.mesh, P(token_axes, None))
         caches = [(cache, cache)] * plan.model.num_layers
+        self._batch_shardings = batch
         self._jitted = jax.jit(self._step, donate_argnums=(1,),
                                in_shardings=(plan.param_shardings(), caches, batch, replicated),
                                out_shardings=(replicated, caches))
 
     def __call__(self, caches, batch: dict[str, np.ndarray], prev_sampled: jax.Array):
         """Dispatch one step (asynchronously); returns (sampled [R*Q_max], new caches)."""
+        if self.plan.mesh.is_multi_process:  # jit takes host arrays only when it sees every device
+            batch = {f: global_array(x, self._batch_shardings[f]) for f, x in batch.items()}
         return self._jitted(self.state, caches, batch, prev_sampled)
 
+    def lower(self, caches, batch, prev_sampled) -> jax.stages.Lowered:
+        """Lower without running (arguments may be ShapeDtypeStructs): for `shardspec.hlo`."""
+        return self._jitted.lower(self.state, caches, batch, prev_sampled)
+
     def initial_samples(self) -> jax.Array:
-        return jax.device_put(np.zeros(self.max_rows, np.int32), NamedSharding(self.plan.mesh, P()))
+        return global_array(np.zeros(self.max_rows, np.int32), NamedSharding(self.plan.mesh, P()))
 
     def _step(self, state, caches, batch, prev_sampled):
         self.traces += 1  # runs only while tracing: once per compiled bucket
@@ -84,8 +94,11 @@ class Step:
         index = batch["logits_indices"].reshape(R, -1)  # [R, Q], rank-local token index
         last = jnp.take_along_axis(per_rank, index[..., None], axis=1).reshape(rows, 1, -1)
         logits = model.logits(last, layout)[:, 0]  # [R*Q, V]
-        # Sampling sorts whole rows: gather the vocab once.
+        # Sampling sorts whole rows: gather the vocab once. Then sample each rank's
+        # rows where its sampling parameters are (over data and attn_dp): rows
+        # replicated over attn_dp made GSPMD all-gather a [rows, vocab] iota in argmax.
         logits = jax.lax.with_sharding_constraint(logits, self._rows)
+        logits = jax.lax.with_sharding_constraint(logits, self._sample_rows)
         sampled = sample(logits, batch["temperature"], batch["top_k"], batch["top_p"], batch["seeds"],
                          batch["output_index"])
         return jnp.zeros(self.max_rows, jnp.int32).at[:rows].set(sampled), caches

@@ -1,0 +1,188 @@
+"""`hlo_report()`: the collectives and memory of the compiled serving step.
+
+One decode step (the smallest token bucket) and one prefill step (the largest,
+every DP rank full) of the runtime's `Step` are lowered and compiled ahead of
+time on the plan's mesh from `ShapeDtypeStruct`s: nothing is allocated, so a
+shape-only preset (llama3-70b) is measured too. The optimized HLO is read for
+collectives; each op counts once (an async `-start`/`-done` pair once, as its
+`-done`), its bytes are its result's (shape × dtype size).
+
+Per decoder layer = (the step − the same step of the model with 0 layers) ÷
+layers: what the layers add, averaged (exact when all layers are alike; a
+fraction when some differ, e.g. MoE models with dense layers). Metadata
+cannot attribute collectives to layers: GSPMD-inserted ones carry the
+`op_name` of the op they serve ("mul", "dot_general"), and the model's layer
+loop is plain Python, so no name holds a layer index. The difference of two
+compiles does not depend on metadata; the counts of tp, attention_dp and
+moe_attention_dp_ep are exactly linear in the layer count (0 to 3 measured).
+
+`expect:` budgets both steps: each kind's count, per layer or in total, must
+stay within the budget in the decode step *and* in the prefill step (GSPMD
+may choose differently for many tokens than for few).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .errors import Problem, ShardspecError, raise_all
+from .plan import ShardingPlan
+from .plan import compile as compile_plan
+
+KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+STEPS = ("decode", "prefill")
+
+# `%name = <result shape> <kind>[-start|-done](`: the shape may be a tuple (combined ops).
+_OP = re.compile(r"=\s*(?P<shape>.*?)\s(?P<kind>" + "|".join(KINDS) + r")(?P<async>-start|-done)?\(")
+_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
+
+
+def collectives(hlo_text: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(count, bytes) of each collective kind in optimized HLO text."""
+    counts, nbytes = dict.fromkeys(KINDS, 0), dict.fromkeys(KINDS, 0)
+    for line in hlo_text.splitlines():
+        m = _OP.search(line)
+        if m is None or m["async"] == "-start":  # a -start's tuple holds operands too
+            continue
+        counts[m["kind"]] += 1
+        nbytes[m["kind"]] += _shape_bytes(m["shape"])
+    return counts, nbytes
+
+
+def _shape_bytes(shape: str) -> int:
+    """'(f32[16,128]{1,0}, bf16[8])' -> 16*128*4 + 8*2."""
+    total = 0
+    for dtype, dims in _ARRAY.findall(shape):
+        total += math.prod(int(d) for d in dims.split(",") if d) * _bits(dtype) // 8
+    return total
+
+
+def _bits(dtype: str) -> int:
+    """HLO element type -> bits: f32 32, bf16 16, f8e4m3fn 8, c64 64, pred 8; token[] 0."""
+    if dtype == "pred":
+        return 8
+    digits = re.search(r"\d+", dtype)
+    return int(digits[0]) if digits else 0
+
+
+def hlo_report(plan: ShardingPlan) -> dict[str, Any]:
+    """The decode step's collectives, bytes, per layer and memory, and the same under "prefill"."""
+    if plan.is_abstract:
+        raise ShardspecError("the HLO report needs a plan compiled on devices",
+                             hint="compile(strategy) without abstract_mesh=True")
+    sizes = plan.runtime
+    strides = {"decode": sizes.token_buckets[0], "prefill": sizes.token_buckets[-1]}
+    layers, bare = plan.model.num_layers, _with_layers(plan, 0)
+    steps = {}
+    for step, stride in strides.items():
+        counts, nbytes, memory = _measure(plan, stride)
+        counts0, nbytes0, _ = _measure(bare, stride)
+        steps[step] = {"tokens_per_rank": stride, "tokens": sizes.dp_ranks * stride,
+                       "collectives": counts, "bytes": nbytes,
+                       "per_layer": _per_layer(counts, counts0, layers),
+                       "per_layer_bytes": _per_layer(nbytes, nbytes0, layers), "memory": memory}
+    return {**steps["decode"], "prefill": steps["prefill"]}
+
+
+def _per_layer(full: dict[str, int], bare: dict[str, int], layers: int) -> dict[str, int | float]:
+    """What the layers add, ÷ layers: an int when it divides evenly."""
+    out = {}
+    for k in KINDS:
+        added = full[k] - bare[k]
+        out[k] = added // layers if layers and added % layers == 0 else round(added / max(layers, 1), 2)
+    return out
+
+
+def _with_layers(plan: ShardingPlan, num_layers: int) -> ShardingPlan:
+    """The same strategy on the same devices for the model with `num_layers` layers."""
+    model = dataclasses.replace(plan.model, num_layers=num_layers)
+    return compile_plan(plan.strategy, model, devices=list(plan.mesh.devices.flat))
+
+
+def _measure(plan: ShardingPlan, stride: int):
+    """Compile one step at `stride` tokens per rank -> (counts, bytes, memory per device)."""
+    from .runtime.step import Step, allocate_kv_cache  # the runtime imports the plan, not the reverse
+
+    step = Step(plan, nnx.merge(plan.graphdef, _stored_state(plan)))
+    caches = jax.eval_shape(lambda: allocate_kv_cache(plan))
+    prev = jax.ShapeDtypeStruct((step.max_rows,), jnp.int32)
+    compiled = step.lower(caches, batch_structs(plan, stride), prev).compile()
+    return (*collectives(compiled.as_text()), _memory(compiled))
+
+
+def _stored_state(plan: ShardingPlan) -> nnx.State:
+    """Abstract parameters as stored: padded where the plan pads."""
+    stored = {p.path: p.stored_shape for p in plan.params}
+    flat = nnx.to_flat_state(plan.abstract_state)
+    return nnx.from_flat_state([
+        (k, v.replace(jax.ShapeDtypeStruct(stored[".".join(map(str, k))], v.get_value().dtype)))
+        for k, v in flat])
+
+
+def batch_structs(plan: ShardingPlan, stride: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The packer's device arrays for a step of `stride` tokens a rank (see `PackedStep`)."""
+    from .runtime.step import ROW_FIELDS, TOKEN_FIELDS
+
+    sizes = plan.runtime
+    tokens, rows = sizes.dp_ranks * stride, sizes.dp_ranks * sizes.request_stride(stride)
+    dtypes = {"temperature": jnp.float32, "top_p": jnp.float32, "seeds": jnp.uint32}
+    out = {f: jax.ShapeDtypeStruct((tokens,), jnp.int32) for f in TOKEN_FIELDS}
+    out.update({f: jax.ShapeDtypeStruct((rows,), dtypes.get(f, jnp.int32)) for f in ROW_FIELDS})
+    out["block_tables"] = jax.ShapeDtypeStruct((rows, sizes.max_pages_per_seq), jnp.int32)
+    return out
+
+
+_MEMORY_FIELDS = {"argument": "argument_size_in_bytes", "output": "output_size_in_bytes",
+                  "alias": "alias_size_in_bytes", "temp": "temp_size_in_bytes",
+                  "generated_code": "generated_code_size_in_bytes"}
+
+
+def _memory(compiled) -> dict[str, int]:
+    """Bytes per device by kind, those this backend reports ("alias": outputs that reuse arguments)."""
+    stats = compiled.memory_analysis()
+    return {k: int(getattr(stats, f)) for k, f in _MEMORY_FIELDS.items() if hasattr(stats, f)}
+
+
+# expect: section -> (report key, words after the kind)
+_SCOPES = {"per_layer": ("per_layer", " per decoder layer"), "total": ("collectives", " in a step")}
+
+
+def _budgets(plan: ShardingPlan, report: Mapping[str, Any]):
+    """(yaml path, kind, words, budget, {step: measured}) for each `expect:` entry."""
+    steps = {"decode": report, "prefill": report["prefill"]}
+    for scope, (key, words) in _SCOPES.items():
+        for kind, budget in plan.strategy.expect.get(scope, {}).items():
+            yield f"expect.{scope}.{kind}", kind, words, budget, {s: r[key][kind] for s, r in steps.items()}
+
+
+def budget_problems(plan: ShardingPlan, report: Mapping[str, Any]) -> list[Problem]:
+    """One problem per `expect:` entry that the decode or the prefill step exceeds."""
+    problems = []
+    for path, kind, words, budget, measured in _budgets(plan, report):
+        over = [s for s in STEPS if measured[s] > budget]
+        if over:
+            found = " and ".join(f"{measured[s]} in the {s} step" for s in over)
+            each = "per layer = what the decoder layers add to the step, ÷ layers; " if "per_layer" in path else ""
+            problems.append(plan.strategy.source.problem(
+                path, f"{kind}{words}: {found}, over the budget of {budget}",
+                f"{each}raise the budget or change the sharding; `shardspec explain --hlo` shows every count"))
+    return problems
+
+
+def check_budget(plan: ShardingPlan, report: Mapping[str, Any]) -> None:
+    """Raise a ShardspecError naming each exceeded budget."""
+    raise_all(budget_problems(plan, report))
+
+
+def budget_summary(plan: ShardingPlan, report: Mapping[str, Any]) -> str:
+    """'collectives within budget: all-reduce per decoder layer 2 ≤ 2; ...' (the larger step's count)."""
+    parts = [f"{kind}{words} {max(measured.values())} ≤ {budget}"
+             for _, kind, words, budget, measured in _budgets(plan, report)]
+    return "collectives within budget (decode and prefill steps): " + ("; ".join(parts) or "no budget set")
