@@ -12,10 +12,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from shardspec import compile, load
+from shardspec import compile, explain, load
 from shardspec.cli.main import app
 from shardspec.errors import ShardspecError
-from shardspec.explain import explain, hlo_lines
+from shardspec.explain import hlo_lines
 from shardspec.hlo import KINDS, batch_structs, budget_problems, budget_summary, collectives, hlo_report
 from shardspec.runtime.packer import pack
 from shardspec.runtime.schedule import StepSchedule
@@ -82,11 +82,9 @@ def test_model_wise_dp_adds_no_collective_to_the_model():
     r = report("dp")
     for name, step in steps(r).items():
         assert step["per_layer"] == counts(), name
-        # The one collective: the sampled token ids (int32, R×Q rows) gathered into
-        # the replicated array the host reads and the next step indexes by global row.
-        rows = 8 * min(step["tokens_per_rank"], 64)
-        assert step["collectives"] == counts(all_gather=1), name
-        assert step["bytes"] == counts(all_gather=rows * 4), name
+        # Nothing at all: sampled ids stay on their rank (the host reads them there).
+        assert step["collectives"] == counts(), name
+        assert step["bytes"] == counts(), name
 
 
 def test_plain_tp_is_megatron_two_all_reduces_per_layer():
@@ -112,11 +110,11 @@ def test_attention_dp_adds_one_gather_per_layer_into_the_ffn_layout():
         assert step["per_layer_bytes"] == counts(all_reduce=(S + T) * E * F32, all_gather=T * E * F32), name
     # Outside the layers: the embedding lookup (tokens gathered over attn_dp, then
     # an all-reduce), the last tokens gathered into the FFN layout for the logits,
-    # the vocab gathered for the sampler, the sampled ids gathered for the host.
-    assert r["collectives"] == counts(all_reduce=1 + 2 * L, all_gather=4 + L)
+    # and the vocab gathered for the sampler.
+    assert r["collectives"] == counts(all_reduce=1 + 2 * L, all_gather=3 + L)
     # With 2,048 tokens GSPMD moves the embedding table instead of the tokens
     # (a collective-permute and an all-gather of table rows): its cost model's choice.
-    assert r["prefill"]["collectives"] == counts(all_reduce=1 + 2 * L, all_gather=4 + L, collective_permute=1)
+    assert r["prefill"]["collectives"] == counts(all_reduce=1 + 2 * L, all_gather=3 + L, collective_permute=1)
 
 
 def test_per_layer_holds_for_a_deeper_model():

@@ -8,7 +8,7 @@ from shardspec import apply, compile, load
 from shardspec.runtime.packer import pack
 from shardspec.runtime.request import SamplingParams
 from shardspec.runtime.schedule import FROM_PREVIOUS_STEP, ScheduledChunk, StepSchedule
-from shardspec.runtime.step import ROW_FIELDS, TOKEN_FIELDS, Step, allocate_kv_cache
+from shardspec.runtime.step import ROW_FIELDS, TOKEN_FIELDS, Step, allocate_kv_cache, local_rows
 
 from conftest import STRATEGY_FILES, strategy_ids
 
@@ -34,15 +34,15 @@ def test_chunked_prefill_then_decode_matches_the_dense_model(path):
     if last == 0:
         chunks = chunks[::-1]
     sampled, caches, packed = _run(step, caches, plan, chunks, step.initial_samples())
-    b_next = int(np.asarray(sampled)[packed.selector][list(packed.sampled_seq_ids).index(1)])
+    b_next = int(np.asarray(sampled)[step.output_rows(packed)][list(packed.sampled_seq_ids).index(1)])
     # Second step: the rest of A's prompt, and B's decode whose token the host has not read.
     chunks = [ScheduledChunk(1, 0, np.array([FROM_PREVIOUS_STEP], np.int32), 5, np.array([3], np.int32),
                              True, greedy, 1),
               ScheduledChunk(0, last, a[12:], 12, np.array([0, 1], np.int32), True, greedy, 0)]
     if last == 0:
         chunks = chunks[::-1]
-    sampled, caches, packed2 = _run(step, caches, plan, chunks, sampled, packed.sampled_rows())
-    got = dict(zip(packed2.sampled_seq_ids.tolist(), np.asarray(sampled)[packed2.selector].tolist()))
+    sampled, caches, packed2 = _run(step, caches, plan, chunks, sampled, local_rows(packed))
+    got = dict(zip(packed2.sampled_seq_ids.tolist(), np.asarray(sampled)[step.output_rows(packed2)].tolist()))
 
     dense_a = np.asarray(model(jnp.asarray(a)[None]))[0, -1]
     dense_b = np.asarray(model(jnp.asarray(np.append(b, b_next))[None]))[0]

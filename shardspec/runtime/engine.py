@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from ..apply import apply
+from ..distributed import fetch
 from ..errors import ShardspecError
 from ..load import load
 from ..models.llama import Llama
@@ -29,7 +30,7 @@ from .request import Output, Request
 from .requests_io import make_request
 from .schedule import StepSchedule
 from .scheduler import DPScheduler
-from .step import ROW_FIELDS, TOKEN_FIELDS, Step, allocate_kv_cache
+from .step import ROW_FIELDS, TOKEN_FIELDS, Step, allocate_kv_cache, local_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +118,7 @@ class Engine:
         schedule = self.scheduler.schedule()
         launched = None
         if schedule.chunks:
-            prev = self._inflight.packed.sampled_rows() if self._inflight else None
+            prev = local_rows(self._inflight.packed) if self._inflight else None
             packed = pack(schedule, self.sizes, prev_rows=prev)
             host = time.perf_counter() - start  # scheduling and packing, before the dispatch
             samples = self._inflight.sampled if self._inflight else self._samples
@@ -138,7 +139,7 @@ class Engine:
         return outputs
 
     def _collect(self, done: _InFlight) -> list[Output]:
-        tokens = np.asarray(done.sampled)[done.packed.selector]
+        tokens = fetch(done.sampled)[self._step.output_rows(done.packed)]
         t0 = time.perf_counter()
         outputs = self.scheduler.update(done.schedule, dict(zip(done.packed.sampled_seq_ids.tolist(),
                                                                 tokens.tolist())))

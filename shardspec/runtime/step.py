@@ -1,7 +1,7 @@
 """One serving step as one jitted program over the plan's mesh.
 
     tokens -> model (paged attention per DP rank) -> last token of each request row
-           -> logits -> sampler -> sampled tokens [R*Q_max]
+           -> logits -> sampler -> sampled tokens [R, Q_max], each rank's rows on that rank
 
 Compiled once per token bucket (the request stride follows from it); the KV
 cache is donated, and in/out shardings come from the plan, so warm-up and
@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 from ..distributed import global_array
 from ..models.llama import Llama
 from ..plan import ShardingPlan
+from .packer import PackedStep
 from .paged_attention import PagedBatch, make_attend
 from .sampler import sample
 
@@ -37,6 +38,13 @@ def allocate_kv_cache(plan: ShardingPlan) -> list[tuple[jax.Array, jax.Array]]:
     return [(zeros(), zeros()) for _ in range(m.num_layers)]
 
 
+def local_rows(packed: PackedStep) -> dict[int, int]:
+    """seq_id -> its sample's row inside its own rank: the next step's `prev_rows`
+    (a sequence never changes rank while it runs)."""
+    Q = packed.request_stride
+    return {seq: row % Q for seq, row in packed.sampled_rows().items()}
+
+
 class Step:
     """The jitted step for one plan and model. `traces` counts compilations."""
 
@@ -44,7 +52,8 @@ class Step:
         self.plan = plan
         self.graphdef, self.state = nnx.split(model)
         self.sizes = plan.runtime
-        self.max_rows = self.sizes.dp_ranks * self.sizes.request_stride(self.sizes.token_buckets[-1])
+        self.q_max = self.sizes.request_stride(self.sizes.token_buckets[-1])
+        self.max_rows = self.sizes.dp_ranks * self.q_max
         self.traces = 0
         token_axes = plan.kv_cache.spec[0]
         self._attend = make_attend(plan.mesh, token_axes, plan.activations["attn_q"],
@@ -53,7 +62,6 @@ class Step:
         batch = {f: per_token for f in TOKEN_FIELDS + ROW_FIELDS}
         batch["block_tables"] = NamedSharding(plan.mesh, P(token_axes, None))
         cache = plan.sharding(plan.kv_cache.spec)
-        replicated = NamedSharding(plan.mesh, P())
         # Logit rows stay where the FFN layout put them (over `data`): moving them
         # onto attn_dp as well would be an all-to-all that GSPMD can only replicate.
         self._rows = NamedSharding(plan.mesh, P(plan.activations["logits"][0], None))
@@ -61,35 +69,50 @@ class Step:
         self._sample_rows = NamedSharding(plan.mesh, P(token_axes, None))
         caches = [(cache, cache)] * plan.model.num_layers
         self._batch_shardings = batch
+        # Sampled ids stay on their rank: the host reads them (no device collective),
+        # and the next step's decodes read their own rank's rows (async scheduling).
+        self._samples = per_token
         self._jitted = jax.jit(self._step, donate_argnums=(1,),
-                               in_shardings=(plan.param_shardings(), caches, batch, replicated),
-                               out_shardings=(replicated, caches))
+                               in_shardings=(plan.param_shardings(), caches, batch, per_token),
+                               out_shardings=(per_token, caches))
 
     def __call__(self, caches, batch: dict[str, np.ndarray], prev_sampled: jax.Array):
-        """Dispatch one step (asynchronously); returns (sampled [R*Q_max], new caches)."""
+        """Dispatch one step (asynchronously); returns (sampled [R*Q_max], new caches).
+
+        Row r*Q_max + i of `sampled` is rank r's request row i; `batch["prev_rows"]`
+        holds rank-local rows of `prev_sampled` (-1: the token is in `token_ids`).
+        """
         if self.plan.mesh.is_multi_process:  # jit takes host arrays only when it sees every device
             batch = {f: global_array(x, self._batch_shardings[f]) for f, x in batch.items()}
         return self._jitted(self.state, caches, batch, prev_sampled)
+
+    def output_rows(self, packed: PackedStep) -> np.ndarray:
+        """Where each of `packed.selector`'s rows (rank × Q + i) is in the output (rank × Q_max + i)."""
+        Q = packed.request_stride
+        return packed.selector // Q * self.q_max + packed.selector % Q
 
     def lower(self, caches, batch, prev_sampled) -> jax.stages.Lowered:
         """Lower without running (arguments may be ShapeDtypeStructs): for `shardspec.hlo`."""
         return self._jitted.lower(self.state, caches, batch, prev_sampled)
 
     def initial_samples(self) -> jax.Array:
-        return global_array(np.zeros(self.max_rows, np.int32), NamedSharding(self.plan.mesh, P()))
+        return global_array(np.zeros(self.max_rows, np.int32), self._samples)
 
     def _step(self, state, caches, batch, prev_sampled):
         self.traces += 1  # runs only while tracing: once per compiled bucket
         model = nnx.merge(self.graphdef, state)
         layout = self.plan.layout
-        # Decode tokens sampled by the step before, not yet seen by the host (async).
-        tokens = jnp.where(batch["prev_rows"] >= 0, prev_sampled[jnp.maximum(batch["prev_rows"], 0)],
-                           batch["token_ids"])
+        R = self.sizes.dp_ranks
+        # Decode tokens sampled by the step before, not yet seen by the host (async):
+        # a gather inside each rank's own rows, no collective.
+        local = batch["prev_rows"].reshape(R, -1)  # [R, S]
+        from_prev = jnp.take_along_axis(prev_sampled.reshape(R, self.q_max), jnp.maximum(local, 0), axis=1)
+        tokens = jnp.where(batch["prev_rows"] >= 0, from_prev.reshape(-1), batch["token_ids"])
         paged = PagedBatch(batch["positions"], batch["slot_mapping"], batch["token_rows"], batch["block_tables"])
         hidden, caches = model.hidden_states(tokens[:, None], batch["positions"][:, None], layout,
                                              self._attend, [(c, paged) for c in caches])
         caches = [c for c, _ in caches]
-        R, rows = self.sizes.dp_ranks, batch["logits_indices"].shape[0]
+        rows = batch["logits_indices"].shape[0]
         per_rank = hidden[:, 0].reshape(R, -1, hidden.shape[-1])  # [R, S, E]
         index = batch["logits_indices"].reshape(R, -1)  # [R, Q], rank-local token index
         last = jnp.take_along_axis(per_rank, index[..., None], axis=1).reshape(rows, 1, -1)
@@ -101,4 +124,5 @@ class Step:
         logits = jax.lax.with_sharding_constraint(logits, self._sample_rows)
         sampled = sample(logits, batch["temperature"], batch["top_k"], batch["top_p"], batch["seeds"],
                          batch["output_index"])
-        return jnp.zeros(self.max_rows, jnp.int32).at[:rows].set(sampled), caches
+        out = jnp.zeros((R, self.q_max), jnp.int32).at[:, : rows // R].set(sampled.reshape(R, -1))
+        return out.reshape(-1), caches
