@@ -15,7 +15,7 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from shardspec import compile, load
-from shardspec.explain import totals
+from shardspec.explanation import totals
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -58,7 +58,7 @@ def explain(ctx: typer.Context, strategy: str = typer.Argument(..., help="Strate
     allocated) and exits 2 when a count exceeds the `expect:` budget.
     """
     from shardspec import distributed
-    from shardspec.explain import explain as explain_plan
+    from shardspec.explanation import explain as explain_plan
     from shardspec.hlo import check_budget, hlo_report
     from shardspec.plan import compile
 
@@ -127,8 +127,9 @@ def models(ctx: typer.Context):
 
 
 def _count(c) -> str:
-    per_layer = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads) + 3 * c.hidden_size * c.mlp_size
-    total = c.num_layers * per_layer + c.vocab_size * c.hidden_size * (1 if c.tie_embeddings else 2)
+    from shardspec.models.registry import parameter_count
+
+    total = parameter_count(c)
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if total >= size:
             return f"{total / size:.1f}{unit}"

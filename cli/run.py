@@ -13,7 +13,7 @@ from rich.table import Table
 
 from shardspec.errors import Problem, ShardspecError
 
-from ._common import (CoordinatorOpt, NumProcessesOpt, ProcessIdOpt, handle_errors, join_cluster,
+from ._common import (CoordinatorOpt, NumProcessesOpt, ProcessIdOpt, join_cluster,
                       load_strategy)
 
 

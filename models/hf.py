@@ -188,31 +188,36 @@ def tensor_map(config: LlamaConfig, path: str, shape: tuple[int, ...]) -> Tensor
     if path in top:
         return top[path]
     layer, rest = _LAYER.fullmatch(path).groups()
-    p = f"model.layers.{layer}."
-    D = config.head_dim
+    prefix = f"model.layers.{layer}."
     if rest in ("input_layernorm.scale", "post_attention_layernorm.scale"):
-        return TensorMap((p + rest.replace(".scale", ".weight"),))
+        return TensorMap((prefix + rest.replace(".scale", ".weight"),))
     attn = re.fullmatch(r"self_attn\.(q|k|v|o)_(proj|bias|norm\.scale)", rest)
     if attn:
-        x, kind = attn.groups()
-        name = f"{p}self_attn.{x}_{'norm' if kind == 'norm.scale' else 'proj'}.{'bias' if kind == 'bias' else 'weight'}"
-        if kind == "norm.scale":
-            return TensorMap((name,))
-        if kind == "bias":  # [H*D] -> [H, D]
-            return TensorMap((name,), split=(0, D))
-        if x == "o":  # [E, H*D] -> [E, H, D] -> [H, D, E]
-            return TensorMap((name,), perm=(1, 2, 0), split=(1, D))
-        return TensorMap((name,), perm=(2, 0, 1), split=(0, D))  # [H*D, E] -> [H, D, E] -> [E, H, D]
+        return _attention(prefix + "self_attn.", *attn.groups(), config.head_dim)
     mlp = re.fullmatch(r"mlp\.(gate_proj|up_proj|down_proj|router)", rest)
     if mlp is None:
         raise KeyError(f"no checkpoint tensor for parameter {path!r}")
-    proj = mlp.group(1)
+    return _mlp(config, prefix, mlp.group(1), shape)
+
+
+def _attention(prefix: str, x: str, kind: str, D: int) -> TensorMap:
+    if kind == "norm.scale":  # Qwen3 q_norm / k_norm: [D]
+        return TensorMap((f"{prefix}{x}_norm.weight",))
+    if kind == "bias":  # Qwen2: [H*D] -> [H, D]
+        return TensorMap((f"{prefix}{x}_proj.bias",), split=(0, D))
+    name = f"{prefix}{x}_proj.weight"
+    if x == "o":  # [E, H*D] -> [E, H, D] -> [H, D, E]
+        return TensorMap((name,), perm=(1, 2, 0), split=(1, D))
+    return TensorMap((name,), perm=(2, 0, 1), split=(0, D))  # [H*D, E] -> [H, D, E] -> [E, H, D]
+
+
+def _mlp(config: LlamaConfig, prefix: str, proj: str, shape) -> TensorMap:
     if len(shape) == 2 and proj != "router":  # a dense SwiGLU: [out, in] -> [in, out]
-        return TensorMap((f"{p}mlp.{proj}.weight",), perm=(1, 0))
+        return TensorMap((f"{prefix}mlp.{proj}.weight",), perm=(1, 0))
     if config.family == "mixtral":
-        moe, names = p + "block_sparse_moe.", {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
+        moe, names = prefix + "block_sparse_moe.", {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
     else:
-        moe, names = p + "mlp.", {k: k for k in ("gate_proj", "up_proj", "down_proj")}
+        moe, names = prefix + "mlp.", {k: k for k in ("gate_proj", "up_proj", "down_proj")}
     if proj == "router":  # [X, E] -> [E, X]
         return TensorMap((moe + "gate.weight",), perm=(1, 0))
     experts = tuple(f"{moe}experts.{x}.{names[proj]}.weight" for x in range(shape[0]))

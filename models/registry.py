@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -53,3 +55,8 @@ def abstract(config: LlamaConfig, *, dtype=jnp.float32) -> Llama:
     """The model with ShapeDtypeStructs for parameters: no memory, any size, no tracing."""
     with nnx.use_eager_sharding(False):
         return model_class(config)(config, dtype=dtype, rngs=None)
+
+
+def parameter_count(config: LlamaConfig) -> int:
+    """Parameters of the model, from its abstract shapes (exact for every family, MoE included)."""
+    return sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.state(abstract(config))))

@@ -23,16 +23,16 @@ from .strategy import Strategy
 _LAZY = {
     "compile": ".plan",
     "ShardingPlan": ".plan",
-    "apply": ".apply",
-    "explain": ".explain",
+    "apply": ".placement",
+    "explain": ".explanation",
     "Engine": ".runtime.engine",
 }
 
 __all__ = ["load", "Strategy", "ShardspecError", *_LAZY]
 
 if TYPE_CHECKING:
-    from .apply import apply  # noqa: F401
-    from .explain import explain  # noqa: F401
+    from .placement import apply  # noqa: F401
+    from .explanation import explain  # noqa: F401
     from .runtime.engine import Engine  # noqa: F401
     from .plan import ShardingPlan, compile  # noqa: F401
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from .apply import apply
+from .placement import apply
 from .distributed import fetch, global_array
 from .hlo import budget_summary, check_budget, hlo_report
 from .models.registry import build

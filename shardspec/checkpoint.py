@@ -33,7 +33,7 @@ from .models import hf
 from .models.config import LlamaConfig
 
 INDEX = "model.safetensors.index.json"
-DTYPES = {"BF16": "bf16", "F16": "fp16", "F32": "fp32"}  # checkpoint dtypes that convert to any runtime dtype
+DTYPES = frozenset({"BF16", "F16", "F32"})  # checkpoint dtypes, converted to the runtime dtype on reading
 MAX_PROBLEMS = 12  # a wrong config.json disagrees with every tensor: show the first few
 # A larger shard is read and converted in blocks of about this size, straight into
 # its output: converting it costs one block beside the shard, not a second copy.

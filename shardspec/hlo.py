@@ -35,6 +35,7 @@ from flax import nnx
 from .errors import Problem, ShardspecError, raise_all
 from .plan import ShardingPlan
 from .plan import compile as compile_plan
+from .runtime.step import ROW_FIELDS, TOKEN_FIELDS, Step, allocate_kv_cache
 
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 STEPS = ("decode", "prefill")
@@ -73,7 +74,11 @@ def _bits(dtype: str) -> int:
 
 
 def hlo_report(plan: ShardingPlan) -> dict[str, Any]:
-    """The decode step's collectives, bytes, per layer and memory, and the same under "prefill"."""
+    """The decode step's collectives, bytes, per layer and memory, and the same under "prefill".
+
+    Only shapes matter to the compiler: the prefill step is every rank's largest
+    stride (all ranks full), the decode step the smallest.
+    """
     if plan.is_abstract:
         raise ShardspecError("the HLO report needs a plan compiled on devices",
                              hint="compile(strategy) without abstract_mesh=True")
@@ -108,8 +113,6 @@ def _with_layers(plan: ShardingPlan, num_layers: int) -> ShardingPlan:
 
 def _measure(plan: ShardingPlan, stride: int):
     """Compile one step at `stride` tokens per rank -> (counts, bytes, memory per device)."""
-    from .runtime.step import Step, allocate_kv_cache  # the runtime imports the plan, not the reverse
-
     step = Step(plan, nnx.merge(plan.graphdef, _stored_state(plan)))
     caches = jax.eval_shape(lambda: allocate_kv_cache(plan))
     prev = jax.ShapeDtypeStruct((step.max_rows,), jnp.int32)
@@ -128,8 +131,6 @@ def _stored_state(plan: ShardingPlan) -> nnx.State:
 
 def batch_structs(plan: ShardingPlan, stride: int) -> dict[str, jax.ShapeDtypeStruct]:
     """The packer's device arrays for a step of `stride` tokens a rank (see `PackedStep`)."""
-    from .runtime.step import ROW_FIELDS, TOKEN_FIELDS
-
     sizes = plan.runtime
     tokens, rows = sizes.dp_ranks * stride, sizes.dp_ranks * sizes.request_stride(stride)
     dtypes = {"temperature": jnp.float32, "top_p": jnp.float32, "seeds": jnp.uint32}
@@ -155,23 +156,23 @@ _SCOPES = {"per_layer": ("per_layer", " per decoder layer"), "total": ("collecti
 
 
 def _budgets(plan: ShardingPlan, report: Mapping[str, Any]):
-    """(yaml path, kind, words, budget, {step: measured}) for each `expect:` entry."""
+    """(scope, kind, words, budget, {step: measured}) for each `expect:` entry."""
     steps = {"decode": report, "prefill": report["prefill"]}
     for scope, (key, words) in _SCOPES.items():
         for kind, budget in plan.strategy.expect.get(scope, {}).items():
-            yield f"expect.{scope}.{kind}", kind, words, budget, {s: r[key][kind] for s, r in steps.items()}
+            yield scope, kind, words, budget, {s: r[key][kind] for s, r in steps.items()}
 
 
 def budget_problems(plan: ShardingPlan, report: Mapping[str, Any]) -> list[Problem]:
     """One problem per `expect:` entry that the decode or the prefill step exceeds."""
     problems = []
-    for path, kind, words, budget, measured in _budgets(plan, report):
+    for scope, kind, words, budget, measured in _budgets(plan, report):
         over = [s for s in STEPS if measured[s] > budget]
         if over:
             found = " and ".join(f"{measured[s]} in the {s} step" for s in over)
-            each = "per layer = what the decoder layers add to the step, ÷ layers; " if "per_layer" in path else ""
+            each = "per layer = what the decoder layers add to the step, ÷ layers; " if scope == "per_layer" else ""
             problems.append(plan.strategy.source.problem(
-                path, f"{kind}{words}: {found}, over the budget of {budget}",
+                f"expect.{scope}.{kind}", f"{kind}{words}: {found}, over the budget of {budget}",
                 f"{each}raise the budget or change the sharding; `shardspec explain --hlo` shows every count"))
     return problems
 

@@ -154,14 +154,9 @@ def _check_params(params: list, where: Where) -> list[Problem]:
 
 
 def _check_model(model: str | None, where: Where) -> list[Problem]:
-    """A preset, or a Hugging Face checkpoint directory (its contents are checked by compile())."""
-    if model is None or model in _presets.PRESETS:
+    """A preset, or a directory: a Hugging Face checkpoint, whose files compile() checks."""
+    if model is None or model in _presets.PRESETS or os.path.isdir(model):
         return []
-    if os.path.isdir(model):
-        if os.path.isfile(os.path.join(model, "config.json")):
-            return []
-        return [where.problem("model", f"directory {model!r} has no config.json",
-                              "give a Hugging Face checkpoint directory (config.json + *.safetensors)")]
     close = did_you_mean(model, _presets.PRESETS)
     hint = f"{close} see `shardspec models`" if close else (
         f"use a preset ({one_of(_presets.PRESETS)}) or a checkpoint directory")

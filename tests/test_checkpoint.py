@@ -153,9 +153,10 @@ def test_config_json_problems_exit_2(tmp_path, change, message):
     assert code == 2 and f"error: {directory / 'config.json'}: {message}" in err
 
 
-def test_a_directory_without_config_json_is_rejected_by_load(tmp_path):
-    with pytest.raises(ShardspecError, match="has no config.json"):
-        load({"model": str(tmp_path)})
+def test_a_directory_without_config_json_exits_2(tmp_path):
+    code, err = _validate(tmp_path)
+    assert code == 2 and err == (f"error: {tmp_path / 'config.json'}: not found: a Hugging Face checkpoint "
+                                 "directory needs config.json\n")
 
 
 def test_hub_style_qwen3_moe_config_names_its_experts_num_experts(tmp_path):
@@ -170,3 +171,12 @@ def test_hub_style_qwen3_moe_config_names_its_experts_num_experts(tmp_path):
 def test_validate_accepts_every_fixture():
     for directory in sorted(FIXTURES.iterdir()):
         assert _validate(directory)[0] == 0, directory
+
+
+def test_a_bf16_checkpoint_loads_bit_exact_into_a_bf16_runtime():
+    directory = FIXTURES / "mistral"
+    plan = compile(load({"model": str(directory), "parallelism": {"tensor": 8}, "runtime": {"dtype": "bfloat16"}}))
+    got = _flat(nnx.state(apply(plan)))["layers.0.mlp.gate_proj"]
+    want = load_file(directory / "model.safetensors")["model.layers.0.mlp.gate_proj.weight"]  # [F, E]
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(np.asarray(got), want.T)

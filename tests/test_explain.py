@@ -5,7 +5,7 @@ import json
 import jax
 
 from shardspec import compile, explain, load
-from shardspec.explain import fmt_bytes, spec_str
+from shardspec.explanation import fmt_bytes, spec_str
 
 from conftest import ROOT
 from helpers import strategy

@@ -9,7 +9,6 @@ logits agree within RTOL × max(1, max |logit|).
 import dataclasses
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

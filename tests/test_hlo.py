@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from shardspec import compile, explain, load
 from shardspec.cli.main import app
 from shardspec.errors import ShardspecError
-from shardspec.explain import hlo_lines
+from shardspec.explanation import hlo_lines
 from shardspec.hlo import KINDS, batch_structs, budget_problems, budget_summary, collectives, hlo_report
 from shardspec.runtime.packer import pack
 from shardspec.runtime.schedule import StepSchedule

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, Mapping
 import jax
 import numpy as np
 
-from ..apply import apply
+from ..placement import apply
 from ..distributed import fetch
 from ..errors import ShardspecError
 from ..load import load

@@ -44,8 +44,9 @@ def hlo_lines(hlo: dict[str, Any]) -> list[str]:
     lines += ["  " + "  ".join([*(r[i].ljust(widths[i]) for i in range(3)),
                                 *(r[i].rjust(widths[i]) for i in range(3, 6))]).rstrip() for r in rows]
     lines += ["", "compiled memory per device:"]
-    lines += [f"  {name:<7}  " + " · ".join(f"{k.replace('_', ' ')} {fmt_bytes(v)}" for k, v in step["memory"].items())
-              for name, step in steps.items()]
+    for name, step in steps.items():
+        memory = (f"{k.replace('_', ' ')} {fmt_bytes(v)}" for k, v in step["memory"].items())
+        lines.append(f"  {name:<7}  " + " · ".join(memory))
     return lines
 
 
