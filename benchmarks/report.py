@@ -21,6 +21,12 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 def _host_cost(r: dict) -> list[str]:
     rows = [[n, v["schedule"], v["update"], round(v["schedule"] + v["update"], 2), v["pack"], v["pack_naive"],
              f"{v['naive_over_pack']}×"] for n, v in r["results"].items()]
+    biggest = r["results"].get("4096")
+    verdict = []
+    if biggest:
+        total = round(biggest["schedule"] + biggest["update"], 2)
+        verdict = [f"At 4,096 running requests the scheduler takes {total} ms a step: goal "
+                   f"{'met' if total < 5 else 'not met'}.", ""]
     return ["## 1–2. Host cost per decode step (scheduler, packer)", "",
             f"Median ms per decode step, {r['dp_ranks']} DP ranks, every request in decode. "
             "Goal: scheduler under 5 ms at 4,096 running requests (the reference system: ~80 ms).", "",
@@ -78,8 +84,21 @@ def _memory(r: dict) -> list[str]:
 
 
 def _checkpoint(r: dict) -> list[str]:
-    return ["## Checkpoint loading", "", "```json", json.dumps(r.get("results", r), indent=1), "```", "",
-            "Command: `python benchmarks/load_checkpoint.py`", ""]
+    rows = []
+    for name, runs in r.get("results", r).items():
+        if not isinstance(runs, dict):
+            continue
+        for layout, v in runs.items():
+            if isinstance(v, dict) and "seconds" in v:
+                rows.append([name, runs.get("checkpoint_bytes", ""), layout, v["seconds"],
+                             v["staging_peak"], v["largest_tensor"], v["anon_growth"]])
+    return ["## Checkpoint loading", "",
+            "Load time and host memory: `staging_peak` is host memory beyond what the devices keep (compare "
+            "the largest tensor); `anon_growth` is the process's anonymous memory growth, which on CPU "
+            "includes the parameters themselves (the devices' memory is host memory).", "",
+            *_table(["checkpoint", "bytes", "layout", "seconds", "staging peak", "largest tensor",
+                     "anon growth"], rows),
+            "", "Command: `python benchmarks/load_checkpoint.py`", ""]
 
 
 def _plot_routing(r: dict, out: Path) -> str | None:

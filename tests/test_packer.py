@@ -95,7 +95,7 @@ def test_design_example():
 
 
 def test_empty_rank_is_all_padding():
-    B2 = dataclasses.replace(B, rank=2)
+    B2 = B._replace(rank=2)
     pad4 = [0, 0, 0, 0]
     assert_packed(
         pack(schedule(A, B2), sizes(dp=3)),

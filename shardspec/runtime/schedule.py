@@ -9,6 +9,7 @@ sequence, one token to sample.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,8 +21,9 @@ from .request import SamplingParams
 FROM_PREVIOUS_STEP = -1
 
 
-@dataclasses.dataclass(frozen=True)
-class ScheduledChunk:
+class ScheduledChunk(NamedTuple):
+    # A NamedTuple, not a frozen dataclass: just as immutable, and three times
+    # cheaper to build (the scheduler makes one per running sequence per step).
     seq_id: int  # engine-wide sequence number, stable for the request's life
     rank: int  # DP rank that owns the sequence's KV pages
     token_ids: np.ndarray  # int32 [n] new tokens; FROM_PREVIOUS_STEP allowed (decode only)

@@ -293,7 +293,7 @@ class DPScheduler:
 
     def _emit(self, rank: _Rank, step: int, out: list[ScheduledChunk]) -> None:
         """Turn the rank's plans into chunks (admission order) and advance the sequences."""
-        r, new = rank.index, object.__new__
+        r, new = rank.index, tuple.__new__
         computed = sampled = 0
         for seq in rank.running.values():
             n = seq.plan
@@ -302,15 +302,12 @@ class DPScheduler:
             start = seq.computed
             end = seq.computed = start + n
             sample = end == seq.total
-            # ScheduledChunk(...) without its frozen-dataclass __init__, which costs 3x
-            # as much (~0.6 us a chunk, 2.5 ms a step at 4,096 sequences); a test
-            # checks that the two agree.
-            chunk = new(ScheduledChunk)
-            chunk.__dict__.update(
-                seq_id=seq.id, rank=r, token_ids=UNKNOWN if seq.pending else seq.tokens_ro[start:end],
-                start_pos=start, block_table=seq.table.pages, sample=sample, sampling=seq.sampling,
-                output_index=seq.total - seq.prompt_len)  # tokens generated, received or not
-            out.append(chunk)
+            # ScheduledChunk's fields in order, built without the keyword-argument
+            # __new__ (~0.2 us a chunk instead of 0.3; a test checks they agree).
+            out.append(new(ScheduledChunk, (
+                seq.id, r, UNKNOWN if seq.pending else seq.tokens_ro[start:end], start,
+                seq.table.pages, sample, seq.sampling,
+                seq.total - seq.prompt_len)))  # output_index: tokens generated, received or not
             seq.plan = 0
             seq.in_flight += 1
             computed += n
