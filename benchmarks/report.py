@@ -32,7 +32,7 @@ def _host_cost(r: dict) -> list[str]:
             "Goal: scheduler under 5 ms at 4,096 running requests (the reference system: ~80 ms).", "",
             *_table(["running", "schedule()", "update()", "scheduler total", "pack()", "naive packer",
                      "naive ÷ pack"], rows),
-            "", "Command: `python benchmarks/host_cost.py`", ""]
+            "", *verdict, "Command: `python benchmarks/host_cost.py`", ""]
 
 
 def _routing(r: dict, plot: str | None) -> list[str]:
