@@ -101,10 +101,14 @@ def _relay(stream: IO[bytes], index: int, err: bool, lock: threading.Lock) -> No
     Reads to the end even when our own output is gone (`| head`): a process
     whose pipe fills up would block.
     """
-    open_ = True
+    open_, count_follows = True, False
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        if GLOO_CHATTER in line or not open_:  # gloo's C++ prints one per communicator, on stdout
+        # gloo's C++ prints one such line per communicator, on stdout, and at times
+        # its count lands on a line of its own: drop both.
+        chatter = GLOO_CHATTER in line or (count_follows and line.strip().isdigit())
+        count_follows = GLOO_CHATTER in line and not line.rstrip()[-1:].isdigit()
+        if chatter or not open_:
             continue
         with lock:
             try:
