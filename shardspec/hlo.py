@@ -35,7 +35,7 @@ from flax import nnx
 from .errors import Problem, ShardspecError, raise_all
 from .plan import ShardingPlan
 from .plan import compile as compile_plan
-from .runtime.step import ROW_FIELDS, TOKEN_FIELDS, Step, allocate_kv_cache
+from .runtime.step import Step, allocate_kv_cache, padding_batch
 
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 STEPS = ("decode", "prefill")
@@ -130,14 +130,8 @@ def _stored_state(plan: ShardingPlan) -> nnx.State:
 
 
 def batch_structs(plan: ShardingPlan, stride: int) -> dict[str, jax.ShapeDtypeStruct]:
-    """The packer's device arrays for a step of `stride` tokens a rank (see `PackedStep`)."""
-    sizes = plan.runtime
-    tokens, rows = sizes.dp_ranks * stride, sizes.dp_ranks * sizes.request_stride(stride)
-    dtypes = {"temperature": jnp.float32, "top_p": jnp.float32, "seeds": jnp.uint32}
-    out = {f: jax.ShapeDtypeStruct((tokens,), jnp.int32) for f in TOKEN_FIELDS}
-    out.update({f: jax.ShapeDtypeStruct((rows,), dtypes.get(f, jnp.int32)) for f in ROW_FIELDS})
-    out["block_tables"] = jax.ShapeDtypeStruct((rows, sizes.max_pages_per_seq), jnp.int32)
-    return out
+    """The shapes of the packer's device arrays for a step of `stride` tokens a rank."""
+    return {f: jax.ShapeDtypeStruct(x.shape, x.dtype) for f, x in padding_batch(plan.runtime, stride).items()}
 
 
 _MEMORY_FIELDS = {"argument": "argument_size_in_bytes", "output": "output_size_in_bytes",

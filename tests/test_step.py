@@ -8,14 +8,14 @@ from shardspec import apply, compile, load
 from shardspec.runtime.packer import pack
 from shardspec.runtime.request import SamplingParams
 from shardspec.runtime.schedule import FROM_PREVIOUS_STEP, ScheduledChunk, StepSchedule
-from shardspec.runtime.step import ROW_FIELDS, TOKEN_FIELDS, Step, allocate_kv_cache, local_rows
+from shardspec.runtime.step import Step, allocate_kv_cache, device_batch, local_rows
 
 from conftest import STRATEGY_FILES, strategy_ids
 
 
 def _run(step, caches, plan, chunks, samples, prev_rows=None):
     packed = pack(StepSchedule(tuple(chunks), 0), plan.runtime, prev_rows=prev_rows)
-    batch = {f: getattr(packed, f) for f in TOKEN_FIELDS + ROW_FIELDS}
+    batch = device_batch(packed)
     sampled, caches = step(caches, batch, samples)
     return sampled, caches, packed
 

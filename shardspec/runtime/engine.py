@@ -15,7 +15,6 @@ import time
 from typing import Iterable, Iterator, Mapping
 
 import jax
-import numpy as np
 
 from ..placement import apply
 from ..distributed import fetch
@@ -30,7 +29,7 @@ from .request import Output, Request
 from .requests_io import make_request
 from .schedule import StepSchedule
 from .scheduler import DPScheduler
-from .step import ROW_FIELDS, TOKEN_FIELDS, Step, allocate_kv_cache, local_rows
+from .step import Step, allocate_kv_cache, device_batch, local_rows, padding_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +107,7 @@ class Engine:
     def warmup(self) -> None:
         """Compile every token bucket now, with padding-only steps that change nothing."""
         for stride in self.sizes.token_buckets:
-            sampled, self._caches = self._step(self._caches, self._padding_batch(stride), self._samples)
+            sampled, self._caches = self._step(self._caches, padding_batch(self.sizes, stride), self._samples)
             sampled.block_until_ready()
         self.metrics.compiles = self._step.traces
 
@@ -122,7 +121,7 @@ class Engine:
             packed = pack(schedule, self.sizes, prev_rows=prev)
             host = time.perf_counter() - start  # scheduling and packing, before the dispatch
             samples = self._inflight.sampled if self._inflight else self._samples
-            sampled, self._caches = self._step(self._caches, _device_batch(packed), samples)
+            sampled, self._caches = self._step(self._caches, device_batch(packed), samples)
             launched = _InFlight(schedule, packed, sampled)
             self.metrics.record_step(packed.real_tokens, packed.padded_tokens,
                                      schedule.tokens_per_rank(self.sizes.dp_ranks))
@@ -183,19 +182,3 @@ class Engine:
         assert len(outputs) == len(requests), "a request finished more or less than once"
         return outputs
 
-    def _padding_batch(self, stride: int) -> dict[str, np.ndarray]:
-        """A step of nothing but padding: KV writes go to the dropped slot."""
-        R, Q = self.sizes.dp_ranks, self.sizes.request_stride(stride)
-        batch = {f: np.zeros(R * stride, np.int32) for f in TOKEN_FIELDS}
-        batch["prev_rows"][:] = -1
-        batch["slot_mapping"][:] = self.sizes.pages_per_rank * self.sizes.page_size
-        batch.update({f: np.zeros(R * Q, np.int32) for f in ROW_FIELDS})
-        batch["block_tables"] = np.zeros((R * Q, self.sizes.max_pages_per_seq), np.int32)
-        batch["temperature"] = np.zeros(R * Q, np.float32)
-        batch["top_p"] = np.ones(R * Q, np.float32)
-        batch["seeds"] = np.zeros(R * Q, np.uint32)
-        return batch
-
-
-def _device_batch(packed: PackedStep) -> dict[str, np.ndarray]:
-    return {f: getattr(packed, f) for f in TOKEN_FIELDS + ROW_FIELDS}

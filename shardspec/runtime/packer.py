@@ -108,12 +108,14 @@ def _scatter(values: np.ndarray, rows: np.ndarray, n_rows: int, fill) -> np.ndar
 
 
 def pack(schedule: StepSchedule, sizes: RuntimeSizes,
-         prev_rows: Mapping[int, int] | None = None) -> PackedStep:
+         prev_rows: Mapping[int, int] | None = None, *, min_stride: int = 0) -> PackedStep:
     """Lay out one step's chunks rank by rank, padded to one per-rank stride.
 
     `prev_rows[seq_id]` is where the sequence's sample sits in the previous
     step's sampled array (`PackedStep.sampled_rows()` of that step); it is
-    needed only for sequences with FROM_PREVIOUS_STEP tokens.
+    needed only for sequences with FROM_PREVIOUS_STEP tokens. `min_stride`
+    pads to at least that many tokens a rank (an empty schedule with it is a
+    step of nothing but padding: the warm-up and the HLO report use one).
 
     Raises ValueError, naming the rank or sequence, when a rank has more
     tokens than the largest bucket or more chunks than the request stride, or
@@ -125,7 +127,7 @@ def pack(schedule: StepSchedule, sizes: RuntimeSizes,
     tokens_per_rank = np.bincount(c.rank, weights=c.n, minlength=R).astype(np.int64)
     chunks_per_rank = np.bincount(c.rank, minlength=R)
     _check_token_budget(tokens_per_rank, sizes)
-    S = sizes.token_stride(int(tokens_per_rank.max()))
+    S = sizes.token_stride(max(int(tokens_per_rank.max()), min_stride))
     Q = sizes.request_stride(S)
     _check_request_stride(chunks_per_rank, S, Q, sizes)
 

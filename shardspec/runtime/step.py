@@ -19,10 +19,11 @@ from jax.sharding import PartitionSpec as P
 
 from ..distributed import global_array
 from ..models.llama import Llama
-from ..plan import ShardingPlan
-from .packer import PackedStep
+from ..plan import RuntimeSizes, ShardingPlan
+from .packer import PackedStep, pack
 from .paged_attention import PagedBatch, make_attend
 from .sampler import sample
+from .schedule import StepSchedule
 
 # Packer fields the device needs, and whether each is per token or per request row.
 TOKEN_FIELDS = ("token_ids", "prev_rows", "positions", "slot_mapping", "token_rows")
@@ -36,6 +37,17 @@ def allocate_kv_cache(plan: ShardingPlan) -> list[tuple[jax.Array, jax.Array]]:
     sharding = plan.sharding(kv.spec)
     zeros = jax.jit(lambda: jnp.zeros(shape, jnp.dtype(kv.dtype)), out_shardings=sharding)
     return [(zeros(), zeros()) for _ in range(m.num_layers)]
+
+
+def device_batch(packed: PackedStep) -> dict[str, np.ndarray]:
+    """The packer's arrays the device step takes."""
+    return {f: getattr(packed, f) for f in TOKEN_FIELDS + ROW_FIELDS}
+
+
+def padding_batch(sizes: RuntimeSizes, stride: int) -> dict[str, np.ndarray]:
+    """A step of nothing but padding at `stride` tokens a rank: it changes nothing
+    (KV writes go to the dropped slot). Warm-up compiles each bucket with one."""
+    return device_batch(pack(StepSchedule((), -1), sizes, min_stride=stride))
 
 
 def local_rows(packed: PackedStep) -> dict[int, int]:
