@@ -268,12 +268,7 @@ def _activation_specs(strategy, table, shape):
         for axis in logical:
             rule = table.get(axis) if axis else None
             mesh = rules_lib.effective_axes(rule.mesh_axes, shape) if rule else ()
-            for a in mesh:
-                if a in used:
-                    problems.append(strategy.source.problem(rule.yaml_path or "rules",
-                        f"activation {name!r}: mesh axis {a!r} shards both {used[a]!r} and {axis!r}",
-                        "a mesh axis may shard only one dimension of an array; change one of the rules"))
-                used[a] = axis
+            problems += rules_lib.claim_axes(f"activation {name!r}", axis, mesh, used, table, strategy.source)
             entries.append(rules_lib.spec_entry(mesh))
         specs[name] = P(*entries)
     return specs, _dedupe(problems)

@@ -102,14 +102,7 @@ def resolve_array(path: str, shape: Sequence[int], logical: Sequence[str | None]
             entries.append(None)
             continue
         mesh = effective_axes(rule.mesh_axes, mesh_shape)
-        for a in mesh:
-            if a in used:
-                # Blame whichever of the two rules the user wrote.
-                blame = rule.yaml_path or table[used[a]].yaml_path or axes_from or "rules"
-                problems.append(src.problem(blame,
-                    f"{path}: mesh axis {a!r} shards both {used[a]!r} and {name!r}",
-                    "a mesh axis may shard only one dimension of an array; change one of the rules"))
-        used.update({a: name for a in mesh})
+        problems += claim_axes(path, name, mesh, used, table, src, axes_from)
         shards = math.prod(mesh_shape[a] for a in mesh)
         if size % shards == 0:
             entries.append(spec_entry(mesh))
@@ -137,6 +130,22 @@ def resolve_array(path: str, shape: Sequence[int], logical: Sequence[str | None]
             notes.append(f"{name} {size} not divisible by {shards} shards: replicated ({why})")
             entries.append(None)
     return Resolved(P(*entries), tuple(padded), tuple(notes), kv_replicated), problems
+
+
+def claim_axes(label: str, name: str, mesh: Sequence[str], used: dict[str, str],
+               table: Mapping[str, Rule], source, axes_from: str | None = None) -> list[Problem]:
+    """Record in `used` (mesh axis -> logical axis) that `name` splits over `mesh`; a
+    problem for each mesh axis an earlier dimension of the same array already uses."""
+    problems = []
+    for a in mesh:
+        if a in used:
+            # Blame whichever of the two rules the user wrote.
+            blame = table[name].yaml_path or table[used[a]].yaml_path or axes_from or "rules"
+            problems.append(source.problem(blame, f"{label}: mesh axis {a!r} shards both {used[a]!r} and {name!r}",
+                                           "a mesh axis may shard only one dimension of an array; "
+                                           "change one of the rules"))
+    used.update({a: name for a in mesh})
+    return problems
 
 
 def shards_per_dim(spec: P, mesh_shape: Mapping[str, int]) -> list[int]:
