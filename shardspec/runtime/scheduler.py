@@ -132,10 +132,10 @@ class DPScheduler:
             raise ValueError(f"{where}: empty prompt")
         if request.max_tokens < 1:
             raise ValueError(f"{where}: max_tokens={request.max_tokens} (must be >= 1)")
-        if n + request.max_tokens > s.max_model_len:
-            raise ValueError(f"{where}: prompt {n} + max_tokens {request.max_tokens} > max_model_len "
-                             f"{s.max_model_len}")
-        if pages_for(n + request.max_tokens - 1, s.page_size) > s.pages_per_rank:
+        if n + request.max_tokens > s.max_request_len:  # the plan's limit: the model's, or a rank's pages
+            if n + request.max_tokens > s.max_model_len:
+                raise ValueError(f"{where}: prompt {n} + max_tokens {request.max_tokens} > max_model_len "
+                                 f"{s.max_model_len}")
             raise ValueError(f"{where}: needs more KV pages than a rank has ({s.pages_per_rank} of "
                              f"{s.page_size} tokens)")
         if request.id in self._by_request:
