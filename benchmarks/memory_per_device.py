@@ -25,7 +25,7 @@ def row(plan) -> dict:
     t = totals(plan)
     kv = plan.kv_cache
     # Ideal KV: every KV head stored once, all ranks' pages spread evenly over all devices.
-    kv_total = (2 * plan.model.num_layers * kv.page_size * kv.kv_heads * plan.model.head_dim
+    kv_total = (2 * kv.num_layers * kv.page_size * kv.kv_heads * kv.head_dim
                 * _itemsize(kv.dtype) * plan.dp_ranks * kv.pages_per_rank)
     kv_ideal = kv_total / devices
     return {"devices": devices, "mesh": dict(plan.mesh_shape),

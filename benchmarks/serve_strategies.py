@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     results = {}
     for name, path, overrides in configs():
         if requests is None:
-            vocab = compile(load(path).with_model(args.model), abstract_mesh=True).model.vocab_size
+            vocab = compile(load(path).with_model(args.model), abstract_mesh=True).model.geometry.vocab_size
             requests = synthetic_requests(args.requests, (8, 200), (8, 48), vocab, seed=0)
         results[name] = r = serve(path, overrides, args.model, requests)
         r["tokens_per_s_vs_1_device"] = round(r["tokens_per_s"] / results["1 device"]["tokens_per_s"], 3)

@@ -64,7 +64,7 @@ def run(ctx: typer.Context,
     from shardspec.runtime.requests_io import read_requests, write_outputs
 
     plan = compile(loaded, abstract_mesh=True)  # every user error before any device work
-    vocab, max_len = plan.model.vocab_size, plan.runtime.max_request_len
+    vocab, max_len = plan.model.geometry.vocab_size, plan.runtime.max_request_len
     if prompts:
         from shardspec.tokenizer import load_tokenizer  # a checkpoint's: `prompt` text in requests
 

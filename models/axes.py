@@ -1,7 +1,11 @@
-"""The logical-axis vocabulary: the only names models use for their dimensions.
+"""The logical-axis vocabulary of shardspec's models and of its runtime.
 
-Mesh axes never appear in a model; the rules of a plan map these names onto
-them. Add a name only when a model needs it.
+Mesh axes never appear in a model; the rules of a plan map logical names onto
+them. These are the names with default rules: shardspec's Llama and MoE use
+them, and the runtime lays out tokens, KV pages and its named activation
+points with them. An outside model may use any names of its own (the
+strategy's `rules:` then maps them). Add a name here only when one of
+shardspec's models needs it.
 """
 
 BATCH = "batch"  # tokens in attention and KV pages
@@ -16,9 +20,10 @@ EXPERT = "expert"
 EXPERT_MLP = "expert_mlp"
 KV_PAGES = "kv_pages"
 
-LOGICAL_AXES = (
-    BATCH, MLP_BATCH, EMBED, HEADS, KV_HEADS, HEAD_DIM, MLP, VOCAB, EXPERT, EXPERT_MLP, KV_PAGES,
-)
+# Dimensions shardspec's models can zero-pad without changing their outputs
+# (policy.indivisible: pad): padded FFN columns give silu(0) * 0 = 0 and meet
+# zero rows of down_proj; padded vocab columns are cut off by `logits`.
+ZERO_PADDABLE = frozenset({MLP, EXPERT_MLP, VOCAB})
 
 # Named activation constraint points and their logical layout. The model calls
 # `constrain(x, name)`; the plan turns each into a PartitionSpec once.

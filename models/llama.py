@@ -11,32 +11,27 @@ Attention itself is a function passed in (`attend`): dense causal attention
 here, paged attention over each DP rank's KV pages in the runtime; the rest of
 the model is the same code in both.
 
-Sharding enters through one explicit argument, a `Layout`: `constrain(x, name)`
-pins activations at the named points of `axes.ACTIVATIONS`, and
-`kv_repeat` says how many times each KV head is repeated so that every
-device of the `model` axis holds the KV head its query heads read.
+Sharding enters through one explicit argument, a `Layout` (`shardspec.protocol`):
+`constrain(x, name)` pins activations at the named points of
+`axes.ACTIVATIONS`, and `attention_inputs` repeats each KV head as the plan
+stores it, so every device of the `model` axis holds the KV heads its query
+heads read. The model implements the serving protocol of `shardspec.protocol`
+(`decoder_geometry`, `hidden_states`, `logits`); that is all the runtime knows
+of it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from shardspec.protocol import Attend, DecoderGeometry, Layout
+
 from .axes import EMBED, HEAD_DIM, HEADS, KV_HEADS, MLP, VOCAB
 from .config import LlamaConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """How a forward pass is laid out. The default is one unsharded device."""
-
-    constrain: Callable[[jax.Array, str], jax.Array] = lambda x, name: x
-    kv_repeat: int = 1  # each KV head repeated so every model shard holds the ones it reads
 
 
 def _param(rngs: nnx.Rngs | None, shape, axes, dtype, fan_in: int | None = None) -> nnx.Param:
@@ -96,10 +91,6 @@ def rope(x, positions, freqs: tuple[float, ...]):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-# attend(q [B,T,H,D], k [B,T,K',D], v [B,T,K',D], positions [B,T], cache) -> (out [B,T,H,D], cache)
-Attend = Callable[..., tuple[jax.Array, object]]
-
-
 def causal_attention(q, k, v, positions, cache=None):
     """Attention over whole sequences in the batch, no KV cache (the `Attend` default)."""
     B, T, H, D = q.shape
@@ -138,11 +129,7 @@ class Attention(nnx.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rope(q, positions, self.rope_freqs), rope(k, positions, self.rope_freqs)
-        r = layout.kv_repeat
-        if r > 1:  # slot s holds KV head s // r: query head h reads slot h * K*r / H
-            k, v = jnp.repeat(k, r, axis=2), jnp.repeat(v, r, axis=2)
-        q = layout.constrain(q, "attn_q")
-        return q, layout.constrain(k, "attn_kv"), layout.constrain(v, "attn_kv")
+        return layout.attention_inputs(q, k, v)  # query head h reads KV slot h * K*r / H
 
     def output(self, attn, layout: Layout):
         """attn: [B, T, H, D] -> [B, T, E]."""
@@ -193,6 +180,11 @@ class Llama(nnx.Module):
         if not cfg.tie_embeddings:
             self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), (EMBED, VOCAB), dtype,
                                   fan_in=cfg.hidden_size)
+
+    def decoder_geometry(self) -> DecoderGeometry:
+        c = self.config
+        return DecoderGeometry(num_layers=c.num_layers, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
+                               head_dim=c.head_dim, vocab_size=c.vocab_size, max_seq_len=c.max_seq_len)
 
     def mlp_for(self, layer: int):
         """The FFN class of layer `layer` (built as cls(cfg, dtype, rngs)); the MoE model overrides it."""

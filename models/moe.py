@@ -27,7 +27,9 @@ from flax import nnx
 
 from .axes import EMBED, EXPERT, EXPERT_MLP
 from .config import MoEConfig
-from .llama import Layout, Llama, SwiGLU, _param
+from shardspec.protocol import Layout
+
+from .llama import Llama, SwiGLU, _param
 
 
 def route(logits, k: int, normalise: bool):

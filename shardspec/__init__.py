@@ -6,8 +6,12 @@
     model = shardspec.apply(plan)                 # parameters created in their shardings
     engine = shardspec.Engine(plan)               # serve it: DP scheduler + input packer
 
-`load` and `Strategy` never import jax, so loading and validating a strategy is
-instant; the rest is imported on first use.
+Any Flax model compiles the same way, `shardspec.compile(strategy, module)`
+(an nnx.Module or State, Linen variables, or a pytree with `axes=`); a decoder
+that implements `ServableModel` (`shardspec.protocol`) is served by `Engine`.
+
+`load`, `Strategy` and the protocol types never import jax, so loading and
+validating a strategy is instant; the rest is imported on first use.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from .errors import ShardspecError
 from .load import load
+from .protocol import DecoderGeometry, Layout, ServableModel
 from .strategy import Strategy
 
 # Public name -> module that defines it (imported lazily: these pull in jax).
@@ -28,7 +33,7 @@ _LAZY = {
     "Engine": ".runtime.engine",
 }
 
-__all__ = ["load", "Strategy", "ShardspecError", *_LAZY]
+__all__ = ["load", "Strategy", "ShardspecError", "DecoderGeometry", "Layout", "ServableModel", *_LAZY]
 
 if TYPE_CHECKING:
     from .placement import apply  # noqa: F401

@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from .placement import apply
 from .distributed import fetch, global_array
+from .errors import ShardspecError
 from .hlo import budget_summary, check_budget, hlo_report
 from .models.registry import build
 from .plan import ShardingPlan
@@ -50,12 +51,18 @@ class CheckResult:
 def check(plan: ShardingPlan, *, seed: int = 0, seq_len: int = 16, seqs_per_rank: int = 2) -> CheckResult:
     """Run one random batch unsharded on one device and sharded under `plan`."""
     # At least 8 sequences, and a multiple of the DP ranks (as the runtime pads to).
+    config = plan.model.config
+    if config is None:
+        raise ShardspecError(f"check() builds its unsharded reference from shardspec's own models, not "
+                             f"{plan.model.name}", path="model",
+                             hint="compare your model's jitted forward under plan.param_shardings() with "
+                             "its unsharded forward (README: Your own model)")
     batch = plan.dp_ranks * max(seqs_per_rank, -(-8 // plan.dp_ranks))
     tokens = np.asarray(jax.random.randint(jax.random.key(seed + 1), (batch, seq_len), 0,
-                                           plan.model.vocab_size))
+                                           config.vocab_size))
     # Every process computes the same reference on one of its own devices.
     with jax.default_device(jax.local_devices()[0]):
-        reference = build(plan.model, dtype=plan.dtype, seed=seed)
+        reference = build(config, dtype=plan.dtype, seed=seed)
         want = np.asarray(jax.jit(lambda m, t: m(t))(reference, jnp.asarray(tokens)))
 
     model = apply(plan, seed=seed)

@@ -17,6 +17,7 @@ from .plan import ShardingPlan
 from .strategy import MESH_AXES
 
 LARGE_REPLICATED = 1 << 20  # warn about replicated tensors above 1 MiB
+NO_KV_CACHE = "no KV cache: the model declares no decoder geometry (shardspec.protocol.DecoderGeometry)"
 
 
 def explain(plan: ShardingPlan, format: str = "text", hlo: dict[str, Any] | None = None) -> str:
@@ -75,6 +76,7 @@ def derivations(plan: ShardingPlan) -> list[str]:
         plan.attention_data_why,
         f"model (attention TP) = tensor {tensor} / attention_data {plan.attention_data} = {s['model']}",
         f"DP ranks = data {s['data']} × attn_dp {s['attn_dp']} = {plan.dp_ranks}",
+        NO_KV_CACHE if kv is None else
         f"KV-head replication = {kv.replication}: kv_heads {kv.kv_heads} stored as {kv.slots} slots "
         f"over model {s['model']}",
     ]
@@ -83,8 +85,8 @@ def derivations(plan: ShardingPlan) -> list[str]:
 def totals(plan: ShardingPlan) -> dict[str, int]:
     devices = math.prod(plan.mesh_shape.values())
     params = sum(p.bytes_per_device for p in plan.params)
-    ideal = sum(math.prod(p.shape) for p in plan.params) * np.dtype(plan.dtype).itemsize / devices
-    kv = plan.kv_cache.bytes_per_device()
+    ideal = sum(math.prod(p.shape) * p.itemsize for p in plan.params) / devices
+    kv = 0 if plan.kv_cache is None else plan.kv_cache.bytes_per_device()
     return {"params_bytes_per_device": params, "params_ideal_bytes_per_device": int(ideal),
             "kv_cache_bytes_per_device": kv, "bytes_per_device": params + kv}
 
@@ -132,8 +134,7 @@ def _grid(plan: ShardingPlan, ids: np.ndarray) -> list[str]:
 def _text_lines(plan: ShardingPlan) -> list[str]:
     st, s = plan.strategy, plan.mesh_shape
     devices = math.prod(s.values())
-    model_name = st.model or "model"
-    lines = [f"strategy {st.name} · model {model_name} · {devices} devices", ""]
+    lines = [f"strategy {st.name} · model {plan.model.name} · {devices} devices", ""]
     lines.append("mesh: " + " × ".join(f"{a} {s[a]}" for a in MESH_AXES) + "   (size-1 axes hidden below)")
     lines += mesh_picture(plan) + process_picture(plan) + ["", "derived:"]
     lines += [f"  {d}" for d in derivations(plan)] + ["", "rules:"]
@@ -147,15 +148,7 @@ def _text_lines(plan: ShardingPlan) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines += ["  " + "  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4].rjust(10) for r in rows]
     lines += expert_lines(plan)
-    kv, m = plan.kv_cache, plan.model
-    lines += ["", "kv cache:",
-              f"  K and V per layer: [pages, {kv.page_size}, {kv.slots}, {m.head_dim}] {kv.dtype}, spec {spec_str(kv.spec)}",
-              f"  pages per DP rank: {kv.pages_per_rank}"
-              + (" (auto)" if st.kv_cache.num_pages == "auto" else "")
-              + f" · KV-head replication: {kv.replication}",
-              f"  per device: {fmt_bytes(kv.bytes_per_page_per_device)} a page, "
-              f"{fmt_bytes(kv.bytes_per_device(1000))} per 1,000 pages, "
-              f"{fmt_bytes(kv.bytes_per_device())} for {kv.pages_per_rank} pages"]
+    lines += ["", "kv cache:"] + _kv_lines(plan)
     t = totals(plan)
     lines += ["", "totals per device:",
               f"  params {fmt_bytes(t['params_bytes_per_device'])} "
@@ -168,24 +161,44 @@ def _text_lines(plan: ShardingPlan) -> list[str]:
     return lines
 
 
+def _kv_lines(plan: ShardingPlan) -> list[str]:
+    kv = plan.kv_cache
+    if kv is None:
+        return [f"  {NO_KV_CACHE}"]
+    auto = " (auto)" if plan.strategy.kv_cache.num_pages == "auto" else ""
+    return [f"  K and V per layer: [pages, {kv.page_size}, {kv.slots}, {kv.head_dim}] {kv.dtype}, "
+            f"spec {spec_str(kv.spec)}",
+            f"  pages per DP rank: {kv.pages_per_rank}{auto} · KV-head replication: {kv.replication}",
+            f"  per device: {fmt_bytes(kv.bytes_per_page_per_device)} a page, "
+            f"{fmt_bytes(kv.bytes_per_device(1000))} per 1,000 pages, "
+            f"{fmt_bytes(kv.bytes_per_device())} for {kv.pages_per_rank} pages"]
+
+
+def _kv_json(plan: ShardingPlan) -> dict[str, Any] | None:
+    kv = plan.kv_cache
+    if kv is None:
+        return None
+    return {"spec": _spec_json(kv.spec), "bytes_per_device": kv.bytes_per_device(),
+            "bytes_per_page_per_device": kv.bytes_per_page_per_device,
+            "pages_per_rank": kv.pages_per_rank, "page_size": kv.page_size,
+            "kv_head_replication": kv.replication, "kv_slots": kv.slots, "dtype": kv.dtype}
+
+
 def explain_dict(plan: ShardingPlan) -> dict[str, Any]:
     """The JSON form (DESIGN §5)."""
     kv = plan.kv_cache
     return {
         "strategy": plan.strategy.name,
-        "model": plan.strategy.model,
+        "model": plan.model.name,
         "mesh": _mesh_json(plan),
         "attention_data": plan.attention_data,
         "derived": {"dp_ranks": plan.dp_ranks, "attn_tp": plan.attn_tp,
-                    "kv_head_replication": kv.replication, "why": derivations(plan)},
+                    "kv_head_replication": None if kv is None else kv.replication, "why": derivations(plan)},
         "rules": {name: [a for a in r.mesh_axes if plan.mesh_shape[a] > 1] for name, r in plan.rules.items()},
         "params": [{"path": p.path, "shape": list(p.stored_shape), "axes": list(p.axes),
                     "spec": _spec_json(p.spec), "bytes_per_device": p.bytes_per_device,
                     "notes": list(p.notes)} for p in plan.params],
-        "kv_cache": {"spec": _spec_json(kv.spec), "bytes_per_device": kv.bytes_per_device(),
-                     "bytes_per_page_per_device": kv.bytes_per_page_per_device,
-                     "pages_per_rank": kv.pages_per_rank, "page_size": kv.page_size,
-                     "kv_head_replication": kv.replication, "kv_slots": kv.slots, "dtype": kv.dtype},
+        "kv_cache": _kv_json(plan),
         "totals": totals(plan),
         "warnings": warnings(plan),
         **({"experts": e} if (e := experts(plan)) else {}),
@@ -198,6 +211,8 @@ def experts(plan: ShardingPlan) -> dict[str, Any] | None:
     Read from the planned spec of the first stacked expert weight, so `rules:`
     and `params:` overrides show as they take effect.
     """
+    if plan.model.experts_per_token is None:
+        return None
     layout = next((p for p in plan.params if p.path.endswith("mlp.gate_proj") and len(p.shape) == 3), None)
     if layout is None:
         return None

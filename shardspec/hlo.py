@@ -33,8 +33,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .errors import Problem, ShardspecError, raise_all
-from .plan import ShardingPlan
-from .plan import compile as compile_plan
+from .model_info import own_model
+from .plan import ShardingPlan, build_plan
 from .runtime.step import Step, allocate_kv_cache, padding_batch
 
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -82,9 +82,13 @@ def hlo_report(plan: ShardingPlan) -> dict[str, Any]:
     if plan.is_abstract:
         raise ShardspecError("the HLO report needs a plan compiled on devices",
                              hint="compile(strategy) without abstract_mesh=True")
+    if plan.model.config is None:
+        raise ShardspecError(f"the HLO report compiles shardspec's own models, not {plan.model.name}",
+                             path="model", hint="per-layer counts compare the model with a copy that has "
+                             "no decoder layer, which only shardspec's configs can build")
     sizes = plan.runtime
     strides = {"decode": sizes.token_buckets[0], "prefill": sizes.token_buckets[-1]}
-    layers, bare = plan.model.num_layers, _with_layers(plan, 0)
+    layers, bare = plan.model.geometry.num_layers, _with_layers(plan, 0)
     steps = {}
     for step, stride in strides.items():
         counts, nbytes, memory = _measure(plan, stride)
@@ -107,13 +111,14 @@ def _per_layer(full: dict[str, int], bare: dict[str, int], layers: int) -> dict[
 
 def _with_layers(plan: ShardingPlan, num_layers: int) -> ShardingPlan:
     """The same strategy on the same devices for the model with `num_layers` layers."""
-    model = dataclasses.replace(plan.model, num_layers=num_layers)
-    return compile_plan(plan.strategy, model, devices=list(plan.mesh.devices.flat))
+    info = own_model(dataclasses.replace(plan.model.config, num_layers=num_layers), plan.dtype)
+    # `params:` entries that name only layers match nothing in a model without them.
+    return build_plan(plan.strategy, info, devices=list(plan.mesh.devices.flat), check_overrides=False)
 
 
 def _measure(plan: ShardingPlan, stride: int):
     """Compile one step at `stride` tokens per rank -> (counts, bytes, memory per device)."""
-    step = Step(plan, nnx.merge(plan.graphdef, _stored_state(plan)))
+    step = Step(plan, nnx.merge(plan.model.tree.graphdef, _stored_state(plan)))
     caches = jax.eval_shape(lambda: allocate_kv_cache(plan))
     prev = jax.ShapeDtypeStruct((step.max_rows,), jnp.int32)
     compiled = step.lower(caches, batch_structs(plan, stride), prev).compile()
@@ -122,11 +127,8 @@ def _measure(plan: ShardingPlan, stride: int):
 
 def _stored_state(plan: ShardingPlan) -> nnx.State:
     """Abstract parameters as stored: padded where the plan pads."""
-    stored = {p.path: p.stored_shape for p in plan.params}
-    flat = nnx.to_flat_state(plan.abstract_state)
-    return nnx.from_flat_state([
-        (k, v.replace(jax.ShapeDtypeStruct(stored[".".join(map(str, k))], v.get_value().dtype)))
-        for k, v in flat])
+    return plan.model.tree.rebuild([jax.ShapeDtypeStruct(p.stored_shape, leaf.dtype)
+                                    for p, leaf in zip(plan.params, plan.model.tree.leaves)])
 
 
 def batch_structs(plan: ShardingPlan, stride: int) -> dict[str, jax.ShapeDtypeStruct]:

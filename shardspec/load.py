@@ -25,8 +25,7 @@ from .errors import Problem, ShardspecError, Source, did_you_mean, one_of, raise
 from .strategy import (MESH_AXES, KVCacheConfig, ParamOverride, Parallelism, Policy,
                        RuntimeConfig, Strategy)
 
-from .models import axes as _axes, presets as _presets
-
+from .models import presets as _presets
 
 
 def load(source: str | os.PathLike | Mapping, overrides: Mapping[str, object] | None = None
@@ -124,9 +123,7 @@ def _check_multihost(multihost: dict, par: dict, where: Where) -> list[Problem]:
 def _check_rules(rules: dict, where: Where) -> list[Problem]:
     problems = []
     for logical, value in rules.items():
-        path = f"rules.{logical}"
-        if logical not in _axes.LOGICAL_AXES:
-            problems.append(_unknown(where, path, "logical axis", logical, _axes.LOGICAL_AXES))
+        path = f"rules.{logical}"  # any logical name: compile() checks it against the model's
         mesh = [value] if isinstance(value, str) else value or []
         for i, axis in enumerate(mesh):
             at = path if isinstance(value, str) else f"{path}[{i}]"
@@ -146,10 +143,6 @@ def _check_params(params: list, where: Where) -> list[Problem]:
         except re.error as e:
             problems.append(where.problem(f"params[{i}].match",
                                           f"invalid regex {entry['match']!r}: {e}"))
-        for j, axis in enumerate(entry["axes"]):
-            if axis is not None and axis not in _axes.LOGICAL_AXES:
-                problems.append(_unknown(where, f"params[{i}].axes[{j}]", "logical axis", axis,
-                                         (*_axes.LOGICAL_AXES, "null")))
     return problems
 
 

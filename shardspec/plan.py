@@ -1,72 +1,35 @@
-"""`compile()`: Strategy + model shapes -> ShardingPlan, the single source of truth.
+"""`compile()`: Strategy + a model's abstract shapes -> ShardingPlan, the single source of truth.
 
 Every derived size (DP ranks, attention-TP size, KV-head replication, pages per
 rank) is computed here once; explain, apply, check and the runtime read it and
-never recompute it.
+never recompute it. The model may be shardspec's own (a preset, a config, a
+checkpoint directory) or anyone's (`param_tree`): the plan follows the
+caller's tree and never materialises it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import re
-from typing import Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 from jax.sharding import AbstractMesh, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from . import layouts as layouts_lib
 from . import mesh as mesh_lib
 from . import rules as rules_lib
 from .errors import ShardspecError, raise_all
+from .layouts import KVCacheLayout, ParamLayout
 from .load import load
-from .models import axes as ax
-from .models.config import LlamaConfig
-from .models.llama import Layout
-from .models.registry import abstract, resolve_config
+from .model_info import ModelInfo, is_own_model, outside_model, own_model
+from .protocol import Layout
 from .strategy import Strategy
-
-CPU_PAGES_PER_RANK = 256  # `num_pages: auto` on CPU: 4,096 tokens a rank at page_size 16
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
            "float8_e4m3fn": jnp.float8_e4m3fn}
-
-
-@dataclasses.dataclass(frozen=True)
-class ParamLayout:
-    path: str  # "layers.0.self_attn.q_proj"
-    shape: tuple[int, ...]  # the model's shape
-    stored_shape: tuple[int, ...]  # after policy padding (== shape unless padded)
-    dtype: str
-    axes: tuple[str | None, ...]  # logical axes
-    spec: P
-    bytes_per_device: int
-    notes: tuple[str, ...]  # policy fallbacks, KV-head replication
-    axes_from: str | None = None  # "params[0]" when a `params:` override set the axes
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.stored_shape) * jnp.dtype(self.dtype).itemsize
-
-
-@dataclasses.dataclass(frozen=True)
-class KVCacheLayout:
-    """One array per layer for K and one for V: [pages, page_size, kv slots, head_dim]."""
-
-    spec: P
-    kv_heads: int  # the model's KV heads
-    slots: int  # KV heads as stored: kv_heads × repeat
-    replication: int  # devices of one tensor group holding each KV head
-    page_size: int
-    pages_per_rank: int
-    dtype: str
-    bytes_per_page_per_device: int  # K and V, all layers
-
-    def bytes_per_device(self, pages_per_rank: int | None = None) -> int:
-        return self.bytes_per_page_per_device * (pages_per_rank or self.pages_per_rank)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,30 +69,43 @@ def token_buckets(max_tokens: int, smallest: int = 8) -> tuple[int, ...]:
     return (*out, max_tokens)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class ShardingPlan:
     strategy: Strategy
-    model: LlamaConfig
+    model: ModelInfo  # the model's parameter tree, decoder geometry and origin
     mesh: Mesh | AbstractMesh
     mesh_shape: Mapping[str, int]
     attention_data: int
     attention_data_why: str
     rules: Mapping[str, rules_lib.Rule]
-    params: tuple[ParamLayout, ...]
-    activations: Mapping[str, P]
-    kv_cache: KVCacheLayout
-    graphdef: nnx.GraphDef  # the model's structure, for apply()
-    abstract_state: nnx.State  # parameter ShapeDtypeStructs (model shapes)
+    params: tuple[ParamLayout, ...]  # in the order of the model's tree
+    activations: Mapping[str, P]  # the runtime's named activation points
+    kv_cache: KVCacheLayout | None  # None: the model declares no decoder geometry
+
+    def __repr__(self) -> str:
+        shape = "×".join(str(n) for n in self.mesh_shape.values())
+        return (f"ShardingPlan({self.strategy.name!r}, model={self.model.name!r}, mesh={shape}, "
+                f"{len(self.params)} params)")
 
     @property
     def runtime(self) -> RuntimeSizes:
-        rt, kv = self.strategy.runtime, self.kv_cache
+        kv = self.servable_kv_cache()
+        rt, geometry = self.strategy.runtime, self.model.geometry
         return RuntimeSizes(
             dp_ranks=self.dp_ranks, page_size=kv.page_size, pages_per_rank=kv.pages_per_rank,
-            max_pages_per_seq=-(-self.model.max_seq_len // kv.page_size),
-            max_model_len=self.model.max_seq_len, max_num_seqs=rt.max_num_seqs,
+            max_pages_per_seq=-(-geometry.max_seq_len // kv.page_size),
+            max_model_len=geometry.max_seq_len, max_num_seqs=rt.max_num_seqs,
             max_num_batched_tokens=rt.max_num_batched_tokens,
             token_buckets=token_buckets(rt.max_num_batched_tokens))
+
+    def servable_kv_cache(self) -> KVCacheLayout:
+        """The KV cache layout; a ShardspecError for a model the runtime cannot serve."""
+        if self.kv_cache is None:
+            raise ShardspecError(f"model {self.model.name} declares no decoder geometry, so it has no KV "
+                                 "cache to serve with", path="model",
+                                 hint="implement shardspec.protocol.ServableModel (decoder_geometry, "
+                                 "hidden_states, logits) and compile the plan from the module")
+        return self.kv_cache
 
     @property
     def dp_ranks(self) -> int:
@@ -144,7 +120,7 @@ class ShardingPlan:
     @property
     def kv_repeat(self) -> int:
         """How often the forward repeats each KV head (1 unless model > kv_heads)."""
-        return self.kv_cache.slots // self.kv_cache.kv_heads
+        return 1 if self.kv_cache is None else self.kv_cache.slots // self.kv_cache.kv_heads
 
     @property
     def dtype(self):
@@ -155,22 +131,55 @@ class ShardingPlan:
         return not isinstance(self.mesh, Mesh)
 
     def param(self, path: str) -> ParamLayout:
-        return next(p for p in self.params if p.path == path)
+        found = next((p for p in self.params if p.path == path), None)
+        if found is None:
+            raise KeyError(path)
+        return found
 
-    def param_specs(self) -> nnx.State:
-        """PartitionSpec tree shaped like the model's parameter state."""
-        specs = {p.path: p.spec for p in self.params}
-        flat = nnx.to_flat_state(self.abstract_state)
-        return nnx.from_flat_state([(k, v.replace(specs[_dotted(k)])) for k, v in flat])
+    def param_specs(self):
+        """PartitionSpecs shaped like the caller's tree: an nnx.State for NNX (Variables
+        holding specs), the same nested dict for Linen variables and pytrees."""
+        return self.model.tree.rebuild([p.spec for p in self.params], unbox=True)
 
-    def param_shardings(self) -> nnx.State:
-        return jax.tree.map(lambda spec: NamedSharding(self.mesh, spec), self.param_specs())
+    def param_shardings(self):
+        """NamedShardings on the plan's mesh, shaped like `param_specs()`."""
+        return self.model.tree.rebuild([self.sharding(p.spec) for p in self.params], unbox=True)
 
     def sharding(self, spec: P) -> NamedSharding:
         return NamedSharding(self.mesh, spec)
 
-    def constrain(self, x: jax.Array, name: str) -> jax.Array:
-        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, self.activations[name]))
+    def logical_axis_rules(self) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
+        """The resolved rules in Flax's format, for `nnx.logical_axis_rules` or
+        `nn.logical_to_mesh_sharding`: one (logical, mesh axes) pair per name.
+
+        Size-1 mesh axes are left out, as in the plan's specs. Flax applies rules
+        to names alone: the plan's per-array fallbacks (policy.indivisible,
+        KV-head replication) are in `param_specs()`, not here.
+        """
+        return tuple((name, rules_lib.spec_entry(rules_lib.effective_axes(rule.mesh_axes, self.mesh_shape)))
+                     for name, rule in self.rules.items())
+
+    def activation_spec(self, axes: Sequence[str | None]) -> P:
+        """The PartitionSpec of an activation with these logical axes (ShardspecError if unresolvable)."""
+        spec, problems = layouts_lib.activation_spec(f"axes {tuple(axes)}", axes, self.strategy, self.rules,
+                                                     self.mesh_shape)
+        raise_all(problems)
+        return spec
+
+    def constrain(self, x: jax.Array, name: str | None = None, *, axes: Sequence[str | None] | None = None
+                  ) -> jax.Array:
+        """Pin an activation: at a named point of the runtime (`"attn_in"`, ...), or anywhere
+        by its logical axes, `axes=("batch", None, "hidden")`."""
+        if (name is None) == (axes is None):
+            raise TypeError("constrain() takes a named point or axes=, exactly one")
+        if axes is None:
+            spec = self.activations[name]
+        else:
+            if len(axes) != x.ndim:
+                raise ShardspecError(f"constrain: {len(axes)} axes {tuple(axes)} for an array of shape "
+                                     f"{x.shape}", path="axes", hint="one logical name (or None) per dimension")
+            spec = self.activation_spec(axes)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
     @property
     def layout(self) -> Layout:
@@ -178,16 +187,19 @@ class ShardingPlan:
         return Layout(constrain=self.constrain, kv_repeat=self.kv_repeat)
 
 
-def _dotted(path: Sequence) -> str:
-    return ".".join(str(k) for k in path)
-
-
-def compile(strategy: Strategy | str | os.PathLike, model: str | LlamaConfig | None = None, *,
+def compile(strategy: Strategy | str | os.PathLike, model: Any = None, *, axes: Any = None,
+            kv_heads: int | None = None, paddable: Iterable[str] = (),
             devices: Sequence[jax.Device] | None = None, abstract_mesh: bool = False) -> ShardingPlan:
     """Compile a strategy against a model's abstract shapes.
 
-    `model` (or the strategy's `model:`) is a preset name, a config, or a
-    Hugging Face checkpoint directory, whose tensors are checked here.
+    `model` (or the strategy's `model:`) is a preset name, a config or a Hugging
+    Face checkpoint directory (whose tensors are checked here), or an outside
+    model: an `nnx.Module` (concrete or abstract) or `nnx.State`, Flax Linen
+    variables, or a pytree of arrays / ShapeDtypeStructs with `axes=` (a tree of
+    the same structure whose leaves are tuples of logical names or None).
+    `kv_heads` gives an outside model's KV-head count for `attention_data: auto`
+    when the model declares no decoder geometry; `paddable` names its logical
+    axes that `policy.indivisible: pad` may zero-pad (outputs stay exact).
 
     `abstract_mesh=True` builds the plan on an AbstractMesh: every check runs and
     nothing touches a device (validate, explain). Otherwise the mesh is built on
@@ -195,83 +207,65 @@ def compile(strategy: Strategy | str | os.PathLike, model: str | LlamaConfig | N
     """
     if not isinstance(strategy, Strategy):
         strategy = load(strategy)
-    if model is None and strategy.model is None:
+    source = model if model is not None else strategy.model
+    if source is None:
         raise ShardspecError("no model given", path="model", file=strategy.source.file,
                              hint="set model: in the strategy or pass --model (see `shardspec models`)")
-    config = resolve_config(model if model is not None else strategy.model)
-    attention_data, why = strategy.resolve_attention_data(config.num_kv_heads)
-    shape = mesh_lib.mesh_shape(strategy, attention_data)
-    table = rules_lib.rule_table(strategy)
+    return build_plan(strategy, _model_info(strategy, source, axes, kv_heads, paddable),
+                      devices=devices, abstract_mesh=abstract_mesh)
 
-    abstract_model = abstract(config, dtype=_DTYPES[strategy.runtime.dtype])
-    graphdef, state = nnx.split(abstract_model)
-    if config.checkpoint:  # file headers only: every tensor there, with its shape, before any device work
+
+def _model_info(strategy: Strategy, source, axes, kv_heads, paddable) -> ModelInfo:
+    if not is_own_model(source):
+        return outside_model(source, axes=axes, kv_heads=kv_heads, paddable=tuple(paddable))
+    given = [name for name, v in (("axes", axes), ("kv_heads", kv_heads), ("paddable", paddable)) if v]
+    if given:
+        raise ShardspecError(f"{'=, '.join(given)}= describe outside models; {os.fspath(source)!r} is "
+                             "one of shardspec's, which knows its own", path=given[0])
+    info = own_model(source, _DTYPES[strategy.runtime.dtype])
+    if info.checkpoint:  # file headers only: every tensor there, with its shape, before any device work
         from .checkpoint import check as check_checkpoint
 
-        check_checkpoint(config, state)
-    params, problems = _param_layouts(state, strategy, table, shape)
-    activations, act_problems = _activation_specs(strategy, table, shape)
+        check_checkpoint(info.config, info.tree.abstract())
+    return info
+
+
+def build_plan(strategy: Strategy, model: ModelInfo, *, devices: Sequence[jax.Device] | None = None,
+               abstract_mesh: bool = False, check_overrides: bool = True) -> ShardingPlan:
+    """The plan of a model already read; `check_overrides=False` lets a `params:` entry
+    match nothing (the HLO report's model with no decoder layer)."""
+    attention_data, why = _attention_data(strategy, model)
+    shape = mesh_lib.mesh_shape(strategy, attention_data)
+    table = rules_lib.rule_table(strategy)
+    params, problems = layouts_lib.param_layouts(model, strategy, table, shape,
+                                                 check_overrides=check_overrides)
+    problems += layouts_lib.rule_name_problems(strategy, params, model)
+    activations, act_problems = layouts_lib.activation_specs(strategy, table, shape)
+    if model.geometry is not None:
+        problems += layouts_lib.attention_problems(strategy, table, shape, model.geometry)
     raise_all(problems + act_problems)
 
     if abstract_mesh:
         mesh = mesh_lib.abstract_mesh(shape)
     else:
         mesh = mesh_lib.device_mesh(shape, strategy, devices)
-    param_bytes = sum(p.bytes_per_device for p in params)
-    kv = _kv_cache_layout(strategy, table, shape, config, _free_device_bytes(mesh, param_bytes))
-    return ShardingPlan(strategy, config, mesh, shape, attention_data, why, table, tuple(params),
-                        activations, kv, graphdef, state)
+    kv = None
+    if model.geometry is not None:
+        param_bytes = sum(p.bytes_per_device for p in params)
+        itemsize = jnp.dtype(_DTYPES[strategy.kv_cache.dtype]).itemsize
+        kv = layouts_lib.kv_cache_layout(strategy, table, shape, model.geometry, itemsize,
+                                         _free_device_bytes(mesh, param_bytes))
+    return ShardingPlan(strategy, model, mesh, shape, attention_data, why, table, tuple(params),
+                        activations, kv)
 
 
-def _param_layouts(state, strategy, table, shape):
-    overrides = [(o, re.compile(o.match)) for o in strategy.params]
-    layouts, problems = [], []
-    for key, var in nnx.to_flat_state(state):
-        path, value = _dotted(key), var.get_value()
-        axes = tuple(var.get_metadata().get("out_sharding") or (None,) * value.ndim)
-        axes_from = None
-        for o, regex in overrides:
-            if regex.search(path):
-                if len(o.axes) != value.ndim:
-                    problems.append(strategy.source.problem(
-                        f"params[{o.index}].axes", f"{path} has {value.ndim} dims but {len(o.axes)} axes were given",
-                        f"give one logical axis (or null) per dim of shape {tuple(value.shape)}"))
-                    break
-                axes, axes_from = o.axes, f"params[{o.index}]"
-                break
-        res, found = rules_lib.resolve_array(path, value.shape, axes, table=table, mesh_shape=shape,
-                                             strategy=strategy, axes_from=axes_from)
-        problems += found
-        notes = res.notes + (("KV heads replicated over model",) if res.kv_replicated else ())
-        layouts.append(ParamLayout(
-            path, tuple(value.shape), res.padded_shape, jnp.dtype(value.dtype).name, axes, res.spec,
-            rules_lib.bytes_per_device(res.padded_shape, res.spec, shape, jnp.dtype(value.dtype).itemsize),
-            notes, axes_from))
-    return layouts, _dedupe(problems)
-
-
-def _dedupe(problems):
-    """One problem per (location, message without the parameter path): layers repeat."""
-    seen, out = set(), []
-    for p in problems:
-        key = (p.path, p.message.partition(": ")[2] or p.message)
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-    return out
-
-
-def _activation_specs(strategy, table, shape):
-    specs, problems = {}, []
-    for name, logical in ax.ACTIVATIONS.items():
-        entries, used = [], {}
-        for axis in logical:
-            rule = table.get(axis) if axis else None
-            mesh = rules_lib.effective_axes(rule.mesh_axes, shape) if rule else ()
-            problems += rules_lib.claim_axes(f"activation {name!r}", axis, mesh, used, table, strategy.source)
-            entries.append(rules_lib.spec_entry(mesh))
-        specs[name] = P(*entries)
-    return specs, _dedupe(problems)
+def _attention_data(strategy: Strategy, model: ModelInfo) -> tuple[int, str]:
+    if model.kv_heads is None and strategy.parallelism.attention_data == "auto":
+        raise strategy.source.error(
+            "parallelism.attention_data",
+            f"auto needs the model's KV-head count, and {model.name} declares no decoder geometry",
+            "pass compile(..., kv_heads=N), or set parallelism.attention_data to an integer")
+    return strategy.resolve_attention_data(model.kv_heads)
 
 
 KV_MEMORY_FRACTION = 0.9  # `num_pages: auto` on accelerators: this share of what parameters leave
@@ -286,24 +280,3 @@ def _free_device_bytes(mesh, param_bytes: int) -> int | None:
     if not stats or "bytes_limit" not in stats:
         return None
     return int((stats["bytes_limit"] - stats.get("bytes_in_use", 0) - param_bytes) * KV_MEMORY_FRACTION)
-
-
-def _kv_cache_layout(strategy, table, shape, config, free_bytes: int | None) -> KVCacheLayout:
-    kv_axes = rules_lib.effective_axes(table[ax.KV_HEADS].mesh_axes, shape)
-    kv_shards = math.prod(shape[a] for a in kv_axes)
-    kv = config.num_kv_heads
-    slots = kv if kv % kv_shards == 0 else math.lcm(kv, kv_shards)
-    pages = rules_lib.spec_entry(rules_lib.effective_axes(table[ax.KV_PAGES].mesh_axes, shape))
-    spec = P(pages, None, rules_lib.spec_entry(kv_axes), None)
-    cfg = strategy.kv_cache
-    per_page = (2 * config.num_layers * cfg.page_size * (slots // kv_shards) * config.head_dim
-                * jnp.dtype(_DTYPES[cfg.dtype]).itemsize)
-    if cfg.num_pages != "auto":
-        pages_per_rank = int(cfg.num_pages)
-    elif free_bytes is None:
-        pages_per_rank = CPU_PAGES_PER_RANK
-    else:
-        pages_per_rank = max(1, free_bytes // per_page)
-    # Copies of each KV head in one tensor group: repeated slots × model devices per slot.
-    replication = (slots // kv) * max(1, shape["model"] // kv_shards)
-    return KVCacheLayout(spec, kv, slots, replication, cfg.page_size, pages_per_rank, cfg.dtype, per_page)

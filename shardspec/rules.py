@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 from jax.sharding import PartitionSpec as P
 
-from .errors import Problem
+from .errors import Problem, did_you_mean
 from .models import axes as ax
 from .strategy import Strategy
 
@@ -31,12 +31,8 @@ DEFAULT_RULES: dict[str, tuple[tuple[str, ...], str]] = {
     ax.HEAD_DIM: ((), "replicated"),
 }
 
-# Dimensions that can be zero-padded without changing the model's outputs:
-# padded FFN columns give silu(0) * 0 = 0, padded vocab columns are cut off.
-PADDABLE = frozenset({ax.MLP, ax.EXPERT_MLP, ax.VOCAB})
-
 # Which strategy key sets the size of each mesh axis (for error locations).
-_AXIS_KEY = {"data": "parallelism.data", "attn_dp": "parallelism.attention_data",
+AXIS_KEY = {"data": "parallelism.data", "attn_dp": "parallelism.attention_data",
              "expert": "parallelism.expert", "model": "parallelism.tensor"}
 
 
@@ -79,10 +75,12 @@ class Resolved:
 
 def resolve_array(path: str, shape: Sequence[int], logical: Sequence[str | None], *,
                   table: Mapping[str, Rule], mesh_shape: Mapping[str, int], strategy: Strategy,
-                  axes_from: str | None = None) -> tuple[Resolved, list[Problem]]:
+                  axes_from: str | None = None, paddable: frozenset[str] = frozenset()
+                  ) -> tuple[Resolved, list[Problem]]:
     """Resolve one array's logical axes into a PartitionSpec, applying the policy.
 
-    `axes_from` is the YAML path of a `params:` override that gave the axes.
+    `axes_from` is the YAML path of a `params:` override that gave the axes;
+    `paddable` names the logical axes the model can zero-pad exactly.
     """
     problems: list[Problem] = []
     entries, padded, notes, used = [], list(shape), [], {}
@@ -95,8 +93,10 @@ def resolve_array(path: str, shape: Sequence[int], logical: Sequence[str | None]
         rule = table.get(name)
         if rule is None:
             if strategy.policy.unmatched == "error":
+                close = did_you_mean(name, table)
                 problems.append(src.problem(axes_from or "rules", f"{path}: logical axis {name!r} has no rule",
-                                            f"add rules.{name}: <mesh axis> or null, or set policy.unmatched: replicate"))
+                                            f"{close + ' ' if close else ''}add rules.{name}: <mesh axis> or null, "
+                                            "or set policy.unmatched: replicate"))
             else:
                 notes.append(f"{name!r} has no rule: replicated (policy.unmatched)")
             entries.append(None)
@@ -116,17 +116,17 @@ def resolve_array(path: str, shape: Sequence[int], logical: Sequence[str | None]
         by = " × ".join(f"{a} {mesh_shape[a]}" for a in mesh)
         policy = strategy.policy.indivisible
         if policy == "error":
-            key = rule.yaml_path or axes_from or _AXIS_KEY[mesh[-1]]
+            key = rule.yaml_path or axes_from or AXIS_KEY[mesh[-1]]
             problems.append(src.problem(key,
                 f"{path}: dim {dim} ({name} = {size}) is not divisible by {shards} shards ({by})",
                 f"choose sizes that divide {size}, or set policy.indivisible: replicate or pad"))
             entries.append(None)
-        elif policy == "pad" and name in PADDABLE:
+        elif policy == "pad" and name in paddable:
             padded[dim] = -(-size // shards) * shards
             notes.append(f"{name} {size} padded to {padded[dim]} for {shards} shards (policy.indivisible: pad)")
             entries.append(spec_entry(mesh))
         else:
-            why = "policy.indivisible: replicate" if policy == "replicate" else f"pad is not exact for {name}"
+            why = "policy.indivisible: replicate" if policy == "replicate" else f"pad is not known to be exact for {name}"
             notes.append(f"{name} {size} not divisible by {shards} shards: replicated ({why})")
             entries.append(None)
     return Resolved(P(*entries), tuple(padded), tuple(notes), kv_replicated), problems

@@ -10,7 +10,7 @@ import shardspec.placement  # noqa: F401
 
 def test_public_names():
     assert set(shardspec.__all__) == {"load", "Strategy", "compile", "ShardingPlan", "apply", "explain",
-                                      "Engine", "ShardspecError"}
+                                      "Engine", "ShardspecError", "DecoderGeometry", "Layout", "ServableModel"}
     for name in ("load", "compile", "apply", "explain"):
         assert callable(getattr(shardspec, name)), name
     from shardspec import apply, explain

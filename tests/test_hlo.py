@@ -119,7 +119,7 @@ def test_attention_dp_adds_one_gather_per_layer_into_the_ffn_layout():
 
 def test_per_layer_holds_for_a_deeper_model():
     plan = compile(load(_path("tp")))
-    deeper = compile(plan.strategy, dataclasses.replace(plan.model, num_layers=3))
+    deeper = compile(plan.strategy, dataclasses.replace(plan.model.config, num_layers=3))
     r = hlo_report(deeper)
     assert r["per_layer"] == report("tp")["per_layer"] == counts(all_reduce=2)
     assert r["collectives"] == counts(all_reduce=1 + 2 * 3, all_gather=1)

@@ -101,7 +101,7 @@ def test_no_model_anywhere_is_a_clear_error():
 
 def test_model_argument_overrides_the_strategy():
     plan = compile(load(ROOT / "strategies" / "tp.yaml"), "llama3-70b", abstract_mesh=True)
-    assert plan.model.num_layers == 80 and plan.is_abstract
+    assert plan.model.geometry.num_layers == 80 and plan.is_abstract
 
 
 def test_param_specs_tree_matches_the_parameter_state():

@@ -20,8 +20,8 @@ from ..placement import apply
 from ..distributed import fetch
 from ..errors import ShardspecError
 from ..load import load
-from ..models.llama import Llama
 from ..plan import ShardingPlan, compile
+from ..protocol import ServableModel
 from ..tokenizer import decode, load_tokenizer
 from .metrics import Metrics
 from .packer import PackedStep, pack
@@ -42,16 +42,22 @@ class _InFlight:
 class Engine:
     """Serve a model under a plan. Every accepted request finishes exactly once."""
 
-    def __init__(self, plan: ShardingPlan, model: Llama | None = None, *, seed: int = 0,
+    def __init__(self, plan: ShardingPlan, model: ServableModel | None = None, *, seed: int = 0,
                  eos_token_id: int | None = None):
-        """`eos_token_id` defaults to the checkpoint's (generation_config.json); a checkpoint's
-        tokenizer.json lets requests give `prompt` text and outputs carry `text`."""
-        if plan.kv_cache.spec[0] != plan.activations["attn_in"][0]:
+        """Serve `model` (an NNX module implementing `shardspec.protocol.ServableModel`,
+        the one the plan was compiled from; placed into the plan's shardings here), or
+        by default shardspec's own model of the plan, initialised with `seed`.
+
+        `eos_token_id` defaults to the checkpoint's (generation_config.json); a checkpoint's
+        tokenizer.json lets requests give `prompt` text and outputs carry `text`.
+        """
+        kv = plan.servable_kv_cache()
+        if kv.spec[0] != plan.activations["attn_in"][0]:
             raise ShardspecError("rules.batch and rules.kv_pages must shard over the same mesh axes "
                                  "for serving", path="rules", file=plan.strategy.source.file)
         self.plan = plan
         self.sizes = plan.runtime
-        self.model = model if model is not None else apply(plan, seed=seed)
+        self.model = apply(plan, seed=seed) if model is None else _placed(plan, model)
         runtime = plan.strategy.runtime
         self.async_scheduling = runtime.async_scheduling
         eos = (eos_token_id,) if eos_token_id is not None else plan.model.eos_token_ids
@@ -93,7 +99,7 @@ class Engine:
         return request.id
 
     def _validate(self, fields: Mapping, default_id: str) -> Request:
-        return make_request(fields, default_id=default_id, vocab_size=self.plan.model.vocab_size,
+        return make_request(fields, default_id=default_id, vocab_size=self.plan.model.geometry.vocab_size,
                             max_model_len=self.sizes.max_request_len, tokenizer=self.tokenizer)
 
     def abort(self, request_id: str) -> bool:
@@ -182,3 +188,18 @@ class Engine:
         assert len(outputs) == len(requests), "a request finished more or less than once"
         return outputs
 
+
+def _placed(plan: ShardingPlan, model) -> ServableModel:
+    """The caller's model, checked against the protocol and the plan, in the plan's shardings."""
+    from flax import nnx
+
+    if not isinstance(model, nnx.Module) or not isinstance(model, ServableModel):
+        missing = [m for m in ("decoder_geometry", "hidden_states", "logits") if not callable(getattr(model, m, None))]
+        raise ShardspecError(f"Engine cannot serve a {type(model).__name__}"
+                             + (f": it has no {', '.join(missing)}" if missing else ": it is not an nnx.Module"),
+                             path="model", hint="serve an NNX module implementing shardspec.protocol.ServableModel")
+    geometry = model.decoder_geometry()
+    if geometry != plan.model.geometry:
+        raise ShardspecError(f"the model's decoder geometry {geometry} differs from the plan's "
+                             f"{plan.model.geometry}", path="model", hint="compile the plan from this model")
+    return apply(plan, model)  # checks every parameter path and shape against the plan

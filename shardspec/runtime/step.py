@@ -18,8 +18,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ..distributed import global_array
-from ..models.llama import Llama
 from ..plan import RuntimeSizes, ShardingPlan
+from ..protocol import ServableModel
 from .packer import PackedStep, pack
 from .paged_attention import PagedBatch, make_attend
 from .sampler import sample
@@ -32,11 +32,11 @@ ROW_FIELDS = ("block_tables", "logits_indices", "temperature", "top_k", "top_p",
 
 def allocate_kv_cache(plan: ShardingPlan) -> list[tuple[jax.Array, jax.Array]]:
     """K and V per layer: [R × pages_per_rank, page_size, kv slots, head_dim], zeros, in place."""
-    kv, sizes, m = plan.kv_cache, plan.runtime, plan.model
-    shape = (sizes.dp_ranks * sizes.pages_per_rank, kv.page_size, kv.slots, m.head_dim)
+    kv, sizes = plan.servable_kv_cache(), plan.runtime
+    shape = (sizes.dp_ranks * sizes.pages_per_rank, kv.page_size, kv.slots, kv.head_dim)
     sharding = plan.sharding(kv.spec)
     zeros = jax.jit(lambda: jnp.zeros(shape, jnp.dtype(kv.dtype)), out_shardings=sharding)
-    return [(zeros(), zeros()) for _ in range(m.num_layers)]
+    return [(zeros(), zeros()) for _ in range(kv.num_layers)]
 
 
 def device_batch(packed: PackedStep) -> dict[str, np.ndarray]:
@@ -60,7 +60,7 @@ def local_rows(packed: PackedStep) -> dict[int, int]:
 class Step:
     """The jitted step for one plan and model. `traces` counts compilations."""
 
-    def __init__(self, plan: ShardingPlan, model: Llama):
+    def __init__(self, plan: ShardingPlan, model: ServableModel):
         self.plan = plan
         self.graphdef, self.state = nnx.split(model)
         self.sizes = plan.runtime
@@ -79,7 +79,7 @@ class Step:
         self._rows = NamedSharding(plan.mesh, P(plan.activations["logits"][0], None))
         # ...but once the vocab is gathered, each rank's rows are a local slice.
         self._sample_rows = NamedSharding(plan.mesh, P(token_axes, None))
-        caches = [(cache, cache)] * plan.model.num_layers
+        caches = [(cache, cache)] * plan.kv_cache.num_layers
         self._batch_shardings = batch
         # Sampled ids stay on their rank: the host reads them (no device collective),
         # and the next step's decodes read their own rank's rows (async scheduling).

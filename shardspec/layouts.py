@@ -1,0 +1,225 @@
+"""The layouts a plan is made of: one per parameter, the named activations, the KV cache.
+
+Pure functions of the strategy, the model's abstract tree and the mesh shape,
+called once by `compile()`; each returns its problems rather than raising, so
+the plan reports every problem at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Mapping
+
+from jax.sharding import PartitionSpec as P
+
+from . import rules as rules_lib
+from .errors import Problem, did_you_mean, one_of
+from .model_info import ModelInfo
+from .models import axes as ax
+from .protocol import DecoderGeometry
+from .strategy import Strategy
+
+CPU_PAGES_PER_RANK = 256  # `num_pages: auto` on CPU: 4,096 tokens a rank at page_size 16
+
+# Logical names the runtime itself lays out (tokens, KV pages and the named
+# activation points), whatever the model calls its own dimensions.
+RUNTIME_AXES = frozenset({ax.KV_PAGES} | {a for names in ax.ACTIVATIONS.values() for a in names if a})
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamLayout:
+    path: str  # "layers.0.self_attn.q_proj" (the caller's framework's path)
+    shape: tuple[int, ...]  # the model's shape
+    stored_shape: tuple[int, ...]  # after policy padding (== shape unless padded)
+    dtype: str
+    itemsize: int
+    axes: tuple[str | None, ...]  # logical axes
+    spec: P
+    bytes_per_device: int
+    notes: tuple[str, ...]  # policy fallbacks, KV-head replication
+    axes_from: str | None = None  # "params[0]" when a `params:` override set the axes
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.stored_shape) * self.itemsize
+
+
+@dataclasses.dataclass(frozen=True)
+class KVCacheLayout:
+    """One array per layer for K and one for V: [pages, page_size, kv slots, head_dim]."""
+
+    spec: P
+    kv_heads: int  # the model's KV heads
+    slots: int  # KV heads as stored: kv_heads × repeat
+    replication: int  # devices of one tensor group holding each KV head
+    page_size: int
+    pages_per_rank: int
+    head_dim: int
+    num_layers: int
+    dtype: str
+    bytes_per_page_per_device: int  # K and V, all layers
+
+    def bytes_per_device(self, pages_per_rank: int | None = None) -> int:
+        return self.bytes_per_page_per_device * (pages_per_rank or self.pages_per_rank)
+
+
+def param_layouts(model: ModelInfo, strategy: Strategy, table, shape: Mapping[str, int], *,
+                  check_overrides: bool = True) -> tuple[list[ParamLayout], list[Problem]]:
+    """Every parameter's layout; `params:` overrides first (the first match wins)."""
+    tree = model.tree
+    paths = tree.paths
+    overrides = [(o, re.compile(o.match)) for o in strategy.params]
+    used_override = [False] * len(overrides)
+    layouts, problems = [], []
+    for leaf, path in zip(tree.leaves, paths):
+        axes = leaf.axes or (None,) * len(leaf.shape)
+        axes_from = None
+        for i, (o, regex) in enumerate(overrides):
+            if regex.search(path):
+                used_override[i] = True
+                if len(o.axes) != len(leaf.shape):
+                    problems.append(strategy.source.problem(
+                        f"params[{o.index}].axes", f"{path} has {len(leaf.shape)} dims but {len(o.axes)} axes "
+                        f"were given", f"give one logical axis (or null) per dim of shape {leaf.shape}"))
+                    break
+                axes, axes_from = o.axes, f"params[{o.index}]"
+                break
+        res, found = rules_lib.resolve_array(path, leaf.shape, axes, table=table, mesh_shape=shape,
+                                             strategy=strategy, axes_from=axes_from, paddable=model.paddable)
+        problems += found
+        notes = res.notes + (("KV heads replicated over model",) if res.kv_replicated else ())
+        if leaf.axes is None and axes_from is None:
+            notes += ("the model gives no logical axes: replicated",)
+        layouts.append(ParamLayout(
+            path, leaf.shape, res.padded_shape, str(leaf.dtype), leaf.itemsize, tuple(axes), res.spec,
+            rules_lib.bytes_per_device(res.padded_shape, res.spec, shape, leaf.itemsize), notes, axes_from))
+    if check_overrides:
+        problems += _unused_overrides(strategy, overrides, used_override, paths)
+    return layouts, _dedupe(problems)
+
+
+def _unused_overrides(strategy: Strategy, overrides, used: list[bool], paths) -> list[Problem]:
+    """A `params:` entry that sets no parameter's axes is a mistake, never silent."""
+    problems = []
+    for (o, regex), took in zip(overrides, used):
+        if took:
+            continue
+        if any(regex.search(p) for p in paths):
+            message = f"{o.match!r}: every parameter it matches is set by an earlier params: entry"
+            hint = "the first match wins; move this entry up or narrow the earlier one"
+        else:
+            message = f"{o.match!r} matches no parameter"
+            hint = f"it is a regex searched in each path; paths look like {one_of(repr(p) for p in paths[:3])}"
+        problems.append(strategy.source.problem(f"params[{o.index}].match", message, hint))
+    return problems
+
+
+def rule_name_problems(strategy: Strategy, layouts: list[ParamLayout], model: ModelInfo) -> list[Problem]:
+    """`rules:` may name any logical axis the model (or the runtime) uses, and nothing else."""
+    used = sorted({a for p in layouts for a in p.axes if a} | RUNTIME_AXES)
+    problems = []
+    for name in strategy.rules:
+        if name not in used:
+            own = sorted({a for p in layouts for a in p.axes if a})
+            hint = did_you_mean(name, used) or f"{model.name} uses {one_of(own)}"
+            problems.append(strategy.source.problem(
+                f"rules.{name}", f"logical axis {name!r} is not used by model {model.name}", hint))
+    return problems
+
+
+def _dedupe(problems):
+    """One problem per (location, message without the parameter path): layers repeat."""
+    seen, out = set(), []
+    for p in problems:
+        key = (p.path, p.message.partition(": ")[2] or p.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def activation_specs(strategy: Strategy, table, shape) -> tuple[dict[str, P], list[Problem]]:
+    """The runtime's named activation points (`axes.ACTIVATIONS`) as PartitionSpecs."""
+    specs, problems = {}, []
+    for name, logical in ax.ACTIVATIONS.items():
+        spec, found = activation_spec(f"activation {name!r}", logical, strategy, table, shape)
+        specs[name] = spec
+        problems += found
+    return specs, _dedupe(problems)
+
+
+def activation_spec(label: str, logical, strategy: Strategy, table, shape) -> tuple[P, list[Problem]]:
+    """One activation's logical axes -> its PartitionSpec (no divisibility: shapes vary per step)."""
+    entries, used, problems = [], {}, []
+    for axis in logical:
+        rule = table.get(axis) if axis else None
+        if axis and rule is None:
+            if strategy.policy.unmatched == "error":
+                problems.append(strategy.source.problem(
+                    "rules", f"{label}: logical axis {axis!r} has no rule",
+                    did_you_mean(axis, table) or f"add rules.{axis}, or set policy.unmatched: replicate"))
+            entries.append(None)
+            continue
+        mesh = rules_lib.effective_axes(rule.mesh_axes, shape) if rule else ()
+        problems += rules_lib.claim_axes(label, axis, mesh, used, table, strategy.source)
+        entries.append(rules_lib.spec_entry(mesh))
+    return P(*entries), problems
+
+
+def attention_problems(strategy: Strategy, table, shape, geometry: DecoderGeometry) -> list[Problem]:
+    """The runtime splits query heads over `heads`' mesh axes and stores KV heads as slots
+    over `kv_heads`': every query head must find its KV slot on its own device."""
+    heads, kv = geometry.num_heads, geometry.num_kv_heads
+    if heads < 1 or kv < 1 or heads % kv:
+        return [strategy.source.problem("model", f"decoder geometry: {heads} query heads and {kv} KV heads",
+                                        "query heads must be a positive multiple of KV heads")]
+    problems = []
+    rule = table[ax.HEADS]
+    head_axes = rules_lib.effective_axes(rule.mesh_axes, shape)
+    shards = math.prod(shape[a] for a in head_axes)
+    if heads % shards:
+        by = " × ".join(f"{a} {shape[a]}" for a in head_axes)
+        problems.append(strategy.source.problem(
+            rule.yaml_path or rules_lib.AXIS_KEY[head_axes[-1]],
+            f"attention: {heads} query heads are not divisible by {shards} shards ({by})",
+            f"choose sizes that divide {heads}, or set rules.heads and rules.kv_heads to null"))
+    elif heads % kv_slots(geometry, table, shape):
+        problems.append(strategy.source.problem(
+            table[ax.KV_HEADS].yaml_path or "rules",
+            f"attention: {kv} KV heads stored as {kv_slots(geometry, table, shape)} slots do not pair with "
+            f"{heads} query heads", "shard rules.kv_heads over the same mesh axes as rules.heads"))
+    return problems
+
+
+def kv_slots(geometry: DecoderGeometry, table, shape) -> int:
+    """KV heads as stored: repeated (lcm) until every `kv_heads` shard holds whole heads."""
+    kv_axes = rules_lib.effective_axes(table[ax.KV_HEADS].mesh_axes, shape)
+    kv_shards = math.prod(shape[a] for a in kv_axes)
+    kv = geometry.num_kv_heads
+    return kv if kv % kv_shards == 0 else math.lcm(kv, kv_shards)
+
+
+def kv_cache_layout(strategy: Strategy, table, shape, geometry: DecoderGeometry, dtype_itemsize: int,
+                    free_bytes: int | None) -> KVCacheLayout:
+    """The paged KV cache: pages over the DP ranks, KV heads over `model` (repeated if fewer)."""
+    kv_axes = rules_lib.effective_axes(table[ax.KV_HEADS].mesh_axes, shape)
+    kv_shards = math.prod(shape[a] for a in kv_axes)
+    kv = geometry.num_kv_heads
+    slots = kv_slots(geometry, table, shape)
+    pages = rules_lib.spec_entry(rules_lib.effective_axes(table[ax.KV_PAGES].mesh_axes, shape))
+    spec = P(pages, None, rules_lib.spec_entry(kv_axes), None)
+    cfg = strategy.kv_cache
+    per_page = (2 * geometry.num_layers * cfg.page_size * (slots // kv_shards) * geometry.head_dim
+                * dtype_itemsize)
+    if cfg.num_pages != "auto":
+        pages_per_rank = int(cfg.num_pages)
+    elif free_bytes is None:
+        pages_per_rank = CPU_PAGES_PER_RANK
+    else:
+        pages_per_rank = max(1, free_bytes // per_page)
+    # Copies of each KV head in one tensor group: repeated slots × model devices per slot.
+    replication = (slots // kv) * max(1, shape["model"] // kv_shards)
+    return KVCacheLayout(spec, kv, slots, replication, cfg.page_size, pages_per_rank, geometry.head_dim,
+                         geometry.num_layers, cfg.dtype, per_page)

@@ -1,0 +1,78 @@
+"""What a model provides to be served by `Engine`: the serving protocol.
+
+shardspec's runtime knows no model class. It serves any Flax NNX module that
+
+1. says its decoder geometry, `decoder_geometry() -> DecoderGeometry`: how many
+   layers hold a KV cache, how many query and KV heads of what size, the vocabulary and
+   the longest sequence it serves (the plan sizes the paged KV cache, the
+   block tables and the request limits from it);
+2. runs its layers over a step's tokens with the attention it is handed,
+   `hidden_states(tokens, positions, layout, attend, caches) -> (hidden, caches)`:
+   tokens and positions are [B, T] int32 (the runtime passes [N, 1]: one token a
+   row, N = every DP rank's tokens, rank by rank); layer i calls
+   `attend(q, k, v, positions, caches[i])` and keeps the cache it returns;
+   q is [B, T, H, D] and k, v are [B, T, K, D], handed over through
+   `layout.attention_inputs(q, k, v)`, which repeats KV heads the way the plan
+   stores them and pins the attention layout;
+3. turns hidden states into logits, `logits(hidden, layout) -> [B, T, V]`, V =
+   `vocab_size` exactly (a vocabulary padded for sharding is cut back here).
+
+`layout.constrain(x, "attn_in")` pins an activation at one of the runtime's named
+points (`models/axes.py: ACTIVATIONS`); `layout.constrain(x, axes=(...))` pins it
+by the model's own logical names. Both are no-ops in the default `Layout()`, so
+the same forward code runs unsharded. shardspec's Llama and MoE implement this
+protocol and nothing else of theirs is known to the plan, step or engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+# attend(q [B,T,H,D], k [B,T,K',D], v [B,T,K',D], positions [B,T], cache) -> (out [B,T,H,D], cache)
+Attend = Callable[..., tuple[Any, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderGeometry:
+    """The sizes of a decoder that the serving runtime needs, and nothing else."""
+
+    num_layers: int  # layers with a KV cache
+    num_heads: int  # query heads of one layer
+    num_kv_heads: int  # KV heads of one layer (grouped-query attention: divides num_heads)
+    head_dim: int
+    vocab_size: int  # logits per token; token ids must be below it
+    max_seq_len: int  # longest prompt + output the model serves
+
+
+def _no_constraint(x, name: str | None = None, *, axes: Sequence[str | None] | None = None):
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a forward pass is laid out; the plan's (`plan.layout`) or, by default, one device."""
+
+    constrain: Callable[..., Any] = _no_constraint  # (x, name) or (x, axes=(...)) -> x pinned
+    kv_repeat: int = 1  # each KV head repeated so every `model` shard holds the heads its queries read
+
+    def attention_inputs(self, q, k, v):
+        """q [B, T, H, D], k and v [B, T, K, D] -> as `attend` takes them: k and v with
+        K × kv_repeat heads (slot s holds KV head s // kv_repeat), all three pinned."""
+        if self.kv_repeat > 1:
+            import jax.numpy as jnp
+
+            k, v = jnp.repeat(k, self.kv_repeat, axis=2), jnp.repeat(v, self.kv_repeat, axis=2)
+        return self.constrain(q, "attn_q"), self.constrain(k, "attn_kv"), self.constrain(v, "attn_kv")
+
+
+@runtime_checkable
+class ServableModel(Protocol):
+    """An NNX module `Engine` can serve (see the module docstring for the contract)."""
+
+    def decoder_geometry(self) -> DecoderGeometry: ...
+
+    def hidden_states(self, tokens, positions, layout: Layout, attend: Attend,
+                      caches: Sequence[Any] | None = None) -> tuple[Any, list]: ...
+
+    def logits(self, hidden, layout: Layout) -> Any: ...

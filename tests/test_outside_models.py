@@ -1,0 +1,303 @@
+"""compile / explain / apply for models shardspec did not write: NNX, Linen, pytrees."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+import shardspec
+from shardspec import ShardspecError, apply, compile, explain, load
+
+from conftest import ROOT
+from helpers import example
+
+gpt2 = example("gpt2_nnx")
+linen_mlp = example("linen_mlp")
+
+GPT2_YAML = ROOT / "examples" / "gpt2.yaml"
+LINEN_YAML = ROOT / "examples" / "linen_mlp.yaml"
+
+
+def gpt2_strategy(**overrides):
+    return load(GPT2_YAML, overrides=overrides)
+
+
+def abstract_gpt2():
+    with nnx.use_eager_sharding(False):
+        return nnx.eval_shape(lambda: gpt2.GPT2(gpt2.GPT2Config(), nnx.Rngs(0)))
+
+
+def mlp_tree():
+    """A plain pytree: two layers of a dict, one leaf an array, one a ShapeDtypeStruct."""
+    params = {"up": {"w": jax.ShapeDtypeStruct((64, 256), jnp.float32), "b": np.zeros(256, np.float32)},
+              "down": {"w": jax.ShapeDtypeStruct((256, 64), jnp.float32)}}
+    axes = {"up": {"w": ("hidden", "ffn"), "b": ("ffn",)}, "down": {"w": ("ffn", "hidden")}}
+    return params, axes
+
+
+PYTREE_RULES = {"rules": {"hidden": None, "ffn": ["attn_dp", "model"]},
+                "parallelism": {"tensor": 8, "attention_data": 1}}
+
+
+def pytree_strategy(**extra):
+    return load({**PYTREE_RULES, **extra})
+
+
+# -- NNX ------------------------------------------------------------------------------------
+
+
+def test_a_concrete_and_an_abstract_nnx_module_compile_to_the_same_plan():
+    concrete = compile(gpt2_strategy(), gpt2.build(), abstract_mesh=True)
+    abstract = compile(gpt2_strategy(), abstract_gpt2(), abstract_mesh=True)
+    assert [(p.path, p.spec, p.bytes_per_device) for p in concrete.params] == [
+        (p.path, p.spec, p.bytes_per_device) for p in abstract.params]
+    fc = concrete.param("h.0.mlp.fc")
+    assert fc.axes == ("hidden", "ffn") and fc.spec == P(None, ("attn_dp", "model"))
+    assert concrete.param("h.1.attn.query").spec == P(None, "model", None)
+    assert concrete.model.name == "GPT2" and concrete.kv_cache.kv_heads == 4
+    assert repr(concrete) == "ShardingPlan('gpt2-attention-dp', model='GPT2', mesh=1×2×1×4, 36 params)"
+
+
+def test_param_specs_and_shardings_are_an_nnx_state_shaped_like_the_model():
+    model = gpt2.build()
+    plan = compile(gpt2_strategy(), model)
+    specs = plan.param_specs()
+    assert isinstance(specs, nnx.State)
+    assert jax.tree.structure(specs) == jax.tree.structure(nnx.state(model))
+    assert specs["h"][0]["mlp"]["fc"].get_value() == P(None, ("attn_dp", "model"))
+    shardings = plan.param_shardings()
+    assert shardings["wte"].get_value() == plan.sharding(P(("attn_dp", "model"), None))
+
+
+def test_an_nnx_state_compiles_with_kv_heads_given_for_attention_data_auto():
+    state = nnx.state(gpt2.build())
+    auto = {"parallelism.attention_data": "auto"}
+    with pytest.raises(ShardspecError, match=r"parallelism.attention_data: auto needs the model's KV-head count.*"
+                                             r"kv_heads=N"):
+        compile(gpt2_strategy(**auto), state, abstract_mesh=True)
+    plan = compile(gpt2_strategy(**auto), state, kv_heads=4, abstract_mesh=True)
+    assert plan.attention_data == 2 and plan.model.name == "nnx.State"
+    assert plan.kv_cache is None  # a State has no decoder_geometry(): nothing to page
+    text = explain(plan)
+    assert "no KV cache: the model declares no decoder geometry" in text
+    assert json.loads(explain(plan, format="json"))["kv_cache"] is None
+
+
+# -- Linen ----------------------------------------------------------------------------------
+
+
+def test_linen_variables_compile_with_linen_paths_and_unboxed_specs():
+    model = linen_mlp.ResidualMLP()
+    plan = compile(load(LINEN_YAML), linen_mlp.abstract(model), abstract_mesh=True)
+    assert plan.param("params/Dense_0/kernel").spec == P(None, "model")
+    assert plan.param("params/head").spec == P(None, "model")  # a plain nn.Partitioned box
+    ln = plan.param("params/LayerNorm_0/scale")
+    assert ln.spec == P(None) and "the model gives no logical axes: replicated" in ln.notes
+    specs = plan.param_specs()
+    assert specs["params"]["Dense_0"]["kernel"] == P(None, "model")
+    assert jax.tree.structure(specs) == jax.tree.structure(nn.unbox(linen_mlp.abstract(model)))
+    assert "params/Embed_0/embedding" in explain(plan)
+
+
+def test_flax_rules_round_trip_linen_and_nnx():
+    """Flax's own logical_to_mesh_sharding with plan.logical_axis_rules() gives the plan's shardings."""
+    model = linen_mlp.ResidualMLP()
+    variables = linen_mlp.abstract(model)
+    plan = compile(load(LINEN_YAML), variables)
+    theirs = nn.logical_to_mesh_sharding(nn.get_partition_spec(variables), plan.mesh, plan.logical_axis_rules())
+    _assert_same_shardings(theirs, plan.param_shardings())
+
+    module = gpt2.build()
+    plan = compile(gpt2_strategy(), module)
+    with nnx.logical_axis_rules(plan.logical_axis_rules()):
+        theirs = nnx.get_named_sharding(nnx.state(module), plan.mesh)
+    _assert_same_shardings(theirs, plan.param_shardings())
+
+
+def _assert_same_shardings(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert jax.tree.structure(a) == jax.tree.structure(b) and len(la) == len(lb) > 0
+    for x, y in zip(la, lb):
+        assert x.is_equivalent_to(y, 2), (x, y)
+
+
+# -- pytrees --------------------------------------------------------------------------------
+
+
+def test_a_pytree_with_axes_compiles_applies_and_returns_its_own_structure():
+    params, axes = mlp_tree()
+    plan = compile(pytree_strategy(), params, axes=axes)
+    assert plan.param("up.w").spec == P(None, "model")  # attn_dp is 1: left out of specs
+    specs = plan.param_specs()
+    assert specs == {"up": {"w": P(None, "model"), "b": P("model")}, "down": {"w": P("model", None)}}
+    host = {"up": {"w": np.ones((64, 256), np.float32), "b": np.arange(256, dtype=np.float32)},
+            "down": {"w": np.ones((256, 64), np.float32)}}
+    placed = apply(plan, host)
+    assert set(placed) == {"up", "down"} and isinstance(placed["up"]["b"], jax.Array)
+    assert placed["up"]["b"].addressable_shards[0].data.shape == (32,)  # 256 over 8 devices
+    np.testing.assert_array_equal(np.asarray(placed["up"]["b"]), host["up"]["b"])
+
+
+def test_pytree_errors_say_what_was_given_and_what_is_accepted():
+    params, axes = mlp_tree()
+    with pytest.raises(ShardspecError, match=r"carries no logical axes \(pass axes="):
+        compile(pytree_strategy(), params, abstract_mesh=True)
+    with pytest.raises(ShardspecError, match="axes= does not have the structure of the parameters"):
+        compile(pytree_strategy(), params, axes={"up": axes["up"]}, abstract_mesh=True)
+    bad = {**axes, "down": {"w": ("ffn",)}}
+    with pytest.raises(ShardspecError, match=r"parameter 'down.w': 1 axes \('ffn',\) for 2 dimensions"):
+        compile(pytree_strategy(), params, axes=bad, abstract_mesh=True)
+    with pytest.raises(ShardspecError, match=r"parameter 'x' is a string \('no'\), not an array"):
+        compile(pytree_strategy(), {"x": "no"}, axes={"x": None}, abstract_mesh=True)
+
+
+@pytest.mark.parametrize("model, what", [
+    (3, "a number (3)"), (lambda: 0, "a function"), (None, None), ([], "a list"),
+    (linen_mlp.ResidualMLP(), "a Linen module"),
+])
+def test_anything_else_is_a_clear_error(model, what):
+    if model is None:
+        return  # None means "the strategy's model:", tested in test_plan
+    with pytest.raises(ShardspecError) as err:
+        compile(pytree_strategy(), model, abstract_mesh=True)
+    assert what in str(err.value)
+    assert "nnx.Module" in str(err.value) or "variables" in str(err.value)
+
+
+def test_axes_and_kv_heads_are_for_outside_models_only():
+    with pytest.raises(ShardspecError, match="axes= describe outside models"):
+        compile(load(ROOT / "strategies" / "tp.yaml"), axes={"w": ("a",)}, abstract_mesh=True)
+    with pytest.raises(ShardspecError, match="axes= is for plain pytrees"):
+        compile(gpt2_strategy(), gpt2.build(), axes={}, abstract_mesh=True)
+    with pytest.raises(ShardspecError, match="kv_heads=2 but the model's geometry has 4"):
+        compile(gpt2_strategy(), gpt2.build(), kv_heads=2, abstract_mesh=True)
+
+
+# -- an open vocabulary -------------------------------------------------------------------
+
+
+def test_rules_may_name_only_what_the_model_uses():
+    st = load({**PYTREE_RULES, "rules": {**PYTREE_RULES["rules"], "fnn": "model"}})
+    params, axes = mlp_tree()
+    with pytest.raises(ShardspecError) as err:
+        compile(st, params, axes=axes, abstract_mesh=True)
+    assert str(err.value) == ("error: <dict>: rules.fnn: logical axis 'fnn' is not used by model pytree "
+                              "(did you mean 'ffn'?)")
+
+
+def test_a_shardspec_model_gets_the_same_check():
+    st = load({"model": "llama3-tiny", "rules": {"mpl": "model"}})
+    with pytest.raises(ShardspecError, match=r"rules.mpl: logical axis 'mpl' is not used by model llama3-tiny "
+                                             r"\(did you mean 'mlp'\?\)"):
+        compile(st, abstract_mesh=True)
+
+
+def test_params_overrides_name_outside_axes_and_one_that_matches_nothing_is_an_error():
+    params, axes = mlp_tree()
+    no_axes_for_down = {**axes, "down": {"w": None}}
+    st = pytree_strategy(params=[{"match": r"^down\.w$", "axes": ["ffn", "hidden"]}])
+    plan = compile(st, params, axes=no_axes_for_down, abstract_mesh=True)
+    assert plan.param("down.w").spec == P("model", None)
+    assert plan.param("down.w").axes_from == "params[0]"
+
+    st = pytree_strategy(params=[{"match": r"^down\.w$", "axes": ["ffn", "hidden"]},
+                                 {"match": "mlp", "axes": [None]}, {"match": "down", "axes": [None, None]}])
+    with pytest.raises(ShardspecError) as err:
+        compile(st, params, axes=axes, abstract_mesh=True)
+    lines = str(err.value).splitlines()
+    assert lines == [
+        "error: <dict>: params[1].match: 'mlp' matches no parameter (it is a regex searched in each path; "
+        "paths look like 'down.w', 'up.b' or 'up.w')",
+        "error: <dict>: params[2].match: 'down': every parameter it matches is set by an earlier params: entry "
+        "(the first match wins; move this entry up or narrow the earlier one)"]
+
+
+# -- policies on an outside model ---------------------------------------------------------
+
+
+def test_unmatched_policy_on_an_outside_model():
+    params, axes = mlp_tree()
+    st = load({"parallelism": {"tensor": 8, "attention_data": 1}, "rules": {"hidden": None}})
+    with pytest.raises(ShardspecError, match=r"rules: down.w: logical axis 'ffn' has no rule"):
+        compile(st, params, axes=axes, abstract_mesh=True)
+    st = load({"parallelism": {"tensor": 8, "attention_data": 1}, "rules": {"hidden": None},
+               "policy": {"unmatched": "replicate"}})
+    plan = compile(st, params, axes=axes, abstract_mesh=True)
+    assert plan.param("up.w").spec == P(None, None)
+    assert "'ffn' has no rule: replicated (policy.unmatched)" in plan.param("up.w").notes
+
+
+# 4 heads do not split 3 ways: attention runs unsharded (the model's n_heads and the runtime's heads).
+THREE = {"devices": 3, "parallelism": {"tensor": 3, "attention_data": 1},
+         "rules": {"hidden": None, "ffn": "model", "n_heads": None, "head_size": None, "n_vocab": "model",
+                   "n_pos": None, "heads": None, "kv_heads": None}}
+
+
+def test_indivisible_policies_on_an_outside_model():
+    model = gpt2.build()  # ffn 256 does not split 3 ways
+    with pytest.raises(ShardspecError, match=r"h.0.mlp.fc: dim 1 \(ffn = 256\) is not divisible by 3 shards"):
+        compile(load(THREE), model, abstract_mesh=True)
+    plan = compile(load({**THREE, "policy": {"indivisible": "replicate"}}), model, abstract_mesh=True)
+    assert plan.param("h.0.mlp.fc").spec == P(None, None)
+    # pad only where the model says zero-padding is exact; else replicated, and said so
+    plan = compile(load({**THREE, "policy": {"indivisible": "pad"}}), model, abstract_mesh=True)
+    assert "pad is not known to be exact for ffn" in plan.param("h.0.mlp.fc").notes[0]
+    plan = compile(load({**THREE, "policy": {"indivisible": "pad"}}), model, paddable=["ffn"],
+                   abstract_mesh=True)
+    assert plan.param("h.0.mlp.fc").stored_shape == (64, 258) and plan.param("h.0.mlp.fc").shape == (64, 256)
+    assert any(line.split()[:2] == ["h.0.mlp.fc", "64×258"] for line in explain(plan).splitlines())
+
+
+def test_padded_outside_parameters_keep_the_forward_exact():
+    model = gpt2.build(seed=2)
+    plan = compile(load({**THREE, "policy": {"indivisible": "pad"}}), model, paddable=["ffn"])
+    placed = apply(plan, model)
+    assert nnx.state(placed)["h"][0]["mlp"]["fc"].get_value().shape == (64, 258)
+    tokens = jnp.arange(48, dtype=jnp.int32).reshape(3, 16)
+    got = jax.jit(lambda m, t: m(t, layout=plan.layout))(placed, tokens)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(model(tokens)), rtol=1e-5, atol=1e-5)
+
+
+# -- constrain and apply ------------------------------------------------------------------
+
+
+def test_constrain_pins_by_logical_axes_and_rejects_unknown_names():
+    plan = compile(gpt2_strategy(), gpt2.build())
+    x = jnp.ones((4, 3, 256))
+    pinned = jax.jit(lambda x: plan.constrain(x * 2, axes=("mlp_batch", None, "ffn")))(x)
+    assert pinned.sharding.is_equivalent_to(plan.sharding(P(None, None, ("attn_dp", "model"))), 3)
+    assert plan.activation_spec(("batch", None, "hidden")) == P("attn_dp", None, None)
+    with pytest.raises(ShardspecError, match=r"logical axis 'fnn' has no rule \(did you mean 'ffn'\?\)"):
+        plan.activation_spec(("batch", None, "fnn"))
+    with pytest.raises(ShardspecError, match="mesh axis 'attn_dp' shards both 'batch' and 'ffn'"):
+        plan.activation_spec(("batch", None, "ffn"))
+    with pytest.raises(ShardspecError, match="2 axes"):
+        plan.constrain(x, axes=("batch", None))
+
+
+def test_apply_names_the_first_parameter_that_does_not_match():
+    plan = compile(gpt2_strategy(), gpt2.build())
+    other = gpt2.build(gpt2.GPT2Config(ffn=128))
+    with pytest.raises(ShardspecError, match=r"apply\(\): parameter 'h.0.mlp.fc' has shape \(64, 128\); "
+                                             r"the plan has \(64, 256\)"):
+        apply(plan, other)
+    state = dict(nnx.to_pure_dict(nnx.state(gpt2.build())))
+    del state["wpe"]
+    with pytest.raises(ShardspecError, match="parameter 'wpe' is in the plan but not in the given parameters"):
+        apply(plan, state)
+    with pytest.raises(ShardspecError, match="apply\\(\\) needs the parameters of GPT2"):
+        apply(plan)
+
+
+def test_public_api_reaches_the_protocol():
+    from shardspec.protocol import DecoderGeometry, Layout, ServableModel
+
+    assert isinstance(gpt2.build(), ServableModel)
+    assert gpt2.build().decoder_geometry() == DecoderGeometry(2, 4, 4, 16, 384, 256)
+    assert Layout().constrain(1, axes=("a",)) == 1
+    assert shardspec.ShardingPlan.logical_axis_rules.__doc__
