@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from shardspec.protocol import Attend, DecoderGeometry, Layout
+from shardspec.protocol import Attend, DecoderGeometry, Layout, causal_attention
 
 from .axes import EMBED, HEAD_DIM, HEADS, KV_HEADS, MLP, VOCAB
 from .config import LlamaConfig
@@ -89,17 +89,6 @@ def rope(x, positions, freqs: tuple[float, ...]):
     cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]  # [B, T, 1, D/2]
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
-
-
-def causal_attention(q, k, v, positions, cache=None):
-    """Attention over whole sequences in the batch, no KV cache (the `Attend` default)."""
-    B, T, H, D = q.shape
-    Kr = k.shape[2]
-    q = q.reshape(B, T, Kr, H // Kr, D)  # [B, T, K', G, D]: query head h reads KV slot h // G
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * D**-0.5
-    causal = positions[:, None, None, :, None] >= positions[:, None, None, None, :]  # [B,1,1,T,S]
-    probs = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, D), cache
 
 
 class Attention(nnx.Module):

@@ -20,6 +20,7 @@ from .errors import ShardspecError
 from .hlo import budget_summary, check_budget, hlo_report
 from .models.registry import build
 from .plan import ShardingPlan
+from .protocol import Layout, ServableModel, dense_logits
 
 # Relative logit tolerance per runtime dtype (× max(1, max |logit|)). Measured
 # float32 differences on the presets are ~1e-6 relative: reduction order only.
@@ -48,34 +49,49 @@ class CheckResult:
                 f"(tolerance {self.tolerance:.1e})")
 
 
-def check(plan: ShardingPlan, *, seed: int = 0, seq_len: int = 16, seqs_per_rank: int = 2) -> CheckResult:
-    """Run one random batch unsharded on one device and sharded under `plan`."""
+def check(plan: ShardingPlan, model: ServableModel | None = None, *, seed: int = 0, seq_len: int = 16,
+          seqs_per_rank: int = 2) -> CheckResult:
+    """Run one random batch unsharded on one device and sharded under `plan`.
+
+    The forward is the serving protocol's (`protocol.dense_logits`), so any servable
+    model is checked: shardspec's own (built from its config with `seed`), or
+    `model`, the outside module the plan was compiled from, whose own unsharded
+    forward is the reference.
+    """
+    plan.servable_kv_cache()  # the protocol's forward needs a decoder (a ShardspecError if none)
+    geometry = plan.model.geometry
+    if model is None and plan.model.config is None:
+        raise ShardspecError(f"check() needs the model {plan.model.name} itself: check(plan, model)",
+                             path="model")
     # At least 8 sequences, and a multiple of the DP ranks (as the runtime pads to).
-    config = plan.model.config
-    if config is None:
-        raise ShardspecError(f"check() builds its unsharded reference from shardspec's own models, not "
-                             f"{plan.model.name}", path="model",
-                             hint="compare your model's jitted forward under plan.param_shardings() with "
-                             "its unsharded forward (README: Your own model)")
     batch = plan.dp_ranks * max(seqs_per_rank, -(-8 // plan.dp_ranks))
     tokens = np.asarray(jax.random.randint(jax.random.key(seed + 1), (batch, seq_len), 0,
-                                           config.vocab_size))
+                                           geometry.vocab_size))
+    forward = jax.jit(dense_logits, static_argnums=2)
     # Every process computes the same reference on one of its own devices.
     with jax.default_device(jax.local_devices()[0]):
-        reference = build(config, dtype=plan.dtype, seed=seed)
-        want = np.asarray(jax.jit(lambda m, t: m(t))(reference, jnp.asarray(tokens)))
+        reference = build(plan.model.config, dtype=plan.dtype, seed=seed) if model is None else model
+        want = np.asarray(forward(reference, jnp.asarray(tokens), Layout()))
 
-    model = apply(plan, seed=seed)
+    sharded = apply(plan, seed=seed) if model is None else apply(plan, model)
     token_sharding = plan.sharding(P(plan.activations["attn_in"][0]))
-    sharded_forward = jax.jit(lambda m, t: m(t, layout=plan.layout), in_shardings=(None, token_sharding))
-    got = fetch(sharded_forward(model, global_array(tokens, token_sharding)))
+    sharded_forward = jax.jit(lambda m, t: dense_logits(m, t, plan.layout), in_shardings=(None, token_sharding))
+    got = fetch(sharded_forward(sharded, global_array(tokens, token_sharding)))
 
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
     worst = np.unravel_index(int(diff.argmax()), diff.shape)
     same = int((got.argmax(-1) == want.argmax(-1)).sum())
-    tolerance = RTOL[plan.strategy.runtime.dtype] * max(1.0, float(np.abs(want).max()))
+    tolerance = RTOL[_least_precise(plan)] * max(1.0, float(np.abs(want).max()))
     return CheckResult((batch, seq_len), float(diff.max()), tolerance, tuple(int(i) for i in worst),
                        same, batch * seq_len)
+
+
+def _least_precise(plan: ShardingPlan) -> str:
+    """The runtime dtype of shardspec's models; an outside model's least precise float parameter."""
+    if plan.model.config is not None:
+        return plan.strategy.runtime.dtype
+    floats = [p for p in plan.params if p.dtype in RTOL]
+    return min(floats, key=lambda p: p.itemsize).dtype if floats else "float32"
 
 
 def check_collectives(plan: ShardingPlan) -> str:

@@ -66,6 +66,34 @@ class Layout:
         return self.constrain(q, "attn_q"), self.constrain(k, "attn_kv"), self.constrain(v, "attn_kv")
 
 
+def causal_attention(q, k, v, positions, cache=None):
+    """The reference `Attend`: causal attention over whole sequences, no KV cache.
+
+    q [B, T, H, D]; k, v [B, T, K', D] with H a multiple of K' (query head h
+    reads KV slot h // (H / K')). The runtime pages attention instead; `check`
+    and unsharded forwards use this.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    B, T, H, D = q.shape
+    Kr = k.shape[2]
+    q = q.reshape(B, T, Kr, H // Kr, D)  # [B, T, K', G, D]
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * D**-0.5
+    causal = positions[:, None, None, :, None] >= positions[:, None, None, None, :]  # [B,1,1,T,S]
+    probs = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, D), cache
+
+
+def dense_logits(model: "ServableModel", tokens, layout: Layout = Layout()):
+    """A servable model's dense forward through the protocol: tokens [B, T] -> logits [B, T, V]."""
+    import jax.numpy as jnp
+
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    hidden, _ = model.hidden_states(tokens, positions, layout, causal_attention)
+    return model.logits(hidden, layout)
+
+
 @runtime_checkable
 class ServableModel(Protocol):
     """An NNX module `Engine` can serve (see the module docstring for the contract)."""

@@ -81,6 +81,16 @@ def test_the_engine_checks_the_model_against_the_plan(model):
         Engine(plan)
 
 
+def test_check_compares_an_outside_model_with_its_own_unsharded_forward(model):
+    from shardspec.check import check
+
+    result = check(plan_for("attention-dp", model), model)
+    assert result.passed and result.tokens_equal == result.tokens_total, result.summary()
+    assert result.max_abs_diff < 1e-5
+    with pytest.raises(ShardspecError, match=r"check\(\) needs the model GPT2 itself"):
+        check(plan_for("attention-dp", model))
+
+
 def test_a_model_without_geometry_is_not_servable():
     variables = linen_mlp.abstract(linen_mlp.ResidualMLP())
     plan = compile(load(ROOT / "examples" / "linen_mlp.yaml"), variables)
