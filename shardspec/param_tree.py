@@ -22,10 +22,9 @@ same pytree otherwise.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import numpy as np
 from flax import nnx
 from flax.core import meta as linen_meta
 
@@ -127,7 +126,11 @@ def flatten_like(tree: ParamTree, given, what: str) -> tuple[list, Callable[[Seq
     for keys, leaf in want.items():
         if keys not in keyed:
             raise _mismatch(what, tree, keys, "is in the plan but not in the given parameters")
-        shape = tuple(np.shape(keyed[keys][0]))
+        value = keyed[keys][0]
+        if isinstance(value, jax.ShapeDtypeStruct) or not hasattr(value, "shape"):
+            raise _mismatch(what, tree, keys, f"is {_describe(value)}, not an array (shapes alone "
+                            "compile a plan; placing needs values)")
+        shape = tuple(value.shape)
         if shape != leaf.shape:
             raise _mismatch(what, tree, keys, f"has shape {shape}; the plan has {leaf.shape}")
     extra = next((keys for keys in keyed if keys not in want), None)
@@ -172,8 +175,9 @@ def _read_tree(tree, axes) -> ParamTree:
         shape = tuple(int(d) for d in value.shape)
         names = _names(path, leaf_axes if axes is not None else _wrapper_axes(wrapper), len(shape))
         leaves.append(Leaf(keys, shape, value.dtype, names))
-        struct = jax.ShapeDtypeStruct(shape, value.dtype)
-        wrappers.append(None if wrapper is None else _rewrap(wrapper, struct))
+        if wrapper is not None and not isinstance(value, jax.ShapeDtypeStruct):  # never keep the arrays
+            wrapper = _rewrap(wrapper, jax.ShapeDtypeStruct(shape, value.dtype))
+        wrappers.append(wrapper)
     if all(leaf.axes is None for leaf in leaves):
         how = "pass axes= (a tree of the same structure, tuples of logical names)" if kind == PYTREE else (
             "annotate its parameters (nnx.with_partitioning / nn.with_logical_partitioning) "
@@ -270,6 +274,8 @@ def _axes_not_for(what: str) -> ShardspecError:
 
 def _is_tree(x) -> bool:
     """A container jax can flatten (dict, list, tuple, State, registered nodes), not a bare leaf."""
+    if isinstance(x, (Mapping, list, tuple, nnx.State)):
+        return True
     leaves = jax.tree_util.tree_leaves(x, is_leaf=_is_wrapper)
     return not (len(leaves) == 1 and leaves[0] is x)
 
