@@ -40,9 +40,13 @@ def main(argv=None) -> dict:
         start = time.perf_counter()
         explain(compile(strategy, "llama3-70b", abstract_mesh=True))
         inner.append(time.perf_counter() - start)
-    out = {"benchmark": "explain_latency", "model": "llama3-70b", "strategy": STRATEGY.name,
-           "command_s": {"best": round(min(wall), 3), "median": round(statistics.median(wall), 3)},
-           "compile_and_explain_s": {"best": round(min(inner), 4), "median": round(statistics.median(inner), 4)}}
+    out = {
+        "benchmark": "explain_latency",
+        "model": "llama3-70b",
+        "strategy": STRATEGY.name,
+        "command_s": {"best": round(min(wall), 3), "median": round(statistics.median(wall), 3)},
+        "compile_and_explain_s": {"best": round(min(inner), 4), "median": round(statistics.median(inner), 4)},
+    }
     print(json.dumps(out))
     return out
 

@@ -11,6 +11,7 @@ Prints one JSON object; times are medians over repeated steps, in ms.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -37,9 +38,16 @@ def _ms(fn) -> tuple[float, object]:
 
 def measure(n: int, steps: int) -> dict:
     per_rank = n // RANKS
-    sizes = RuntimeSizes(dp_ranks=RANKS, page_size=16, pages_per_rank=per_rank * 8, max_pages_per_seq=64,
-                         max_model_len=1024, max_num_seqs=per_rank, max_num_batched_tokens=max(per_rank, 512),
-                         token_buckets=token_buckets(max(per_rank, 512)))
+    sizes = RuntimeSizes(
+        dp_ranks=RANKS,
+        page_size=16,
+        pages_per_rank=per_rank * 8,
+        max_pages_per_seq=64,
+        max_model_len=1024,
+        max_num_seqs=per_rank,
+        max_num_batched_tokens=max(per_rank, 512),
+        token_buckets=token_buckets(max(per_rank, 512)),
+    )
     scheduler = DPScheduler(sizes, routing="balanced")
     for i in range(n):
         scheduler.add_request(Request(str(i), (1 + i % 500,) * 16, max_tokens=512, ignore_eos=True))
@@ -52,11 +60,11 @@ def measure(n: int, steps: int) -> dict:
     for _ in range(steps):
         t, schedule = _ms(scheduler.schedule)
         times["schedule"].append(t)
-        t, packed = _ms(lambda: pack(schedule, sizes))
+        t, packed = _ms(functools.partial(pack, schedule, sizes))
         times["pack"].append(t)
-        times["pack_naive"].append(_ms(lambda: pack_naive(schedule, sizes))[0])
+        times["pack_naive"].append(_ms(functools.partial(pack_naive, schedule, sizes))[0])
         sampled = dict(zip(packed.sampled_seq_ids.tolist(), [3] * len(packed.sampled_seq_ids)))
-        times["update"].append(_ms(lambda: scheduler.update(schedule, sampled))[0])
+        times["update"].append(_ms(functools.partial(scheduler.update, schedule, sampled))[0])
     med = {k: round(statistics.median(v), 3) for k, v in times.items()}
     med["host_total"] = round(med["schedule"] + med["pack"] + med["update"], 3)
     med["naive_over_pack"] = round(med["pack_naive"] / med["pack"], 2)
@@ -71,11 +79,12 @@ def main(argv=None) -> dict:
     results = {}
     for n in map(int, args.sizes.split(",")):
         results[str(n)] = r = measure(n, args.steps)
-        print(f"{n:>5} running: schedule {r['schedule']:.2f} ms, pack {r['pack']:.2f} ms "
-              f"(naive {r['pack_naive']:.2f} ms, {r['naive_over_pack']}x), update {r['update']:.2f} ms",
-              file=sys.stderr)
-    out = {"benchmark": "host_cost", "dp_ranks": RANKS, "unit": "ms per decode step (median)",
-           "results": results}
+        print(
+            f"{n:>5} running: schedule {r['schedule']:.2f} ms, pack {r['pack']:.2f} ms "
+            f"(naive {r['pack_naive']:.2f} ms, {r['naive_over_pack']}x), update {r['update']:.2f} ms",
+            file=sys.stderr,
+        )
+    out = {"benchmark": "host_cost", "dp_ranks": RANKS, "unit": "ms per decode step (median)", "results": results}
     print(json.dumps(out))
     return out
 

@@ -48,8 +48,9 @@ def load_once(directory: str, parallelism: dict) -> dict:
     from shardspec import apply, compile, load
 
     devices = parallelism.get("tensor", 1)
-    plan = compile(load({"model": directory, "parallelism": parallelism, "devices": devices,
-                         "runtime": {"dtype": "float32"}}))
+    plan = compile(
+        load({"model": directory, "parallelism": parallelism, "devices": devices, "runtime": {"dtype": "float32"}})
+    )
     gc.collect()
     sampler = _RssSampler()
     tracemalloc.start()
@@ -61,9 +62,15 @@ def load_once(directory: str, parallelism: dict) -> dict:
     tracemalloc.stop()
     anon, file = sampler.stop()
     del model
-    return {"seconds": round(seconds, 3), "staging_peak": peak - held, "anon_growth": anon, "file_growth": file,
-            "devices": devices, "model": sum(p.nbytes for p in plan.params),
-            "largest_tensor": max(p.nbytes for p in plan.params)}
+    return {
+        "seconds": round(seconds, 3),
+        "staging_peak": peak - held,
+        "anon_growth": anon,
+        "file_growth": file,
+        "devices": devices,
+        "model": sum(p.nbytes for p in plan.params),
+        "largest_tensor": max(p.nbytes for p in plan.params),
+    }
 
 
 class _RssSampler:
@@ -95,8 +102,12 @@ def _rss() -> tuple[int, int]:
 
 
 def _child(directory: Path, parallelism: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", str(directory), json.dumps(parallelism)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", str(directory), json.dumps(parallelism)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -125,14 +136,20 @@ def main(argv=None) -> None:
         return
     largest = max(FIXTURES.iterdir(), key=_disk)
     results = {}
-    results[f"fixture {largest.name}"] = {"checkpoint_bytes": _disk(largest),
-                                          **{k: _child(largest, v) for k, v in LAYOUTS.items()}}
+    results[f"fixture {largest.name}"] = {
+        "checkpoint_bytes": _disk(largest),
+        **{k: _child(largest, v) for k, v in LAYOUTS.items()},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         written = _synthetic(Path(tmp), args.gb)
         files = len(list(Path(tmp).glob("*.safetensors")))
-        results["synthetic llama"] = {"checkpoint_bytes": _disk(Path(tmp)), "tensor_bytes": written,
-                                      "files": files, "dtype": "bfloat16",
-                                      **{k: _child(Path(tmp), v) for k, v in LAYOUTS.items()}}
+        results["synthetic llama"] = {
+            "checkpoint_bytes": _disk(Path(tmp)),
+            "tensor_bytes": written,
+            "files": files,
+            "dtype": "bfloat16",
+            **{k: _child(Path(tmp), v) for k, v in LAYOUTS.items()},
+        }
     print(json.dumps({"runtime_dtype": "float32", "results": results}))
 
 

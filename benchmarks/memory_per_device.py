@@ -25,16 +25,28 @@ def row(plan) -> dict:
     t = totals(plan)
     kv = plan.kv_cache
     # Ideal KV: every KV head stored once, all ranks' pages spread evenly over all devices.
-    kv_total = (2 * kv.num_layers * kv.page_size * kv.kv_heads * kv.head_dim
-                * _itemsize(kv.dtype) * plan.dp_ranks * kv.pages_per_rank)
+    kv_total = (
+        2
+        * kv.num_layers
+        * kv.page_size
+        * kv.kv_heads
+        * kv.head_dim
+        * _itemsize(kv.dtype)
+        * plan.dp_ranks
+        * kv.pages_per_rank
+    )
     kv_ideal = kv_total / devices
-    return {"devices": devices, "mesh": dict(plan.mesh_shape),
-            "params_bytes_per_device": t["params_bytes_per_device"],
-            "params_ideal": t["params_ideal_bytes_per_device"],
-            "params_ratio": round(t["params_bytes_per_device"] / t["params_ideal_bytes_per_device"], 3),
-            "kv_bytes_per_device": t["kv_cache_bytes_per_device"], "kv_ideal": int(kv_ideal),
-            "kv_ratio": round(t["kv_cache_bytes_per_device"] / kv_ideal, 3),
-            "kv_head_replication": kv.replication}
+    return {
+        "devices": devices,
+        "mesh": dict(plan.mesh_shape),
+        "params_bytes_per_device": t["params_bytes_per_device"],
+        "params_ideal": t["params_ideal_bytes_per_device"],
+        "params_ratio": round(t["params_bytes_per_device"] / t["params_ideal_bytes_per_device"], 3),
+        "kv_bytes_per_device": t["kv_cache_bytes_per_device"],
+        "kv_ideal": int(kv_ideal),
+        "kv_ratio": round(t["kv_cache_bytes_per_device"] / kv_ideal, 3),
+        "kv_head_replication": kv.replication,
+    }
 
 
 def _itemsize(dtype: str) -> int:

@@ -57,15 +57,33 @@ def pack_naive(schedule: StepSchedule, sizes, prev_rows: Mapping[int, int] | Non
             output_index[g] = c.output_index
 
     sampled = [i for i, c in enumerate(schedule.chunks) if c.sample]
-    i32 = lambda values: np.array(values, np.int32)
-    f32 = lambda values: np.array(values, np.float32)
+
+    def i32(values):
+        return np.array(values, np.int32)
+
+    def f32(values):
+        return np.array(values, np.float32)
+
     return PackedStep(
-        token_ids=i32(token_ids), prev_rows=i32(prev), positions=i32(positions),
-        slot_mapping=i32(slots), token_rows=i32(token_rows), block_tables=i32(block_tables),
-        seq_lens=i32(seq_lens), query_starts=i32(query_starts), query_lens=i32(query_lens),
-        logits_indices=i32(logits_indices), temperature=f32(temperature), top_k=i32(top_k),
-        top_p=f32(top_p), seeds=np.array(seeds, np.uint32), output_index=i32(output_index),
+        token_ids=i32(token_ids),
+        prev_rows=i32(prev),
+        positions=i32(positions),
+        slot_mapping=i32(slots),
+        token_rows=i32(token_rows),
+        block_tables=i32(block_tables),
+        seq_lens=i32(seq_lens),
+        query_starts=i32(query_starts),
+        query_lens=i32(query_lens),
+        logits_indices=i32(logits_indices),
+        temperature=f32(temperature),
+        top_k=i32(top_k),
+        top_p=f32(top_p),
+        seeds=np.array(seeds, np.uint32),
+        output_index=i32(output_index),
         selector=i32([row_of_chunk[i] for i in sampled]),
         sampled_seq_ids=np.array([schedule.chunks[i].seq_id for i in sampled], np.int64),
-        real_tokens=sum(c.num_tokens for c in schedule.chunks), padded_tokens=R * S,
-        token_stride=S, request_stride=Q)
+        real_tokens=sum(c.num_tokens for c in schedule.chunks),
+        padded_tokens=R * S,
+        token_stride=S,
+        request_stride=Q,
+    )

@@ -19,71 +19,134 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def _host_cost(r: dict) -> list[str]:
-    rows = [[n, v["schedule"], v["update"], round(v["schedule"] + v["update"], 2), v["pack"], v["pack_naive"],
-             f"{v['naive_over_pack']}×"] for n, v in r["results"].items()]
+    rows = [
+        [
+            n,
+            v["schedule"],
+            v["update"],
+            round(v["schedule"] + v["update"], 2),
+            v["pack"],
+            v["pack_naive"],
+            f"{v['naive_over_pack']}×",
+        ]
+        for n, v in r["results"].items()
+    ]
     biggest = r["results"].get("4096")
     verdict = []
     if biggest:
         total = round(biggest["schedule"] + biggest["update"], 2)
-        verdict = [f"At 4,096 running requests `schedule()` takes {biggest['schedule']} ms a step (the "
-                   f"reference's ~80 ms was its scheduling call): goal "
-                   f"{'met' if biggest['schedule'] < 5 else 'not met'}. With `update()` (taking the "
-                   f"sampled tokens back) the scheduler's host time is {total} ms a step"
-                   f"{', over 5 ms' if total >= 5 else ''}.", ""]
-    return ["## 1–2. Host cost per decode step (scheduler, packer)", "",
-            f"Median ms per decode step, {r['dp_ranks']} DP ranks, every request in decode. "
-            "Goal: scheduling under 5 ms at 4,096 running requests (the reference system: ~80 ms).", "",
-            *_table(["running", "schedule()", "update()", "scheduler total", "pack()", "naive packer",
-                     "naive ÷ pack"], rows),
-            "", *verdict, "Command: `python benchmarks/host_cost.py`", ""]
+        verdict = [
+            f"At 4,096 running requests `schedule()` takes {biggest['schedule']} ms a step (the "
+            f"reference's ~80 ms was its scheduling call): goal "
+            f"{'met' if biggest['schedule'] < 5 else 'not met'}. With `update()` (taking the "
+            f"sampled tokens back) the scheduler's host time is {total} ms a step"
+            f"{', over 5 ms' if total >= 5 else ''}.",
+            "",
+        ]
+    return [
+        "## 1–2. Host cost per decode step (scheduler, packer)",
+        "",
+        f"Median ms per decode step, {r['dp_ranks']} DP ranks, every request in decode. "
+        "Goal: scheduling under 5 ms at 4,096 running requests (the reference system: ~80 ms).",
+        "",
+        *_table(
+            ["running", "schedule()", "update()", "scheduler total", "pack()", "naive packer", "naive ÷ pack"], rows
+        ),
+        "",
+        *verdict,
+        "Command: `python benchmarks/host_cost.py`",
+        "",
+    ]
 
 
 def _routing(r: dict, plot: str | None) -> list[str]:
-    rows = [[name, " / ".join(f"{e:.3f}" for e in v["padding_efficiency"]), " / ".join(map(str, v["steps"]))]
-            for name, v in r["results"].items()]
-    lines = ["## 3. Routing on a lockstep-hostile trace", "",
-             f"DP = {r['dp_ranks']}; {r['long']} long prompts (1,500–3,000 tokens) among {r['short']} short "
-             "requests, 8 arriving per step; scheduler and packer run for real, the model is replaced by a "
-             "fixed token (deterministic counts). One column entry per trace seed. Goal: balanced ≥ 0.85 "
-             "and ≥ 1.10× the better baseline.", "",
-             *_table(["policy", "padding efficiency", "steps"], rows), "",
-             "balanced ÷ better baseline: " + " / ".join(f"{x}×" for x in r["balanced_vs_best_baseline"]), ""]
+    rows = [
+        [name, " / ".join(f"{e:.3f}" for e in v["padding_efficiency"]), " / ".join(map(str, v["steps"]))]
+        for name, v in r["results"].items()
+    ]
+    lines = [
+        "## 3. Routing on a lockstep-hostile trace",
+        "",
+        f"DP = {r['dp_ranks']}; {r['long']} long prompts (1,500–3,000 tokens) among {r['short']} short "
+        "requests, 8 arriving per step; scheduler and packer run for real, the model is replaced by a "
+        "fixed token (deterministic counts). One column entry per trace seed. Goal: balanced ≥ 0.85 "
+        "and ≥ 1.10× the better baseline.",
+        "",
+        *_table(["policy", "padding efficiency", "steps"], rows),
+        "",
+        "balanced ÷ better baseline: " + " / ".join(f"{x}×" for x in r["balanced_vs_best_baseline"]),
+        "",
+    ]
     if plot:
         lines += [f"![padding efficiency per policy]({plot})", ""]
     return lines + ["Command: `python benchmarks/routing_trace.py`", ""]
 
 
 def _explain(r: dict) -> list[str]:
-    return ["## 4. `explain` latency, llama3-70b shapes", "",
-            f"Whole command in a fresh process: best {r['command_s']['best']} s, median "
-            f"{r['command_s']['median']} s (goal: under 2 s). Compile + explain in process: best "
-            f"{r['compile_and_explain_s']['best']} s.", "",
-            "Command: `python benchmarks/explain_latency.py`", ""]
+    return [
+        "## 4. `explain` latency, llama3-70b shapes",
+        "",
+        f"Whole command in a fresh process: best {r['command_s']['best']} s, median "
+        f"{r['command_s']['median']} s (goal: under 2 s). Compile + explain in process: best "
+        f"{r['compile_and_explain_s']['best']} s.",
+        "",
+        "Command: `python benchmarks/explain_latency.py`",
+        "",
+    ]
 
 
 def _serve(r: dict) -> list[str]:
-    rows = [[name, v["tokens_per_s"], f"{v['tokens_per_s_vs_1_device']}×", v["padding_efficiency"], v["steps"],
-             v["compiles"]] for name, v in r["results"].items()]
-    return ["## 5. End-to-end serving per strategy", "",
-            f"{r['model']}, {r['requests']} synthetic requests (prompt {r['input_len']}, output "
-            f"{r['output_len']} tokens), 8 simulated CPU devices on a 2-core machine: simulated devices share "
-            "the two cores, so more devices cannot be faster here; the ratios show the cost of each layout's "
-            "collectives and padding on one machine, not accelerator speed-ups.", "",
-            *_table(["configuration", "tokens/s", "vs 1 device", "padding efficiency", "steps", "compiles"], rows),
-            "", "Command: `python benchmarks/serve_strategies.py`", ""]
+    rows = [
+        [
+            name,
+            v["tokens_per_s"],
+            f"{v['tokens_per_s_vs_1_device']}×",
+            v["padding_efficiency"],
+            v["steps"],
+            v["compiles"],
+        ]
+        for name, v in r["results"].items()
+    ]
+    return [
+        "## 5. End-to-end serving per strategy",
+        "",
+        f"{r['model']}, {r['requests']} synthetic requests (prompt {r['input_len']}, output "
+        f"{r['output_len']} tokens), 8 simulated CPU devices on a 2-core machine: simulated devices share "
+        "the two cores, so more devices cannot be faster here; the ratios show the cost of each layout's "
+        "collectives and padding on one machine, not accelerator speed-ups.",
+        "",
+        *_table(["configuration", "tokens/s", "vs 1 device", "padding efficiency", "steps", "compiles"], rows),
+        "",
+        "Command: `python benchmarks/serve_strategies.py`",
+        "",
+    ]
 
 
 def _memory(r: dict) -> list[str]:
     rows = []
     for name, per_model in r["results"].items():
         for model, v in per_model.items():
-            rows.append([name, model, "×".join(str(n) for n in v["mesh"].values()), f"{v['params_ratio']}×",
-                         f"{v['kv_ratio']}×", v["kv_head_replication"]])
-    return ["## 6. Bytes per device against the ideal (total ÷ devices)", "",
-            "Mesh is data×attn_dp×expert×model. Parameters above 1× are replication by design (attention "
-            "weights over data and attn_dp; everything over data); KV above 1× is KV-head replication.", "",
-            *_table(["strategy", "model", "mesh", "params ÷ ideal", "KV ÷ ideal", "KV-head replication"], rows),
-            "", "Command: `python benchmarks/memory_per_device.py`", ""]
+            rows.append(
+                [
+                    name,
+                    model,
+                    "×".join(str(n) for n in v["mesh"].values()),
+                    f"{v['params_ratio']}×",
+                    f"{v['kv_ratio']}×",
+                    v["kv_head_replication"],
+                ]
+            )
+    return [
+        "## 6. Bytes per device against the ideal (total ÷ devices)",
+        "",
+        "Mesh is data×attn_dp×expert×model. Parameters above 1× are replication by design (attention "
+        "weights over data and attn_dp; everything over data); KV above 1× is KV-head replication.",
+        "",
+        *_table(["strategy", "model", "mesh", "params ÷ ideal", "KV ÷ ideal", "KV-head replication"], rows),
+        "",
+        "Command: `python benchmarks/memory_per_device.py`",
+        "",
+    ]
 
 
 def _checkpoint(r: dict) -> list[str]:
@@ -93,15 +156,29 @@ def _checkpoint(r: dict) -> list[str]:
             continue
         for layout, v in runs.items():
             if isinstance(v, dict) and "seconds" in v:
-                rows.append([name, runs.get("checkpoint_bytes", ""), layout, v["seconds"],
-                             v["staging_peak"], v["largest_tensor"], v["anon_growth"]])
-    return ["## Checkpoint loading", "",
-            "Load time and host memory: `staging_peak` is host memory beyond what the devices keep (compare "
-            "the largest tensor); `anon_growth` is the process's anonymous memory growth, which on CPU "
-            "includes the parameters themselves (the devices' memory is host memory).", "",
-            *_table(["checkpoint", "bytes", "layout", "seconds", "staging peak", "largest tensor",
-                     "anon growth"], rows),
-            "", "Command: `python benchmarks/load_checkpoint.py`", ""]
+                rows.append(
+                    [
+                        name,
+                        runs.get("checkpoint_bytes", ""),
+                        layout,
+                        v["seconds"],
+                        v["staging_peak"],
+                        v["largest_tensor"],
+                        v["anon_growth"],
+                    ]
+                )
+    return [
+        "## Checkpoint loading",
+        "",
+        "Load time and host memory: `staging_peak` is host memory beyond what the devices keep (compare "
+        "the largest tensor); `anon_growth` is the process's anonymous memory growth, which on CPU "
+        "includes the parameters themselves (the devices' memory is host memory).",
+        "",
+        *_table(["checkpoint", "bytes", "layout", "seconds", "staging peak", "largest tensor", "anon growth"], rows),
+        "",
+        "Command: `python benchmarks/load_checkpoint.py`",
+        "",
+    ]
 
 
 def _plot_routing(r: dict, out: Path) -> str | None:
@@ -117,8 +194,12 @@ def _plot_routing(r: dict, out: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(8, 3.6))
     width = 0.8 / len(values[0])
     for seed in range(len(values[0])):
-        ax.barh([i + seed * width for i in range(len(names))], [v[seed] for v in values], height=width,
-                label=f"trace seed {seed}")
+        ax.barh(
+            [i + seed * width for i in range(len(names))],
+            [v[seed] for v in values],
+            height=width,
+            label=f"trace seed {seed}",
+        )
     ax.axvline(0.85, color="black", linestyle="--", linewidth=1, label="goal 0.85")
     ax.set_yticks([i + width for i in range(len(names))], names)
     ax.set_xlim(0, 1)
@@ -133,13 +214,23 @@ def _plot_routing(r: dict, out: Path) -> str | None:
 
 
 def write_report(results: Path, target: Path) -> None:
-    lines = ["# Benchmarks", "",
-             f"Generated by `{CMD}` (needs `pip install -e '.[bench]'` for the plot). Every figure below "
-             "comes from the JSON in `benchmarks/results/`, written by that run. The machine is a shared "
-             "2-core CPU: times are medians or ratios measured in one run; counts (padding, steps, "
-             "compiles, bytes) are deterministic.", ""]
-    sections = [("host_cost", _host_cost), ("routing_trace", None), ("explain_latency", _explain),
-                ("serve_strategies", _serve), ("memory_per_device", _memory), ("load_checkpoint", _checkpoint)]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `{CMD}` (needs `pip install -e '.[bench]'` for the plot). Every figure below "
+        "comes from the JSON in `benchmarks/results/`, written by that run. The machine is a shared "
+        "2-core CPU: times are medians or ratios measured in one run; counts (padding, steps, "
+        "compiles, bytes) are deterministic.",
+        "",
+    ]
+    sections = [
+        ("host_cost", _host_cost),
+        ("routing_trace", None),
+        ("explain_latency", _explain),
+        ("serve_strategies", _serve),
+        ("memory_per_device", _memory),
+        ("load_checkpoint", _checkpoint),
+    ]
     for name, render in sections:
         r = _load(results, name)
         if r is None:

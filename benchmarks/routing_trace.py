@@ -32,8 +32,7 @@ def trace(n_long: int, n_short: int, seed: int = 0) -> list[tuple[int, Request]]
     for i, long in enumerate(kinds):
         n = int(rng.integers(1500, 3000)) if long else int(rng.integers(16, 96))
         m = 16 if long else int(rng.integers(16, 64))
-        out.append((i // 8, Request(str(i), tuple(rng.integers(0, 1000, n).tolist()), max_tokens=m,
-                                    ignore_eos=True)))
+        out.append((i // 8, Request(str(i), tuple(rng.integers(0, 1000, n).tolist()), max_tokens=m, ignore_eos=True)))
     return out
 
 
@@ -50,8 +49,12 @@ def simulate(sizes: RuntimeSizes, routing: str, requests, **scheduler_options) -
             finished += len(scheduler.update(schedule, {int(s): 7 for s in packed.sampled_seq_ids}))
         step += 1
     assert finished == len(requests)
-    return {"padding_efficiency": round(real / padded, 4), "steps": step, "real_tokens": real,
-            "computed_tokens": padded}
+    return {
+        "padding_efficiency": round(real / padded, 4),
+        "steps": step,
+        "real_tokens": real,
+        "computed_tokens": padded,
+    }
 
 
 CONFIGS = {  # name -> (routing, balance_steps); None = the policy's own default
@@ -71,22 +74,39 @@ def main(argv=None) -> dict:
     parser.add_argument("--short", type=int, default=1016)
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
-    sizes = RuntimeSizes(dp_ranks=args.ranks, page_size=16, pages_per_rank=2048, max_pages_per_seq=256,
-                         max_model_len=4096, max_num_seqs=64, max_num_batched_tokens=512,
-                         token_buckets=token_buckets(512))
+    sizes = RuntimeSizes(
+        dp_ranks=args.ranks,
+        page_size=16,
+        pages_per_rank=2048,
+        max_pages_per_seq=256,
+        max_model_len=4096,
+        max_num_seqs=64,
+        max_num_batched_tokens=512,
+        token_buckets=token_buckets(512),
+    )
     results = {name: [] for name in CONFIGS}
     for seed in range(args.seeds):
         requests = trace(args.long, args.short, seed)
         for name, (routing, balance) in CONFIGS.items():
             results[name].append(simulate(sizes, routing, requests, balance_steps=balance))
-    summary = {name: {"padding_efficiency": [r["padding_efficiency"] for r in runs],
-                      "steps": [r["steps"] for r in runs]} for name, runs in results.items()}
-    ratios = [summary["balanced"]["padding_efficiency"][i]
-              / max(summary[p]["padding_efficiency"][i] for p in ("least_tokens", "round_robin"))
-              for i in range(args.seeds)]
-    out = {"benchmark": "routing_trace", "dp_ranks": args.ranks, "long": args.long, "short": args.short,
-           "seeds": args.seeds, "results": summary,
-           "balanced_vs_best_baseline": [round(r, 3) for r in ratios]}
+    summary = {
+        name: {"padding_efficiency": [r["padding_efficiency"] for r in runs], "steps": [r["steps"] for r in runs]}
+        for name, runs in results.items()
+    }
+    ratios = [
+        summary["balanced"]["padding_efficiency"][i]
+        / max(summary[p]["padding_efficiency"][i] for p in ("least_tokens", "round_robin"))
+        for i in range(args.seeds)
+    ]
+    out = {
+        "benchmark": "routing_trace",
+        "dp_ranks": args.ranks,
+        "long": args.long,
+        "short": args.short,
+        "seeds": args.seeds,
+        "results": summary,
+        "balanced_vs_best_baseline": [round(r, 3) for r in ratios],
+    }
     for name, r in summary.items():
         print(f"{name:>36}: padding efficiency {r['padding_efficiency']}, steps {r['steps']}", file=sys.stderr)
     print(json.dumps(out))

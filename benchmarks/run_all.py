@@ -17,8 +17,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-BENCHMARKS = ["host_cost", "routing_trace", "explain_latency", "serve_strategies", "memory_per_device",
-              "load_checkpoint"]
+BENCHMARKS = [
+    "host_cost",
+    "routing_trace",
+    "explain_latency",
+    "serve_strategies",
+    "memory_per_device",
+    "load_checkpoint",
+]
 
 
 def run(name: str) -> None:

@@ -22,8 +22,8 @@ import jax
 jax.config.update("jax_num_cpu_devices", 8)
 
 from shardspec import compile, load  # noqa: E402
-from shardspec.cli.run import synthetic_requests  # noqa: E402
 from shardspec.runtime.engine import Engine  # noqa: E402
+from shardspec.runtime.workload import Synthetic, synthetic_requests  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STRATEGIES = ROOT / "strategies"
@@ -45,8 +45,18 @@ def serve(path, overrides, model, requests) -> dict:
     engine.warmup()
     engine.generate(requests)
     m = engine.metrics.to_json()
-    return {k: m[k] for k in ("tokens_per_s", "padding_efficiency", "steps", "compiles", "max_kv_usage",
-                              "host_overhead_fraction", "wall_s")}
+    return {
+        k: m[k]
+        for k in (
+            "tokens_per_s",
+            "padding_efficiency",
+            "steps",
+            "compiles",
+            "max_kv_usage",
+            "host_overhead_fraction",
+            "wall_s",
+        )
+    }
 
 
 def main(argv=None) -> dict:
@@ -59,13 +69,23 @@ def main(argv=None) -> dict:
     for name, path, overrides in configs():
         if requests is None:
             vocab = compile(load(path).with_model(args.model), abstract_mesh=True).model.geometry.vocab_size
-            requests = synthetic_requests(args.requests, (8, 200), (8, 48), vocab, seed=0)
+            requests = synthetic_requests(Synthetic(args.requests, (8, 200), (8, 48), seed=0), vocab)
         results[name] = r = serve(path, overrides, args.model, requests)
         r["tokens_per_s_vs_1_device"] = round(r["tokens_per_s"] / results["1 device"]["tokens_per_s"], 3)
-        print(f"{name:>26}: {r['tokens_per_s']:8.1f} tok/s ({r['tokens_per_s_vs_1_device']}x), padding "
-              f"efficiency {r['padding_efficiency']:.3f}, {r['steps']} steps", file=sys.stderr)
-    out = {"benchmark": "serve_strategies", "model": args.model, "devices": 8, "requests": args.requests,
-           "input_len": "8:200", "output_len": "8:48", "results": results}
+        print(
+            f"{name:>26}: {r['tokens_per_s']:8.1f} tok/s ({r['tokens_per_s_vs_1_device']}x), padding "
+            f"efficiency {r['padding_efficiency']:.3f}, {r['steps']} steps",
+            file=sys.stderr,
+        )
+    out = {
+        "benchmark": "serve_strategies",
+        "model": args.model,
+        "devices": 8,
+        "requests": args.requests,
+        "input_len": "8:200",
+        "output_len": "8:48",
+        "results": results,
+    }
     print(json.dumps(out))
     return out
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, List
+from typing import IO, Annotated
 
 import typer
 
@@ -32,10 +32,13 @@ POLL_S = 0.05
 GLOO_CHATTER = "Expected number of connected peer ranks"
 
 
-def launch(ctx: typer.Context,
-           local: int = typer.Option(..., "--local", min=1, help="Processes to start on this machine."),
-           command: List[str] = typer.Argument(..., metavar="-- COMMAND...",
-                                               help="The shardspec command each process runs.")):
+def launch(
+    ctx: typer.Context,
+    local: Annotated[int, typer.Option("--local", min=1, help="Processes to start on this machine.")],
+    command: Annotated[
+        list[str], typer.Argument(metavar="-- COMMAND...", help="The shardspec command each process runs.")
+    ],
+):
     """Run a shardspec command as N processes of one cluster on this machine.
 
     Each process gets devices/N simulated CPU devices; output lines are prefixed
@@ -46,14 +49,16 @@ def launch(ctx: typer.Context,
     port = _free_port()
     debug = ["--debug"] if (ctx.obj or {}).get("debug") else []
     argv = [sys.executable, "-m", "shardspec.cli.main", *debug, *command]
-    typer.echo(f"launch: {local} processes, coordinator 127.0.0.1:{port}: shardspec {' '.join(command)}",
-               err=True)
+    typer.echo(f"launch: {local} processes, coordinator 127.0.0.1:{port}: shardspec {' '.join(command)}", err=True)
     procs = [_start(argv, i, local, port) for i in range(local)]
     for i, p in enumerate(procs):
         typer.echo(f"launch: process {i}: pid {p.pid}", err=True)
     lock = threading.Lock()
-    readers = [threading.Thread(target=_relay, args=(stream, i, err, lock), daemon=True)
-               for i, p in enumerate(procs) for stream, err in ((p.stdout, False), (p.stderr, True))]
+    readers = [
+        threading.Thread(target=_relay, args=(stream, i, err, lock), daemon=True)
+        for i, p in enumerate(procs)
+        for stream, err in ((p.stdout, False), (p.stderr, True))
+    ]
     for r in readers:
         r.start()
     codes, stopped = _supervise(procs)
@@ -71,13 +76,23 @@ def launch(ctx: typer.Context,
 def _check_command(command: list[str]) -> None:
     if not command or command[0] not in COMMANDS:
         got = repr(command[0]) if command else "nothing"
-        raise ShardspecError(Problem(f"{got} is not a command that runs in a cluster", path="launch",
-                                     hint=f"use one of {', '.join(COMMANDS)}: shardspec launch --local 2 -- "
-                                          "run strategies/multihost_dp.yaml"))
+        raise ShardspecError(
+            Problem(
+                f"{got} is not a command that runs in a cluster",
+                path="launch",
+                hint=f"use one of {', '.join(COMMANDS)}: shardspec launch --local 2 -- "
+                "run strategies/multihost_dp.yaml",
+            )
+        )
     given = [a for a in command if a.split("=")[0] in CLUSTER_FLAGS]
     if given:
-        raise ShardspecError(Problem(f"{given[0].split('=')[0]} is set by launch", path="launch",
-                                     hint="leave the cluster flags out of the command"))
+        raise ShardspecError(
+            Problem(
+                f"{given[0].split('=')[0]} is set by launch",
+                path="launch",
+                hint="leave the cluster flags out of the command",
+            )
+        )
 
 
 def _free_port() -> int:
@@ -87,12 +102,16 @@ def _free_port() -> int:
 
 
 def _start(argv: list[str], index: int, count: int, port: int) -> subprocess.Popen:
-    env = dict(os.environ, SHARDSPEC_COORDINATOR=f"127.0.0.1:{port}", SHARDSPEC_NUM_PROCESSES=str(count),
-               SHARDSPEC_PROCESS_ID=str(index), PYTHONUNBUFFERED="1",
-               JAX_PLATFORMS="cpu",  # simulated CPU devices, whatever accelerator the machine has
-               JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}")  # process 0 listens on loopback only
-    return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    env = dict(
+        os.environ,
+        SHARDSPEC_COORDINATOR=f"127.0.0.1:{port}",
+        SHARDSPEC_NUM_PROCESSES=str(count),
+        SHARDSPEC_PROCESS_ID=str(index),
+        PYTHONUNBUFFERED="1",
+        JAX_PLATFORMS="cpu",  # simulated CPU devices, whatever accelerator the machine has
+        JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}",
+    )  # process 0 listens on loopback only
+    return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _relay(stream: IO[bytes], index: int, err: bool, lock: threading.Lock) -> None:

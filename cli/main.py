@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import enum
-from typing import List, Optional
+from typing import Annotated
 
 import typer
 
-from ._common import (CoordinatorOpt, NumProcessesOpt, ProcessIdOpt, handle_errors, join_cluster,
-                      load_strategy, simulate_devices)
+from ._common import cluster_given, echo_notes, handle_errors, load_strategy
+from ._options import CoordinatorOpt, ModelOpt, NumProcessesOpt, ProcessIdOpt, SetOpt, StrategyArg
+from .launch import launch
+from .run import run
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="shardspec: compile, explain, check and serve JAX sharding strategies.")
-
-ModelOpt = typer.Option(None, "--model", "-m", help="Model preset or checkpoint directory; overrides `model:`.")
-SetOpt = typer.Option(None, "--set", help="Override a strategy key: --set runtime.routing=least_tokens.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="shardspec: compile, explain, check and serve JAX sharding strategies.",
+)
 
 
 class Format(str, enum.Enum):
@@ -23,33 +26,38 @@ class Format(str, enum.Enum):
 
 
 @app.callback()
-def _main(ctx: typer.Context,
-          debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")):
+def _main(ctx: typer.Context, debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False):
     ctx.obj = {"debug": debug}
 
 
 @app.command()
 @handle_errors
-def validate(ctx: typer.Context, strategy: str = typer.Argument(..., help="Strategy YAML file."),
-             model: Optional[str] = ModelOpt, set: Optional[List[str]] = SetOpt):
+def validate(ctx: typer.Context, strategy: StrategyArg, model: ModelOpt = None, overrides: SetOpt = None):
     """Check a strategy, the model-dependent rules too, without touching a device."""
     from shardspec.plan import compile
 
-    loaded = load_strategy(strategy, model, set)
+    loaded = load_strategy(strategy, model, overrides)
     plan = compile(loaded, abstract_mesh=True)
     shape = " × ".join(f"{a} {n}" for a, n in plan.mesh_shape.items())
-    typer.echo(f"ok: {strategy}: {loaded.name} on {loaded.model}, mesh {shape}, {plan.dp_ranks} DP ranks")
+    typer.echo(f"ok: {strategy}: {loaded.name} on {plan.model.name}, mesh {shape}, {plan.dp_ranks} DP ranks")
 
 
 @app.command()
 @handle_errors
-def explain(ctx: typer.Context, strategy: str = typer.Argument(..., help="Strategy YAML file."),
-            model: Optional[str] = ModelOpt, set: Optional[List[str]] = SetOpt,
-            format: Format = typer.Option(Format.text, "--format", "-f", help="text or json."),
-            hlo: bool = typer.Option(False, "--hlo", help="Compile the serving step and count its "
-                                     "collectives; check the strategy's `expect:` budget."),
-            coordinator: Optional[str] = CoordinatorOpt, num_processes: Optional[int] = NumProcessesOpt,
-            process_id: Optional[int] = ProcessIdOpt):
+def explain(
+    ctx: typer.Context,
+    strategy: StrategyArg,
+    model: ModelOpt = None,
+    overrides: SetOpt = None,
+    output_format: Annotated[Format, typer.Option("--format", "-f", help="text or json.")] = Format.text,
+    hlo: Annotated[
+        bool,
+        typer.Option("--hlo", help="Compile the serving step and count its collectives; check `expect:`."),
+    ] = False,
+    coordinator: CoordinatorOpt = None,
+    num_processes: NumProcessesOpt = None,
+    process_id: ProcessIdOpt = None,
+):
     """Print the whole layout: mesh, rules, every parameter, the KV cache, bytes per device.
 
     Shapes only; in a cluster (--coordinator ...) the mesh is the real one, with
@@ -58,48 +66,57 @@ def explain(ctx: typer.Context, strategy: str = typer.Argument(..., help="Strate
     allocated) and exits 2 when a count exceeds the `expect:` budget.
     """
     from shardspec import distributed
+    from shardspec.devices import compile_on_devices
     from shardspec.explanation import explain as explain_plan
     from shardspec.hlo import check_budget, hlo_report
     from shardspec.plan import compile
 
-    loaded = load_strategy(strategy, model, set)
-    cluster = (coordinator, num_processes, process_id) != (None, None, None)
-    plan = compile(loaded, abstract_mesh=True)  # every user error before joining
-    if cluster and join_cluster(loaded, coordinator, num_processes, process_id) > 1:
-        plan = compile(loaded)
-    elif hlo:  # the step is compiled on a concrete mesh
-        simulate_devices(loaded)
-        plan = compile(loaded)
+    loaded = load_strategy(strategy, model, overrides)
+    cluster = cluster_given(coordinator, num_processes, process_id)
+    if cluster or hlo:
+        if cluster:  # every user error before joining: a bad file never waits for its peers
+            compile(loaded, abstract_mesh=True)
+        plan, notes = compile_on_devices(
+            loaded, coordinator, num_processes, process_id, abstract_in_one_process=not hlo
+        )
+        echo_notes(notes)
+    else:
+        plan = compile(loaded, abstract_mesh=True)
     report = hlo_report(plan) if hlo else None
     main = distributed.is_main()
     distributed.leave()
     if main:
-        typer.echo(explain_plan(plan, format=format.value, hlo=report), nl=False)
+        typer.echo(explain_plan(plan, format=output_format.value, hlo=report), nl=False)
     if report is not None:
         check_budget(plan, report)
 
 
 @app.command()
 @handle_errors
-def check(ctx: typer.Context, strategy: str = typer.Argument(..., help="Strategy YAML file."),
-          model: Optional[str] = ModelOpt, set: Optional[List[str]] = SetOpt,
-          seed: int = typer.Option(0, help="Seed of the parameters and the batch."),
-          coordinator: Optional[str] = CoordinatorOpt, num_processes: Optional[int] = NumProcessesOpt,
-          process_id: Optional[int] = ProcessIdOpt):
+def check(
+    ctx: typer.Context,
+    strategy: StrategyArg,
+    model: ModelOpt = None,
+    overrides: SetOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the parameters and the batch.")] = 0,
+    coordinator: CoordinatorOpt = None,
+    num_processes: NumProcessesOpt = None,
+    process_id: ProcessIdOpt = None,
+):
     """Compare the sharded model with the unsharded one on a fixed random batch (exit 1 on a mismatch).
 
     In a cluster every process compares the whole result; process 0 prints it.
     A strategy with `expect:` first has its collective budget checked against
     the compiled serving step (exit 2 when a count exceeds it).
     """
-    loaded = load_strategy(strategy, model, set)
-    join_cluster(loaded, coordinator, num_processes, process_id)
     from shardspec import distributed
     from shardspec.check import check as check_plan
     from shardspec.check import check_collectives
-    from shardspec.plan import compile
+    from shardspec.devices import compile_on_devices
 
-    plan = compile(loaded)
+    loaded = load_strategy(strategy, model, overrides)
+    plan, notes = compile_on_devices(loaded, coordinator, num_processes, process_id)
+    echo_notes(notes)
     budget = check_collectives(plan) if loaded.expect else None  # a blown budget: exit 2 first
     result = check_plan(plan, seed=seed)
     main = distributed.is_main()
@@ -117,30 +134,27 @@ def check(ctx: typer.Context, strategy: str = typer.Argument(..., help="Strategy
 def models(ctx: typer.Context):
     """List the model presets."""
     from shardspec.models.presets import PRESETS
-
-    typer.echo(f"{'name':<14} {'layers':>6} {'hidden':>6} {'heads':>5} {'kv':>3} {'mlp':>6} {'vocab':>7} "
-               f"{'params':>8}  note")
-    for name, c in PRESETS.items():
-        typer.echo(f"{name:<14} {c.num_layers:>6} {c.hidden_size:>6} {c.num_heads:>5} {c.num_kv_heads:>3} "
-                   f"{c.mlp_size:>6} {c.vocab_size:>7} {_count(c):>8}  {'shape only' if c.shape_only else ''}"
-                   .rstrip())
-
-
-def _count(c) -> str:
     from shardspec.models.registry import parameter_count
 
-    total = parameter_count(c)
+    typer.echo(
+        f"{'name':<14} {'layers':>6} {'hidden':>6} {'heads':>5} {'kv':>3} {'mlp':>6} {'vocab':>7} {'params':>8}  note"
+    )
+    for name, c in PRESETS.items():
+        typer.echo(
+            f"{name:<14} {c.num_layers:>6} {c.hidden_size:>6} {c.num_heads:>5} {c.num_kv_heads:>3} "
+            f"{c.mlp_size:>6} {c.vocab_size:>7} {_count(parameter_count(c)):>8}  "
+            f"{'shape only' if c.shape_only else ''}".rstrip()
+        )
+
+
+def _count(total: int) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if total >= size:
             return f"{total / size:.1f}{unit}"
     return str(total)
 
 
-from .run import run  # noqa: E402  (registered below, next to the other commands)
-
 app.command()(handle_errors(run))
-from .launch import launch  # noqa: E402
-
 app.command(context_settings={"allow_interspersed_args": False})(handle_errors(launch))
 
 

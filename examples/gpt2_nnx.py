@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from shardspec.protocol import DecoderGeometry, Layout
+from shardspec.protocol import UNSHARDED, DecoderGeometry, Layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,8 +125,14 @@ class GPT2(nnx.Module):
 
     def decoder_geometry(self) -> DecoderGeometry:
         c = self.cfg
-        return DecoderGeometry(num_layers=c.layers, num_heads=c.heads, num_kv_heads=c.heads,
-                               head_dim=c.hidden // c.heads, vocab_size=c.vocab, max_seq_len=c.max_len)
+        return DecoderGeometry(
+            num_layers=c.layers,
+            num_heads=c.heads,
+            num_kv_heads=c.heads,
+            head_dim=c.hidden // c.heads,
+            vocab_size=c.vocab,
+            max_seq_len=c.max_len,
+        )
 
     def hidden_states(self, tokens, positions, layout: Layout, attend=dense_attention, caches=None):
         """tokens, positions [B, T] -> (hidden [B, T, E], the caches each layer's `attend` returned)."""
@@ -142,7 +148,7 @@ class GPT2(nnx.Module):
         x = layout.constrain(self.ln_f(hidden), axes=("mlp_batch", None, "hidden"))
         return layout.constrain(x @ self.wte[...].T, axes=("mlp_batch", None, "n_vocab"))
 
-    def __call__(self, tokens, layout: Layout = Layout()):
+    def __call__(self, tokens, layout: Layout = UNSHARDED):
         """Dense forward over whole sequences: tokens [B, T] -> logits [B, T, V]."""
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         hidden, _ = self.hidden_states(tokens, positions, layout)

@@ -27,17 +27,27 @@ class ResidualMLP(nn.Module):
     @nn.compact
     def __call__(self, tokens):
         logical = nn.with_logical_partitioning
-        x = nn.Embed(self.vocab, self.hidden,
-                     embedding_init=logical(nn.initializers.normal(1.0), ("words", "hidden")))(tokens)
+        x = nn.Embed(self.vocab, self.hidden, embedding_init=logical(nn.initializers.normal(1.0), ("words", "hidden")))(
+            tokens
+        )
         for _ in range(self.blocks):
             h = nn.LayerNorm()(x)
-            h = nn.Dense(self.ffn, kernel_init=logical(nn.initializers.lecun_normal(), ("hidden", "ffn")),
-                         bias_init=logical(nn.initializers.zeros, ("ffn",)))(h)
-            h = nn.Dense(self.hidden, kernel_init=logical(nn.initializers.lecun_normal(), ("ffn", "hidden")),
-                         bias_init=logical(nn.initializers.zeros, ("hidden",)))(nn.gelu(h))
+            h = nn.Dense(
+                self.ffn,
+                kernel_init=logical(nn.initializers.lecun_normal(), ("hidden", "ffn")),
+                bias_init=logical(nn.initializers.zeros, ("ffn",)),
+            )(h)
+            h = nn.Dense(
+                self.hidden,
+                kernel_init=logical(nn.initializers.lecun_normal(), ("ffn", "hidden")),
+                bias_init=logical(nn.initializers.zeros, ("hidden",)),
+            )(nn.gelu(h))
             x = x + h
-        head = self.param("head", nn.with_partitioning(nn.initializers.lecun_normal(), ("hidden", "classes")),
-                          (self.hidden, self.classes))
+        head = self.param(
+            "head",
+            nn.with_partitioning(nn.initializers.lecun_normal(), ("hidden", "classes")),
+            (self.hidden, self.classes),
+        )
         return x @ head
 
 

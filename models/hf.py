@@ -58,7 +58,7 @@ class TensorMap:
             virtual = virtual[1:]
         if self.split:
             d = self.split[0]
-            virtual[d:d + 2] = [virtual[d] * virtual[d + 1]]
+            virtual[d : d + 2] = [virtual[d] * virtual[d + 1]]
         return tuple(virtual)
 
 
@@ -71,34 +71,64 @@ def config_from_dir(directory: str | os.PathLike) -> LlamaConfig:
     if model_type == "qwen3_moe" and "num_experts" not in raw:  # transformers 5 writes Mixtral's name
         raw = {**raw, "num_experts": raw.get("num_local_experts")}
     if model_type not in SUPPORTED:
-        raise ShardspecError(f"model_type {model_type!r} is not supported", file=file, path="model_type",
-                             hint=f"supported: {one_of(SUPPORTED)}")
+        raise ShardspecError(
+            f"model_type {model_type!r} is not supported",
+            file=file,
+            path="model_type",
+            hint=f"supported: {one_of(SUPPORTED)}",
+        )
     need = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"]
-    need += {"mixtral": ["num_local_experts", "num_experts_per_tok"],
-             "qwen3_moe": ["num_experts", "num_experts_per_tok", "moe_intermediate_size"]}.get(model_type, [])
-    raise_all([Problem(f"missing {key!r}", file=file, path=key, hint=f"a {model_type} config.json has it")
-               for key in need if raw.get(key) is None])
+    need += {
+        "mixtral": ["num_local_experts", "num_experts_per_tok"],
+        "qwen3_moe": ["num_experts", "num_experts_per_tok", "moe_intermediate_size"],
+    }.get(model_type, [])
+    raise_all(
+        [
+            Problem(f"missing {key!r}", file=file, path=key, hint=f"a {model_type} config.json has it")
+            for key in need
+            if raw.get(key) is None
+        ]
+    )
     raise_all(_unsupported(raw, file))
     heads = raw["num_attention_heads"]
     fields = dict(
-        vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"], num_layers=raw["num_hidden_layers"],
-        num_heads=heads, num_kv_heads=raw.get("num_key_value_heads") or heads,
-        head_dim=raw.get("head_dim") or raw["hidden_size"] // heads, mlp_size=raw["intermediate_size"],
-        rope_theta=float(_rope(raw).get("rope_theta") or 10000.0), rms_eps=float(raw.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(raw.get("tie_word_embeddings", False)), max_seq_len=_max_seq_len(raw),
-        family=model_type, qk_norm=model_type in ("qwen3", "qwen3_moe"), qkv_bias=model_type == "qwen2",
-        rope_scaling=_rope_scaling(raw, file), checkpoint=os.fspath(directory),
-        eos_token_ids=_eos_token_ids(Path(directory), raw))
+        vocab_size=raw["vocab_size"],
+        hidden_size=raw["hidden_size"],
+        num_layers=raw["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=raw.get("num_key_value_heads") or heads,
+        head_dim=raw.get("head_dim") or raw["hidden_size"] // heads,
+        mlp_size=raw["intermediate_size"],
+        rope_theta=float(_rope(raw).get("rope_theta") or 10000.0),
+        rms_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        max_seq_len=_max_seq_len(raw),
+        family=model_type,
+        qk_norm=model_type in ("qwen3", "qwen3_moe"),
+        qkv_bias=model_type == "qwen2",
+        rope_scaling=_rope_scaling(raw, file),
+        checkpoint=os.fspath(directory),
+        eos_token_ids=_eos_token_ids(Path(directory), raw),
+    )
     if model_type == "mixtral":
-        return MoEConfig(**fields, num_experts=raw["num_local_experts"],
-                         experts_per_token=raw["num_experts_per_tok"],
-                         expert_mlp_size=raw["intermediate_size"], norm_topk_prob=True)
+        return MoEConfig(
+            **fields,
+            num_experts=raw["num_local_experts"],
+            experts_per_token=raw["num_experts_per_tok"],
+            expert_mlp_size=raw["intermediate_size"],
+            norm_topk_prob=True,
+        )
     if model_type == "qwen3_moe":
         step, only = raw.get("decoder_sparse_step", 1), set(raw.get("mlp_only_layers") or ())
         dense = tuple(i for i in range(raw["num_hidden_layers"]) if i in only or (i + 1) % step)
-        return MoEConfig(**fields, num_experts=raw["num_experts"], experts_per_token=raw["num_experts_per_tok"],
-                         expert_mlp_size=raw["moe_intermediate_size"],
-                         norm_topk_prob=bool(raw.get("norm_topk_prob", False)), dense_layers=dense)
+        return MoEConfig(
+            **fields,
+            num_experts=raw["num_experts"],
+            experts_per_token=raw["num_experts_per_tok"],
+            expert_mlp_size=raw["moe_intermediate_size"],
+            norm_topk_prob=bool(raw.get("norm_topk_prob", False)),
+            dense_layers=dense,
+        )
     return LlamaConfig(**fields)
 
 
@@ -108,8 +138,9 @@ def _read_json(path: Path, required: bool = False) -> dict:
     except FileNotFoundError:
         if not required:
             return {}
-        raise ShardspecError("not found: a Hugging Face checkpoint directory needs config.json",
-                             file=str(path)) from None
+        raise ShardspecError(
+            "not found: a Hugging Face checkpoint directory needs config.json", file=str(path)
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ShardspecError(f"not valid JSON: {e}", file=str(path)) from None
     if not isinstance(data, dict):
@@ -121,8 +152,14 @@ def _unsupported(raw: dict, file: str) -> list[Problem]:
     """Switches of these families that shardspec's models do not implement."""
     problems = []
     if raw.get("hidden_act", "silu") != "silu":
-        problems.append(Problem(f"hidden_act {raw['hidden_act']!r} is not supported", file=file,
-                                path="hidden_act", hint="only silu (SwiGLU)"))
+        problems.append(
+            Problem(
+                f"hidden_act {raw['hidden_act']!r} is not supported",
+                file=file,
+                path="hidden_act",
+                hint="only silu (SwiGLU)",
+            )
+        )
     for key in ("attention_bias", "mlp_bias"):  # Llama / Qwen3 options that add an o_proj or MLP bias
         if raw.get(key) and raw.get("model_type") != "qwen2":
             problems.append(Problem(f"{key}: true is not supported", file=file, path=key))
@@ -149,10 +186,19 @@ def _rope_scaling(raw: dict, file: str) -> RopeScaling | None:
     if kind == "linear":
         return RopeScaling("linear", float(params["factor"]))
     if kind == "llama3":
-        return RopeScaling("llama3", float(params["factor"]), float(params["low_freq_factor"]),
-                           float(params["high_freq_factor"]), int(params["original_max_position_embeddings"]))
-    raise ShardspecError(f"rope scaling {kind!r} is not supported", file=file, path="rope_scaling",
-                         hint="supported: default, linear or llama3")
+        return RopeScaling(
+            "llama3",
+            float(params["factor"]),
+            float(params["low_freq_factor"]),
+            float(params["high_freq_factor"]),
+            int(params["original_max_position_embeddings"]),
+        )
+    raise ShardspecError(
+        f"rope scaling {kind!r} is not supported",
+        file=file,
+        path="rope_scaling",
+        hint="supported: default, linear or llama3",
+    )
 
 
 def _max_seq_len(raw: dict) -> int:
@@ -182,9 +228,11 @@ _LAYER = re.compile(r"layers\.(\d+)\.(.+)")
 
 def tensor_map(config: LlamaConfig, path: str, shape: tuple[int, ...]) -> TensorMap:
     """Where the shardspec parameter `path` (of the model's `shape`) lives in the checkpoint."""
-    top = {"embed_tokens": TensorMap(("model.embed_tokens.weight",)),
-           "norm.scale": TensorMap(("model.norm.weight",)),
-           "lm_head": TensorMap(("lm_head.weight",), perm=(1, 0))}  # [V, E] -> [E, V]
+    top = {
+        "embed_tokens": TensorMap(("model.embed_tokens.weight",)),
+        "norm.scale": TensorMap(("model.norm.weight",)),
+        "lm_head": TensorMap(("lm_head.weight",), perm=(1, 0)),
+    }  # [V, E] -> [E, V]
     if path in top:
         return top[path]
     layer, rest = _LAYER.fullmatch(path).groups()

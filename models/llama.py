@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from shardspec.protocol import Attend, DecoderGeometry, Layout, causal_attention
+from shardspec.protocol import UNSHARDED, Attend, DecoderGeometry, Layout, causal_attention
 
 from .axes import EMBED, HEAD_DIM, HEADS, KV_HEADS, MLP, VOCAB
 from .config import LlamaConfig
@@ -167,13 +167,20 @@ class Llama(nnx.Module):
         self.layers = nnx.List([DecoderLayer(cfg, dtype, rngs, self.mlp_for(i)) for i in range(cfg.num_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_eps, dtype, abstract=rngs is None)
         if not cfg.tie_embeddings:
-            self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), (EMBED, VOCAB), dtype,
-                                  fan_in=cfg.hidden_size)
+            self.lm_head = _param(
+                rngs, (cfg.hidden_size, cfg.vocab_size), (EMBED, VOCAB), dtype, fan_in=cfg.hidden_size
+            )
 
     def decoder_geometry(self) -> DecoderGeometry:
         c = self.config
-        return DecoderGeometry(num_layers=c.num_layers, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
-                               head_dim=c.head_dim, vocab_size=c.vocab_size, max_seq_len=c.max_seq_len)
+        return DecoderGeometry(
+            num_layers=c.num_layers,
+            num_heads=c.num_heads,
+            num_kv_heads=c.num_kv_heads,
+            head_dim=c.head_dim,
+            vocab_size=c.vocab_size,
+            max_seq_len=c.max_seq_len,
+        )
 
     def mlp_for(self, layer: int):
         """The FFN class of layer `layer` (built as cls(cfg, dtype, rngs)); the MoE model overrides it."""
@@ -193,8 +200,7 @@ class Llama(nnx.Module):
         logits = layout.constrain(logits, "logits")
         return logits[..., : self.config.vocab_size]
 
-    def hidden_states(self, tokens, positions, layout: Layout, attend: Attend = causal_attention,
-                      caches=None):
+    def hidden_states(self, tokens, positions, layout: Layout, attend: Attend = causal_attention, caches=None):
         """tokens, positions: [B, T] -> (hidden [B, T, E], per-layer caches as `attend` left them)."""
         x = self.embed(tokens, layout)
         caches = [None] * len(self.layers) if caches is None else list(caches)
@@ -203,7 +209,7 @@ class Llama(nnx.Module):
             x = layout.constrain(x, "attn_in")
         return x, caches
 
-    def __call__(self, tokens, positions=None, layout: Layout = Layout()):
+    def __call__(self, tokens, positions=None, layout: Layout = UNSHARDED):
         """Dense causal forward over whole sequences: tokens [B, T] -> logits [B, T, V]."""
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)

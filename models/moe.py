@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .axes import EMBED, EXPERT, EXPERT_MLP
-from .config import MoEConfig
 from shardspec.protocol import Layout
 
+from .axes import EMBED, EXPERT, EXPERT_MLP
+from .config import MoEConfig
 from .llama import Llama, SwiGLU, _param
 
 

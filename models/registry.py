@@ -27,8 +27,11 @@ def resolve_config(model: str | os.PathLike | LlamaConfig) -> LlamaConfig:
         from .hf import config_from_dir
 
         return config_from_dir(model)
-    raise ShardspecError(f"unknown model {os.fspath(model)!r}", path="model",
-                         hint=did_you_mean(model, PRESETS) or "see `shardspec models`, or give a checkpoint directory")
+    raise ShardspecError(
+        f"unknown model {os.fspath(model)!r}",
+        path="model",
+        hint=did_you_mean(model, PRESETS) or "see `shardspec models`, or give a checkpoint directory",
+    )
 
 
 def model_class(config: LlamaConfig) -> type[Llama]:

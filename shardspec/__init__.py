@@ -36,10 +36,10 @@ _LAZY = {
 __all__ = ["load", "Strategy", "ShardspecError", "DecoderGeometry", "Layout", "ServableModel", *_LAZY]
 
 if TYPE_CHECKING:
-    from .placement import apply  # noqa: F401
     from .explanation import explain  # noqa: F401
-    from .runtime.engine import Engine  # noqa: F401
+    from .placement import apply  # noqa: F401
     from .plan import ShardingPlan, compile  # noqa: F401
+    from .runtime.engine import Engine  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from . import _yaml
-from ._schema import SET_FILE, show
-from .errors import Problem, ShardspecError
+from ._schema import show
+from .errors import SET_FILE, Problem, ShardspecError
 
 
 def apply_overrides(raw: dict, overrides: Mapping[str, object]) -> list[Problem]:
@@ -17,8 +17,13 @@ def apply_overrides(raw: dict, overrides: Mapping[str, object]) -> list[Problem]
     for key, value in overrides.items():
         parts = _split_key(key)
         if parts is None:
-            problems.append(Problem(f"bad key path {key!r}", file=SET_FILE,
-                                    hint="write key.path=value, e.g. runtime.routing=least_tokens"))
+            problems.append(
+                Problem(
+                    f"bad key path {key!r}",
+                    file=SET_FILE,
+                    hint="write key.path=value, e.g. runtime.routing=least_tokens",
+                )
+            )
             continue
         try:
             if isinstance(value, str):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
-from typing import Iterable
 
 import jsonschema
 
@@ -13,27 +11,6 @@ from . import _yaml
 from .errors import Problem, Source, did_you_mean, one_of
 
 SCHEMA_FILE = Path(__file__).with_name("strategy.schema.json")
-SET_FILE = "--set"  # the "file" of problems caused by an override
-
-
-@dataclasses.dataclass(frozen=True)
-class Where:
-    """Makes Problems located in the file, or at `--set` for overridden paths."""
-
-    source: Source
-    overridden: tuple[str, ...]
-
-    def problem(self, path: str, message: str, hint: str | None = None, at: str | None = None
-                ) -> Problem:
-        at = path if at is None else at  # the path whose line is shown
-        if under_any(at, self.overridden):
-            return Problem(message, path=path, file=SET_FILE, hint=hint or None)
-        line = self.source.line(at)
-        return Problem(message, path=path, file=self.source.file, line=line, hint=hint or None)
-
-
-def under_any(path: str, prefixes: Iterable[str]) -> bool:
-    return any(path == p or path.startswith((p + ".", p + "[")) for p in prefixes)
 
 
 def _integer(_checker, value: object) -> bool:
@@ -43,10 +20,11 @@ def _integer(_checker, value: object) -> bool:
 
 _Validator = jsonschema.validators.extend(
     jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _integer))
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _integer),
+)
 
 
-def schema_problems(raw: object, where: Where, schema: dict | None = None) -> list[Problem]:
+def schema_problems(raw: object, where: Source, schema: dict | None = None) -> list[Problem]:
     """Every schema error of `raw` as a Problem; `schema` defaults to the strategy schema."""
     if schema is None:
         schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
@@ -60,14 +38,20 @@ def _sort_key(parts) -> tuple:
     return tuple((0, p, "") if isinstance(p, int) else (1, 0, str(p)) for p in parts)
 
 
-def _friendly(e: jsonschema.ValidationError, where: Where) -> list[Problem]:
+def _friendly(e: jsonschema.ValidationError, where: Source) -> list[Problem]:
     path = _yaml.join_path(e.absolute_path)
     if e.validator == "additionalProperties":
         allowed = list(e.schema.get("properties", {}))
-        return [where.problem(path, f"unknown key {key!r}",
-                              did_you_mean(key, allowed) or f"allowed: {one_of(allowed)}",
-                              at=_yaml.join_path([*e.absolute_path, key]))
-                for key in e.instance if key not in allowed]
+        return [
+            where.problem(
+                path,
+                f"unknown key {key!r}",
+                did_you_mean(key, allowed) or f"allowed: {one_of(allowed)}",
+                at=_yaml.join_path([*e.absolute_path, key]),
+            )
+            for key in e.instance
+            if key not in allowed
+        ]
     return [where.problem(path, *_message(e))]
 
 
@@ -77,8 +61,10 @@ def _message(e: jsonschema.ValidationError) -> tuple[str, str | None]:
     if e.validator == "type":
         return f"expected {_type_names(arg)}, got {show(value)}", None
     if e.validator == "enum":
-        return (f"{show(value)} is not one of {one_of(arg)}",
-                did_you_mean(value, arg) if isinstance(value, str) else None)
+        return (
+            f"{show(value)} is not one of {one_of(arg)}",
+            did_you_mean(value, arg) if isinstance(value, str) else None,
+        )
     if e.validator == "minimum":
         return f"{show(value)} is below the minimum {arg}", None
     if e.validator == "maximum":
@@ -104,8 +90,15 @@ def _any_of_message(e: jsonschema.ValidationError) -> tuple[str, str | None]:
     return f"expected {' or '.join(wanted)}, got {show(e.instance)}", None
 
 
-_TYPE_NAMES = {"integer": "an integer", "string": "a string", "boolean": "true or false",
-               "array": "a list", "object": "a mapping", "null": "null", "number": "a number"}
+_TYPE_NAMES = {
+    "integer": "an integer",
+    "string": "a string",
+    "boolean": "true or false",
+    "array": "a list",
+    "object": "a mapping",
+    "null": "null",
+    "number": "a number",
+}
 
 
 def _type_names(types: str | list[str]) -> str:

@@ -11,7 +11,7 @@ recorded, and only then turned into plain data by SafeLoader's own constructor.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import yaml
 
@@ -37,13 +37,14 @@ def parse_document(text: str | bytes, file: str) -> tuple[dict, dict[str, int]]:
     loader, root = _compose(text, file)
     try:
         if root is None or (root.tag == _STD + "null" and not root.value):
-            raise ShardspecError("the file is empty", file=file,
-                                 hint="a strategy needs at least `parallelism:`")
+            raise ShardspecError("the file is empty", file=file, hint="a strategy needs at least `parallelism:`")
         _check_size(root, file)
         if not isinstance(root, yaml.MappingNode) or root.tag != _STD + "map":
             raise ShardspecError(
                 f"the top level must be a mapping (name:, parallelism:, ...), got {_kind(root)}",
-                file=file, line=_line(root))
+                file=file,
+                line=_line(root),
+            )
         lines: dict[str, int] = {}
         raise_all(list(_walk(root, "", file, lines)))
         return _construct(loader, root, file), lines
@@ -88,8 +89,7 @@ def _compose(text: str | bytes, file: str) -> tuple[yaml.SafeLoader, yaml.Node |
         raise _syntax_error(e, file) from None
     except yaml.reader.ReaderError as e:
         line = text.count("\n", 0, e.position) + 1
-        raise ShardspecError(f"invalid YAML: character #x{e.character:04x}: {e.reason}",
-                             file=file, line=line) from None
+        raise ShardspecError(f"invalid YAML: character #x{e.character:04x}: {e.reason}", file=file, line=line) from None
     except RecursionError:
         raise ShardspecError("invalid YAML: nested too deeply", file=file) from None
 
@@ -99,8 +99,9 @@ def _decode(data: bytes, file: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise ShardspecError(f"not UTF-8 text (byte 0x{data[e.start]:02x})", file=file,
-                             line=line, hint="save the file as UTF-8") from None
+        raise ShardspecError(
+            f"not UTF-8 text (byte 0x{data[e.start]:02x})", file=file, line=line, hint="save the file as UTF-8"
+        ) from None
 
 
 def _syntax_error(e: yaml.MarkedYAMLError, file: str) -> ShardspecError:
@@ -108,8 +109,9 @@ def _syntax_error(e: yaml.MarkedYAMLError, file: str) -> ShardspecError:
     hint = None
     if e.context and e.context_mark is not None:
         hint = f"{e.context} at line {e.context_mark.line + 1}"
-    return ShardspecError(f"invalid YAML: {e.problem or e.context}", file=file,
-                          line=mark.line + 1 if mark else None, hint=hint)
+    return ShardspecError(
+        f"invalid YAML: {e.problem or e.context}", file=file, line=mark.line + 1 if mark else None, hint=hint
+    )
 
 
 def _check_size(root: yaml.Node, file: str) -> None:
@@ -125,8 +127,7 @@ def _check_size(root: yaml.Node, file: str) -> None:
         if id(node) in counts:
             return counts[id(node)]
         if id(node) in active:
-            raise ShardspecError("an anchor is used inside itself (recursive alias)",
-                                 file=file, line=_line(node))
+            raise ShardspecError("an anchor is used inside itself (recursive alias)", file=file, line=_line(node))
         active.add(id(node))
         total = 1
         if isinstance(node, yaml.SequenceNode):
@@ -136,8 +137,10 @@ def _check_size(root: yaml.Node, file: str) -> None:
         active.discard(id(node))
         if total > MAX_NODES:
             raise ShardspecError(
-                f"the document expands to more than {MAX_NODES} values "
-                "(anchors and aliases nested too deeply)", file=file, line=_line(node))
+                f"the document expands to more than {MAX_NODES} values (anchors and aliases nested too deeply)",
+                file=file,
+                line=_line(node),
+            )
         counts[id(node)] = total
         return total
 
@@ -151,8 +154,13 @@ def _walk(node: yaml.Node, path: str, file: str, lines: dict[str, int]) -> Itera
     before its `<<` merges, so an explicit key wins over a merged one, as in YAML.
     """
     if node.tag not in _SAFE_TAGS:
-        yield Problem(f"the tag {_short_tag(node.tag)} is not allowed", path=path, file=file,
-                      line=_line(node), hint="a strategy is plain data: values, lists and mappings")
+        yield Problem(
+            f"the tag {_short_tag(node.tag)} is not allowed",
+            path=path,
+            file=file,
+            line=_line(node),
+            hint="a strategy is plain data: values, lists and mappings",
+        )
         return  # never look inside (or construct) an untrusted tag
     if isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
@@ -162,8 +170,7 @@ def _walk(node: yaml.Node, path: str, file: str, lines: dict[str, int]) -> Itera
         yield from _walk_mapping(node, path, file, lines)
 
 
-def _walk_mapping(node: yaml.MappingNode, path: str, file: str,
-                  lines: dict[str, int]) -> Iterable[Problem]:
+def _walk_mapping(node: yaml.MappingNode, path: str, file: str, lines: dict[str, int]) -> Iterable[Problem]:
     seen: dict[str, int] = {}
     merges = []
     for key, value in node.value:
@@ -171,13 +178,19 @@ def _walk_mapping(node: yaml.MappingNode, path: str, file: str,
             merges.append(value)
             continue
         if not isinstance(key, yaml.ScalarNode) or key.tag not in (_STD + "str", _VALUE):
-            yield Problem(f"keys must be text, got {_kind(key)}", path=path, file=file,
-                          line=_line(key), hint="quote the key")
+            yield Problem(
+                f"keys must be text, got {_kind(key)}", path=path, file=file, line=_line(key), hint="quote the key"
+            )
             continue
         child = _child(path, key.value)
         if key.value in seen:
-            yield Problem(f"duplicate key {key.value!r} (first at line {seen[key.value]})",
-                          path=child, file=file, line=_line(key), hint="keep one of them")
+            yield Problem(
+                f"duplicate key {key.value!r} (first at line {seen[key.value]})",
+                path=child,
+                file=file,
+                line=_line(key),
+                hint="keep one of them",
+            )
             continue
         seen[key.value] = _line(key)
         lines.setdefault(child, _line(key))
@@ -202,7 +215,7 @@ def _line(node: yaml.Node) -> int:
 
 
 def _short_tag(tag: str) -> str:
-    return "!!" + tag[len(_STD):] if tag.startswith(_STD) else tag
+    return "!!" + tag[len(_STD) :] if tag.startswith(_STD) else tag
 
 
 def _kind(node: yaml.Node) -> str:

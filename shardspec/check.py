@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from .placement import apply
 from .distributed import fetch, global_array
 from .errors import ShardspecError
 from .hlo import budget_summary, check_budget, hlo_report
 from .models.registry import build
+from .placement import apply
 from .plan import ShardingPlan
 from .protocol import Layout, ServableModel, dense_logits
 
@@ -43,14 +43,17 @@ class CheckResult:
     def summary(self) -> str:
         b, t, v = self.worst
         verdict = "PASS" if self.passed else "FAIL"
-        return (f"{verdict}: batch {self.batch_shape[0]}×{self.batch_shape[1]} tokens; "
-                f"greedy tokens identical at {self.tokens_equal}/{self.tokens_total} positions; "
-                f"max |Δlogit| = {self.max_abs_diff:.2e} at sequence {b}, position {t}, token {v} "
-                f"(tolerance {self.tolerance:.1e})")
+        return (
+            f"{verdict}: batch {self.batch_shape[0]}×{self.batch_shape[1]} tokens; "
+            f"greedy tokens identical at {self.tokens_equal}/{self.tokens_total} positions; "
+            f"max |Δlogit| = {self.max_abs_diff:.2e} at sequence {b}, position {t}, token {v} "
+            f"(tolerance {self.tolerance:.1e})"
+        )
 
 
-def check(plan: ShardingPlan, model: ServableModel | None = None, *, seed: int = 0, seq_len: int = 16,
-          seqs_per_rank: int = 2) -> CheckResult:
+def check(
+    plan: ShardingPlan, model: ServableModel | None = None, *, seed: int = 0, seq_len: int = 16, seqs_per_rank: int = 2
+) -> CheckResult:
     """Run one random batch unsharded on one device and sharded under `plan`.
 
     The forward is the serving protocol's (`protocol.dense_logits`), so any servable
@@ -61,12 +64,10 @@ def check(plan: ShardingPlan, model: ServableModel | None = None, *, seed: int =
     plan.servable_kv_cache()  # the protocol's forward needs a decoder (a ShardspecError if none)
     geometry = plan.model.geometry
     if model is None and plan.model.config is None:
-        raise ShardspecError(f"check() needs the model {plan.model.name} itself: check(plan, model)",
-                             path="model")
+        raise ShardspecError(f"check() needs the model {plan.model.name} itself: check(plan, model)", path="model")
     # At least 8 sequences, and a multiple of the DP ranks (as the runtime pads to).
     batch = plan.dp_ranks * max(seqs_per_rank, -(-8 // plan.dp_ranks))
-    tokens = np.asarray(jax.random.randint(jax.random.key(seed + 1), (batch, seq_len), 0,
-                                           geometry.vocab_size))
+    tokens = np.asarray(jax.random.randint(jax.random.key(seed + 1), (batch, seq_len), 0, geometry.vocab_size))
     forward = jax.jit(dense_logits, static_argnums=2)
     # Every process computes the same reference on one of its own devices.
     with jax.default_device(jax.local_devices()[0]):
@@ -82,8 +83,9 @@ def check(plan: ShardingPlan, model: ServableModel | None = None, *, seed: int =
     worst = np.unravel_index(int(diff.argmax()), diff.shape)
     same = int((got.argmax(-1) == want.argmax(-1)).sum())
     tolerance = RTOL[_least_precise(plan)] * max(1.0, float(np.abs(want).max()))
-    return CheckResult((batch, seq_len), float(diff.max()), tolerance, tuple(int(i) for i in worst),
-                       same, batch * seq_len)
+    return CheckResult(
+        (batch, seq_len), float(diff.max()), tolerance, tuple(int(i) for i in worst), same, batch * seq_len
+    )
 
 
 def _least_precise(plan: ShardingPlan) -> str:

@@ -80,8 +80,9 @@ class Checkpoint:
             try:
                 handle = self._stack.enter_context(safe_open(str(path), framework="numpy"))
             except (SafetensorError, OSError) as e:
-                problems.append(Problem(f"cannot read: {e}", file=str(path),
-                                        hint="the file is truncated or not safetensors"))
+                problems.append(
+                    Problem(f"cannot read: {e}", file=str(path), hint="the file is truncated or not safetensors")
+                )
                 continue
             self._handles[str(path)] = handle
             for name in handle.keys():
@@ -101,11 +102,17 @@ class Checkpoint:
                     continue
                 file, got, dtype = self.entries[name]
                 if list(got) != expected:
-                    problems.append(Problem(f"{name}: shape {list(got)} disagrees with config.json", file=file,
-                                            hint=f"expected {expected} for {path}"))
+                    problems.append(
+                        Problem(
+                            f"{name}: shape {list(got)} disagrees with config.json",
+                            file=file,
+                            hint=f"expected {expected} for {path}",
+                        )
+                    )
                 elif dtype not in DTYPES:
-                    problems.append(Problem(f"{name}: dtype {dtype} is not supported", file=file,
-                                            hint="bf16, fp16 or fp32"))
+                    problems.append(
+                        Problem(f"{name}: dtype {dtype} is not supported", file=file, hint="bf16, fp16 or fp32")
+                    )
         if len(problems) > MAX_PROBLEMS:
             more = len(problems) - MAX_PROBLEMS
             problems = problems[:MAX_PROBLEMS] + [Problem(f"... and {more} more tensor problems", file=where)]
@@ -127,7 +134,7 @@ class Checkpoint:
         step = max(1, want[axis] * BLOCK_BYTES // nbytes)
         for start in range(0, want[axis], step):
             stop = min(start + step, want[axis])
-            box = (*index[:axis], (index[axis][0] + start, index[axis][0] + stop), *index[axis + 1:])
+            box = (*index[:axis], (index[axis][0] + start, index[axis][0] + stop), *index[axis + 1 :])
             out[(slice(None),) * axis + (slice(start, stop),)] = self._read_box(tmap, box, shape, dtype)
         return out
 
@@ -162,13 +169,13 @@ class Checkpoint:
         if split:  # dim d holds a × inner: read whole rows of the outer range, then cut inside
             d, inner = split
             outer, within = slices[d], slices[d + 1]
-            slices = [*slices[:d], slice(outer.start * inner, outer.stop * inner), *slices[d + 2:]]
+            slices = [*slices[:d], slice(outer.start * inner, outer.stop * inner), *slices[d + 2 :]]
         try:
             arr = self._handles[file].get_slice(name)[tuple(slices)]
         except (SafetensorError, OSError) as e:
             raise ShardspecError(f"{name}: cannot read: {e}", file=file) from None
         if split:
-            arr = arr.reshape(*arr.shape[:d], outer.stop - outer.start, inner, *arr.shape[d + 1:])
+            arr = arr.reshape(*arr.shape[:d], outer.stop - outer.start, inner, *arr.shape[d + 1 :])
             arr = arr[(slice(None),) * (d + 1) + (within,)]
         return arr
 
@@ -189,8 +196,7 @@ class Checkpoint:
 
 
 def _params(abstract_state: nnx.State) -> list[tuple[str, tuple[int, ...]]]:
-    return [(".".join(map(str, key)), tuple(var.get_value().shape))
-            for key, var in nnx.to_flat_state(abstract_state)]
+    return [(".".join(map(str, key)), tuple(var.get_value().shape)) for key, var in nnx.to_flat_state(abstract_state)]
 
 
 def check(config: LlamaConfig, abstract_state: nnx.State) -> None:

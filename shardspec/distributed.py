@@ -32,12 +32,19 @@ ENV_COORDINATOR = "SHARDSPEC_COORDINATOR"
 ENV_NUM_PROCESSES = "SHARDSPEC_NUM_PROCESSES"
 ENV_PROCESS_ID = "SHARDSPEC_PROCESS_ID"
 
-JOIN_HINT = (f"pass --coordinator HOST:PORT --num-processes N --process-id I (or set {ENV_COORDINATOR}, "
-             f"{ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}); on one machine use `shardspec launch --local N -- ...`")
+JOIN_HINT = (
+    f"pass --coordinator HOST:PORT --num-processes N --process-id I (or set {ENV_COORDINATOR}, "
+    f"{ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}); on one machine use `shardspec launch --local N -- ...`"
+)
 
 
-def join(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-         *, auto_detect: bool = False) -> int:
+def join(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    auto_detect: bool = False,
+) -> int:
     """Join the cluster if one is given (or, with `auto_detect`, found); return its process count.
 
     Must run before JAX starts its backends (the first device query). When they
@@ -54,9 +61,11 @@ def join(coordinator: str | None = None, num_processes: int | None = None, proce
 
     if xla_bridge.backends_are_initialized():
         if given:
-            raise ShardspecError("cannot join a cluster: JAX has started its devices in this process already",
-                                 hint="join before any JAX computation (the CLI does; from Python call "
-                                      "shardspec.distributed.join first)")
+            raise ShardspecError(
+                "cannot join a cluster: JAX has started its devices in this process already",
+                hint="join before any JAX computation (the CLI does; from Python call "
+                "shardspec.distributed.join first)",
+            )
         return jax.process_count()
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
@@ -73,13 +82,23 @@ def _check_args(coordinator: str | None, num_processes: int | None, process_id: 
     if coordinator is not None:
         host, colon, port = coordinator.rpartition(":")
         if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
-            problems.append(Problem(f"{coordinator!r} is not HOST:PORT", path="--coordinator",
-                                    hint="e.g. 10.0.0.1:1234: process 0's host and a free port"))
+            problems.append(
+                Problem(
+                    f"{coordinator!r} is not HOST:PORT",
+                    path="--coordinator",
+                    hint="e.g. 10.0.0.1:1234: process 0's host and a free port",
+                )
+            )
     if num_processes is not None and num_processes < 1:
         problems.append(Problem(f"{num_processes} is below 1", path="--num-processes"))
     if process_id is not None and not 0 <= process_id < (num_processes or process_id + 1):
-        problems.append(Problem(f"{process_id} is not a process id of {num_processes} processes",
-                                path="--process-id", hint=f"use 0 to {(num_processes or 1) - 1}"))
+        problems.append(
+            Problem(
+                f"{process_id} is not a process id of {num_processes} processes",
+                path="--process-id",
+                hint=f"use 0 to {(num_processes or 1) - 1}",
+            )
+        )
     if problems:
         raise ShardspecError(problems)
 
@@ -98,6 +117,12 @@ def process_count() -> int:
 def is_main() -> bool:
     """Whether this process speaks for the cluster: writes outputs, prints results."""
     return not jax.distributed.is_initialized() or _state().process_id == 0
+
+
+def agree(value: object, what: str, hint: str) -> None:
+    """Raise a ShardspecError when some process holds another `value` (JSON-able) than process 0."""
+    if differ := disagreeing(value):
+        raise ShardspecError(f"processes {differ} hold other {what} than process 0", hint=hint)
 
 
 def disagreeing(value: object) -> list[int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,12 +64,17 @@ def one_of(choices: Iterable[object]) -> str:
     return ", ".join(items[:-1]) + " or " + items[-1]
 
 
+SET_FILE = "--set"  # the "file" of problems caused by an override
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """Where a strategy came from: its file name and the line of each YAML path."""
+    """Where a strategy came from: its file name, the line of each YAML path, and the
+    paths `--set` overrode (a problem at one of them, or under one, blames `--set`)."""
 
     file: str = "<strategy>"
     lines: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    overridden: tuple[str, ...] = ()
 
     def line(self, path: str) -> int | None:
         """Line of `path`, else of its nearest ancestor that has one."""
@@ -80,11 +85,27 @@ class Source:
                 return None
             path = _parent(path)
 
-    def problem(self, path: str, message: str, hint: str | None = None) -> Problem:
-        return Problem(message, path=path, file=self.file, line=self.line(path), hint=hint)
+    def problem(self, path: str, message: str, hint: str | None = None, at: str | None = None) -> Problem:
+        """A problem at YAML `path`, shown at the line of `at` (default: `path`).
+
+        Overridden by `--set`: located at `--set`. A problem about a whole section
+        one of whose keys `--set` changed keeps the file's line and says so.
+        """
+        at = path if at is None else at
+        if under_any(at, self.overridden):
+            return Problem(message, path=path, file=SET_FILE, hint=hint or None)
+        inside = [p for p in self.overridden if under_any(p, (at,))] if at else []
+        if inside:
+            message += f" (after --set {', '.join(inside)})"
+        return Problem(message, path=path, file=self.file, line=self.line(at), hint=hint or None)
 
     def error(self, path: str, message: str, hint: str | None = None) -> ShardspecError:
         return ShardspecError(self.problem(path, message, hint))
+
+
+def under_any(path: str, prefixes: Iterable[str]) -> bool:
+    """'parallelism.tensor' is under 'parallelism' (and under itself); 'params[0].axes' under 'params'."""
+    return any(path == p or path.startswith((p + ".", p + "[")) for p in prefixes)
 
 
 def _parent(path: str) -> str:

@@ -37,13 +37,23 @@ def hlo_lines(hlo: dict[str, Any]) -> list[str]:
     for name, step in steps.items():
         tokens = f"{step['tokens'] // step['tokens_per_rank']}×{step['tokens_per_rank']}"
         kinds = [k for k, n in step["collectives"].items() if n or step["per_layer"][k]]
-        rows += [(name, tokens, k, str(step["collectives"][k]), fmt_bytes(step["bytes"][k]),
-                  str(step["per_layer"][k])) for k in kinds] or [(name, tokens, "none", "", "", "")]
+        rows += [
+            (name, tokens, k, str(step["collectives"][k]), fmt_bytes(step["bytes"][k]), str(step["per_layer"][k]))
+            for k in kinds
+        ] or [(name, tokens, "none", "", "", "")]
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
-    lines = ["", "collectives (compiled serving step; tokens = ranks × tokens a rank; "
-                 "per layer = what the decoder layers add, ÷ layers):"]
-    lines += ["  " + "  ".join([*(r[i].ljust(widths[i]) for i in range(3)),
-                                *(r[i].rjust(widths[i]) for i in range(3, 6))]).rstrip() for r in rows]
+    lines = [
+        "",
+        "collectives (compiled serving step; tokens = ranks × tokens a rank; "
+        "per layer = what the decoder layers add, ÷ layers):",
+    ]
+    lines += [
+        "  "
+        + "  ".join(
+            [*(r[i].ljust(widths[i]) for i in range(3)), *(r[i].rjust(widths[i]) for i in range(3, 6))]
+        ).rstrip()
+        for r in rows
+    ]
     lines += ["", "compiled memory per device:"]
     for name, step in steps.items():
         memory = (f"{k.replace('_', ' ')} {fmt_bytes(v)}" for k, v in step["memory"].items())
@@ -76,8 +86,9 @@ def derivations(plan: ShardingPlan) -> list[str]:
         plan.attention_data_why,
         f"model (attention TP) = tensor {tensor} / attention_data {plan.attention_data} = {s['model']}",
         f"DP ranks = data {s['data']} × attn_dp {s['attn_dp']} = {plan.dp_ranks}",
-        NO_KV_CACHE if kv is None else
-        f"KV-head replication = {kv.replication}: kv_heads {kv.kv_heads} stored as {kv.slots} slots "
+        NO_KV_CACHE
+        if kv is None
+        else f"KV-head replication = {kv.replication}: kv_heads {kv.kv_heads} stored as {kv.slots} slots "
         f"over model {s['model']}",
     ]
 
@@ -87,15 +98,23 @@ def totals(plan: ShardingPlan) -> dict[str, int]:
     params = sum(p.bytes_per_device for p in plan.params)
     ideal = sum(math.prod(p.shape) * p.itemsize for p in plan.params) / devices
     kv = 0 if plan.kv_cache is None else plan.kv_cache.bytes_per_device()
-    return {"params_bytes_per_device": params, "params_ideal_bytes_per_device": int(ideal),
-            "kv_cache_bytes_per_device": kv, "bytes_per_device": params + kv}
+    return {
+        "params_bytes_per_device": params,
+        "params_ideal_bytes_per_device": int(ideal),
+        "kv_cache_bytes_per_device": kv,
+        "bytes_per_device": params + kv,
+    }
 
 
 def warnings(plan: ShardingPlan) -> list[str]:
     out = []
     for p in plan.params:
         out += [f"{p.path}: {note}" for note in p.notes]
-        if all(e is None for e in p.spec) and p.bytes_per_device > LARGE_REPLICATED and plan.dp_ranks * plan.attn_tp > 1:
+        if (
+            all(e is None for e in p.spec)
+            and p.bytes_per_device > LARGE_REPLICATED
+            and plan.dp_ranks * plan.attn_tp > 1
+        ):
             out.append(f"{p.path}: {fmt_bytes(p.bytes_per_device)} replicated on every device")
     return out
 
@@ -110,8 +129,7 @@ def process_picture(plan: ShardingPlan) -> list[str]:
     ids = mesh_lib.process_ids(plan.mesh_shape, plan.strategy, plan.mesh)
     if ids is None:
         return []
-    factors = " × ".join(f"{a} {f}" for a, f in mesh_lib.cross_host(plan.mesh_shape, plan.strategy).items()
-                         if f > 1)
+    factors = " × ".join(f"{a} {f}" for a, f in mesh_lib.cross_host(plan.mesh_shape, plan.strategy).items() if f > 1)
     return ["", f"processes: {int(ids.max()) + 1}, one per host (multihost: {factors or 'none'})"] + _grid(plan, ids)
 
 
@@ -142,19 +160,30 @@ def _text_lines(plan: ShardingPlan) -> list[str]:
         mesh = [a for a in rule.mesh_axes if s[a] > 1]
         lines.append(f"  {name:<11} → {'×'.join(mesh) or 'replicated':<14} ({rule.why})")
     lines += ["", "params:"]
-    rows = [(p.path, "×".join(map(str, p.stored_shape)), "(" + ", ".join(a or "-" for a in p.axes) + ")",
-             spec_str(p.spec), fmt_bytes(p.bytes_per_device)) for p in plan.params]
+    rows = [
+        (
+            p.path,
+            "×".join(map(str, p.stored_shape)),
+            "(" + ", ".join(a or "-" for a in p.axes) + ")",
+            spec_str(p.spec),
+            fmt_bytes(p.bytes_per_device),
+        )
+        for p in plan.params
+    ]
     rows.insert(0, ("path", "shape", "logical axes", "spec", "per device"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines += ["  " + "  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4].rjust(10) for r in rows]
     lines += expert_lines(plan)
     lines += ["", "kv cache:"] + _kv_lines(plan)
     t = totals(plan)
-    lines += ["", "totals per device:",
-              f"  params {fmt_bytes(t['params_bytes_per_device'])} "
-              f"(ideal {fmt_bytes(t['params_ideal_bytes_per_device'])} = total / {devices})",
-              f"  kv cache {fmt_bytes(t['kv_cache_bytes_per_device'])}",
-              f"  total {fmt_bytes(t['bytes_per_device'])}"]
+    lines += [
+        "",
+        "totals per device:",
+        f"  params {fmt_bytes(t['params_bytes_per_device'])} "
+        f"(ideal {fmt_bytes(t['params_ideal_bytes_per_device'])} = total / {devices})",
+        f"  kv cache {fmt_bytes(t['kv_cache_bytes_per_device'])}",
+        f"  total {fmt_bytes(t['bytes_per_device'])}",
+    ]
     warns = warnings(plan)
     if warns:
         lines += ["", "warnings:"] + [f"  {w}" for w in warns]
@@ -166,22 +195,29 @@ def _kv_lines(plan: ShardingPlan) -> list[str]:
     if kv is None:
         return [f"  {NO_KV_CACHE}"]
     auto = " (auto)" if plan.strategy.kv_cache.num_pages == "auto" else ""
-    return [f"  K and V per layer: [pages, {kv.page_size}, {kv.slots}, {kv.head_dim}] {kv.dtype}, "
-            f"spec {spec_str(kv.spec)}",
-            f"  pages per DP rank: {kv.pages_per_rank}{auto} · KV-head replication: {kv.replication}",
-            f"  per device: {fmt_bytes(kv.bytes_per_page_per_device)} a page, "
-            f"{fmt_bytes(kv.bytes_per_device(1000))} per 1,000 pages, "
-            f"{fmt_bytes(kv.bytes_per_device())} for {kv.pages_per_rank} pages"]
+    return [
+        f"  K and V per layer: [pages, {kv.page_size}, {kv.slots}, {kv.head_dim}] {kv.dtype}, spec {spec_str(kv.spec)}",
+        f"  pages per DP rank: {kv.pages_per_rank}{auto} · KV-head replication: {kv.replication}",
+        f"  per device: {fmt_bytes(kv.bytes_per_page_per_device)} a page, "
+        f"{fmt_bytes(kv.bytes_per_device(1000))} per 1,000 pages, "
+        f"{fmt_bytes(kv.bytes_per_device())} for {kv.pages_per_rank} pages",
+    ]
 
 
 def _kv_json(plan: ShardingPlan) -> dict[str, Any] | None:
     kv = plan.kv_cache
     if kv is None:
         return None
-    return {"spec": _spec_json(kv.spec), "bytes_per_device": kv.bytes_per_device(),
-            "bytes_per_page_per_device": kv.bytes_per_page_per_device,
-            "pages_per_rank": kv.pages_per_rank, "page_size": kv.page_size,
-            "kv_head_replication": kv.replication, "kv_slots": kv.slots, "dtype": kv.dtype}
+    return {
+        "spec": _spec_json(kv.spec),
+        "bytes_per_device": kv.bytes_per_device(),
+        "bytes_per_page_per_device": kv.bytes_per_page_per_device,
+        "pages_per_rank": kv.pages_per_rank,
+        "page_size": kv.page_size,
+        "kv_head_replication": kv.replication,
+        "kv_slots": kv.slots,
+        "dtype": kv.dtype,
+    }
 
 
 def explain_dict(plan: ShardingPlan) -> dict[str, Any]:
@@ -192,12 +228,24 @@ def explain_dict(plan: ShardingPlan) -> dict[str, Any]:
         "model": plan.model.name,
         "mesh": _mesh_json(plan),
         "attention_data": plan.attention_data,
-        "derived": {"dp_ranks": plan.dp_ranks, "attn_tp": plan.attn_tp,
-                    "kv_head_replication": None if kv is None else kv.replication, "why": derivations(plan)},
+        "derived": {
+            "dp_ranks": plan.dp_ranks,
+            "attn_tp": plan.attn_tp,
+            "kv_head_replication": None if kv is None else kv.replication,
+            "why": derivations(plan),
+        },
         "rules": {name: [a for a in r.mesh_axes if plan.mesh_shape[a] > 1] for name, r in plan.rules.items()},
-        "params": [{"path": p.path, "shape": list(p.stored_shape), "axes": list(p.axes),
-                    "spec": _spec_json(p.spec), "bytes_per_device": p.bytes_per_device,
-                    "notes": list(p.notes)} for p in plan.params],
+        "params": [
+            {
+                "path": p.path,
+                "shape": list(p.stored_shape),
+                "axes": list(p.axes),
+                "spec": _spec_json(p.spec),
+                "bytes_per_device": p.bytes_per_device,
+                "notes": list(p.notes),
+            }
+            for p in plan.params
+        ],
         "kv_cache": _kv_json(plan),
         "totals": totals(plan),
         "warnings": warnings(plan),
@@ -227,10 +275,15 @@ def experts(plan: ShardingPlan) -> dict[str, Any] | None:
         for a in axes:  # a spec entry of several axes: the first is the major one
             shard = shard * shape[a] + at[a]
         groups.setdefault(shard, []).append(int(ids[coord]))
-    return {"num_experts": layout.shape[0], "experts_per_token": plan.model.experts_per_token,
-            "mesh_axes": list(axes), "per_device": per,
-            "placement": [{"experts": list(range(k * per, (k + 1) * per)), "devices": sorted(d)}
-                          for k, d in sorted(groups.items())]}
+    return {
+        "num_experts": layout.shape[0],
+        "experts_per_token": plan.model.experts_per_token,
+        "mesh_axes": list(axes),
+        "per_device": per,
+        "placement": [
+            {"experts": list(range(k * per, (k + 1) * per)), "devices": sorted(d)} for k, d in sorted(groups.items())
+        ],
+    }
 
 
 def expert_lines(plan: ShardingPlan) -> list[str]:
@@ -238,8 +291,11 @@ def expert_lines(plan: ShardingPlan) -> list[str]:
     if e is None:
         return []
     over = " × ".join(f"{a} {plan.mesh_shape[a]}" for a in e["mesh_axes"]) or "no axis (replicated)"
-    lines = ["", f"experts: {e['num_experts']} a MoE layer (top {e['experts_per_token']} a token), "
-                 f"split over {over}: {e['per_device']} a device"]
+    lines = [
+        "",
+        f"experts: {e['num_experts']} a MoE layer (top {e['experts_per_token']} a token), "
+        f"split over {over}: {e['per_device']} a device",
+    ]
     for group in e["placement"]:
         first, last = group["experts"][0], group["experts"][-1]
         name = f"expert {first}" if first == last else f"experts {first}-{last}"
@@ -248,8 +304,11 @@ def expert_lines(plan: ShardingPlan) -> list[str]:
 
 
 def _mesh_json(plan: ShardingPlan) -> dict[str, Any]:
-    out = {"axes": dict(plan.mesh_shape), "devices": math.prod(plan.mesh_shape.values()),
-           "device_ids": mesh_lib.device_ids(plan.mesh_shape, plan.mesh).tolist()}
+    out = {
+        "axes": dict(plan.mesh_shape),
+        "devices": math.prod(plan.mesh_shape.values()),
+        "device_ids": mesh_lib.device_ids(plan.mesh_shape, plan.mesh).tolist(),
+    }
     processes = mesh_lib.process_ids(plan.mesh_shape, plan.strategy, plan.mesh)
     if processes is not None:  # only where the mesh spans processes
         out["process_ids"] = processes.tolist()

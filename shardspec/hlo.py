@@ -26,7 +26,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -80,12 +81,16 @@ def hlo_report(plan: ShardingPlan) -> dict[str, Any]:
     stride (all ranks full), the decode step the smallest.
     """
     if plan.is_abstract:
-        raise ShardspecError("the HLO report needs a plan compiled on devices",
-                             hint="compile(strategy) without abstract_mesh=True")
+        raise ShardspecError(
+            "the HLO report needs a plan compiled on devices", hint="compile(strategy) without abstract_mesh=True"
+        )
     if plan.model.config is None:
-        raise ShardspecError(f"the HLO report compiles shardspec's own models, not {plan.model.name}",
-                             path="model", hint="per-layer counts compare the model with a copy that has "
-                             "no decoder layer, which only shardspec's configs can build")
+        raise ShardspecError(
+            f"the HLO report compiles shardspec's own models, not {plan.model.name}",
+            path="model",
+            hint="per-layer counts compare the model with a copy that has "
+            "no decoder layer, which only shardspec's configs can build",
+        )
     sizes = plan.runtime
     strides = {"decode": sizes.token_buckets[0], "prefill": sizes.token_buckets[-1]}
     layers, bare = plan.model.geometry.num_layers, _with_layers(plan, 0)
@@ -93,10 +98,15 @@ def hlo_report(plan: ShardingPlan) -> dict[str, Any]:
     for step, stride in strides.items():
         counts, nbytes, memory = _measure(plan, stride)
         counts0, nbytes0, _ = _measure(bare, stride)
-        steps[step] = {"tokens_per_rank": stride, "tokens": sizes.dp_ranks * stride,
-                       "collectives": counts, "bytes": nbytes,
-                       "per_layer": _per_layer(counts, counts0, layers),
-                       "per_layer_bytes": _per_layer(nbytes, nbytes0, layers), "memory": memory}
+        steps[step] = {
+            "tokens_per_rank": stride,
+            "tokens": sizes.dp_ranks * stride,
+            "collectives": counts,
+            "bytes": nbytes,
+            "per_layer": _per_layer(counts, counts0, layers),
+            "per_layer_bytes": _per_layer(nbytes, nbytes0, layers),
+            "memory": memory,
+        }
     return {**steps["decode"], "prefill": steps["prefill"]}
 
 
@@ -127,8 +137,9 @@ def _measure(plan: ShardingPlan, stride: int):
 
 def _stored_state(plan: ShardingPlan) -> nnx.State:
     """Abstract parameters as stored: padded where the plan pads."""
-    return plan.model.tree.rebuild([jax.ShapeDtypeStruct(p.stored_shape, leaf.dtype)
-                                    for p, leaf in zip(plan.params, plan.model.tree.leaves)])
+    return plan.model.tree.rebuild(
+        [jax.ShapeDtypeStruct(p.stored_shape, leaf.dtype) for p, leaf in zip(plan.params, plan.model.tree.leaves)]
+    )
 
 
 def batch_structs(plan: ShardingPlan, stride: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -136,9 +147,13 @@ def batch_structs(plan: ShardingPlan, stride: int) -> dict[str, jax.ShapeDtypeSt
     return {f: jax.ShapeDtypeStruct(x.shape, x.dtype) for f, x in padding_batch(plan.runtime, stride).items()}
 
 
-_MEMORY_FIELDS = {"argument": "argument_size_in_bytes", "output": "output_size_in_bytes",
-                  "alias": "alias_size_in_bytes", "temp": "temp_size_in_bytes",
-                  "generated_code": "generated_code_size_in_bytes"}
+_MEMORY_FIELDS = {
+    "argument": "argument_size_in_bytes",
+    "output": "output_size_in_bytes",
+    "alias": "alias_size_in_bytes",
+    "temp": "temp_size_in_bytes",
+    "generated_code": "generated_code_size_in_bytes",
+}
 
 
 def _memory(compiled) -> dict[str, int]:
@@ -167,9 +182,13 @@ def budget_problems(plan: ShardingPlan, report: Mapping[str, Any]) -> list[Probl
         if over:
             found = " and ".join(f"{measured[s]} in the {s} step" for s in over)
             each = "per layer = what the decoder layers add to the step, ÷ layers; " if scope == "per_layer" else ""
-            problems.append(plan.strategy.source.problem(
-                f"expect.{scope}.{kind}", f"{kind}{words}: {found}, over the budget of {budget}",
-                f"{each}raise the budget or change the sharding; `shardspec explain --hlo` shows every count"))
+            problems.append(
+                plan.strategy.source.problem(
+                    f"expect.{scope}.{kind}",
+                    f"{kind}{words}: {found}, over the budget of {budget}",
+                    f"{each}raise the budget or change the sharding; `shardspec explain --hlo` shows every count",
+                )
+            )
     return problems
 
 
@@ -180,6 +199,8 @@ def check_budget(plan: ShardingPlan, report: Mapping[str, Any]) -> None:
 
 def budget_summary(plan: ShardingPlan, report: Mapping[str, Any]) -> str:
     """'collectives within budget: all-reduce per decoder layer 2 ≤ 2; ...' (the larger step's count)."""
-    parts = [f"{kind}{words} {max(measured.values())} ≤ {budget}"
-             for _, kind, words, budget, measured in _budgets(plan, report)]
+    parts = [
+        f"{kind}{words} {max(measured.values())} ≤ {budget}"
+        for _, kind, words, budget, measured in _budgets(plan, report)
+    ]
     return "collectives within budget (decode and prefill steps): " + ("; ".join(parts) or "no budget set")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from jax.sharding import PartitionSpec as P
 
@@ -65,8 +65,9 @@ class KVCacheLayout:
         return self.bytes_per_page_per_device * (pages_per_rank or self.pages_per_rank)
 
 
-def param_layouts(model: ModelInfo, strategy: Strategy, table, shape: Mapping[str, int], *,
-                  check_overrides: bool = True) -> tuple[list[ParamLayout], list[Problem]]:
+def param_layouts(
+    model: ModelInfo, strategy: Strategy, table, shape: Mapping[str, int], *, check_overrides: bool = True
+) -> tuple[list[ParamLayout], list[Problem]]:
     """Every parameter's layout; `params:` overrides first (the first match wins)."""
     tree = model.tree
     paths = tree.paths
@@ -80,21 +81,44 @@ def param_layouts(model: ModelInfo, strategy: Strategy, table, shape: Mapping[st
             if regex.search(path):
                 used_override[i] = True
                 if len(o.axes) != len(leaf.shape):
-                    problems.append(strategy.source.problem(
-                        f"params[{o.index}].axes", f"{path} has {len(leaf.shape)} dims but {len(o.axes)} axes "
-                        f"were given", f"give one logical axis (or null) per dim of shape {leaf.shape}"))
+                    problems.append(
+                        strategy.source.problem(
+                            f"params[{o.index}].axes",
+                            f"{path} has {len(leaf.shape)} dims but {len(o.axes)} axes were given",
+                            f"give one logical axis (or null) per dim of shape {leaf.shape}",
+                        )
+                    )
                     break
                 axes, axes_from = o.axes, f"params[{o.index}]"
                 break
-        res, found = rules_lib.resolve_array(path, leaf.shape, axes, table=table, mesh_shape=shape,
-                                             strategy=strategy, axes_from=axes_from, paddable=model.paddable)
+        res, found = rules_lib.resolve_array(
+            path,
+            leaf.shape,
+            axes,
+            table=table,
+            mesh_shape=shape,
+            strategy=strategy,
+            axes_from=axes_from,
+            paddable=model.paddable,
+        )
         problems += found
         notes = res.notes + (("KV heads replicated over model",) if res.kv_replicated else ())
         if leaf.axes is None and axes_from is None:
             notes += ("the model gives no logical axes: replicated",)
-        layouts.append(ParamLayout(
-            path, leaf.shape, res.padded_shape, str(leaf.dtype), leaf.itemsize, tuple(axes), res.spec,
-            rules_lib.bytes_per_device(res.padded_shape, res.spec, shape, leaf.itemsize), notes, axes_from))
+        layouts.append(
+            ParamLayout(
+                path,
+                leaf.shape,
+                res.padded_shape,
+                str(leaf.dtype),
+                leaf.itemsize,
+                tuple(axes),
+                res.spec,
+                rules_lib.bytes_per_device(res.padded_shape, res.spec, shape, leaf.itemsize),
+                notes,
+                axes_from,
+            )
+        )
     if check_overrides:
         problems += _unused_overrides(strategy, overrides, used_override, paths)
     return layouts, _dedupe(problems)
@@ -124,8 +148,11 @@ def rule_name_problems(strategy: Strategy, layouts: list[ParamLayout], model: Mo
         if name not in used:
             own = sorted({a for p in layouts for a in p.axes if a})
             hint = did_you_mean(name, used) or f"{model.name} uses {one_of(own)}"
-            problems.append(strategy.source.problem(
-                f"rules.{name}", f"logical axis {name!r} is not used by model {model.name}", hint))
+            problems.append(
+                strategy.source.problem(
+                    f"rules.{name}", f"logical axis {name!r} is not used by model {model.name}", hint
+                )
+            )
     return problems
 
 
@@ -157,9 +184,13 @@ def activation_spec(label: str, logical, strategy: Strategy, table, shape) -> tu
         rule = table.get(axis) if axis else None
         if axis and rule is None:
             if strategy.policy.unmatched == "error":
-                problems.append(strategy.source.problem(
-                    "rules", f"{label}: logical axis {axis!r} has no rule",
-                    did_you_mean(axis, table) or f"add rules.{axis}, or set policy.unmatched: replicate"))
+                problems.append(
+                    strategy.source.problem(
+                        "rules",
+                        f"{label}: logical axis {axis!r} has no rule",
+                        did_you_mean(axis, table) or f"add rules.{axis}, or set policy.unmatched: replicate",
+                    )
+                )
             entries.append(None)
             continue
         mesh = rules_lib.effective_axes(rule.mesh_axes, shape) if rule else ()
@@ -168,28 +199,44 @@ def activation_spec(label: str, logical, strategy: Strategy, table, shape) -> tu
     return P(*entries), problems
 
 
-def attention_problems(strategy: Strategy, table, shape, geometry: DecoderGeometry) -> list[Problem]:
+def attention_problems(
+    strategy: Strategy, table, shape, geometry: DecoderGeometry, params: list[ParamLayout]
+) -> list[Problem]:
     """The runtime splits query heads over `heads`' mesh axes and stores KV heads as slots
-    over `kv_heads`': every query head must find its KV slot on its own device."""
+    over `kv_heads`': every query head must find its KV slot on its own device.
+
+    (A parameter with a `heads` axis has had its divisibility reported already.)"""
     heads, kv = geometry.num_heads, geometry.num_kv_heads
     if heads < 1 or kv < 1 or heads % kv:
-        return [strategy.source.problem("model", f"decoder geometry: {heads} query heads and {kv} KV heads",
-                                        "query heads must be a positive multiple of KV heads")]
+        return [
+            strategy.source.problem(
+                "model",
+                f"decoder geometry: {heads} query heads and {kv} KV heads",
+                "query heads must be a positive multiple of KV heads",
+            )
+        ]
     problems = []
     rule = table[ax.HEADS]
     head_axes = rules_lib.effective_axes(rule.mesh_axes, shape)
     shards = math.prod(shape[a] for a in head_axes)
-    if heads % shards:
+    if heads % shards and not any(ax.HEADS in p.axes for p in params):
         by = " × ".join(f"{a} {shape[a]}" for a in head_axes)
-        problems.append(strategy.source.problem(
-            rule.yaml_path or rules_lib.AXIS_KEY[head_axes[-1]],
-            f"attention: {heads} query heads are not divisible by {shards} shards ({by})",
-            f"choose sizes that divide {heads}, or set rules.heads and rules.kv_heads to null"))
-    elif heads % kv_slots(geometry, table, shape):
-        problems.append(strategy.source.problem(
-            table[ax.KV_HEADS].yaml_path or "rules",
-            f"attention: {kv} KV heads stored as {kv_slots(geometry, table, shape)} slots do not pair with "
-            f"{heads} query heads", "shard rules.kv_heads over the same mesh axes as rules.heads"))
+        problems.append(
+            strategy.source.problem(
+                rule.yaml_path or rules_lib.AXIS_KEY[head_axes[-1]],
+                f"attention: {heads} query heads are not divisible by {shards} shards ({by})",
+                f"choose sizes that divide {heads}, or set rules.heads and rules.kv_heads to null",
+            )
+        )
+    elif not heads % shards and heads % kv_slots(geometry, table, shape):
+        problems.append(
+            strategy.source.problem(
+                table[ax.KV_HEADS].yaml_path or "rules",
+                f"attention: {kv} KV heads stored as {kv_slots(geometry, table, shape)} slots do not pair with "
+                f"{heads} query heads",
+                "shard rules.kv_heads over the same mesh axes as rules.heads",
+            )
+        )
     return problems
 
 
@@ -201,8 +248,9 @@ def kv_slots(geometry: DecoderGeometry, table, shape) -> int:
     return kv if kv % kv_shards == 0 else math.lcm(kv, kv_shards)
 
 
-def kv_cache_layout(strategy: Strategy, table, shape, geometry: DecoderGeometry, dtype_itemsize: int,
-                    free_bytes: int | None) -> KVCacheLayout:
+def kv_cache_layout(
+    strategy: Strategy, table, shape, geometry: DecoderGeometry, dtype_itemsize: int, free_bytes: int | None
+) -> KVCacheLayout:
     """The paged KV cache: pages over the DP ranks, KV heads over `model` (repeated if fewer)."""
     kv_axes = rules_lib.effective_axes(table[ax.KV_HEADS].mesh_axes, shape)
     kv_shards = math.prod(shape[a] for a in kv_axes)
@@ -211,8 +259,7 @@ def kv_cache_layout(strategy: Strategy, table, shape, geometry: DecoderGeometry,
     pages = rules_lib.spec_entry(rules_lib.effective_axes(table[ax.KV_PAGES].mesh_axes, shape))
     spec = P(pages, None, rules_lib.spec_entry(kv_axes), None)
     cfg = strategy.kv_cache
-    per_page = (2 * geometry.num_layers * cfg.page_size * (slots // kv_shards) * geometry.head_dim
-                * dtype_itemsize)
+    per_page = 2 * geometry.num_layers * cfg.page_size * (slots // kv_shards) * geometry.head_dim * dtype_itemsize
     if cfg.num_pages != "auto":
         pages_per_rank = int(cfg.num_pages)
     elif free_bytes is None:
@@ -221,5 +268,15 @@ def kv_cache_layout(strategy: Strategy, table, shape, geometry: DecoderGeometry,
         pages_per_rank = max(1, free_bytes // per_page)
     # Copies of each KV head in one tensor group: repeated slots × model devices per slot.
     replication = (slots // kv) * max(1, shape["model"] // kv_shards)
-    return KVCacheLayout(spec, kv, slots, replication, cfg.page_size, pages_per_rank, geometry.head_dim,
-                         geometry.num_layers, cfg.dtype, per_page)
+    return KVCacheLayout(
+        spec,
+        kv,
+        slots,
+        replication,
+        cfg.page_size,
+        pages_per_rank,
+        geometry.head_dim,
+        geometry.num_layers,
+        cfg.dtype,
+        per_page,
+    )

@@ -14,22 +14,18 @@ from __future__ import annotations
 import copy
 import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import MappingProxyType
-from typing import Iterable, Mapping
 
 from . import _yaml
 from ._overrides import apply_overrides
-from ._schema import Where, schema_problems, under_any
+from ._schema import schema_problems
 from .errors import Problem, ShardspecError, Source, did_you_mean, one_of, raise_all
-from .strategy import (MESH_AXES, KVCacheConfig, ParamOverride, Parallelism, Policy,
-                       RuntimeConfig, Strategy)
-
 from .models import presets as _presets
+from .strategy import MESH_AXES, KVCacheConfig, Parallelism, ParamOverride, Policy, RuntimeConfig, Strategy
 
 
-def load(source: str | os.PathLike | Mapping, overrides: Mapping[str, object] | None = None
-         ) -> Strategy:
+def load(source: str | os.PathLike | Mapping, overrides: Mapping[str, object] | None = None) -> Strategy:
     """Read, check and freeze a strategy.
 
     `source`: a path; a str that ends in .yaml/.yml or names a file; else YAML
@@ -41,10 +37,9 @@ def load(source: str | os.PathLike | Mapping, overrides: Mapping[str, object] | 
     raw, src, name = _read(source)
     overridden = tuple(overrides or ())
     raise_all(apply_overrides(raw, overrides or {}))
-    src = Source(src.file, {p: n for p, n in src.lines.items() if not under_any(p, overridden)})
-    where = Where(src, overridden)
-    raise_all(schema_problems(raw, where))
-    raise_all(_semantic_problems(raw, where))
+    src = Source(src.file, src.lines, overridden)  # problems at overridden paths blame --set
+    raise_all(schema_problems(raw, src))
+    raise_all(_semantic_problems(raw, src))
     return _build(raw, src, name)
 
 
@@ -61,8 +56,9 @@ def _read(source) -> tuple[dict, Source, str]:
     try:
         data, lines = _yaml.parse_document(Path(file).read_bytes(), file)
     except FileNotFoundError:
-        raise ShardspecError("file not found", file=file,
-                             hint="check the path; it is relative to the working directory") from None
+        raise ShardspecError(
+            "file not found", file=file, hint="check the path; it is relative to the working directory"
+        ) from None
     except IsADirectoryError:
         raise ShardspecError("is a directory, not a strategy file", file=file) from None
     except OSError as e:
@@ -78,7 +74,7 @@ def _looks_like_path(text: str) -> bool:
     return text.endswith((".yaml", ".yml")) or os.path.isfile(text)
 
 
-def _semantic_problems(raw: dict, where: Where) -> list[Problem]:
+def _semantic_problems(raw: dict, where: Source) -> list[Problem]:
     par = {"data": 1, "tensor": 1, "attention_data": "auto", "expert": 1, **raw.get("parallelism", {})}
     return [
         *_check_devices(raw.get("devices"), par, where),
@@ -90,37 +86,51 @@ def _semantic_problems(raw: dict, where: Where) -> list[Problem]:
     ]
 
 
-def _check_devices(devices: int | None, par: dict, where: Where) -> list[Problem]:
+def _check_devices(devices: int | None, par: dict, where: Source) -> list[Problem]:
     product = par["data"] * par["tensor"] * par["expert"]
     if devices is None or devices == product:
         return []
-    return [where.problem(
-        "parallelism",
-        f"data {par['data']} x tensor {par['tensor']} x expert {par['expert']} = {product} "
-        f"devices, but devices: {devices}",
-        f"make data x tensor x expert = {devices}, or set devices: {product} (or leave it out)")]
+    return [
+        where.problem(
+            "parallelism",
+            f"data {par['data']} x tensor {par['tensor']} x expert {par['expert']} = {product} "
+            f"devices, but devices: {devices}",
+            f"make data x tensor x expert = {devices}, or set devices: {product} (or leave it out)",
+        )
+    ]
 
 
-def _check_attention_data(par: dict, where: Where) -> list[Problem]:
+def _check_attention_data(par: dict, where: Source) -> list[Problem]:
     value, tensor = par["attention_data"], par["tensor"]
     if value == "auto" or tensor % value == 0:
         return []
-    return [where.problem("parallelism.attention_data", f"{value} does not divide tensor={tensor}",
-                          f"use {one_of(_divisors(tensor))}, or auto")]
+    return [
+        where.problem(
+            "parallelism.attention_data",
+            f"{value} does not divide tensor={tensor}",
+            f"use {one_of(_divisors(tensor))}, or auto",
+        )
+    ]
 
 
-def _check_multihost(multihost: dict, par: dict, where: Where) -> list[Problem]:
+def _check_multihost(multihost: dict, par: dict, where: Source) -> list[Problem]:
     """Each cross-host factor must divide its axis, where the file fixes the axis."""
     sizes = {"data": par["data"], "expert": par["expert"]}
     attn, tensor = par["attention_data"], par["tensor"]
     if attn != "auto" and tensor % attn == 0:  # else attn_dp/model are known only at compile()
         sizes.update(attn_dp=attn, model=tensor // attn)
-    return [where.problem(f"multihost.{axis}", f"{factor} does not divide {axis}={sizes[axis]}",
-                          f"use {one_of(_divisors(sizes[axis]))}")
-            for axis, factor in multihost.items() if axis in sizes and sizes[axis] % factor]
+    return [
+        where.problem(
+            f"multihost.{axis}",
+            f"{factor} does not divide {axis}={sizes[axis]}",
+            f"use {one_of(_divisors(sizes[axis]))}",
+        )
+        for axis, factor in multihost.items()
+        if axis in sizes and sizes[axis] % factor
+    ]
 
 
-def _check_rules(rules: dict, where: Where) -> list[Problem]:
+def _check_rules(rules: dict, where: Source) -> list[Problem]:
     problems = []
     for logical, value in rules.items():
         path = f"rules.{logical}"  # any logical name: compile() checks it against the model's
@@ -130,47 +140,51 @@ def _check_rules(rules: dict, where: Where) -> list[Problem]:
             if axis not in MESH_AXES:
                 problems.append(_unknown(where, at, "mesh axis", axis, MESH_AXES))
             elif axis in mesh[:i]:
-                problems.append(where.problem(at, f"mesh axis {axis!r} appears twice",
-                                              "a mesh axis can shard a dimension only once"))
+                problems.append(
+                    where.problem(
+                        at, f"mesh axis {axis!r} appears twice", "a mesh axis can shard a dimension only once"
+                    )
+                )
     return problems
 
 
-def _check_params(params: list, where: Where) -> list[Problem]:
+def _check_params(params: list, where: Source) -> list[Problem]:
     problems = []
     for i, entry in enumerate(params):
         try:
             re.compile(entry["match"])
         except re.error as e:
-            problems.append(where.problem(f"params[{i}].match",
-                                          f"invalid regex {entry['match']!r}: {e}"))
+            problems.append(where.problem(f"params[{i}].match", f"invalid regex {entry['match']!r}: {e}"))
     return problems
 
 
-def _check_model(model: str | None, where: Where) -> list[Problem]:
+def _check_model(model: str | None, where: Source) -> list[Problem]:
     """A preset, or a directory: a Hugging Face checkpoint, whose files compile() checks."""
     if model is None or model in _presets.PRESETS or os.path.isdir(model):
         return []
     close = did_you_mean(model, _presets.PRESETS)
-    hint = f"{close} see `shardspec models`" if close else (
-        f"use a preset ({one_of(_presets.PRESETS)}) or a checkpoint directory")
+    hint = (
+        f"{close} see `shardspec models`"
+        if close
+        else (f"use a preset ({one_of(_presets.PRESETS)}) or a checkpoint directory")
+    )
     return [where.problem("model", f"unknown model {model!r}", hint)]
 
 
-def _unknown(where: Where, path: str, kind: str, name: str, valid: Iterable[str]) -> Problem:
+def _unknown(where: Source, path: str, kind: str, name: str, valid: Iterable[str]) -> Problem:
     valid = list(valid)
-    return where.problem(path, f"unknown {kind} {name!r}",
-                         did_you_mean(name, valid) or f"use {one_of(valid)}")
+    return where.problem(path, f"unknown {kind} {name!r}", did_you_mean(name, valid) or f"use {one_of(valid)}")
 
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
+
 def _build(raw: dict, source: Source, default_name: str) -> Strategy:
     """Dataclasses with their own defaults for every key the file leaves out."""
     rules = {k: (v,) if isinstance(v, str) else tuple(v or ()) for k, v in raw.get("rules", {}).items()}
-    params = tuple(ParamOverride(p["match"], tuple(p["axes"]), i)
-                   for i, p in enumerate(raw.get("params", [])))
-    expect = {k: MappingProxyType(dict(v)) for k, v in raw.get("expect", {}).items()}
+    params = tuple(ParamOverride(p["match"], tuple(p["axes"]), i) for i, p in enumerate(raw.get("params", [])))
+    expect = raw.get("expect", {})
     return Strategy(
         name=raw.get("name", default_name),
         model=raw.get("model"),

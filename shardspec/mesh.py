@@ -14,7 +14,7 @@ on one host's devices unchanged.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -28,8 +28,7 @@ _AUTO = (AxisType.Auto,) * len(MESH_AXES)
 
 def mesh_shape(strategy: Strategy, attention_data: int) -> dict[str, int]:
     p = strategy.parallelism
-    return {"data": p.data, "attn_dp": attention_data, "expert": p.expert,
-            "model": p.tensor // attention_data}
+    return {"data": p.data, "attn_dp": attention_data, "expert": p.expert, "model": p.tensor // attention_data}
 
 
 def abstract_mesh(shape: Mapping[str, int]) -> AbstractMesh:
@@ -37,8 +36,7 @@ def abstract_mesh(shape: Mapping[str, int]) -> AbstractMesh:
     return AbstractMesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES, axis_types=_AUTO)
 
 
-def device_mesh(shape: Mapping[str, int], strategy: Strategy,
-                devices: Sequence[jax.Device] | None = None) -> Mesh:
+def device_mesh(shape: Mapping[str, int], strategy: Strategy, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A concrete mesh over exactly the devices the strategy asks for.
 
     `jax.make_mesh` would silently take the first devices when there are more;
@@ -54,15 +52,16 @@ def device_mesh(shape: Mapping[str, int], strategy: Strategy,
             devices = available[:need]
         elif len(available) != need:
             raise strategy.source.error(
-                "parallelism", f"the strategy uses {need} devices but {len(available)} are present",
-                f"set devices: {need} to use a subset, or change parallelism to use {len(available)}")
+                "parallelism",
+                f"the strategy uses {need} devices but {len(available)} are present",
+                f"set devices: {need} to use a subset, or change parallelism to use {len(available)}",
+            )
         else:
             devices = available
     if len(devices) != need:
         raise ShardspecError(f"the strategy uses {need} devices but {len(devices)} were given")
     # make_mesh orders the devices by physical topology where there is one (TPU).
-    return jax.make_mesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES, axis_types=_AUTO,
-                         devices=list(devices))
+    return jax.make_mesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES, axis_types=_AUTO, devices=list(devices))
 
 
 def cross_host(shape: Mapping[str, int], strategy: Strategy) -> dict[str, int]:
@@ -75,8 +74,9 @@ def cross_host(shape: Mapping[str, int], strategy: Strategy) -> dict[str, int]:
     for axis, factor in factors.items():
         if shape[axis] % factor:
             divisors = [d for d in range(1, shape[axis] + 1) if shape[axis] % d == 0]
-            raise strategy.source.error(f"multihost.{axis}", f"{factor} does not divide {axis}={shape[axis]}",
-                                        f"use {one_of(divisors)}")
+            raise strategy.source.error(
+                f"multihost.{axis}", f"{factor} does not divide {axis}={shape[axis]}", f"use {one_of(divisors)}"
+            )
     return factors
 
 
@@ -85,8 +85,7 @@ def hosts(strategy: Strategy) -> int:
     return math.prod(strategy.multihost.values())
 
 
-def _hybrid_mesh(shape: Mapping[str, int], strategy: Strategy,
-                 devices: Sequence[jax.Device] | None) -> Mesh:
+def _hybrid_mesh(shape: Mapping[str, int], strategy: Strategy, devices: Sequence[jax.Device] | None) -> Mesh:
     """A mesh over every process's devices, each host holding the block `multihost` gives it."""
     from jax.experimental import mesh_utils
 
@@ -94,20 +93,23 @@ def _hybrid_mesh(shape: Mapping[str, int], strategy: Strategy,
     need, dcn = math.prod(shape.values()), cross_host(shape, strategy)
     if len(devices) != need:
         raise strategy.source.error(
-            "parallelism", f"the strategy uses {need} devices but the {jax.process_count()} processes have "
-            f"{len(devices)}", f"change parallelism to use {len(devices)}, or give each process "
-            f"{need // jax.process_count()} devices")
+            "parallelism",
+            f"the strategy uses {need} devices but the {jax.process_count()} processes have {len(devices)}",
+            f"change parallelism to use {len(devices)}, or give each process {need // jax.process_count()} devices",
+        )
     # Multi-slice TPUs mark their devices with a slice; elsewhere each process is a host.
     slices = {getattr(d, "slice_index", None) for d in devices}
     by_slice = None not in slices and len(slices) > 1
     granules = len(slices) if by_slice else len({d.process_index for d in devices})
     unit = "slices" if by_slice else "processes"
     if math.prod(dcn.values()) != granules:
-        raise strategy.source.error("multihost", _mismatch(dcn, granules, unit),
-                                    _multihost_hint(shape, dcn, granules, unit))
+        raise strategy.source.error(
+            "multihost", _mismatch(dcn, granules, unit), _multihost_hint(shape, dcn, granules, unit)
+        )
     ici = [shape[a] // dcn[a] for a in MESH_AXES]
-    grid = mesh_utils.create_hybrid_device_mesh(ici, [dcn[a] for a in MESH_AXES], devices,
-                                                process_is_granule=not by_slice)
+    grid = mesh_utils.create_hybrid_device_mesh(
+        ici, [dcn[a] for a in MESH_AXES], devices, process_is_granule=not by_slice
+    )
     return Mesh(grid, MESH_AXES, axis_types=_AUTO)
 
 
@@ -124,7 +126,8 @@ def _multihost_hint(shape: Mapping[str, int], dcn: Mapping[str, int], granules: 
     example = f" (e.g. multihost: {{{axis}: {granules}}})" if axis else ""
     want = math.prod(dcn.values())
     return f"set multihost factors that multiply to {granules}{example}, or run {want} " + (
-        unit if want > 1 else {"processes": "process", "slices": "slice"}[unit])
+        unit if want > 1 else {"processes": "process", "slices": "slice"}[unit]
+    )
 
 
 def process_ids(shape: Mapping[str, int], strategy: Strategy, mesh: Mesh | AbstractMesh) -> np.ndarray | None:

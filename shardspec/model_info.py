@@ -58,8 +58,13 @@ def own_model(model: str | os.PathLike | LlamaConfig, dtype) -> ModelInfo:
 
     config = resolve_config(model)
     module = abstract(config, dtype=dtype)
-    name = model if isinstance(model, str) else os.fspath(model) if isinstance(model, os.PathLike) else (
-        config.checkpoint or config.family)
+    name = (
+        model
+        if isinstance(model, str)
+        else os.fspath(model)
+        if isinstance(model, os.PathLike)
+        else (config.checkpoint or config.family)
+    )
     geometry = module.decoder_geometry()
     return ModelInfo(name, param_tree.read(module), geometry, geometry.num_kv_heads, ZERO_PADDABLE, config)
 
@@ -71,21 +76,33 @@ def outside_model(model: Any, *, axes=None, kv_heads: int | None = None, paddabl
     (none is assumed: only the model's author knows).
     """
     tree = param_tree.read(model, axes)
-    geometry = model.decoder_geometry() if isinstance(model, nnx.Module) and isinstance(
-        model, ServableModel) else None
+    geometry = model.decoder_geometry() if isinstance(model, nnx.Module) and isinstance(model, ServableModel) else None
     if geometry is not None and not isinstance(geometry, DecoderGeometry):
-        raise ShardspecError(f"{type(model).__name__}.decoder_geometry() returned {type(geometry).__name__}",
-                             path="model", hint="return a shardspec.protocol.DecoderGeometry")
+        raise ShardspecError(
+            f"{type(model).__name__}.decoder_geometry() returned {type(geometry).__name__}",
+            path="model",
+            hint="return a shardspec.protocol.DecoderGeometry",
+        )
     if kv_heads is not None:
         if not isinstance(kv_heads, int) or isinstance(kv_heads, bool) or kv_heads < 1:
             raise ShardspecError(f"kv_heads={kv_heads!r} is not a positive int", path="kv_heads")
         if geometry is not None and kv_heads != geometry.num_kv_heads:
-            raise ShardspecError(f"kv_heads={kv_heads} but the model's geometry has "
-                                 f"{geometry.num_kv_heads} KV heads", path="kv_heads",
-                                 hint="leave kv_heads= out: the model's decoder_geometry() gives it")
-    name = type(model).__name__ if isinstance(model, nnx.Module) else {
-        param_tree.NNX: "nnx.State", param_tree.LINEN: "Linen variables"}.get(tree.kind, "pytree")
+            raise ShardspecError(
+                f"kv_heads={kv_heads} but the model's geometry has {geometry.num_kv_heads} KV heads",
+                path="kv_heads",
+                hint="leave kv_heads= out: the model's decoder_geometry() gives it",
+            )
+    name = (
+        type(model).__name__
+        if isinstance(model, nnx.Module)
+        else {param_tree.NNX: "nnx.State", param_tree.LINEN: "Linen variables"}.get(tree.kind, "pytree")
+    )
     if isinstance(paddable, str) or not all(isinstance(a, str) for a in paddable):
         raise ShardspecError(f"paddable={paddable!r} is not a collection of logical names", path="paddable")
-    return ModelInfo(name, tree, geometry, kv_heads if kv_heads is not None else (
-        geometry.num_kv_heads if geometry else None), frozenset(paddable))
+    return ModelInfo(
+        name,
+        tree,
+        geometry,
+        kv_heads if kv_heads is not None else (geometry.num_kv_heads if geometry else None),
+        frozenset(paddable),
+    )

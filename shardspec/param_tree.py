@@ -22,7 +22,8 @@ same pytree otherwise.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 from flax import nnx
@@ -36,8 +37,10 @@ NNX, LINEN, PYTREE = "nnx", "linen", "pytree"
 # `sharding_names`, earlier `sharding` (a tuple of names, not a jax Sharding).
 _NNX_AXES_KEYS = ("out_sharding", "sharding_names", "sharding")
 
-ACCEPTED = ("a preset name, a config, a Hugging Face checkpoint directory, an nnx.Module or nnx.State, "
-            "Linen variables, or a pytree of arrays / ShapeDtypeStructs with axes=")
+ACCEPTED = (
+    "a preset name, a config, a Hugging Face checkpoint directory, an nnx.Module or nnx.State, "
+    "Linen variables, or a pytree of arrays / ShapeDtypeStructs with axes="
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +96,11 @@ def read(model, axes=None) -> ParamTree:
         graphdef, state = nnx.split(model)
         return dataclasses.replace(_read_tree(state, None), graphdef=graphdef)
     if _is_linen_module(model):
-        raise ShardspecError(f"a Linen module ({type(model).__name__}) holds no parameters",
-                             path="model", hint="pass its variables: module.init(...), or "
-                             "jax.eval_shape(module.init, ...) for shapes only")
+        raise ShardspecError(
+            f"a Linen module ({type(model).__name__}) holds no parameters",
+            path="model",
+            hint="pass its variables: module.init(...), or jax.eval_shape(module.init, ...) for shapes only",
+        )
     if callable(model) or isinstance(model, (str, bytes, int, float, complex, bool)) or model is None:
         raise not_a_model(model)
     return _read_tree(model, axes)
@@ -117,9 +122,12 @@ def flatten_like(tree: ParamTree, given, what: str) -> tuple[list, Callable[[Seq
     if isinstance(given, nnx.Module):
         graphdef, given = nnx.split(given)
     elif _is_linen_module(given) or callable(given) or not _is_tree(given):
-        raise ShardspecError(f"{what} got {_describe(given)}", path="params",
-                             hint="give the model's parameters: the module, its nnx.State, its Linen "
-                             "variables or the pytree the plan was compiled from")
+        raise ShardspecError(
+            f"{what} got {_describe(given)}",
+            path="params",
+            hint="give the model's parameters: the module, its nnx.State, its Linen "
+            "variables or the pytree the plan was compiled from",
+        )
     pairs, treedef = _flatten(given)
     keyed = {keys: (value, wrapper) for keys, wrapper, value in pairs}
     want = {leaf.keys: leaf for leaf in tree.leaves}
@@ -128,8 +136,12 @@ def flatten_like(tree: ParamTree, given, what: str) -> tuple[list, Callable[[Seq
             raise _mismatch(what, tree, keys, "is in the plan but not in the given parameters")
         value = keyed[keys][0]
         if isinstance(value, jax.ShapeDtypeStruct) or not hasattr(value, "shape"):
-            raise _mismatch(what, tree, keys, f"is {_describe(value)}, not an array (shapes alone "
-                            "compile a plan; placing needs values)")
+            raise _mismatch(
+                what,
+                tree,
+                keys,
+                f"is {_describe(value)}, not an array (shapes alone compile a plan; placing needs values)",
+            )
         shape = tuple(value.shape)
         if shape != leaf.shape:
             raise _mismatch(what, tree, keys, f"has shape {shape}; the plan has {leaf.shape}")
@@ -151,8 +163,11 @@ def flatten_like(tree: ParamTree, given, what: str) -> tuple[list, Callable[[Seq
 
 def _mismatch(what: str, tree: ParamTree, keys: tuple[str, ...], problem: str) -> ShardspecError:
     path = ("/" if tree.kind == LINEN else ".").join(keys)
-    return ShardspecError(f"{what}: parameter {path!r} {problem}", path="params",
-                          hint="the parameters must be the model the plan was compiled from")
+    return ShardspecError(
+        f"{what}: parameter {path!r} {problem}",
+        path="params",
+        hint="the parameters must be the model the plan was compiled from",
+    )
 
 
 def _read_tree(tree, axes) -> ParamTree:
@@ -170,8 +185,11 @@ def _read_tree(tree, axes) -> ParamTree:
     for (keys, wrapper, value), leaf_axes in zip(pairs, given_axes):
         path = ("/" if kind == LINEN else ".").join(keys)
         if not (hasattr(value, "shape") and hasattr(value, "dtype")):
-            raise ShardspecError(f"parameter {path!r} is {_describe(value)}, not an array", path="model",
-                                 hint="every leaf must be an array or a jax.ShapeDtypeStruct")
+            raise ShardspecError(
+                f"parameter {path!r} is {_describe(value)}, not an array",
+                path="model",
+                hint="every leaf must be an array or a jax.ShapeDtypeStruct",
+            )
         shape = tuple(int(d) for d in value.shape)
         names = _names(path, leaf_axes if axes is not None else _wrapper_axes(wrapper), len(shape))
         leaves.append(Leaf(keys, shape, value.dtype, names))
@@ -179,9 +197,14 @@ def _read_tree(tree, axes) -> ParamTree:
             wrapper = _rewrap(wrapper, jax.ShapeDtypeStruct(shape, value.dtype))
         wrappers.append(wrapper)
     if all(leaf.axes is None for leaf in leaves):
-        how = "pass axes= (a tree of the same structure, tuples of logical names)" if kind == PYTREE else (
-            "annotate its parameters (nnx.with_partitioning / nn.with_logical_partitioning) "
-            "or name their axes with the strategy's params:")
+        how = (
+            "pass axes= (a tree of the same structure, tuples of logical names)"
+            if kind == PYTREE
+            else (
+                "annotate its parameters (nnx.with_partitioning / nn.with_logical_partitioning) "
+                "or name their axes with the strategy's params:"
+            )
+        )
         raise ShardspecError(f"{_describe(tree)} carries no logical axes", path="model", hint=how)
     return ParamTree(kind, tuple(leaves), treedef, tuple(wrappers))
 
@@ -244,17 +267,26 @@ def _names(path: str, names, ndim: int) -> tuple[str | None, ...] | None:
     if names is None:
         return None
     if isinstance(names, str) or not isinstance(names, Sequence | jax.sharding.PartitionSpec):
-        raise ShardspecError(f"parameter {path!r}: axes {names!r} are not a sequence of logical names",
-                             path="axes", hint="give a tuple with one name (or None) per dimension")
+        raise ShardspecError(
+            f"parameter {path!r}: axes {names!r} are not a sequence of logical names",
+            path="axes",
+            hint="give a tuple with one name (or None) per dimension",
+        )
     names = tuple(names)
     bad = [n for n in names if n is not None and not isinstance(n, str)]
     if bad:
-        raise ShardspecError(f"parameter {path!r}: axis name {bad[0]!r} is not a string", path="axes",
-                             hint="one logical name (or None) per dimension; several mesh axes on one "
-                             "dimension are the strategy's rules, not the model's names")
+        raise ShardspecError(
+            f"parameter {path!r}: axis name {bad[0]!r} is not a string",
+            path="axes",
+            hint="one logical name (or None) per dimension; several mesh axes on one "
+            "dimension are the strategy's rules, not the model's names",
+        )
     if len(names) != ndim:
-        raise ShardspecError(f"parameter {path!r}: {len(names)} axes {names} for {ndim} dimensions",
-                             path="axes", hint="give one logical name (or None) per dimension")
+        raise ShardspecError(
+            f"parameter {path!r}: {len(names)} axes {names} for {ndim} dimensions",
+            path="axes",
+            hint="give one logical name (or None) per dimension",
+        )
     return names
 
 
@@ -262,14 +294,19 @@ def _axes_per_leaf(treedef, axes) -> list:
     try:
         return treedef.flatten_up_to(axes)
     except (ValueError, TypeError) as e:
-        raise ShardspecError(f"axes= does not have the structure of the parameters: {e}", path="axes",
-                             hint="give a tree like the parameters whose leaves are tuples of "
-                             "logical names (or None)") from None
+        raise ShardspecError(
+            f"axes= does not have the structure of the parameters: {e}",
+            path="axes",
+            hint="give a tree like the parameters whose leaves are tuples of logical names (or None)",
+        ) from None
 
 
 def _axes_not_for(what: str) -> ShardspecError:
-    return ShardspecError(f"axes= is for plain pytrees; {what} carries its own logical axes", path="axes",
-                          hint="leave axes= out, or override axes with the strategy's params:")
+    return ShardspecError(
+        f"axes= is for plain pytrees; {what} carries its own logical axes",
+        path="axes",
+        hint="leave axes= out, or override axes with the strategy's params:",
+    )
 
 
 def _is_tree(x) -> bool:

@@ -37,11 +37,15 @@ def apply(plan: ShardingPlan, params: Any = None, *, seed: int = 0) -> Any:
         return rebuild(_place(plan, values, np.pad))
     config = plan.model.config
     if config is None:
-        raise ShardspecError(f"apply() needs the parameters of {plan.model.name}", path="params",
-                             hint="shardspec can initialise only its own models: apply(plan, params)")
+        raise ShardspecError(
+            f"apply() needs the parameters of {plan.model.name}",
+            path="params",
+            hint="shardspec can initialise only its own models: apply(plan, params)",
+        )
     if config.shape_only:
-        raise ShardspecError(f"model {plan.model.name!r} is shape-only: explain and validate it, "
-                             "do not materialise it", path="model")
+        raise ShardspecError(
+            f"model {plan.model.name!r} is shape-only: explain and validate it, do not materialise it", path="model"
+        )
     tree = plan.model.tree
     if config.checkpoint:
         from .checkpoint import load_state

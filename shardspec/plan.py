@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +29,7 @@ from .model_info import ModelInfo, is_own_model, outside_model, own_model
 from .protocol import Layout
 from .strategy import Strategy
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
-           "float8_e4m3fn": jnp.float8_e4m3fn}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "float8_e4m3fn": jnp.float8_e4m3fn}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,27 +84,34 @@ class ShardingPlan:
 
     def __repr__(self) -> str:
         shape = "×".join(str(n) for n in self.mesh_shape.values())
-        return (f"ShardingPlan({self.strategy.name!r}, model={self.model.name!r}, mesh={shape}, "
-                f"{len(self.params)} params)")
+        return (
+            f"ShardingPlan({self.strategy.name!r}, model={self.model.name!r}, mesh={shape}, {len(self.params)} params)"
+        )
 
     @property
     def runtime(self) -> RuntimeSizes:
         kv = self.servable_kv_cache()
         rt, geometry = self.strategy.runtime, self.model.geometry
         return RuntimeSizes(
-            dp_ranks=self.dp_ranks, page_size=kv.page_size, pages_per_rank=kv.pages_per_rank,
+            dp_ranks=self.dp_ranks,
+            page_size=kv.page_size,
+            pages_per_rank=kv.pages_per_rank,
             max_pages_per_seq=-(-geometry.max_seq_len // kv.page_size),
-            max_model_len=geometry.max_seq_len, max_num_seqs=rt.max_num_seqs,
+            max_model_len=geometry.max_seq_len,
+            max_num_seqs=rt.max_num_seqs,
             max_num_batched_tokens=rt.max_num_batched_tokens,
-            token_buckets=token_buckets(rt.max_num_batched_tokens))
+            token_buckets=token_buckets(rt.max_num_batched_tokens),
+        )
 
     def servable_kv_cache(self) -> KVCacheLayout:
         """The KV cache layout; a ShardspecError for a model the runtime cannot serve."""
         if self.kv_cache is None:
-            raise ShardspecError(f"model {self.model.name} declares no decoder geometry, so it has no KV "
-                                 "cache to serve with", path="model",
-                                 hint="implement shardspec.protocol.ServableModel (decoder_geometry, "
-                                 "hidden_states, logits) and compile the plan from the module")
+            raise ShardspecError(
+                f"model {self.model.name} declares no decoder geometry, so it has no KV cache to serve with",
+                path="model",
+                hint="implement shardspec.protocol.ServableModel (decoder_geometry, "
+                "hidden_states, logits) and compile the plan from the module",
+            )
         return self.kv_cache
 
     @property
@@ -156,18 +163,22 @@ class ShardingPlan:
         to names alone: the plan's per-array fallbacks (policy.indivisible,
         KV-head replication) are in `param_specs()`, not here.
         """
-        return tuple((name, rules_lib.spec_entry(rules_lib.effective_axes(rule.mesh_axes, self.mesh_shape)))
-                     for name, rule in self.rules.items())
+        return tuple(
+            (name, rules_lib.spec_entry(rules_lib.effective_axes(rule.mesh_axes, self.mesh_shape)))
+            for name, rule in self.rules.items()
+        )
 
     def activation_spec(self, axes: Sequence[str | None]) -> P:
         """The PartitionSpec of an activation with these logical axes (ShardspecError if unresolvable)."""
-        spec, problems = layouts_lib.activation_spec(f"axes {tuple(axes)}", axes, self.strategy, self.rules,
-                                                     self.mesh_shape)
+        spec, problems = layouts_lib.activation_spec(
+            f"axes {tuple(axes)}", axes, self.strategy, self.rules, self.mesh_shape
+        )
         raise_all(problems)
         return spec
 
-    def constrain(self, x: jax.Array, name: str | None = None, *, axes: Sequence[str | None] | None = None
-                  ) -> jax.Array:
+    def constrain(
+        self, x: jax.Array, name: str | None = None, *, axes: Sequence[str | None] | None = None
+    ) -> jax.Array:
         """Pin an activation: at a named point of the runtime (`"attn_in"`, ...), or anywhere
         by its logical axes, `axes=("batch", None, "hidden")`."""
         if (name is None) == (axes is None):
@@ -176,8 +187,11 @@ class ShardingPlan:
             spec = self.activations[name]
         else:
             if len(axes) != x.ndim:
-                raise ShardspecError(f"constrain: {len(axes)} axes {tuple(axes)} for an array of shape "
-                                     f"{x.shape}", path="axes", hint="one logical name (or None) per dimension")
+                raise ShardspecError(
+                    f"constrain: {len(axes)} axes {tuple(axes)} for an array of shape {x.shape}",
+                    path="axes",
+                    hint="one logical name (or None) per dimension",
+                )
             spec = self.activation_spec(axes)
         return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
@@ -187,9 +201,16 @@ class ShardingPlan:
         return Layout(constrain=self.constrain, kv_repeat=self.kv_repeat)
 
 
-def compile(strategy: Strategy | str | os.PathLike, model: Any = None, *, axes: Any = None,
-            kv_heads: int | None = None, paddable: Iterable[str] = (),
-            devices: Sequence[jax.Device] | None = None, abstract_mesh: bool = False) -> ShardingPlan:
+def compile(
+    strategy: Strategy | str | os.PathLike,
+    model: Any = None,
+    *,
+    axes: Any = None,
+    kv_heads: int | None = None,
+    paddable: Iterable[str] = (),
+    devices: Sequence[jax.Device] | None = None,
+    abstract_mesh: bool = False,
+) -> ShardingPlan:
     """Compile a strategy against a model's abstract shapes.
 
     `model` (or the strategy's `model:`) is a preset name, a config or a Hugging
@@ -209,10 +230,15 @@ def compile(strategy: Strategy | str | os.PathLike, model: Any = None, *, axes: 
         strategy = load(strategy)
     source = model if model is not None else strategy.model
     if source is None:
-        raise ShardspecError("no model given", path="model", file=strategy.source.file,
-                             hint="set model: in the strategy or pass --model (see `shardspec models`)")
-    return build_plan(strategy, _model_info(strategy, source, axes, kv_heads, paddable),
-                      devices=devices, abstract_mesh=abstract_mesh)
+        raise ShardspecError(
+            "no model given",
+            path="model",
+            file=strategy.source.file,
+            hint="set model: in the strategy or pass --model (see `shardspec models`)",
+        )
+    return build_plan(
+        strategy, _model_info(strategy, source, axes, kv_heads, paddable), devices=devices, abstract_mesh=abstract_mesh
+    )
 
 
 def _model_info(strategy: Strategy, source, axes, kv_heads, paddable) -> ModelInfo:
@@ -220,8 +246,11 @@ def _model_info(strategy: Strategy, source, axes, kv_heads, paddable) -> ModelIn
         return outside_model(source, axes=axes, kv_heads=kv_heads, paddable=tuple(paddable))
     given = [name for name, v in (("axes", axes), ("kv_heads", kv_heads), ("paddable", paddable)) if v]
     if given:
-        raise ShardspecError(f"{'=, '.join(given)}= describe outside models; {os.fspath(source)!r} is "
-                             "one of shardspec's, which knows its own", path=given[0])
+        raise ShardspecError(
+            f"{'=, '.join(given)}= describe outside models; {os.fspath(source)!r} is "
+            "one of shardspec's, which knows its own",
+            path=given[0],
+        )
     info = own_model(source, _DTYPES[strategy.runtime.dtype])
     if info.checkpoint:  # file headers only: every tensor there, with its shape, before any device work
         from .checkpoint import check as check_checkpoint
@@ -230,19 +259,24 @@ def _model_info(strategy: Strategy, source, axes, kv_heads, paddable) -> ModelIn
     return info
 
 
-def build_plan(strategy: Strategy, model: ModelInfo, *, devices: Sequence[jax.Device] | None = None,
-               abstract_mesh: bool = False, check_overrides: bool = True) -> ShardingPlan:
+def build_plan(
+    strategy: Strategy,
+    model: ModelInfo,
+    *,
+    devices: Sequence[jax.Device] | None = None,
+    abstract_mesh: bool = False,
+    check_overrides: bool = True,
+) -> ShardingPlan:
     """The plan of a model already read; `check_overrides=False` lets a `params:` entry
     match nothing (the HLO report's model with no decoder layer)."""
     attention_data, why = _attention_data(strategy, model)
     shape = mesh_lib.mesh_shape(strategy, attention_data)
     table = rules_lib.rule_table(strategy)
-    params, problems = layouts_lib.param_layouts(model, strategy, table, shape,
-                                                 check_overrides=check_overrides)
+    params, problems = layouts_lib.param_layouts(model, strategy, table, shape, check_overrides=check_overrides)
     problems += layouts_lib.rule_name_problems(strategy, params, model)
     activations, act_problems = layouts_lib.activation_specs(strategy, table, shape)
     if model.geometry is not None:
-        problems += layouts_lib.attention_problems(strategy, table, shape, model.geometry)
+        problems += layouts_lib.attention_problems(strategy, table, shape, model.geometry, params)
     raise_all(problems + act_problems)
 
     if abstract_mesh:
@@ -253,10 +287,10 @@ def build_plan(strategy: Strategy, model: ModelInfo, *, devices: Sequence[jax.De
     if model.geometry is not None:
         param_bytes = sum(p.bytes_per_device for p in params)
         itemsize = jnp.dtype(_DTYPES[strategy.kv_cache.dtype]).itemsize
-        kv = layouts_lib.kv_cache_layout(strategy, table, shape, model.geometry, itemsize,
-                                         _free_device_bytes(mesh, param_bytes))
-    return ShardingPlan(strategy, model, mesh, shape, attention_data, why, table, tuple(params),
-                        activations, kv)
+        kv = layouts_lib.kv_cache_layout(
+            strategy, table, shape, model.geometry, itemsize, _free_device_bytes(mesh, param_bytes)
+        )
+    return ShardingPlan(strategy, model, mesh, shape, attention_data, why, table, tuple(params), activations, kv)
 
 
 def _attention_data(strategy: Strategy, model: ModelInfo) -> tuple[int, str]:
@@ -264,7 +298,8 @@ def _attention_data(strategy: Strategy, model: ModelInfo) -> tuple[int, str]:
         raise strategy.source.error(
             "parallelism.attention_data",
             f"auto needs the model's KV-head count, and {model.name} declares no decoder geometry",
-            "pass compile(..., kv_heads=N), or set parallelism.attention_data to an integer")
+            "pass compile(..., kv_heads=N), or set parallelism.attention_data to an integer",
+        )
     return strategy.resolve_attention_data(model.kv_heads)
 
 

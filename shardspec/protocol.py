@@ -27,7 +27,8 @@ protocol and nothing else of theirs is known to the plan, step or engine.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 # attend(q [B,T,H,D], k [B,T,K',D], v [B,T,K',D], positions [B,T], cache) -> (out [B,T,H,D], cache)
 Attend = Callable[..., tuple[Any, Any]]
@@ -66,6 +67,9 @@ class Layout:
         return self.constrain(q, "attn_q"), self.constrain(k, "attn_kv"), self.constrain(v, "attn_kv")
 
 
+UNSHARDED = Layout()  # the default layout: one device, every constraint a no-op
+
+
 def causal_attention(q, k, v, positions, cache=None):
     """The reference `Attend`: causal attention over whole sequences, no KV cache.
 
@@ -85,7 +89,7 @@ def causal_attention(q, k, v, positions, cache=None):
     return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, D), cache
 
 
-def dense_logits(model: "ServableModel", tokens, layout: Layout = Layout()):
+def dense_logits(model: ServableModel, tokens, layout: Layout = UNSHARDED):
     """A servable model's dense forward through the protocol: tokens [B, T] -> logits [B, T, V]."""
     import jax.numpy as jnp
 
@@ -100,7 +104,8 @@ class ServableModel(Protocol):
 
     def decoder_geometry(self) -> DecoderGeometry: ...
 
-    def hidden_states(self, tokens, positions, layout: Layout, attend: Attend,
-                      caches: Sequence[Any] | None = None) -> tuple[Any, list]: ...
+    def hidden_states(
+        self, tokens, positions, layout: Layout, attend: Attend, caches: Sequence[Any] | None = None
+    ) -> tuple[Any, list]: ...
 
     def logits(self, hidden, layout: Layout) -> Any: ...

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from jax.sharding import PartitionSpec as P
 
@@ -32,8 +32,12 @@ DEFAULT_RULES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 # Which strategy key sets the size of each mesh axis (for error locations).
-AXIS_KEY = {"data": "parallelism.data", "attn_dp": "parallelism.attention_data",
-             "expert": "parallelism.expert", "model": "parallelism.tensor"}
+AXIS_KEY = {
+    "data": "parallelism.data",
+    "attn_dp": "parallelism.attention_data",
+    "expert": "parallelism.expert",
+    "model": "parallelism.tensor",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,10 +77,17 @@ class Resolved:
     kv_replicated: bool = False
 
 
-def resolve_array(path: str, shape: Sequence[int], logical: Sequence[str | None], *,
-                  table: Mapping[str, Rule], mesh_shape: Mapping[str, int], strategy: Strategy,
-                  axes_from: str | None = None, paddable: frozenset[str] = frozenset()
-                  ) -> tuple[Resolved, list[Problem]]:
+def resolve_array(
+    path: str,
+    shape: Sequence[int],
+    logical: Sequence[str | None],
+    *,
+    table: Mapping[str, Rule],
+    mesh_shape: Mapping[str, int],
+    strategy: Strategy,
+    axes_from: str | None = None,
+    paddable: frozenset[str] = frozenset(),
+) -> tuple[Resolved, list[Problem]]:
     """Resolve one array's logical axes into a PartitionSpec, applying the policy.
 
     `axes_from` is the YAML path of a `params:` override that gave the axes;
@@ -94,9 +105,14 @@ def resolve_array(path: str, shape: Sequence[int], logical: Sequence[str | None]
         if rule is None:
             if strategy.policy.unmatched == "error":
                 close = did_you_mean(name, table)
-                problems.append(src.problem(axes_from or "rules", f"{path}: logical axis {name!r} has no rule",
-                                            f"{close + ' ' if close else ''}add rules.{name}: <mesh axis> or null, "
-                                            "or set policy.unmatched: replicate"))
+                problems.append(
+                    src.problem(
+                        axes_from or "rules",
+                        f"{path}: logical axis {name!r} has no rule",
+                        f"{close + ' ' if close else ''}add rules.{name}: <mesh axis> or null, "
+                        "or set policy.unmatched: replicate",
+                    )
+                )
             else:
                 notes.append(f"{name!r} has no rule: replicated (policy.unmatched)")
             entries.append(None)
@@ -117,23 +133,36 @@ def resolve_array(path: str, shape: Sequence[int], logical: Sequence[str | None]
         policy = strategy.policy.indivisible
         if policy == "error":
             key = rule.yaml_path or axes_from or AXIS_KEY[mesh[-1]]
-            problems.append(src.problem(key,
-                f"{path}: dim {dim} ({name} = {size}) is not divisible by {shards} shards ({by})",
-                f"choose sizes that divide {size}, or set policy.indivisible: replicate or pad"))
+            problems.append(
+                src.problem(
+                    key,
+                    f"{path}: dim {dim} ({name} = {size}) is not divisible by {shards} shards ({by})",
+                    f"choose sizes that divide {size}, or set policy.indivisible: replicate or pad",
+                )
+            )
             entries.append(None)
         elif policy == "pad" and name in paddable:
             padded[dim] = -(-size // shards) * shards
             notes.append(f"{name} {size} padded to {padded[dim]} for {shards} shards (policy.indivisible: pad)")
             entries.append(spec_entry(mesh))
         else:
-            why = "policy.indivisible: replicate" if policy == "replicate" else f"pad is not known to be exact for {name}"
+            why = (
+                "policy.indivisible: replicate" if policy == "replicate" else f"pad is not known to be exact for {name}"
+            )
             notes.append(f"{name} {size} not divisible by {shards} shards: replicated ({why})")
             entries.append(None)
     return Resolved(P(*entries), tuple(padded), tuple(notes), kv_replicated), problems
 
 
-def claim_axes(label: str, name: str, mesh: Sequence[str], used: dict[str, str],
-               table: Mapping[str, Rule], source, axes_from: str | None = None) -> list[Problem]:
+def claim_axes(
+    label: str,
+    name: str,
+    mesh: Sequence[str],
+    used: dict[str, str],
+    table: Mapping[str, Rule],
+    source,
+    axes_from: str | None = None,
+) -> list[Problem]:
     """Record in `used` (mesh axis -> logical axis) that `name` splits over `mesh`; a
     problem for each mesh axis an earlier dimension of the same array already uses."""
     problems = []
@@ -141,9 +170,13 @@ def claim_axes(label: str, name: str, mesh: Sequence[str], used: dict[str, str],
         if a in used:
             # Blame whichever of the two rules the user wrote.
             blame = table[name].yaml_path or table[used[a]].yaml_path or axes_from or "rules"
-            problems.append(source.problem(blame, f"{label}: mesh axis {a!r} shards both {used[a]!r} and {name!r}",
-                                           "a mesh axis may shard only one dimension of an array; "
-                                           "change one of the rules"))
+            problems.append(
+                source.problem(
+                    blame,
+                    f"{label}: mesh axis {a!r} shards both {used[a]!r} and {name!r}",
+                    "a mesh axis may shard only one dimension of an array; change one of the rules",
+                )
+            )
     used.update({a: name for a in mesh})
     return problems
 

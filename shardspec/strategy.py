@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from types import MappingProxyType
-from typing import Literal, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Literal
 
 from .errors import Source
 
@@ -18,6 +18,30 @@ from .errors import Source
 MESH_AXES = ("data", "attn_dp", "expert", "model")
 
 AUTO = "auto"
+
+
+class FrozenMap(Mapping):
+    """An immutable, hashable mapping: a strategy is a value, and equal values hash equal."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping = ()):
+        self._items = {k: FrozenMap(v) if isinstance(v, Mapping) else v for k, v in dict(items).items()}
+
+    def __getitem__(self, key):
+        return self._items[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items.items()))
+
+    def __repr__(self) -> str:
+        return repr(self._items)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +104,14 @@ class Strategy:
 
     def __post_init__(self):
         for name in ("multihost", "rules", "expect"):
-            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+            object.__setattr__(self, name, FrozenMap(getattr(self, name)))
+
+    def __repr__(self) -> str:
+        p = self.parallelism
+        return (
+            f"Strategy(name={self.name!r}, model={self.model!r}, data×tensor×expert={p.data}×{p.tensor}×{p.expert}, "
+            f"attention_data={p.attention_data})"
+        )
 
     @property
     def device_count(self) -> int:
@@ -100,5 +131,5 @@ class Strategy:
         auto = tensor // math.gcd(tensor, kv_heads)
         return auto, f"attention_data = {auto}: tensor {tensor} / gcd({tensor}, kv_heads {kv_heads})"
 
-    def with_model(self, model: str) -> "Strategy":
+    def with_model(self, model: str) -> Strategy:
         return dataclasses.replace(self, model=model)

@@ -9,8 +9,19 @@ import shardspec.placement  # noqa: F401
 
 
 def test_public_names():
-    assert set(shardspec.__all__) == {"load", "Strategy", "compile", "ShardingPlan", "apply", "explain",
-                                      "Engine", "ShardspecError", "DecoderGeometry", "Layout", "ServableModel"}
+    assert set(shardspec.__all__) == {
+        "load",
+        "Strategy",
+        "compile",
+        "ShardingPlan",
+        "apply",
+        "explain",
+        "Engine",
+        "ShardspecError",
+        "DecoderGeometry",
+        "Layout",
+        "ServableModel",
+    }
     for name in ("load", "compile", "apply", "explain"):
         assert callable(getattr(shardspec, name)), name
     from shardspec import apply, explain
@@ -19,6 +30,7 @@ def test_public_names():
 
 
 def test_loading_a_strategy_does_not_import_jax():
-    code = ("import sys, shardspec; shardspec.load('strategies/dp.yaml'); "
-            "assert 'jax' not in sys.modules, 'jax imported'")
+    code = (
+        "import sys, shardspec; shardspec.load('strategies/dp.yaml'); assert 'jax' not in sys.modules, 'jax imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=shardspec.__path__[0] + "/..")

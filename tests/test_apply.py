@@ -42,8 +42,9 @@ def test_initialised_parameters_equal_an_unsharded_init_with_the_same_seed():
     plain = nnx.state(build(plan.model.config, seed=5))
     for (k, a), (_, b) in zip(nnx.to_flat_state(sharded), nnx.to_flat_state(plain)):
         # Same random bits; jit may fuse the scaling differently (1 ulp).
-        np.testing.assert_allclose(np.asarray(a.get_value()), np.asarray(b.get_value()), rtol=1e-6,
-                                   atol=1e-7, err_msg=str(k))
+        np.testing.assert_allclose(
+            np.asarray(a.get_value()), np.asarray(b.get_value()), rtol=1e-6, atol=1e-7, err_msg=str(k)
+        )
 
 
 def test_abstract_plans_and_shape_only_models_cannot_be_applied():

@@ -9,6 +9,7 @@ import tracemalloc
 import jax
 import numpy as np
 import pytest
+from fixtures.synthetic import llama_config, write_checkpoint
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 from typer.testing import CliRunner
@@ -18,7 +19,6 @@ from shardspec.cli.main import app
 from shardspec.models.registry import build, resolve_config
 
 from conftest import ROOT
-from fixtures.synthetic import llama_config, write_checkpoint
 
 FIXTURES = ROOT / "tests" / "fixtures" / "hf"
 TP = str(ROOT / "strategies" / "tp.yaml")
@@ -82,11 +82,13 @@ def test_a_sharded_multi_file_synthetic_checkpoint_round_trips(tmp_path):
     for file in tmp_path.glob("*.safetensors"):
         tensors.update(load_file(file))
     want = tensors["model.layers.1.self_attn.o_proj.weight"].astype(np.float32)  # [E, H*D]
-    np.testing.assert_array_equal(np.asarray(got["layers.1.self_attn.o_proj"]),
-                                  want.reshape(64, 8, 16).transpose(1, 2, 0))
+    np.testing.assert_array_equal(
+        np.asarray(got["layers.1.self_attn.o_proj"]), want.reshape(64, 8, 16).transpose(1, 2, 0)
+    )
 
 
 # -- bad checkpoints ---------------------------------------------------------------------------
+
 
 def test_a_missing_file_is_named(tmp_path):
     directory = _copy(tmp_path, "llama")
@@ -114,8 +116,10 @@ def test_a_shape_that_disagrees_with_config_json_names_file_and_tensor(tmp_path)
     (directory / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
     code, err = _validate(directory)
     assert code == 2
-    assert (f"error: {directory / 'model.safetensors'}: model.layers.0.mlp.down_proj.weight: shape [64, 128] "
-            "disagrees with config.json (expected [64, 96] for layers.0.mlp.down_proj)") in err.splitlines()
+    assert (
+        f"error: {directory / 'model.safetensors'}: model.layers.0.mlp.down_proj.weight: shape [64, 128] "
+        "disagrees with config.json (expected [64, 96] for layers.0.mlp.down_proj)"
+    ) in err.splitlines()
 
 
 def test_a_missing_tensor_is_named(tmp_path):
@@ -125,8 +129,10 @@ def test_a_missing_tensor_is_named(tmp_path):
     save_file(tensors, str(directory / "model.safetensors"))
     code, err = _validate(directory)
     assert code == 2
-    assert err == (f"error: {directory}: missing tensor model.layers.0.mlp.experts.5.up_proj.weight "
-                   "(shardspec's layers.0.mlp.up_proj)\n")
+    assert err == (
+        f"error: {directory}: missing tensor model.layers.0.mlp.experts.5.up_proj.weight "
+        "(shardspec's layers.0.mlp.up_proj)\n"
+    )
 
 
 def test_an_unsupported_dtype_is_named(tmp_path):
@@ -138,13 +144,19 @@ def test_an_unsupported_dtype_is_named(tmp_path):
     assert code == 2 and "model.norm.weight: dtype I8 is not supported (bf16, fp16 or fp32)" in err
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"model_type": "gpt2"}, "model_type: model_type 'gpt2' is not supported (supported: llama, mistral, "
-                             "qwen2, qwen3, mixtral or qwen3_moe)"),
-    ({"hidden_act": "gelu"}, "hidden_act: hidden_act 'gelu' is not supported (only silu (SwiGLU))"),
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling: rope scaling 'yarn' is not supported"),
-    ({"hidden_size": None}, "hidden_size: missing 'hidden_size'"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            {"model_type": "gpt2"},
+            "model_type: model_type 'gpt2' is not supported (supported: llama, mistral, "
+            "qwen2, qwen3, mixtral or qwen3_moe)",
+        ),
+        ({"hidden_act": "gelu"}, "hidden_act: hidden_act 'gelu' is not supported (only silu (SwiGLU))"),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling: rope scaling 'yarn' is not supported"),
+        ({"hidden_size": None}, "hidden_size: missing 'hidden_size'"),
+    ],
+)
 def test_config_json_problems_exit_2(tmp_path, change, message):
     directory = _copy(tmp_path, "llama")
     config = json.loads((directory / "config.json").read_text())
@@ -155,8 +167,9 @@ def test_config_json_problems_exit_2(tmp_path, change, message):
 
 def test_a_directory_without_config_json_exits_2(tmp_path):
     code, err = _validate(tmp_path)
-    assert code == 2 and err == (f"error: {tmp_path / 'config.json'}: not found: a Hugging Face checkpoint "
-                                 "directory needs config.json\n")
+    assert code == 2 and err == (
+        f"error: {tmp_path / 'config.json'}: not found: a Hugging Face checkpoint directory needs config.json\n"
+    )
 
 
 def test_hub_style_qwen3_moe_config_names_its_experts_num_experts(tmp_path):

@@ -31,8 +31,7 @@ def test_explain_text_and_json():
 
 
 def test_explain_model_flag_and_set_override():
-    result = run("explain", ATTN, "--model", "llama3-8b", "--set", "parallelism.attention_data=2",
-                 "--format", "json")
+    result = run("explain", ATTN, "--model", "llama3-8b", "--set", "parallelism.attention_data=2", "--format", "json")
     out = json.loads(result.stdout)
     assert result.exit_code == 0 and out["model"] == "llama3-8b"
     assert out["mesh"]["axes"] == {"data": 1, "attn_dp": 2, "expert": 1, "model": 4}
@@ -51,14 +50,22 @@ def test_models_lists_every_preset():
         assert name in result.stdout
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["validate", "missing.yaml"], "error: missing.yaml: file not found"),
-    (["explain", ATTN, "--model", "llama3-tin"], "unknown model 'llama3-tin' (did you mean 'llama3-tiny'?"),
-    (["validate", ATTN, "--set", "runtime.routing=fastest"], "error: --set: runtime.routing: 'fastest' is not one of"),
-    (["validate", ATTN, "--set", "nonsense"], "error: --set: 'nonsense' is not key.path=value"),
-    (["check", ATTN, "--set", "parallelism.tensor=16", "--set", "parallelism.attention_data=1"],
-     "parallelism.tensor: layers.0.self_attn.o_proj: dim 0 (heads = 8) is not divisible by 16 shards"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["validate", "missing.yaml"], "error: missing.yaml: file not found"),
+        (["explain", ATTN, "--model", "llama3-tin"], "unknown model 'llama3-tin' (did you mean 'llama3-tiny'?"),
+        (
+            ["validate", ATTN, "--set", "runtime.routing=fastest"],
+            "error: --set: runtime.routing: 'fastest' is not one of",
+        ),
+        (["validate", ATTN, "--set", "nonsense"], "error: --set: 'nonsense' is not key.path=value"),
+        (
+            ["check", ATTN, "--set", "parallelism.tensor=16", "--set", "parallelism.attention_data=1"],
+            "parallelism.tensor: layers.0.self_attn.o_proj: dim 0 (heads = 8) is not divisible by 16 shards",
+        ),
+    ],
+)
 def test_user_errors_exit_2_with_one_line_per_problem_and_no_traceback(args, expected):
     result = run(*args)
     assert result.exit_code == 2, result.output
@@ -72,8 +79,9 @@ def test_bad_strategy_file_names_file_line_and_key(tmp_path):
     bad.write_text("model: llama3-tiny\nparallelism:\n  tensor: 8\n  attention_data: 3\n")
     result = run("validate", str(bad))
     assert result.exit_code == 2
-    assert result.stderr == (f"error: {bad}:4: parallelism.attention_data: 3 does not divide tensor=8 "
-                             "(use 1, 2, 4 or 8, or auto)\n")
+    assert result.stderr == (
+        f"error: {bad}:4: parallelism.attention_data: 3 does not divide tensor=8 (use 1, 2, 4 or 8, or auto)\n"
+    )
 
 
 def test_debug_shows_the_traceback():

@@ -15,9 +15,16 @@ FAST = ["--set", "runtime.max_num_batched_tokens=32", "--set", "runtime.max_num_
 
 def test_run_prompts_to_output_in_input_order_with_json_metrics(tmp_path):
     prompts = tmp_path / "in.jsonl"
-    prompts.write_text("\n".join(json.dumps(r) for r in [
-        {"id": "z", "prompt_token_ids": list(range(1, 40)), "max_tokens": 5, "ignore_eos": True},
-        {"id": "a", "prompt_token_ids": [7], "max_tokens": 2, "ignore_eos": True}]) + "\n")
+    prompts.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"id": "z", "prompt_token_ids": list(range(1, 40)), "max_tokens": 5, "ignore_eos": True},
+                {"id": "a", "prompt_token_ids": [7], "max_tokens": 2, "ignore_eos": True},
+            ]
+        )
+        + "\n"
+    )
     out = tmp_path / "out.jsonl"
     result = runner.invoke(app, ["run", DP, "--prompts", str(prompts), "--output", str(out), "--json", *FAST])
     assert result.exit_code == 0, result.output
@@ -40,8 +47,10 @@ def test_bad_request_file_exits_2_before_anything_runs(tmp_path):
     prompts.write_text('{"prompt_token_ids": [1, 2]}\n{"prompt_token_ids": [1, 100000]}\n')
     result = runner.invoke(app, ["run", DP, "--prompts", str(prompts)])
     assert result.exit_code == 2
-    assert result.stderr == (f"error: {prompts}:2: prompt_token_ids: token id 100000 is outside the "
-                             "vocabulary (ids must be below vocab_size 512)\n")
+    assert result.stderr == (
+        f"error: {prompts}:2: prompt_token_ids: token id 100000 is outside the "
+        "vocabulary (ids must be below vocab_size 512)\n"
+    )
 
 
 def test_bad_lengths_exit_2():

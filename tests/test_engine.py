@@ -17,9 +17,16 @@ LENGTHS = [1, 2, 5, 9, 17, 31, 48, 64, 100, 130]
 
 def _requests(seed=0, temperature=0.0):
     rng = np.random.default_rng(seed)
-    return [Request(str(i), tuple(rng.integers(0, 512, n).tolist()), max_tokens=int(rng.integers(1, 24)),
-                    sampling=SamplingParams(temperature=temperature, seed=i), ignore_eos=True)
-            for i, n in enumerate(LENGTHS)]
+    return [
+        Request(
+            str(i),
+            tuple(rng.integers(0, 512, n).tolist()),
+            max_tokens=int(rng.integers(1, 24)),
+            sampling=SamplingParams(temperature=temperature, seed=i),
+            ignore_eos=True,
+        )
+        for i, n in enumerate(LENGTHS)
+    ]
 
 
 def _engine(path, **overrides):
@@ -34,8 +41,9 @@ def single_device_tokens():
     def tokens(path):
         model = load(path).model
         if model not in cache:
-            engine = _engine(ROOT / "strategies" / "tp.yaml",
-                             **{"parallelism.tensor": "1", "devices": "1", "model": model})
+            engine = _engine(
+                ROOT / "strategies" / "tp.yaml", **{"parallelism.tensor": "1", "devices": "1", "model": model}
+            )
             cache[model] = [o.output_token_ids for o in engine.generate(_requests())]
         return cache[model]
 
@@ -49,8 +57,9 @@ def test_greedy_tokens_equal_the_single_device_run(path, async_scheduling, singl
     outputs = engine.generate(_requests())
     assert [o.id for o in outputs] == [str(i) for i in range(len(LENGTHS))]
     assert [o.output_token_ids for o in outputs] == single_device_tokens(path)
-    assert all(o.finish_reason == "length" and len(o.output_token_ids) == r.max_tokens
-               for o, r in zip(outputs, _requests()))
+    assert all(
+        o.finish_reason == "length" and len(o.output_token_ids) == r.max_tokens for o, r in zip(outputs, _requests())
+    )
 
 
 @pytest.mark.parametrize("name, routing", [("tp.yaml", "balanced"), ("attention_dp.yaml", "round_robin")])
@@ -63,8 +72,7 @@ def test_a_small_kv_cache_forces_preemption_and_changes_no_token(name, routing, 
 
 
 def test_sampling_with_seeds_is_the_same_under_every_strategy():
-    runs = [[o.output_token_ids for o in _engine(p).generate(_requests(temperature=0.8))]
-            for p in STRATEGY_FILES[:2]]
+    runs = [[o.output_token_ids for o in _engine(p).generate(_requests(temperature=0.8))] for p in STRATEGY_FILES[:2]]
     assert runs[0] == runs[1]
 
 
@@ -97,8 +105,7 @@ def test_stop_tokens_end_a_request():
     engine = _engine(ROOT / "strategies" / "dp.yaml")
     first = engine.generate([{"prompt_token_ids": [1, 2, 3], "max_tokens": 8, "ignore_eos": True}])[0]
     stop = first.output_token_ids[2]
-    again = engine.generate([{"id": "s", "prompt_token_ids": [1, 2, 3], "max_tokens": 8,
-                              "stop_token_ids": [stop]}])[0]
+    again = engine.generate([{"id": "s", "prompt_token_ids": [1, 2, 3], "max_tokens": 8, "stop_token_ids": [stop]}])[0]
     assert again.finish_reason == "stop"
     assert again.output_token_ids == first.output_token_ids[: first.output_token_ids.index(stop) + 1]
 

@@ -52,8 +52,10 @@ def test_gpt2_forward_under_the_plan_equals_the_unsharded_forward(layout, model)
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 384, (8, 24)), jnp.int32)
     graphdef, state = nnx.split(placed)
     tokens_sharding = plan.sharding(P(plan.activations["attn_in"][0]))
-    forward = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t, layout=plan.layout),
-                      in_shardings=(plan.param_shardings(), tokens_sharding))
+    forward = jax.jit(
+        lambda s, t: nnx.merge(graphdef, s)(t, layout=plan.layout),
+        in_shardings=(plan.param_shardings(), tokens_sharding),
+    )
     got, want = np.asarray(forward(state, tokens)), np.asarray(model(tokens))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert (got.argmax(-1) == want.argmax(-1)).all()
@@ -62,16 +64,18 @@ def test_gpt2_forward_under_the_plan_equals_the_unsharded_forward(layout, model)
 @pytest.mark.parametrize("layout", list(GPT2_LAYOUTS))
 def test_gpt2_served_by_the_engine_gives_its_own_greedy_tokens(layout, model, own_greedy):
     engine = Engine(plan_for(layout, model), model)
-    outputs = engine.generate([{"prompt_token_ids": p, "max_tokens": MAX_TOKENS, "ignore_eos": True}
-                               for p in PROMPTS])
+    outputs = engine.generate([{"prompt_token_ids": p, "max_tokens": MAX_TOKENS, "ignore_eos": True} for p in PROMPTS])
     assert [list(o.output_token_ids) for o in outputs] == own_greedy
     assert len({tuple(t) for t in own_greedy}) == len(PROMPTS)  # the prompts really lead apart
 
 
 def test_the_engine_checks_the_model_against_the_plan(model):
     plan = plan_for("attention-dp", model)
-    with pytest.raises(ShardspecError, match=r"parameter 'h.0.mlp.fc' has shape \(64, 128\); the plan has "
-                                             r"\(64, 256\)"):
+    with pytest.raises(
+        ShardspecError,
+        match=r"parameter 'h.0.mlp.fc' has shape \(64, 128\); the plan has "
+        r"\(64, 256\)",
+    ):
         Engine(plan, gpt2.build(gpt2.GPT2Config(ffn=128)))
     with pytest.raises(ShardspecError, match="decoder geometry .* differs from the plan's"):
         Engine(plan, gpt2.build(gpt2.GPT2Config(layers=3)))
@@ -115,8 +119,9 @@ def test_linen_model_applied_under_the_plan_equals_its_unsharded_apply():
 
 @pytest.mark.parametrize("script", ["linen_mlp.py", "gpt2_nnx.py"])
 def test_example_scripts_run(script):
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / script)], capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script)], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     if script == "gpt2_nnx.py":
         served, own = [line.split(":", 1)[1].strip() for line in done.stdout.splitlines()[-2:]]

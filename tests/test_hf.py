@@ -46,8 +46,15 @@ def _reference(model_type):
 
 def _strategy(model_type, parallelism, **sections):
     runtime = {**SMALL, **sections.pop("runtime", {})}
-    return load({"model": str(FIXTURES / model_type), "parallelism": parallelism,
-                 "kv_cache": {"dtype": "float32"}, "runtime": runtime, **sections})
+    return load(
+        {
+            "model": str(FIXTURES / model_type),
+            "parallelism": parallelism,
+            "kv_cache": {"dtype": "float32"},
+            "runtime": runtime,
+            **sections,
+        }
+    )
 
 
 def _sequence(ref, i):
@@ -83,8 +90,12 @@ def test_served_greedy_tokens_equal_transformers(model_type):
     name = "attention_dp_ep" if model_type in MOE else "attention_dp"
     engine = Engine(compile(_strategy(model_type, STRATEGIES[name])))
     ref = _reference(model_type)
-    outputs = engine.generate([{"prompt_token_ids": ref[f"prompt_{i}"].tolist(), "ignore_eos": True,
-                                "max_tokens": len(ref[f"greedy_{i}"])} for i in range(2)])
+    outputs = engine.generate(
+        [
+            {"prompt_token_ids": ref[f"prompt_{i}"].tolist(), "ignore_eos": True, "max_tokens": len(ref[f"greedy_{i}"])}
+            for i in range(2)
+        ]
+    )
     assert [list(o.output_token_ids) for o in outputs] == [ref[f"greedy_{i}"].tolist() for i in range(2)]
 
 
@@ -100,8 +111,15 @@ def test_unsharded_reference_model_and_check_use_the_checkpoint(model_type):
 def test_padding_policy_loads_exactly():
     """3 devices: attention replicated, mlp / vocab / expert_mlp zero-padded (policy.indivisible: pad)."""
     ref = _reference("mixtral")
-    plan = compile(_strategy("mixtral", {"tensor": 3, "attention_data": 1}, devices=3,
-                             rules={"heads": None, "kv_heads": None}, policy={"indivisible": "pad"}))
+    plan = compile(
+        _strategy(
+            "mixtral",
+            {"tensor": 3, "attention_data": 1},
+            devices=3,
+            rules={"heads": None, "kv_heads": None},
+            policy={"indivisible": "pad"},
+        )
+    )
     assert plan.param("lm_head").stored_shape == (64, 513)
     assert plan.param("layers.0.mlp.gate_proj").stored_shape == (8, 64, 33)
     got = np.asarray(apply(plan)(jnp.asarray(_batch(ref, rows=2)), layout=plan.layout))
@@ -144,14 +162,30 @@ def test_every_eos_of_generation_config_stops_a_request():
 def test_shardspec_run_on_a_checkpoint_directory(tmp_path):
     ref = _reference("llama")
     prompts = tmp_path / "in.jsonl"
-    prompts.write_text(json.dumps({"id": "t", "prompt": str(ref["text"]), "max_tokens": 8, "ignore_eos": True})
-                       + "\n" + json.dumps({"prompt_token_ids": ref["prompt_1"].tolist(), "max_tokens": 8,
-                                            "ignore_eos": True}) + "\n")
+    prompts.write_text(
+        json.dumps({"id": "t", "prompt": str(ref["text"]), "max_tokens": 8, "ignore_eos": True})
+        + "\n"
+        + json.dumps({"prompt_token_ids": ref["prompt_1"].tolist(), "max_tokens": 8, "ignore_eos": True})
+        + "\n"
+    )
     out = tmp_path / "out.jsonl"
-    result = CliRunner().invoke(app, ["run", str(ROOT / "strategies" / "attention_dp.yaml"),
-                                      "--model", str(FIXTURES / "llama"), "--prompts", str(prompts),
-                                      "--output", str(out), "--set", "runtime.max_num_batched_tokens=32",
-                                      "--set", "kv_cache.dtype=float32"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            str(ROOT / "strategies" / "attention_dp.yaml"),
+            "--model",
+            str(FIXTURES / "llama"),
+            "--prompts",
+            str(prompts),
+            "--output",
+            str(out),
+            "--set",
+            "runtime.max_num_batched_tokens=32",
+            "--set",
+            "kv_cache.dtype=float32",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["output_token_ids"] == ref["text_greedy"].tolist() and rows[0]["text"] == str(ref["text_output"])

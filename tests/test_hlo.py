@@ -61,8 +61,9 @@ ENTRY %main {
 """
     n, nbytes = collectives(text)
     assert n == counts(all_reduce=1, all_gather=1, all_to_all=1, collective_permute=1)
-    assert nbytes == counts(all_reduce=16 * 128 * 4 + 8 * 2, all_gather=64 * 128 * 4, all_to_all=8 * 4 * 4,
-                            collective_permute=4)
+    assert nbytes == counts(
+        all_reduce=16 * 128 * 4 + 8 * 2, all_gather=64 * 128 * 4, all_to_all=8 * 4 * 4, collective_permute=4
+    )
 
 
 def test_batch_structs_are_what_the_packer_makes():
@@ -70,7 +71,8 @@ def test_batch_structs_are_what_the_packer_makes():
     packed = pack(StepSchedule((), 0), plan.runtime)  # no work: the smallest bucket
     structs = batch_structs(plan, packed.token_stride)
     assert {f: (s.shape, s.dtype) for f, s in structs.items()} == {
-        f: (getattr(packed, f).shape, getattr(packed, f).dtype) for f in TOKEN_FIELDS + ROW_FIELDS}
+        f: (getattr(packed, f).shape, getattr(packed, f).dtype) for f in TOKEN_FIELDS + ROW_FIELDS
+    }
 
 
 def test_the_report_needs_devices():
@@ -175,14 +177,17 @@ def test_a_blown_budget_names_the_line_the_collective_the_steps_and_the_counts(t
     assert [p.format() for p in problems] == [
         f"error: {path}:5: expect.per_layer.all-reduce: all-reduce per decoder layer: 2 in the decode step "
         "and 2 in the prefill step, over the budget of 0 (per layer = what the decoder layers add to "
-        "the step, ÷ layers; raise the budget or change the sharding; `shardspec explain --hlo` shows every count)"]
+        "the step, ÷ layers; raise the budget or change the sharding; `shardspec explain --hlo` shows every count)"
+    ]
 
 
 def test_a_generous_budget_passes(tmp_path):
     plan = compile(load(budget_file(tmp_path, 2)))
     assert budget_problems(plan, report("tp")) == []
-    assert budget_summary(plan, report("tp")) == ("collectives within budget (decode and prefill steps): "
-                                                  "all-reduce per decoder layer 2 ≤ 2; all-gather in a step 1 ≤ 1")
+    assert budget_summary(plan, report("tp")) == (
+        "collectives within budget (decode and prefill steps): "
+        "all-reduce per decoder layer 2 ≤ 2; all-gather in a step 1 ≤ 1"
+    )
 
 
 runner = CliRunner()
@@ -199,8 +204,10 @@ def test_cli_explain_hlo_exits_2_on_a_blown_budget_after_printing_the_table(tmp_
     result = runner.invoke(app, ["explain", str(path), "--hlo"])
     assert result.exit_code == 2, result.output
     assert "  decode   1×8     all-reduce      5   20.0 KiB          2" in result.stdout
-    assert result.stderr.startswith(f"error: {path}:5: expect.per_layer.all-reduce: all-reduce per decoder "
-                                    "layer: 2 in the decode step and 2 in the prefill step, over the budget of 1")
+    assert result.stderr.startswith(
+        f"error: {path}:5: expect.per_layer.all-reduce: all-reduce per decoder "
+        "layer: 2 in the decode step and 2 in the prefill step, over the budget of 1"
+    )
     assert "Traceback" not in result.output
 
 

@@ -28,8 +28,13 @@ HANG_S = 240  # a safety net only: each test takes 5-30 s on two idle cores
 
 def launch(*args: str, timeout: float = HANG_S) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "shardspec.cli.main", "launch", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("SHARDSPEC_")})
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SHARDSPEC_")},
+    )
 
 
 def test_two_processes_serve_what_one_process_serves(tmp_path):
@@ -58,8 +63,20 @@ def test_check_passes_across_two_processes():
 
 
 def test_a_killed_process_ends_the_launch_with_a_clear_error():
-    command = [sys.executable, "-m", "shardspec.cli.main", "launch", "--local", "2", "--",
-               "run", MULTIHOST, "-n", "4000", *FAST]
+    command = [
+        sys.executable,
+        "-m",
+        "shardspec.cli.main",
+        "launch",
+        "--local",
+        "2",
+        "--",
+        "run",
+        MULTIHOST,
+        "-n",
+        "4000",
+        *FAST,
+    ]
     lines: list[str] = []
     pids: dict[int, int] = {}
     with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
@@ -71,8 +88,11 @@ def test_a_killed_process_ends_the_launch_with_a_clear_error():
             while not any("[0] note: using 8 simulated CPU devices" in x for x in list(lines)):
                 assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
                 time.sleep(0.1)
-            pids = {int(x.split()[2].rstrip(":")): int(x.split()[-1])
-                    for x in list(lines) if x.startswith("launch: process ")}
+            pids = {
+                int(x.split()[2].rstrip(":")): int(x.split()[-1])
+                for x in list(lines)
+                if x.startswith("launch: process ")
+            }
             time.sleep(3)
             assert proc.poll() is None, "".join(lines)
             killed = time.monotonic()

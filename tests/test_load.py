@@ -14,8 +14,7 @@ import pytest
 import shardspec
 from shardspec import load
 from shardspec.errors import ShardspecError
-from shardspec.strategy import (KVCacheConfig, ParamOverride, Parallelism, Policy,
-                                RuntimeConfig, Strategy)
+from shardspec.strategy import KVCacheConfig, Parallelism, ParamOverride, Policy, RuntimeConfig, Strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "shardspec" / "strategy.schema.json").read_text())
@@ -88,8 +87,13 @@ def test_full_strategy_round_trips(in_tmp):
         params=(ParamOverride(match=r"layers\.\d+\.mlp", axes=("embed", "mlp"), index=0),),
         policy=Policy(unmatched="replicate", indivisible="pad"),
         kv_cache=KVCacheConfig(dtype="float32", page_size=32, num_pages=256),
-        runtime=RuntimeConfig(dtype="bfloat16", max_num_seqs=16, max_num_batched_tokens=1024,
-                              routing="least_tokens", async_scheduling=False),
+        runtime=RuntimeConfig(
+            dtype="bfloat16",
+            max_num_seqs=16,
+            max_num_batched_tokens=1024,
+            routing="least_tokens",
+            async_scheduling=False,
+        ),
         expect={"per_layer": {"all-reduce": 2}, "total": {"all-gather": 0}},
     )
     assert strategy.source.file == "s.yaml"
@@ -103,10 +107,8 @@ def test_defaults_are_filled_in_and_name_is_the_file_stem(in_tmp):
     assert strategy.name == "attn_dp"
     assert (strategy.model, strategy.devices, strategy.device_count) == (None, None, 8)
     assert strategy.parallelism == Parallelism(tensor=8)
-    assert (strategy.policy, strategy.kv_cache, strategy.runtime) == (
-        Policy(), KVCacheConfig(), RuntimeConfig())
-    assert (dict(strategy.multihost), dict(strategy.rules), strategy.params,
-            dict(strategy.expect)) == ({}, {}, (), {})
+    assert (strategy.policy, strategy.kv_cache, strategy.runtime) == (Policy(), KVCacheConfig(), RuntimeConfig())
+    assert (dict(strategy.multihost), dict(strategy.rules), strategy.params, dict(strategy.expect)) == ({}, {}, (), {})
 
 
 def test_yaml_text_and_dict_sources():
@@ -143,13 +145,16 @@ def test_unknown_keys_with_did_you_mean(in_tmp):
     ]
 
 
-@pytest.mark.parametrize("line, message", [
-    ("  tensor: eight", "parallelism.tensor: expected an integer, got 'eight'"),
-    ("  tensor: 8.0", "parallelism.tensor: expected an integer, got 8.0"),
-    ("  tensor: true", "parallelism.tensor: expected an integer, got true"),
-    ("  tensor: [8]", "parallelism.tensor: expected an integer, got a list"),
-    ("  attention_data: half", "parallelism.attention_data: expected an integer or 'auto', got 'half'"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("  tensor: eight", "parallelism.tensor: expected an integer, got 'eight'"),
+        ("  tensor: 8.0", "parallelism.tensor: expected an integer, got 8.0"),
+        ("  tensor: true", "parallelism.tensor: expected an integer, got true"),
+        ("  tensor: [8]", "parallelism.tensor: expected an integer, got a list"),
+        ("  attention_data: half", "parallelism.attention_data: expected an integer or 'auto', got 'half'"),
+    ],
+)
 def test_wrong_types(in_tmp, line, message):
     assert errors(f"parallelism:\n{line}\n") == [f"error: s.yaml:2: {message}"]
 
@@ -161,17 +166,20 @@ def test_wrong_type_of_a_section(in_tmp):
     ]
 
 
-@pytest.mark.parametrize("path, value, message", [
-    ("parallelism.tensor", "0", "0 is below the minimum 1"),
-    ("parallelism.data", "-2", "-2 is below the minimum 1"),
-    ("parallelism.attention_data", "0", "0 is below the minimum 1"),
-    ("devices", "100000", "100000 is above the maximum 65536"),
-    ("kv_cache.page_size", "8192", "8192 is above the maximum 4096"),
-    ("kv_cache.num_pages", "16777217", "16777217 is above the maximum 16777216"),
-    ("runtime.max_num_batched_tokens", "2000000", "2000000 is above the maximum 1048576"),
-    ("multihost.data", "0", "0 is below the minimum 1"),
-    ("expect.total.all-reduce", "-1", "-1 is below the minimum 0"),
-])
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("parallelism.tensor", "0", "0 is below the minimum 1"),
+        ("parallelism.data", "-2", "-2 is below the minimum 1"),
+        ("parallelism.attention_data", "0", "0 is below the minimum 1"),
+        ("devices", "100000", "100000 is above the maximum 65536"),
+        ("kv_cache.page_size", "8192", "8192 is above the maximum 4096"),
+        ("kv_cache.num_pages", "16777217", "16777217 is above the maximum 16777216"),
+        ("runtime.max_num_batched_tokens", "2000000", "2000000 is above the maximum 1048576"),
+        ("multihost.data", "0", "0 is below the minimum 1"),
+        ("expect.total.all-reduce", "-1", "-1 is below the minimum 0"),
+    ],
+)
 def test_sizes_out_of_range(path, value, message):
     with pytest.raises(ShardspecError) as info:
         load(MINIMAL, {path: value})
@@ -181,29 +189,31 @@ def test_sizes_out_of_range(path, value, message):
 def test_enum_with_did_you_mean(in_tmp):
     assert errors("parallelism: {tensor: 8}\nruntime:\n  routing: fast\npolicy: {unmatched: replicat}\n") == [
         "error: s.yaml:3: runtime.routing: 'fast' is not one of balanced, least_tokens or round_robin",
-        "error: s.yaml:4: policy.unmatched: 'replicat' is not one of error or replicate "
-        "(did you mean 'replicate'?)",
+        "error: s.yaml:4: policy.unmatched: 'replicat' is not one of error or replicate (did you mean 'replicate'?)",
     ]
 
 
 def test_params_entry_needs_match_and_axes(in_tmp):
     assert errors("params:\n  - match: a\n") == [
-        "error: s.yaml:2: params[0]: missing 'axes' (each entry needs match: and axes:)"]
+        "error: s.yaml:2: params[0]: missing 'axes' (each entry needs match: and axes:)"
+    ]
     assert errors("params:\n  - {}\n") == [
-        "error: s.yaml:2: params[0]: missing 'match' and 'axes' (each entry needs match: and axes:)"]
+        "error: s.yaml:2: params[0]: missing 'match' and 'axes' (each entry needs match: and axes:)"
+    ]
 
 
 def test_parallelism_product_must_match_devices(in_tmp):
     assert errors("devices: 8\nparallelism:\n  data: 2\n  tensor: 2\n") == [
         "error: s.yaml:2: parallelism: data 2 x tensor 2 x expert 1 = 4 devices, but devices: 8 "
-        "(make data x tensor x expert = 8, or set devices: 4 (or leave it out))"]
+        "(make data x tensor x expert = 8, or set devices: 4 (or leave it out))"
+    ]
 
 
 def test_attention_data_must_divide_tensor(in_tmp):
     text = "name: attn\nparallelism:\n  data: 1\n  tensor: 8\n  expert: 1\n\n  attention_data: 3\n"
     assert errors(text, "attn_dp.yaml") == [
-        "error: attn_dp.yaml:7: parallelism.attention_data: 3 does not divide tensor=8 "
-        "(use 1, 2, 4 or 8, or auto)"]
+        "error: attn_dp.yaml:7: parallelism.attention_data: 3 does not divide tensor=8 (use 1, 2, 4 or 8, or auto)"
+    ]
 
 
 def test_multihost_must_divide_its_axis(in_tmp):
@@ -221,29 +231,27 @@ def test_rules_name_mesh_axes(in_tmp):
     text = "rules:\n  mpl: model\n  heads: modle\n  vocab: [attn_dp, tensor]\n"
     assert errors(text) == [
         "error: s.yaml:3: rules.heads: unknown mesh axis 'modle' (did you mean 'model'?)",
-        "error: s.yaml:4: rules.vocab[1]: unknown mesh axis 'tensor' "
-        "(use data, attn_dp, expert or model)",
+        "error: s.yaml:4: rules.vocab[1]: unknown mesh axis 'tensor' (use data, attn_dp, expert or model)",
     ]
 
 
 def test_a_mesh_axis_only_once_per_rule(in_tmp):
     assert errors("rules:\n  mlp:\n    - model\n    - model\n") == [
-        "error: s.yaml:4: rules.mlp[1]: mesh axis 'model' appears twice "
-        "(a mesh axis can shard a dimension only once)"]
+        "error: s.yaml:4: rules.mlp[1]: mesh axis 'model' appears twice (a mesh axis can shard a dimension only once)"
+    ]
 
 
 def test_params_regex(in_tmp):
     text = "params:\n  - match: 'mlp('\n    axes: [embd, null]\n"
     assert errors(text) == [
-        "error: s.yaml:2: params[0].match: invalid regex 'mlp(': "
-        "missing ), unterminated subpattern at position 3",
+        "error: s.yaml:2: params[0].match: invalid regex 'mlp(': missing ), unterminated subpattern at position 3",
     ]
 
 
 def test_unknown_preset(in_tmp):
     assert errors("model: llama3-tin\n") == [
-        "error: s.yaml:1: model: unknown model 'llama3-tin' "
-        "(did you mean 'llama3-tiny'? see `shardspec models`)"]
+        "error: s.yaml:1: model: unknown model 'llama3-tin' (did you mean 'llama3-tiny'? see `shardspec models`)"
+    ]
     assert "checkpoint directory" in errors("model: gpt-neo\n")[0]
 
 
@@ -257,7 +265,8 @@ def test_missing_file(in_tmp, name):
     with pytest.raises(ShardspecError) as info:
         load(name)
     assert str(info.value) == (
-        f"error: {name}: file not found (check the path; it is relative to the working directory)")
+        f"error: {name}: file not found (check the path; it is relative to the working directory)"
+    )
 
 
 def test_an_existing_file_without_a_yaml_suffix(in_tmp):
@@ -277,7 +286,8 @@ def test_empty_file(in_tmp):
 
 def test_top_level_not_a_mapping(in_tmp):
     assert errors("- parallelism\n") == [
-        "error: s.yaml:1: the top level must be a mapping (name:, parallelism:, ...), got a list"]
+        "error: s.yaml:1: the top level must be a mapping (name:, parallelism:, ...), got a list"
+    ]
 
 
 def test_non_utf8_file(in_tmp):
@@ -290,14 +300,17 @@ def test_non_utf8_file(in_tmp):
 def test_yaml_syntax_error_has_its_line(in_tmp):
     assert errors("name: x\nparallelism:\n  tensor: 8\n  data: [1, 2\n") == [
         "error: s.yaml:5: invalid YAML: expected ',' or ']', but got '<stream end>' "
-        "(while parsing a flow sequence at line 4)"]
+        "(while parsing a flow sequence at line 4)"
+    ]
 
 
 def test_python_tags_never_run(in_tmp):
     marker = in_tmp / "executed"
     lines = errors(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
-    assert lines == ["error: s.yaml:1: name: the tag !!python/object/apply:os.system is not allowed "
-                     "(a strategy is plain data: values, lists and mappings)"]
+    assert lines == [
+        "error: s.yaml:1: name: the tag !!python/object/apply:os.system is not allowed "
+        "(a strategy is plain data: values, lists and mappings)"
+    ]
     assert not marker.exists()
 
 
@@ -309,13 +322,15 @@ def test_alias_bomb_is_rejected_fast(in_tmp):
     start = time.perf_counter()
     lines = errors(text)
     assert time.perf_counter() - start < 0.5
-    assert lines == ["error: s.yaml:5: the document expands to more than 10000 values "
-                     "(anchors and aliases nested too deeply)"]
+    assert lines == [
+        "error: s.yaml:5: the document expands to more than 10000 values (anchors and aliases nested too deeply)"
+    ]
 
 
 def test_duplicate_keys(in_tmp):
     assert errors("runtime:\n  routing: balanced\n  routing: round_robin\n") == [
-        "error: s.yaml:3: runtime.routing: duplicate key 'routing' (first at line 2) (keep one of them)"]
+        "error: s.yaml:3: runtime.routing: duplicate key 'routing' (first at line 2) (keep one of them)"
+    ]
 
 
 def test_all_schema_errors_at_once_in_file_order(in_tmp):
@@ -348,9 +363,17 @@ def test_all_semantic_errors_at_once(in_tmp):
 
 def test_overrides(in_tmp):
     Path("s.yaml").write_text(FULL)
-    strategy = load("s.yaml", {"runtime.routing": "round_robin", "parallelism.attention_data": "2",
-                               "rules.mlp": "[model]", "multihost.expert": "1",
-                               "params[0].axes": "[null, mlp]", "model": "llama3-small"})
+    strategy = load(
+        "s.yaml",
+        {
+            "runtime.routing": "round_robin",
+            "parallelism.attention_data": "2",
+            "rules.mlp": "[model]",
+            "multihost.expert": "1",
+            "params[0].axes": "[null, mlp]",
+            "model": "llama3-small",
+        },
+    )
     assert strategy.runtime.routing == "round_robin"
     assert strategy.parallelism.attention_data == 2
     assert strategy.rules["mlp"] == ("model",)
@@ -373,17 +396,26 @@ def test_bad_overrides_are_reported_at_set(in_tmp):
     with pytest.raises(ShardspecError) as info:
         load("s.yaml", {"runtime.routing": "fastest"})
     assert str(info.value) == (
-        "error: --set: runtime.routing: 'fastest' is not one of balanced, least_tokens or round_robin")
+        "error: --set: runtime.routing: 'fastest' is not one of balanced, least_tokens or round_robin"
+    )
     with pytest.raises(ShardspecError) as info:
         load("s.yaml", {"parallelism.attention_data": "3"})
     assert str(info.value) == (
-        "error: --set: parallelism.attention_data: 3 does not divide tensor=8 (use 1, 2, 4 or 8, or auto)")
+        "error: --set: parallelism.attention_data: 3 does not divide tensor=8 (use 1, 2, 4 or 8, or auto)"
+    )
 
 
 def test_malformed_overrides():
     with pytest.raises(ShardspecError) as info:
-        load(MINIMAL, {"runtime..routing": "x", "parallelism.tensor.x": "1",
-                       "params[3].match": "a", "runtime.dtype": "[unclosed"})
+        load(
+            MINIMAL,
+            {
+                "runtime..routing": "x",
+                "parallelism.tensor.x": "1",
+                "params[3].match": "a",
+                "runtime.dtype": "[unclosed",
+            },
+        )
     assert str(info.value).splitlines() == [
         "error: --set: bad key path 'runtime..routing' (write key.path=value, e.g. runtime.routing=least_tokens)",
         "error: --set: parallelism.tensor.x: parallelism.tensor is 8, not a mapping",
@@ -402,10 +434,12 @@ def test_an_override_of_an_unknown_key_is_reported_at_set():
 def test_load_does_not_import_jax(tmp_path):
     strategy = tmp_path / "s.yaml"
     strategy.write_text(FULL)
-    code = ("import sys, shardspec; s = shardspec.load(sys.argv[1]); "
-            "assert s.parallelism.tensor == 8; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax')); "
-            "assert not bad, bad")
+    code = (
+        "import sys, shardspec; s = shardspec.load(sys.argv[1]); "
+        "assert s.parallelism.tensor == 8; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax')); "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code, str(strategy)], cwd=ROOT, check=True)
 
 
@@ -428,12 +462,15 @@ def test_every_schema_property_has_a_description():
     assert not undescribed
 
 
-@pytest.mark.parametrize("section, cls", [("parallelism", Parallelism), ("policy", Policy),
-                                          ("kv_cache", KVCacheConfig), ("runtime", RuntimeConfig)])
+@pytest.mark.parametrize(
+    "section, cls",
+    [("parallelism", Parallelism), ("policy", Policy), ("kv_cache", KVCacheConfig), ("runtime", RuntimeConfig)],
+)
 def test_schema_defaults_are_the_dataclass_defaults(section, cls):
     properties = SCHEMA["properties"][section]["properties"]
     assert {f.name: f.default for f in dataclasses.fields(cls)} == {
-        name: sub["default"] for name, sub in properties.items()}
+        name: sub["default"] for name, sub in properties.items()
+    }
 
 
 def test_public_api():

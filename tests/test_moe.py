@@ -40,8 +40,9 @@ def test_dense_dispatch_equals_a_loop_over_each_tokens_chosen_experts(preset):
         moe = SparseMoE(cfg, jnp.float32, nnx.Rngs(3))
     x = np.asarray(jax.random.normal(jax.random.key(0), (2, 5, cfg.hidden_size)))
     got = np.asarray(moe(jnp.asarray(x), layout=Layout()))
-    router, gate, up, down = (np.asarray(p[...], np.float64) for p in (moe.router, moe.gate_proj, moe.up_proj,
-                                                                       moe.down_proj))
+    router, gate, up, down = (
+        np.asarray(p[...], np.float64) for p in (moe.router, moe.gate_proj, moe.up_proj, moe.down_proj)
+    )
     want = np.zeros_like(got, np.float64)
     for b, t in np.ndindex(2, 5):
         logits = x[b, t] @ router
@@ -54,12 +55,16 @@ def test_dense_dispatch_equals_a_loop_over_each_tokens_chosen_experts(preset):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("preset,parallelism", [
-    ("mixtral-tiny", {"tensor": 2, "attention_data": 1, "expert": 4}),  # EP × TP
-    ("mixtral-tiny", {"data": 2, "tensor": 2, "expert": 2}),  # model DP × EP × TP
-    ("qwen3-moe-tiny", {"tensor": 4, "expert": 2}),  # attention DP (auto 2) × model 2 × EP 2
-    ("qwen3-moe-tiny", {"expert": 8}),  # EP only: one expert a device
-], ids=["ep-tp", "dp-ep-tp", "attn_dp-ep", "ep8"])
+@pytest.mark.parametrize(
+    "preset,parallelism",
+    [
+        ("mixtral-tiny", {"tensor": 2, "attention_data": 1, "expert": 4}),  # EP × TP
+        ("mixtral-tiny", {"data": 2, "tensor": 2, "expert": 2}),  # model DP × EP × TP
+        ("qwen3-moe-tiny", {"tensor": 4, "expert": 2}),  # attention DP (auto 2) × model 2 × EP 2
+        ("qwen3-moe-tiny", {"expert": 8}),  # EP only: one expert a device
+    ],
+    ids=["ep-tp", "dp-ep-tp", "attn_dp-ep", "ep8"],
+)
 def test_expert_parallel_model_matches_the_unsharded_one(preset, parallelism):
     result = check(compile(strategy(parallelism=parallelism, model=preset)))
     assert result.passed and result.max_abs_diff < 1e-4, result.summary()
@@ -78,11 +83,13 @@ def test_each_device_holds_the_experts_explain_says():
 
 def test_explain_lists_which_experts_live_on_which_devices():
     text = explain(compile(load(MOE_EP), abstract_mesh=True))
-    assert ("experts: 8 a MoE layer (top 2 a token), split over expert 4: 2 a device\n"
-            "  experts 0-1   devices 0 1\n"
-            "  experts 2-3   devices 2 3\n"
-            "  experts 4-5   devices 4 5\n"
-            "  experts 6-7   devices 6 7\n") in text
+    assert (
+        "experts: 8 a MoE layer (top 2 a token), split over expert 4: 2 a device\n"
+        "  experts 0-1   devices 0 1\n"
+        "  experts 2-3   devices 2 3\n"
+        "  experts 4-5   devices 4 5\n"
+        "  experts 6-7   devices 6 7\n"
+    ) in text
     assert "experts:" not in explain(compile(load(ROOT / "strategies" / "tp.yaml"), abstract_mesh=True))
 
 
@@ -103,11 +110,17 @@ def test_experts_not_divisible_by_the_expert_axis_is_an_error():
 def test_serving_with_attention_dp_and_ep_gives_the_single_device_tokens():
     overrides = {"runtime.max_num_batched_tokens": "32", "runtime.max_num_seqs": "4", "kv_cache.dtype": "float32"}
     rng = np.random.default_rng(0)
-    requests = [Request(str(i), tuple(rng.integers(0, 512, n).tolist()), max_tokens=6, ignore_eos=True)
-                for i, n in enumerate([3, 17, 40, 9])]
+    requests = [
+        Request(str(i), tuple(rng.integers(0, 512, n).tolist()), max_tokens=6, ignore_eos=True)
+        for i, n in enumerate([3, 17, 40, 9])
+    ]
     path = ROOT / "strategies" / "moe_attention_dp_ep.yaml"
-    one = Engine(compile(load(path, overrides={**overrides, "parallelism.tensor": "1", "parallelism.expert": "1",
-                                               "devices": "1"})))
+    one = Engine(
+        compile(
+            load(path, overrides={**overrides, "parallelism.tensor": "1", "parallelism.expert": "1", "devices": "1"})
+        )
+    )
     sharded = Engine(compile(load(path, overrides=overrides)))
-    assert ([o.output_token_ids for o in sharded.generate(requests)]
-            == [o.output_token_ids for o in one.generate(requests)])
+    assert [o.output_token_ids for o in sharded.generate(requests)] == [
+        o.output_token_ids for o in one.generate(requests)
+    ]

@@ -38,12 +38,14 @@ def test_one_process_ignores_multihost_and_builds_the_plain_mesh():
 
 def test_explain_shows_the_process_of_every_device():
     text = explain(compile(load(MULTIHOST), abstract_mesh=True))
-    assert ("\nprocesses: 2, one per host (multihost: data 2)\n"
-            "                      model 0  model 1\n"
-            "  data 0 · attn_dp 0        0        0\n"
-            "  data 0 · attn_dp 1        0        0\n"
-            "  data 1 · attn_dp 0        1        1\n"
-            "  data 1 · attn_dp 1        1        1\n") in text
+    assert (
+        "\nprocesses: 2, one per host (multihost: data 2)\n"
+        "                      model 0  model 1\n"
+        "  data 0 · attn_dp 0        0        0\n"
+        "  data 0 · attn_dp 1        0        0\n"
+        "  data 1 · attn_dp 0        1        1\n"
+        "  data 1 · attn_dp 1        1        1\n"
+    ) in text
     mesh = json.loads(explain(compile(load(MULTIHOST), abstract_mesh=True), format="json"))["mesh"]
     assert np.array(mesh["process_ids"]).reshape(-1).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
 
@@ -72,12 +74,13 @@ def test_join_does_nothing_without_a_cluster_or_once_devices_exist():
 
 
 def test_bad_cluster_flags_are_user_errors_listed_together():
-    result = runner.invoke(app, ["check", DP, "--coordinator", "nohost", "--num-processes", "2",
-                                 "--process-id", "2"])
+    result = runner.invoke(app, ["check", DP, "--coordinator", "nohost", "--num-processes", "2", "--process-id", "2"])
     assert result.exit_code == 2
-    assert result.stderr == ("error: --coordinator: 'nohost' is not HOST:PORT (e.g. 10.0.0.1:1234: process 0's "
-                             "host and a free port)\n"
-                             "error: --process-id: 2 is not a process id of 2 processes (use 0 to 1)\n")
+    assert result.stderr == (
+        "error: --coordinator: 'nohost' is not HOST:PORT (e.g. 10.0.0.1:1234: process 0's "
+        "host and a free port)\n"
+        "error: --process-id: 2 is not a process id of 2 processes (use 0 to 1)\n"
+    )
 
 
 def test_cluster_flags_come_from_the_environment_too():
@@ -102,10 +105,16 @@ def test_host_arrays_become_global_arrays_and_come_back():
 
 def test_processes_must_match_the_multihost_product():
     """2 processes, but dp.yaml keeps every axis on one host: each says so and exits 2."""
-    done = subprocess.run([sys.executable, "-m", "shardspec.cli.main", "launch", "--local", "2", "--",
-                           "check", DP], capture_output=True, text=True, timeout=240,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("SHARDSPEC_")})
+    done = subprocess.run(
+        [sys.executable, "-m", "shardspec.cli.main", "launch", "--local", "2", "--", "check", DP],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SHARDSPEC_")},
+    )
     assert done.returncode == 2, done.stderr
-    assert (f"error: {DP}: multihost: no axis crosses hosts, but 2 processes joined (set multihost factors "
-            "that multiply to 2 (e.g. multihost: {data: 2}), or run 1 process)") in done.stderr
+    assert (
+        f"error: {DP}: multihost: no axis crosses hosts, but 2 processes joined (set multihost factors "
+        "that multiply to 2 (e.g. multihost: {data: 2}), or run 1 process)"
+    ) in done.stderr
     assert jax.process_count() == 1

@@ -34,14 +34,18 @@ def abstract_gpt2():
 
 def mlp_tree():
     """A plain pytree: two layers of a dict, one leaf an array, one a ShapeDtypeStruct."""
-    params = {"up": {"w": jax.ShapeDtypeStruct((64, 256), jnp.float32), "b": np.zeros(256, np.float32)},
-              "down": {"w": jax.ShapeDtypeStruct((256, 64), jnp.float32)}}
+    params = {
+        "up": {"w": jax.ShapeDtypeStruct((64, 256), jnp.float32), "b": np.zeros(256, np.float32)},
+        "down": {"w": jax.ShapeDtypeStruct((256, 64), jnp.float32)},
+    }
     axes = {"up": {"w": ("hidden", "ffn"), "b": ("ffn",)}, "down": {"w": ("ffn", "hidden")}}
     return params, axes
 
 
-PYTREE_RULES = {"rules": {"hidden": None, "ffn": ["attn_dp", "model"]},
-                "parallelism": {"tensor": 8, "attention_data": 1}}
+PYTREE_RULES = {
+    "rules": {"hidden": None, "ffn": ["attn_dp", "model"]},
+    "parallelism": {"tensor": 8, "attention_data": 1},
+}
 
 
 def pytree_strategy(**extra):
@@ -55,7 +59,8 @@ def test_a_concrete_and_an_abstract_nnx_module_compile_to_the_same_plan():
     concrete = compile(gpt2_strategy(), gpt2.build(), abstract_mesh=True)
     abstract = compile(gpt2_strategy(), abstract_gpt2(), abstract_mesh=True)
     assert [(p.path, p.spec, p.bytes_per_device) for p in concrete.params] == [
-        (p.path, p.spec, p.bytes_per_device) for p in abstract.params]
+        (p.path, p.spec, p.bytes_per_device) for p in abstract.params
+    ]
     fc = concrete.param("h.0.mlp.fc")
     assert fc.axes == ("hidden", "ffn") and fc.spec == P(None, ("attn_dp", "model"))
     assert concrete.param("h.1.attn.query").spec == P(None, "model", None)
@@ -77,8 +82,11 @@ def test_param_specs_and_shardings_are_an_nnx_state_shaped_like_the_model():
 def test_an_nnx_state_compiles_with_kv_heads_given_for_attention_data_auto():
     state = nnx.state(gpt2.build())
     auto = {"parallelism.attention_data": "auto"}
-    with pytest.raises(ShardspecError, match=r"parallelism.attention_data: auto needs the model's KV-head count.*"
-                                             r"kv_heads=N"):
+    with pytest.raises(
+        ShardspecError,
+        match=r"parallelism.attention_data: auto needs the model's KV-head count.*"
+        r"kv_heads=N",
+    ):
         compile(gpt2_strategy(**auto), state, abstract_mesh=True)
     plan = compile(gpt2_strategy(**auto), state, kv_heads=4, abstract_mesh=True)
     assert plan.attention_data == 2 and plan.model.name == "nnx.State"
@@ -135,8 +143,10 @@ def test_a_pytree_with_axes_compiles_applies_and_returns_its_own_structure():
     assert plan.param("up.w").spec == P(None, "model")  # attn_dp is 1: left out of specs
     specs = plan.param_specs()
     assert specs == {"up": {"w": P(None, "model"), "b": P("model")}, "down": {"w": P("model", None)}}
-    host = {"up": {"w": np.ones((64, 256), np.float32), "b": np.arange(256, dtype=np.float32)},
-            "down": {"w": np.ones((256, 64), np.float32)}}
+    host = {
+        "up": {"w": np.ones((64, 256), np.float32), "b": np.arange(256, dtype=np.float32)},
+        "down": {"w": np.ones((256, 64), np.float32)},
+    }
     placed = apply(plan, host)
     assert set(placed) == {"up", "down"} and isinstance(placed["up"]["b"], jax.Array)
     assert placed["up"]["b"].addressable_shards[0].data.shape == (32,)  # 256 over 8 devices
@@ -156,10 +166,16 @@ def test_pytree_errors_say_what_was_given_and_what_is_accepted():
         compile(pytree_strategy(), {"x": "no"}, axes={"x": None}, abstract_mesh=True)
 
 
-@pytest.mark.parametrize("model, what", [
-    (3, "a number (3)"), (lambda: 0, "a function"), ([], "a list"), (b"llama", "a bytes"),
-    (linen_mlp.ResidualMLP(), "a Linen module"),
-])
+@pytest.mark.parametrize(
+    "model, what",
+    [
+        (3, "a number (3)"),
+        (lambda: 0, "a function"),
+        ([], "a list"),
+        (b"llama", "a bytes"),
+        (linen_mlp.ResidualMLP(), "a Linen module"),
+    ],
+)
 def test_anything_else_is_a_clear_error(model, what):
     with pytest.raises(ShardspecError) as err:
         compile(pytree_strategy(), model, abstract_mesh=True)
@@ -184,14 +200,18 @@ def test_rules_may_name_only_what_the_model_uses():
     params, axes = mlp_tree()
     with pytest.raises(ShardspecError) as err:
         compile(st, params, axes=axes, abstract_mesh=True)
-    assert str(err.value) == ("error: <dict>: rules.fnn: logical axis 'fnn' is not used by model pytree "
-                              "(did you mean 'ffn'?)")
+    assert str(err.value) == (
+        "error: <dict>: rules.fnn: logical axis 'fnn' is not used by model pytree (did you mean 'ffn'?)"
+    )
 
 
 def test_a_shardspec_model_gets_the_same_check():
     st = load({"model": "llama3-tiny", "rules": {"mpl": "model"}})
-    with pytest.raises(ShardspecError, match=r"rules.mpl: logical axis 'mpl' is not used by model llama3-tiny "
-                                             r"\(did you mean 'mlp'\?\)"):
+    with pytest.raises(
+        ShardspecError,
+        match=r"rules.mpl: logical axis 'mpl' is not used by model llama3-tiny "
+        r"\(did you mean 'mlp'\?\)",
+    ):
         compile(st, abstract_mesh=True)
 
 
@@ -203,8 +223,13 @@ def test_params_overrides_name_outside_axes_and_one_that_matches_nothing_is_an_e
     assert plan.param("down.w").spec == P("model", None)
     assert plan.param("down.w").axes_from == "params[0]"
 
-    st = pytree_strategy(params=[{"match": r"^down\.w$", "axes": ["ffn", "hidden"]},
-                                 {"match": "mlp", "axes": [None]}, {"match": "down", "axes": [None, None]}])
+    st = pytree_strategy(
+        params=[
+            {"match": r"^down\.w$", "axes": ["ffn", "hidden"]},
+            {"match": "mlp", "axes": [None]},
+            {"match": "down", "axes": [None, None]},
+        ]
+    )
     with pytest.raises(ShardspecError) as err:
         compile(st, params, axes=axes, abstract_mesh=True)
     lines = str(err.value).splitlines()
@@ -212,7 +237,8 @@ def test_params_overrides_name_outside_axes_and_one_that_matches_nothing_is_an_e
         "error: <dict>: params[1].match: 'mlp' matches no parameter (it is a regex searched in each path; "
         "paths look like 'down.w', 'up.b' or 'up.w')",
         "error: <dict>: params[2].match: 'down': every parameter it matches is set by an earlier params: entry "
-        "(the first match wins; move this entry up or narrow the earlier one)"]
+        "(the first match wins; move this entry up or narrow the earlier one)",
+    ]
 
 
 # -- policies on an outside model ---------------------------------------------------------
@@ -223,17 +249,33 @@ def test_unmatched_policy_on_an_outside_model():
     st = load({"parallelism": {"tensor": 8, "attention_data": 1}, "rules": {"hidden": None}})
     with pytest.raises(ShardspecError, match=r"rules: down.w: logical axis 'ffn' has no rule"):
         compile(st, params, axes=axes, abstract_mesh=True)
-    st = load({"parallelism": {"tensor": 8, "attention_data": 1}, "rules": {"hidden": None},
-               "policy": {"unmatched": "replicate"}})
+    st = load(
+        {
+            "parallelism": {"tensor": 8, "attention_data": 1},
+            "rules": {"hidden": None},
+            "policy": {"unmatched": "replicate"},
+        }
+    )
     plan = compile(st, params, axes=axes, abstract_mesh=True)
     assert plan.param("up.w").spec == P(None, None)
     assert "'ffn' has no rule: replicated (policy.unmatched)" in plan.param("up.w").notes
 
 
 # 4 heads do not split 3 ways: attention runs unsharded (the model's n_heads and the runtime's heads).
-THREE = {"devices": 3, "parallelism": {"tensor": 3, "attention_data": 1},
-         "rules": {"hidden": None, "ffn": "model", "n_heads": None, "head_size": None, "n_vocab": "model",
-                   "n_pos": None, "heads": None, "kv_heads": None}}
+THREE = {
+    "devices": 3,
+    "parallelism": {"tensor": 3, "attention_data": 1},
+    "rules": {
+        "hidden": None,
+        "ffn": "model",
+        "n_heads": None,
+        "head_size": None,
+        "n_vocab": "model",
+        "n_pos": None,
+        "heads": None,
+        "kv_heads": None,
+    },
+}
 
 
 def test_indivisible_policies_on_an_outside_model():
@@ -245,8 +287,7 @@ def test_indivisible_policies_on_an_outside_model():
     # pad only where the model says zero-padding is exact; else replicated, and said so
     plan = compile(load({**THREE, "policy": {"indivisible": "pad"}}), model, abstract_mesh=True)
     assert "pad is not known to be exact for ffn" in plan.param("h.0.mlp.fc").notes[0]
-    plan = compile(load({**THREE, "policy": {"indivisible": "pad"}}), model, paddable=["ffn"],
-                   abstract_mesh=True)
+    plan = compile(load({**THREE, "policy": {"indivisible": "pad"}}), model, paddable=["ffn"], abstract_mesh=True)
     assert plan.param("h.0.mlp.fc").stored_shape == (64, 258) and plan.param("h.0.mlp.fc").shape == (64, 256)
     assert any(line.split()[:2] == ["h.0.mlp.fc", "64×258"] for line in explain(plan).splitlines())
 
@@ -281,8 +322,11 @@ def test_constrain_pins_by_logical_axes_and_rejects_unknown_names():
 def test_apply_names_the_first_parameter_that_does_not_match():
     plan = compile(gpt2_strategy(), gpt2.build())
     other = gpt2.build(gpt2.GPT2Config(ffn=128))
-    with pytest.raises(ShardspecError, match=r"apply\(\): parameter 'h.0.mlp.fc' has shape \(64, 128\); "
-                                             r"the plan has \(64, 256\)"):
+    with pytest.raises(
+        ShardspecError,
+        match=r"apply\(\): parameter 'h.0.mlp.fc' has shape \(64, 128\); "
+        r"the plan has \(64, 256\)",
+    ):
         apply(plan, other)
     state = dict(nnx.to_pure_dict(nnx.state(gpt2.build())))
     del state["wpe"]

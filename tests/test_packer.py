@@ -5,7 +5,6 @@ import importlib.util
 
 import numpy as np
 import pytest
-from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
@@ -15,26 +14,51 @@ from shardspec.runtime.packer import PackedStep, pack
 from shardspec.runtime.request import SamplingParams
 from shardspec.runtime.schedule import FROM_PREVIOUS_STEP, ScheduledChunk, StepSchedule
 
+from conftest import ROOT
+
 _spec = importlib.util.spec_from_file_location("packer_naive", ROOT / "benchmarks" / "packer_naive.py")
 packer_naive = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(packer_naive)
 
 PER_TOKEN = ("token_ids", "prev_rows", "positions", "slot_mapping", "token_rows")
-PER_REQUEST = ("block_tables", "seq_lens", "query_starts", "query_lens", "logits_indices",
-               "temperature", "top_k", "top_p", "seeds", "output_index")
+PER_REQUEST = (
+    "block_tables",
+    "seq_lens",
+    "query_starts",
+    "query_lens",
+    "logits_indices",
+    "temperature",
+    "top_k",
+    "top_p",
+    "seeds",
+    "output_index",
+)
 
 
 def sizes(dp=2, page_size=4, max_num_seqs=4, pages_per_rank=8, max_pages_per_seq=4):
-    return RuntimeSizes(dp_ranks=dp, page_size=page_size, pages_per_rank=pages_per_rank,
-                        max_pages_per_seq=max_pages_per_seq,
-                        max_model_len=max_pages_per_seq * page_size, max_num_seqs=max_num_seqs,
-                        max_num_batched_tokens=16, token_buckets=(4, 8, 16))
+    return RuntimeSizes(
+        dp_ranks=dp,
+        page_size=page_size,
+        pages_per_rank=pages_per_rank,
+        max_pages_per_seq=max_pages_per_seq,
+        max_model_len=max_pages_per_seq * page_size,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=16,
+        token_buckets=(4, 8, 16),
+    )
 
 
 def chunk(seq_id, rank, tokens, start, pages, sample=True, output_index=0, **sampling):
-    return ScheduledChunk(seq_id=seq_id, rank=rank, token_ids=np.array(tokens, np.int32),
-                          start_pos=start, block_table=np.array(pages, np.int32), sample=sample,
-                          sampling=SamplingParams(**sampling), output_index=output_index)
+    return ScheduledChunk(
+        seq_id=seq_id,
+        rank=rank,
+        token_ids=np.array(tokens, np.int32),
+        start_pos=start,
+        block_table=np.array(pages, np.int32),
+        sample=sample,
+        sampling=SamplingParams(**sampling),
+        output_index=output_index,
+    )
 
 
 def schedule(*chunks):
@@ -64,8 +88,7 @@ def f32(*values):
 
 # A runs 2 tokens after 5 cached on rank 0 (positions 5, 6 -> page 1 of [3, 1]);
 # B runs 3 after 6 cached on rank 1 (positions 6, 7 -> page 5, 8 -> page 6).
-A = chunk(0, 0, [11, 12], start=5, pages=[3, 1], output_index=3,
-          temperature=0.5, top_k=5, top_p=0.9, seed=7)
+A = chunk(0, 0, [11, 12], start=5, pages=[3, 1], output_index=3, temperature=0.5, top_k=5, top_p=0.9, seed=7)
 B = chunk(1, 1, [21, 22, 23], start=6, pages=[2, 5, 6])
 
 
@@ -78,8 +101,16 @@ def test_design_example():
         positions=i32(5, 6, 0, 0, 6, 7, 8, 0),
         slot_mapping=i32(5, 6, 32, 32, 22, 23, 24, 32),  # padding: 8 pages * 4
         token_rows=i32(0, 0, 0, 0, 0, 0, 0, 0),
-        block_tables=i32([3, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0],
-                         [2, 5, 6, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]),
+        block_tables=i32(
+            [3, 1, 0, 0],
+            [0, 0, 0, 0],
+            [0, 0, 0, 0],
+            [0, 0, 0, 0],
+            [2, 5, 6, 0],
+            [0, 0, 0, 0],
+            [0, 0, 0, 0],
+            [0, 0, 0, 0],
+        ),
         seq_lens=i32(7, 0, 0, 0, 9, 0, 0, 0),
         query_starts=i32(0, 0, 0, 0, 0, 0, 0, 0),
         query_lens=i32(2, 0, 0, 0, 3, 0, 0, 0),
@@ -91,7 +122,11 @@ def test_design_example():
         output_index=i32(3, 0, 0, 0, 0, 0, 0, 0),
         selector=i32(0, 4),
         sampled_seq_ids=np.array([0, 1], np.int64),
-        real_tokens=5, padded_tokens=8, token_stride=4, request_stride=4)
+        real_tokens=5,
+        padded_tokens=8,
+        token_stride=4,
+        request_stride=4,
+    )
 
 
 def test_empty_rank_is_all_padding():
@@ -104,8 +139,7 @@ def test_empty_rank_is_all_padding():
         positions=i32(5, 6, 0, 0, 0, 0, 0, 0, 6, 7, 8, 0),
         slot_mapping=i32(5, 6, 32, 32, 32, 32, 32, 32, 22, 23, 24, 32),
         token_rows=i32(*[0] * 12),
-        block_tables=i32([3, 1, 0, 0], pad4, pad4, pad4, pad4, pad4, pad4, pad4,
-                         [2, 5, 6, 0], pad4, pad4, pad4),
+        block_tables=i32([3, 1, 0, 0], pad4, pad4, pad4, pad4, pad4, pad4, pad4, [2, 5, 6, 0], pad4, pad4, pad4),
         seq_lens=i32(7, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0),
         query_starts=i32(*[0] * 12),
         query_lens=i32(2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0),
@@ -117,7 +151,11 @@ def test_empty_rank_is_all_padding():
         output_index=i32(3, *[0] * 11),
         selector=i32(0, 8),
         sampled_seq_ids=np.array([0, 1], np.int64),
-        real_tokens=5, padded_tokens=12, token_stride=4, request_stride=4)
+        real_tokens=5,
+        padded_tokens=12,
+        token_stride=4,
+        request_stride=4,
+    )
 
 
 def test_several_chunks_per_rank_prefill_and_decode():
@@ -153,7 +191,11 @@ def test_several_chunks_per_rank_prefill_and_decode():
         output_index=i32(0, 4, 0, 1, 0, 0),
         selector=i32(1, 3, 4),
         sampled_seq_ids=np.array([11, 12, 13], np.int64),
-        real_tokens=12, padded_tokens=16, token_stride=8, request_stride=3)
+        real_tokens=12,
+        padded_tokens=16,
+        token_stride=8,
+        request_stride=3,
+    )
 
 
 def test_from_previous_step_tokens_read_prev_rows():
@@ -181,8 +223,10 @@ def test_from_previous_step_without_prev_row_is_an_error(prev_rows):
 
 @pytest.mark.parametrize(("busiest", "stride"), [(1, 4), (4, 4), (5, 8), (8, 8), (9, 16), (16, 16)])
 def test_token_stride_is_the_smallest_bucket_that_fits(busiest, stride):
-    packed = pack(schedule(chunk(0, 1, range(busiest), start=0, pages=[0, 1, 2, 3]),
-                           chunk(1, 0, [5], start=0, pages=[0])), sizes(max_num_seqs=6))
+    packed = pack(
+        schedule(chunk(0, 1, range(busiest), start=0, pages=[0, 1, 2, 3]), chunk(1, 0, [5], start=0, pages=[0])),
+        sizes(max_num_seqs=6),
+    )
     assert (packed.token_stride, packed.request_stride) == (stride, min(stride, 6))
     assert packed.padded_tokens == 2 * stride and packed.real_tokens == busiest + 1
     assert all(getattr(packed, f).shape[0] == 2 * stride for f in PER_TOKEN)
@@ -197,18 +241,27 @@ def test_empty_step_is_all_padding():
     assert packed.selector.shape == (0,) and packed.sampled_seq_ids.shape == (0,)
 
 
-@pytest.mark.parametrize(("steps", "message"), [
-    (schedule(chunk(0, 0, range(17), start=0, pages=[0, 1, 2, 3, 4], sample=False)),
-     "rank 0 has 17 tokens this step, more than the largest token bucket 16"),
-    (schedule(*[chunk(i, 1, [i], start=0, pages=[i]) for i in range(4)]),
-     (r"rank 1 has 4 chunks this step, more than the request stride 3 = "
-      r"min\(token stride 4, max_num_seqs 3\)")),
-    (schedule(chunk(0, 2, [1], start=0, pages=[0])), r"rank 2 is not a DP rank \(0..1\)"),
-    (schedule(chunk(0, 0, [], start=0, pages=[0])), "sequence 0: token_ids is empty; a chunk has >= 1 token"),
-    (schedule(chunk(0, 0, [1, 2], start=3, pages=[0])), "block_table has 1 pages; 3 \\+ 2 tokens need 2"),
-    (schedule(chunk(0, 0, [1], start=0, pages=range(9))), "at most max_pages_per_seq=8"),
-    (schedule(chunk(0, 0, [1], start=0, pages=[8])), r"page ids \[8\] outside this rank's pages 0..7"),
-])
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        (
+            schedule(chunk(0, 0, range(17), start=0, pages=[0, 1, 2, 3, 4], sample=False)),
+            "rank 0 has 17 tokens this step, more than the largest token bucket 16",
+        ),
+        (
+            schedule(*[chunk(i, 1, [i], start=0, pages=[i]) for i in range(4)]),
+            (
+                r"rank 1 has 4 chunks this step, more than the request stride 3 = "
+                r"min\(token stride 4, max_num_seqs 3\)"
+            ),
+        ),
+        (schedule(chunk(0, 2, [1], start=0, pages=[0])), r"rank 2 is not a DP rank \(0..1\)"),
+        (schedule(chunk(0, 0, [], start=0, pages=[0])), "sequence 0: token_ids is empty; a chunk has >= 1 token"),
+        (schedule(chunk(0, 0, [1, 2], start=3, pages=[0])), "block_table has 1 pages; 3 \\+ 2 tokens need 2"),
+        (schedule(chunk(0, 0, [1], start=0, pages=range(9))), "at most max_pages_per_seq=8"),
+        (schedule(chunk(0, 0, [1], start=0, pages=[8])), r"page ids \[8\] outside this rank's pages 0..7"),
+    ],
+)
 def test_errors(steps, message):
     with pytest.raises(ValueError, match=message):
         pack(steps, sizes(max_num_seqs=3, max_pages_per_seq=8))
@@ -216,12 +269,18 @@ def test_errors(steps, message):
 
 # ---- random schedules -------------------------------------------------------------------------
 
+
 @st.composite
 def random_steps(draw):
     """(schedule, sizes, prev_rows): 1-4 ranks, each within the largest bucket and max_num_seqs."""
     dp, page_size = draw(st.integers(1, 4)), draw(st.sampled_from([1, 2, 4]))
-    sz = sizes(dp=dp, page_size=page_size, max_num_seqs=draw(st.integers(1, 6)),
-               pages_per_rank=64, max_pages_per_seq=32 // page_size)
+    sz = sizes(
+        dp=dp,
+        page_size=page_size,
+        max_num_seqs=draw(st.integers(1, 6)),
+        pages_per_rank=64,
+        max_pages_per_seq=32 // page_size,
+    )
     chunks, prev_rows = [], {}
     for rank in range(dp):
         ns = draw(st.lists(st.integers(1, 8), max_size=sz.max_num_seqs))
@@ -231,18 +290,27 @@ def random_steps(draw):
             seq_id = len(chunks) * 3 + 1  # sparse ids: rows must not be confused with ids
             start = draw(st.integers(0, sz.max_model_len - n))
             need = -(-(start + n) // page_size)
-            pages = draw(st.lists(st.integers(0, 63), unique=True,
-                                  min_size=need, max_size=sz.max_pages_per_seq))
+            pages = draw(st.lists(st.integers(0, 63), unique=True, min_size=need, max_size=sz.max_pages_per_seq))
             if n == 1 and draw(st.booleans()):
                 tokens = [FROM_PREVIOUS_STEP]
                 prev_rows[seq_id] = draw(st.integers(0, 99))
             else:
                 tokens = draw(st.lists(st.integers(0, 999), min_size=n, max_size=n))
-            chunks.append(chunk(
-                seq_id, rank, tokens, start, pages, sample=draw(st.booleans()),
-                output_index=draw(st.integers(0, 99)),
-                temperature=draw(st.floats(0, 2)), top_k=draw(st.integers(-1, 50)),
-                top_p=draw(st.floats(0, 1)), seed=draw(st.integers(0, 2**32 - 1))))
+            chunks.append(
+                chunk(
+                    seq_id,
+                    rank,
+                    tokens,
+                    start,
+                    pages,
+                    sample=draw(st.booleans()),
+                    output_index=draw(st.integers(0, 99)),
+                    temperature=draw(st.floats(0, 2)),
+                    top_k=draw(st.integers(-1, 50)),
+                    top_p=draw(st.floats(0, 1)),
+                    seed=draw(st.integers(0, 2**32 - 1)),
+                )
+            )
     if draw(st.booleans()):  # ranks interleaved: only the order within a rank is kept
         chunks = draw(st.permutations(chunks))
     return schedule(*chunks), sz, prev_rows
@@ -272,8 +340,8 @@ def test_every_request_array_describes_the_same_chunk(case):
         assert p.logits_indices[g] == p.query_starts[g] + n - 1
         assert (p.temperature[g], p.top_p[g]) == (np.float32(s.temperature), np.float32(s.top_p))
         assert (p.top_k[g], p.seeds[g]) == (s.top_k, s.seed)
-        assert_array_equal(p.block_tables[g, :len(c.block_table)], c.block_table)
-        assert not p.block_tables[g, len(c.block_table):].any()
+        assert_array_equal(p.block_tables[g, : len(c.block_table)], c.block_table)
+        assert not p.block_tables[g, len(c.block_table) :].any()
         tokens = slice(base + p.query_starts[g], base + p.query_starts[g] + n)
         assert_array_equal(p.token_ids[tokens], c.token_ids)
         assert_array_equal(p.positions[tokens], c.start_pos + np.arange(n))
@@ -294,8 +362,10 @@ def test_every_request_array_describes_the_same_chunk(case):
     assert (p.prev_rows[padding_tokens] == -1).all() and not p.token_rows[padding_tokens].any()
     assert_array_equal(p.prev_rows != -1, p.token_ids == FROM_PREVIOUS_STEP)
     rank_by_rank = [c for r in range(R) for c in steps.chunks if c.rank == r]
-    assert_array_equal(p.prev_rows[p.prev_rows != -1],
-                       [prev_rows[c.seq_id] for c in rank_by_rank if c.token_ids[0] == FROM_PREVIOUS_STEP])
+    assert_array_equal(
+        p.prev_rows[p.prev_rows != -1],
+        [prev_rows[c.seq_id] for c in rank_by_rank if c.token_ids[0] == FROM_PREVIOUS_STEP],
+    )
 
 
 @settings(deadline=None)

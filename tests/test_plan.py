@@ -51,7 +51,10 @@ def test_heads_not_divisible_by_tensor_is_reported_at_the_tensor_key():
     with pytest.raises(ShardspecError) as err:
         compile(st, abstract_mesh=True)
     text = str(err.value)
-    assert "error: <dict>: parallelism.tensor: layers.0.self_attn.o_proj: dim 0 (heads = 8) is not divisible by 16 shards (model 16)" in text
+    assert (
+        "error: <dict>: parallelism.tensor: layers.0.self_attn.o_proj: dim 0 (heads = 8) is not divisible "
+        "by 16 shards (model 16)" in text
+    )
     assert "layers.1" not in text  # one problem per cause, not one per layer
 
 

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from shardspec import ShardspecError
-from shardspec.runtime.requests_io import make_request, read_requests, write_outputs
 from shardspec.runtime.request import Output
+from shardspec.runtime.requests_io import make_request, read_requests, write_outputs
 
 LIMITS = dict(vocab_size=512, max_model_len=64)
 
@@ -18,26 +18,43 @@ def _file(tmp_path, *lines):
 
 
 def test_good_file_reads_every_field(tmp_path):
-    path = _file(tmp_path, json.dumps({"id": "a", "prompt_token_ids": [1, 2], "max_tokens": 4, "temperature": 0.5,
-                                       "top_k": 5, "top_p": 0.9, "seed": 3, "ignore_eos": True,
-                                       "stop_token_ids": [7]}),
-                 "", json.dumps({"prompt_token_ids": [3]}))
+    path = _file(
+        tmp_path,
+        json.dumps(
+            {
+                "id": "a",
+                "prompt_token_ids": [1, 2],
+                "max_tokens": 4,
+                "temperature": 0.5,
+                "top_k": 5,
+                "top_p": 0.9,
+                "seed": 3,
+                "ignore_eos": True,
+                "stop_token_ids": [7],
+            }
+        ),
+        "",
+        json.dumps({"prompt_token_ids": [3]}),
+    )
     a, b = read_requests(path, **LIMITS)
     assert (a.id, a.prompt_token_ids, a.max_tokens, a.ignore_eos, a.stop_token_ids) == ("a", (1, 2), 4, True, (7,))
     assert (a.sampling.temperature, a.sampling.top_k, a.sampling.top_p, a.sampling.seed) == (0.5, 5, 0.9, 3)
     assert (b.id, b.max_tokens, b.sampling.temperature) == ("3", 16, 0.0)
 
 
-@pytest.mark.parametrize("line, expected", [
-    ("{not json", ":1: not JSON: Expecting property name enclosed in double quotes (column 2)"),
-    ('{"prompt_token_ids": [1], "max_token": 3}', ":1: unknown key 'max_token' (did you mean 'max_tokens'?)"),
-    ('{"prompt_token_ids": [1], "max_tokens": "3"}', ":1: max_tokens: expected an integer, got '3'"),
-    ('{"prompt_token_ids": []}', ":1: prompt_token_ids: must not be empty"),
-    ('{"prompt_token_ids": [1, 999]}', ":1: prompt_token_ids: token id 999 is outside the vocabulary"),
-    ('{"prompt_token_ids": [1, 2], "max_tokens": 63}', ":1: max_tokens: prompt 2 + max_tokens 63 exceeds"),
-    ('{"prompt": "hello"}', ":1: prompt_token_ids: prompt text needs a model with a tokenizer"),
-    ('[1, 2]', ":1: each line must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("{not json", ":1: not JSON: Expecting property name enclosed in double quotes (column 2)"),
+        ('{"prompt_token_ids": [1], "max_token": 3}', ":1: unknown key 'max_token' (did you mean 'max_tokens'?)"),
+        ('{"prompt_token_ids": [1], "max_tokens": "3"}', ":1: max_tokens: expected an integer, got '3'"),
+        ('{"prompt_token_ids": []}', ":1: prompt_token_ids: must not be empty"),
+        ('{"prompt_token_ids": [1, 999]}', ":1: prompt_token_ids: token id 999 is outside the vocabulary"),
+        ('{"prompt_token_ids": [1, 2], "max_tokens": 63}', ":1: max_tokens: prompt 2 + max_tokens 63 exceeds"),
+        ('{"prompt": "hello"}', ":1: prompt_token_ids: prompt text needs a model with a tokenizer"),
+        ("[1, 2]", ":1: each line must be a JSON object"),
+    ],
+)
 def test_bad_lines_name_the_line_and_field(tmp_path, line, expected):
     path = _file(tmp_path, line)
     with pytest.raises(ShardspecError) as err:
@@ -46,8 +63,13 @@ def test_bad_lines_name_the_line_and_field(tmp_path, line, expected):
 
 
 def test_every_bad_line_is_reported_at_once(tmp_path):
-    path = _file(tmp_path, '{"prompt_token_ids": [1]}', "{", '{"prompt_token_ids": [1], "x": 1}',
-                 '{"id": "1", "prompt_token_ids": [2]}')
+    path = _file(
+        tmp_path,
+        '{"prompt_token_ids": [1]}',
+        "{",
+        '{"prompt_token_ids": [1], "x": 1}',
+        '{"id": "1", "prompt_token_ids": [2]}',
+    )
     with pytest.raises(ShardspecError) as err:
         read_requests(path, **LIMITS)
     lines = str(err.value).splitlines()

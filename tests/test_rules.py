@@ -12,8 +12,9 @@ SHAPE = {"data": 2, "attn_dp": 2, "expert": 1, "model": 2}
 
 
 def resolve(st, shape, axes, mesh=SHAPE, path="w"):
-    return rules.resolve_array(path, shape, axes, table=rules.rule_table(st), mesh_shape=mesh, strategy=st,
-                               paddable=ZERO_PADDABLE)
+    return rules.resolve_array(
+        path, shape, axes, table=rules.rule_table(st), mesh_shape=mesh, strategy=st, paddable=ZERO_PADDABLE
+    )
 
 
 def test_default_rules_drop_size_one_axes():
@@ -55,8 +56,9 @@ def test_indivisible_replicate_and_pad_policies_report_what_they_did():
 
 def test_fewer_kv_heads_than_model_shards_replicates_instead_of_failing():
     st = strategy()
-    res, problems = resolve(st, (128, 2, 16), ("embed", "kv_heads", "head_dim"),
-                            mesh={"data": 1, "attn_dp": 1, "expert": 1, "model": 8})
+    res, problems = resolve(
+        st, (128, 2, 16), ("embed", "kv_heads", "head_dim"), mesh={"data": 1, "attn_dp": 1, "expert": 1, "model": 8}
+    )
     assert problems == [] and res.kv_replicated and res.spec == P(None, None, None)
 
 
@@ -98,13 +100,20 @@ def test_shardspec_error_holds_every_problem():
     assert len(str(err).splitlines()) == 2
 
 
-from hypothesis import given, strategies as hs  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
 
 _sizes = hs.sampled_from([1, 2, 3, 4, 8])
 
 
-@given(data=_sizes, attn=_sizes, model=_sizes, dim=hs.integers(1, 64),
-       policy=hs.sampled_from(["replicate", "pad"]), axis=hs.sampled_from(["mlp", "heads", "vocab", "batch"]))
+@given(
+    data=_sizes,
+    attn=_sizes,
+    model=_sizes,
+    dim=hs.integers(1, 64),
+    policy=hs.sampled_from(["replicate", "pad"]),
+    axis=hs.sampled_from(["mlp", "heads", "vocab", "batch"]),
+)
 def test_every_resolved_spec_divides_the_stored_shape(data, attn, model, dim, policy, axis):
     mesh = {"data": data, "attn_dp": attn, "expert": 1, "model": model}
     st = strategy(policy={"indivisible": policy})

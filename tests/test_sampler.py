@@ -11,8 +11,16 @@ def _sample(logits, temperature=0.0, top_k=0, top_p=1.0, seed=None, index=0):
     n = logits.shape[0]
     full = lambda v, dt: jnp.full(n, v, dt)  # noqa: E731
     seeds = jnp.arange(n, dtype=jnp.uint32) if seed is None else full(seed, jnp.uint32)
-    return np.asarray(sample(jnp.asarray(logits, jnp.float32), full(temperature, jnp.float32),
-                             full(top_k, jnp.int32), full(top_p, jnp.float32), seeds, full(index, jnp.int32)))
+    return np.asarray(
+        sample(
+            jnp.asarray(logits, jnp.float32),
+            full(temperature, jnp.float32),
+            full(top_k, jnp.int32),
+            full(top_p, jnp.float32),
+            seeds,
+            full(index, jnp.int32),
+        )
+    )
 
 
 LOGITS = np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 4000))

@@ -10,7 +10,6 @@ checks all of them at once.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -28,10 +27,15 @@ EOS = 0
 
 def sizes(dp_ranks=1, page_size=4, pages_per_rank=64, max_model_len=64, max_num_seqs=4, max_num_batched_tokens=8):
     return RuntimeSizes(
-        dp_ranks=dp_ranks, page_size=page_size, pages_per_rank=pages_per_rank,
-        max_pages_per_seq=pages_for(max_model_len, page_size), max_model_len=max_model_len,
-        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-        token_buckets=token_buckets(max_num_batched_tokens))
+        dp_ranks=dp_ranks,
+        page_size=page_size,
+        pages_per_rank=pages_per_rank,
+        max_pages_per_seq=pages_for(max_model_len, page_size),
+        max_model_len=max_model_len,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        token_buckets=token_buckets(max_num_batched_tokens),
+    )
 
 
 def req(rid, prompt, max_tokens=16, **kw):
@@ -137,7 +141,7 @@ def check_outputs(sched, requests, outputs, aborted, eos=EOS):
         want, reason = reference(r, eos)
         got = outputs[r.id]
         if r.id in aborted:
-            assert got.finish_reason == "abort" and want[:len(got.output_token_ids)] == got.output_token_ids
+            assert got.finish_reason == "abort" and want[: len(got.output_token_ids)] == got.output_token_ids
         else:
             assert (got.output_token_ids, got.finish_reason) == (want, reason)
     stats = sched.stats()
@@ -229,13 +233,16 @@ def test_admission_waits_for_pages_for_its_first_chunk():
 # ------------------------------------------------------------------ finishing
 
 
-@pytest.mark.parametrize("request_kw, samples, want", [
-    ({}, [4, EOS, 5], ((4, EOS), "stop")),  # EOS ends it and is in the output, like vLLM
-    ({"ignore_eos": True}, [4, EOS, 5], ((4, EOS, 5), "length")),
-    ({"stop_token_ids": (5, 6)}, [4, 6, 2], ((4, 6), "stop")),
-    ({"max_tokens": 2}, [4, 6, 2], ((4, 6), "length")),
-    ({"max_tokens": 2}, [4, EOS], ((4, EOS), "stop")),  # a stop token on the last allowed token is a stop
-])
+@pytest.mark.parametrize(
+    "request_kw, samples, want",
+    [
+        ({}, [4, EOS, 5], ((4, EOS), "stop")),  # EOS ends it and is in the output, like vLLM
+        ({"ignore_eos": True}, [4, EOS, 5], ((4, EOS, 5), "length")),
+        ({"stop_token_ids": (5, 6)}, [4, 6, 2], ((4, 6), "stop")),
+        ({"max_tokens": 2}, [4, 6, 2], ((4, 6), "length")),
+        ({"max_tokens": 2}, [4, EOS], ((4, EOS), "stop")),  # a stop token on the last allowed token is a stop
+    ],
+)
 def test_finish_reasons(request_kw, samples, want):
     sched = DPScheduler(sizes(), eos_token_id=EOS)
     sched.add_request(req("a", 3, **{"max_tokens": 3} | request_kw))
@@ -264,8 +271,10 @@ def test_abort_a_waiting_and_a_running_request():
     assert not sched.abort("run") and not sched.abort("never-added")
     assert not sched.has_unfinished() and sched.stats()["pages_used"] == [0]
     outs = sched.take_finished()
-    assert [(o.id, o.output_token_ids, o.finish_reason) for o in outs] == [("wait", (), "abort"),
-                                                                            ("run", (4, 5), "abort")]
+    assert [(o.id, o.output_token_ids, o.finish_reason) for o in outs] == [
+        ("wait", (), "abort"),
+        ("run", (4, 5), "abort"),
+    ]
     assert sched.take_finished() == [] and sched.schedule().chunks == ()
 
 
@@ -292,7 +301,7 @@ def test_preemption_recomputes_the_newest_sequence_and_keeps_its_tokens():
     # The first preemption hit seq 1 ("new"), which later restarts from position 0
     # with its prompt plus what it had generated, recomputed in one chunk.
     restart = next(c for s in schedules[1:] for c in s.chunks if c.seq_id == 1 and c.start_pos == 0)
-    generated = list(outputs["new"].output_token_ids[:restart.num_tokens - 4])
+    generated = list(outputs["new"].output_token_ids[: restart.num_tokens - 4])
     assert restart.token_ids.tolist() == [5, 6, 7, 1] + generated and len(generated) >= 1
     assert restart.sample and restart.output_index == len(generated)
     assert all(c.start_pos > 0 for s in schedules[1:] for c in s.chunks if c.seq_id == 0)  # "old" never restarts
@@ -334,11 +343,14 @@ def test_kv_usage_is_the_max_over_ranks():
 # ------------------------------------------------------------------ routing through the scheduler
 
 
-@pytest.mark.parametrize("routing, ranks", [
-    ("round_robin", [0, 1, 0, 1]),
-    ("least_tokens", [0, 1, 1, 1]),  # rank 0 holds 11 tokens: b, c, d (12 tokens) all go to rank 1
-    ("balanced", [0, 1, 0, 1]),
-])
+@pytest.mark.parametrize(
+    "routing, ranks",
+    [
+        ("round_robin", [0, 1, 0, 1]),
+        ("least_tokens", [0, 1, 1, 1]),  # rank 0 holds 11 tokens: b, c, d (12 tokens) all go to rank 1
+        ("balanced", [0, 1, 0, 1]),
+    ],
+)
 def test_routing_policies_assign_exact_ranks(routing, ranks):
     # a (10 tokens) runs its prefill on rank 0 first, so rank 0's load drops to 1
     # while its token count grows; then b, c, d arrive.
@@ -371,7 +383,8 @@ def test_async_schedules_the_next_decode_before_the_sample_is_known():
     s0 = sched.schedule()
     s1 = sched.schedule()  # before update(s0)
     assert [(c.seq_id, c.token_ids.tolist(), c.start_pos, c.sample, c.output_index) for c in s1.chunks] == [
-        (0, [FROM_PREVIOUS_STEP], 3, True, 1)]  # b may produce only 1 token: not scheduled again
+        (0, [FROM_PREVIOUS_STEP], 3, True, 1)
+    ]  # b may produce only 1 token: not scheduled again
     assert not s1.chunks[0].token_ids.flags.writeable
     assert [o.id for o in sched.update(s0, {0: 4, 1: 4})] == ["b"]
     s2 = sched.schedule()
@@ -468,18 +481,28 @@ def test_chunks_are_built_like_their_dataclass():
 def workloads(draw):
     page_size = draw(st.sampled_from([1, 2, 4]))
     max_model_len = 16
-    sz = sizes(dp_ranks=draw(st.integers(1, 3)), page_size=page_size,
-               # from one longest request's worth of pages (forces preemption) to plenty
-               pages_per_rank=draw(st.integers(pages_for(max_model_len - 1, page_size),
-                                               2 * pages_for(max_model_len, page_size))),
-               max_model_len=max_model_len, max_num_seqs=draw(st.integers(1, 4)),
-               max_num_batched_tokens=draw(st.integers(1, 12)))
+    sz = sizes(
+        dp_ranks=draw(st.integers(1, 3)),
+        page_size=page_size,
+        # from one longest request's worth of pages (forces preemption) to plenty
+        pages_per_rank=draw(
+            st.integers(pages_for(max_model_len - 1, page_size), 2 * pages_for(max_model_len, page_size))
+        ),
+        max_model_len=max_model_len,
+        max_num_seqs=draw(st.integers(1, 4)),
+        max_num_batched_tokens=draw(st.integers(1, 12)),
+    )
     requests, arrivals = [], {}
     for i in range(draw(st.integers(1, 12))):
         n = draw(st.integers(1, 12))
         stop = tuple(draw(st.sets(st.integers(0, VOCAB - 1), max_size=2)))
-        r = req(i, [draw(st.integers(0, VOCAB - 1)) for _ in range(n)], max_tokens=draw(st.integers(1, 16 - n)),
-                ignore_eos=draw(st.booleans()), stop_token_ids=stop)
+        r = req(
+            i,
+            [draw(st.integers(0, VOCAB - 1)) for _ in range(n)],
+            max_tokens=draw(st.integers(1, 16 - n)),
+            ignore_eos=draw(st.booleans()),
+            stop_token_ids=stop,
+        )
         requests.append(r)
         arrivals.setdefault(draw(st.integers(0, 8)), []).append(r)
     aborts = {}

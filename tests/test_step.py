@@ -29,16 +29,19 @@ def test_chunked_prefill_then_decode_matches_the_dense_model(path):
     a = np.arange(3, 23, dtype=np.int32)  # 20 tokens on the last rank, in two chunks
     b = np.arange(40, 45, dtype=np.int32)  # 5 tokens on rank 0
     greedy = SamplingParams()
-    chunks = [ScheduledChunk(1, 0, b, 0, np.array([3], np.int32), True, greedy, 0),
-              ScheduledChunk(0, last, a[:12], 0, np.array([0], np.int32), False, greedy, 0)]
+    chunks = [
+        ScheduledChunk(1, 0, b, 0, np.array([3], np.int32), True, greedy, 0),
+        ScheduledChunk(0, last, a[:12], 0, np.array([0], np.int32), False, greedy, 0),
+    ]
     if last == 0:
         chunks = chunks[::-1]
     sampled, caches, packed = _run(step, caches, plan, chunks, step.initial_samples())
     b_next = int(np.asarray(sampled)[step.output_rows(packed)][list(packed.sampled_seq_ids).index(1)])
     # Second step: the rest of A's prompt, and B's decode whose token the host has not read.
-    chunks = [ScheduledChunk(1, 0, np.array([FROM_PREVIOUS_STEP], np.int32), 5, np.array([3], np.int32),
-                             True, greedy, 1),
-              ScheduledChunk(0, last, a[12:], 12, np.array([0, 1], np.int32), True, greedy, 0)]
+    chunks = [
+        ScheduledChunk(1, 0, np.array([FROM_PREVIOUS_STEP], np.int32), 5, np.array([3], np.int32), True, greedy, 1),
+        ScheduledChunk(0, last, a[12:], 12, np.array([0, 1], np.int32), True, greedy, 0),
+    ]
     if last == 0:
         chunks = chunks[::-1]
     sampled, caches, packed2 = _run(step, caches, plan, chunks, sampled, local_rows(packed))

@@ -4,7 +4,8 @@ import time
 
 import pytest
 import yaml
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shardspec import _yaml
 from shardspec.errors import ShardspecError
@@ -18,20 +19,31 @@ def error_text(text, file="s.yaml"):
 
 def test_lines_of_keys_and_list_items():
     text = (
-        "name: x\n"             # 1
-        "parallelism:\n"        # 2
-        "  tensor: 8\n"         # 3
-        "params:\n"             # 4
-        "  - match: a\n"        # 5
-        "    axes: [embed]\n"   # 6
+        "name: x\n"  # 1
+        "parallelism:\n"  # 2
+        "  tensor: 8\n"  # 3
+        "params:\n"  # 4
+        "  - match: a\n"  # 5
+        "    axes: [embed]\n"  # 6
         "rules: {mlp: model}\n"  # 7
     )
     data, lines = _yaml.parse_document(text, "s.yaml")
-    assert data == {"name": "x", "parallelism": {"tensor": 8},
-                    "params": [{"match": "a", "axes": ["embed"]}], "rules": {"mlp": "model"}}
+    assert data == {
+        "name": "x",
+        "parallelism": {"tensor": 8},
+        "params": [{"match": "a", "axes": ["embed"]}],
+        "rules": {"mlp": "model"},
+    }
     assert lines == {
-        "name": 1, "parallelism": 2, "parallelism.tensor": 3, "params": 4, "params[0]": 5,
-        "params[0].match": 5, "params[0].axes": 6, "params[0].axes[0]": 6, "rules": 7,
+        "name": 1,
+        "parallelism": 2,
+        "parallelism.tensor": 3,
+        "params": 4,
+        "params[0]": 5,
+        "params[0].match": 5,
+        "params[0].axes": 6,
+        "params[0].axes[0]": 6,
+        "rules": 7,
         "rules.mlp": 7,
     }
 
@@ -49,14 +61,22 @@ def test_merge_keys_explicit_key_wins_and_keeps_its_line():
     assert lines["kv_cache.dtype"] == 1
 
 
-@pytest.mark.parametrize("tag", ["!!python/object/apply:os.system", "!!python/name:os.system",
-                                 "!!python/object:collections.OrderedDict", "!custom"])
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "!!python/object/apply:os.system",
+        "!!python/name:os.system",
+        "!!python/object:collections.OrderedDict",
+        "!custom",
+    ],
+)
 def test_unsafe_tags_are_rejected_and_never_constructed(tag, tmp_path):
     marker = tmp_path / "ran"
     text = f"name: x\nrules:\n  mlp: {tag} ['touch {marker}']\n"
     assert error_text(text) == (
         f"error: s.yaml:3: rules.mlp: the tag {tag} is not allowed "
-        "(a strategy is plain data: values, lists and mappings)")
+        "(a strategy is plain data: values, lists and mappings)"
+    )
     assert not marker.exists()
 
 
@@ -66,24 +86,27 @@ def test_alias_bomb_is_rejected_quickly():
     start = time.perf_counter()
     message = error_text("\n".join(lines) + "\n")
     assert time.perf_counter() - start < 0.5
-    assert message == ("error: s.yaml:4: the document expands to more than 10000 values "
-                       "(anchors and aliases nested too deeply)")
+    assert message == (
+        "error: s.yaml:4: the document expands to more than 10000 values (anchors and aliases nested too deeply)"
+    )
 
 
 def test_recursive_alias_is_rejected():
     assert error_text("name: x\nloop: &a [1, *a]\n") == (
-        "error: s.yaml:2: an anchor is used inside itself (recursive alias)")
+        "error: s.yaml:2: an anchor is used inside itself (recursive alias)"
+    )
 
 
 def test_syntax_error_has_its_line():
     assert error_text("name: x\nparallelism:\n  tensor: 8\n   data: 2\n") == (
-        "error: s.yaml:4: invalid YAML: mapping values are not allowed here")
+        "error: s.yaml:4: invalid YAML: mapping values are not allowed here"
+    )
 
 
 def test_unclosed_quote_says_where_it_started():
     assert error_text("name: x\nmodel: 'llama\nruntime: {}\n") == (
-        "error: s.yaml:4: invalid YAML: found unexpected end of stream "
-        "(while scanning a quoted scalar at line 2)")
+        "error: s.yaml:4: invalid YAML: found unexpected end of stream (while scanning a quoted scalar at line 2)"
+    )
 
 
 def test_two_documents_are_an_error():
@@ -92,12 +115,14 @@ def test_two_documents_are_an_error():
 
 def test_non_utf8_bytes_name_their_line():
     assert error_text(b"name: x\nmodel: caf\xe9\n") == (
-        "error: s.yaml:2: not UTF-8 text (byte 0xe9) (save the file as UTF-8)")
+        "error: s.yaml:2: not UTF-8 text (byte 0xe9) (save the file as UTF-8)"
+    )
 
 
 def test_control_characters_are_a_yaml_error():
     assert error_text("name: x\nmodel: a\x07b\n") == (
-        "error: s.yaml:2: invalid YAML: character #x0007: special characters are not allowed")
+        "error: s.yaml:2: invalid YAML: character #x0007: special characters are not allowed"
+    )
 
 
 @pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n"])
@@ -105,11 +130,11 @@ def test_empty_document(text):
     assert error_text(text) == "error: s.yaml: the file is empty (a strategy needs at least `parallelism:`)"
 
 
-@pytest.mark.parametrize("text, kind", [("- a\n- b\n", "a list"), ("8\n", "'8'"),
-                                        ("!!set {a, b}\n", "a mapping")])
+@pytest.mark.parametrize("text, kind", [("- a\n- b\n", "a list"), ("8\n", "'8'"), ("!!set {a, b}\n", "a mapping")])
 def test_top_level_must_be_a_mapping(text, kind):
     assert error_text(text) == (
-        f"error: s.yaml:1: the top level must be a mapping (name:, parallelism:, ...), got {kind}")
+        f"error: s.yaml:1: the top level must be a mapping (name:, parallelism:, ...), got {kind}"
+    )
 
 
 def test_duplicate_keys_are_rejected_at_the_second():
@@ -122,7 +147,8 @@ def test_duplicate_keys_are_rejected_at_the_second():
 
 def test_keys_must_be_text():
     assert error_text("name: x\nmultihost:\n  1: 2\n") == (
-        "error: s.yaml:3: multihost: keys must be text, got '1' (quote the key)")
+        "error: s.yaml:3: multihost: keys must be text, got '1' (quote the key)"
+    )
 
 
 def test_join_path():
@@ -145,9 +171,14 @@ _keys = st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), m
 # U+2028 and U+2029 as line breaks, which would shift the line numbers checked.
 _text = st.text(st.characters(exclude_categories=["Cs", "Cc", "Zl", "Zp"]), max_size=8)
 _scalars = st.none() | st.booleans() | st.integers() | _text
-_data = st.dictionaries(_keys, st.recursive(
-    _scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=3),
-    max_leaves=10), min_size=1, max_size=4)
+_data = st.dictionaries(
+    _keys,
+    st.recursive(
+        _scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=3), max_leaves=10
+    ),
+    min_size=1,
+    max_size=4,
+)
 
 
 @settings(max_examples=60, deadline=None)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import jax
 
-from ..placement import apply
 from ..distributed import fetch
 from ..errors import ShardspecError
 from ..load import load
+from ..placement import apply
 from ..plan import ShardingPlan, compile
 from ..protocol import ServableModel
 from ..tokenizer import decode, load_tokenizer
@@ -42,8 +42,9 @@ class _InFlight:
 class Engine:
     """Serve a model under a plan. Every accepted request finishes exactly once."""
 
-    def __init__(self, plan: ShardingPlan, model: ServableModel | None = None, *, seed: int = 0,
-                 eos_token_id: int | None = None):
+    def __init__(
+        self, plan: ShardingPlan, model: ServableModel | None = None, *, seed: int = 0, eos_token_id: int | None = None
+    ):
         """Serve `model` (an NNX module implementing `shardspec.protocol.ServableModel`,
         the one the plan was compiled from; placed into the plan's shardings here), or
         by default shardspec's own model of the plan, initialised with `seed`.
@@ -53,8 +54,11 @@ class Engine:
         """
         kv = plan.servable_kv_cache()
         if kv.spec[0] != plan.activations["attn_in"][0]:
-            raise ShardspecError("rules.batch and rules.kv_pages must shard over the same mesh axes "
-                                 "for serving", path="rules", file=plan.strategy.source.file)
+            raise ShardspecError(
+                "rules.batch and rules.kv_pages must shard over the same mesh axes for serving",
+                path="rules",
+                file=plan.strategy.source.file,
+            )
         self.plan = plan
         self.sizes = plan.runtime
         self.model = apply(plan, seed=seed) if model is None else _placed(plan, model)
@@ -63,8 +67,12 @@ class Engine:
         eos = (eos_token_id,) if eos_token_id is not None else plan.model.eos_token_ids
         self._extra_eos = tuple(eos[1:])  # the scheduler knows one EOS; others stop like stop_token_ids
         self.tokenizer = load_tokenizer(plan.model.checkpoint)
-        self.scheduler = DPScheduler(self.sizes, routing=runtime.routing, eos_token_id=eos[0] if eos else None,
-                                     async_scheduling=runtime.async_scheduling)
+        self.scheduler = DPScheduler(
+            self.sizes,
+            routing=runtime.routing,
+            eos_token_id=eos[0] if eos else None,
+            async_scheduling=runtime.async_scheduling,
+        )
         self._step = Step(plan, self.model)
         self._caches = allocate_kv_cache(plan)
         self._inflight: _InFlight | None = None
@@ -73,8 +81,9 @@ class Engine:
         self.metrics = Metrics(self.sizes.dp_ranks)
 
     @classmethod
-    def from_strategy(cls, path: str | os.PathLike, model: str | None = None,
-                      overrides: Mapping[str, str] | None = None, **kwargs) -> "Engine":
+    def from_strategy(
+        cls, path: str | os.PathLike, model: str | None = None, overrides: Mapping[str, str] | None = None, **kwargs
+    ) -> Engine:
         strategy = load(path, overrides=overrides)
         return cls(compile(strategy.with_model(model) if model else strategy), **kwargs)
 
@@ -99,8 +108,13 @@ class Engine:
         return request.id
 
     def _validate(self, fields: Mapping, default_id: str) -> Request:
-        return make_request(fields, default_id=default_id, vocab_size=self.plan.model.geometry.vocab_size,
-                            max_model_len=self.sizes.max_request_len, tokenizer=self.tokenizer)
+        return make_request(
+            fields,
+            default_id=default_id,
+            vocab_size=self.plan.model.geometry.vocab_size,
+            max_model_len=self.sizes.max_request_len,
+            tokenizer=self.tokenizer,
+        )
 
     def abort(self, request_id: str) -> bool:
         return self.scheduler.abort(request_id)
@@ -129,8 +143,9 @@ class Engine:
             samples = self._inflight.sampled if self._inflight else self._samples
             sampled, self._caches = self._step(self._caches, device_batch(packed), samples)
             launched = _InFlight(schedule, packed, sampled)
-            self.metrics.record_step(packed.real_tokens, packed.padded_tokens,
-                                     schedule.tokens_per_rank(self.sizes.dp_ranks))
+            self.metrics.record_step(
+                packed.real_tokens, packed.padded_tokens, schedule.tokens_per_rank(self.sizes.dp_ranks)
+            )
         else:
             host = time.perf_counter() - start
         # Sync: collect what was just launched. Async: collect the step before it,
@@ -146,8 +161,7 @@ class Engine:
     def _collect(self, done: _InFlight) -> list[Output]:
         tokens = fetch(done.sampled)[self._step.output_rows(done.packed)]
         t0 = time.perf_counter()
-        outputs = self.scheduler.update(done.schedule, dict(zip(done.packed.sampled_seq_ids.tolist(),
-                                                                tokens.tolist())))
+        outputs = self.scheduler.update(done.schedule, dict(zip(done.packed.sampled_seq_ids.tolist(), tokens.tolist())))
         self.metrics.host_seconds += time.perf_counter() - t0
         return outputs
 
@@ -178,13 +192,20 @@ class Engine:
             if idle > 100:  # a scheduler bug, never a user error: fail loudly, never hang
                 raise RuntimeError("the scheduler made no progress in 100 steps")
 
-    def generate(self, requests: Iterable[Request | Mapping]) -> list[Output]:
-        """Serve `requests` to the end; outputs in input order."""
+    def generate(
+        self, requests: Iterable[Request | Mapping], on_output: Callable[[Output], None] | None = None
+    ) -> list[Output]:
+        """Serve `requests` to the end; outputs in input order. `on_output` sees each as it finishes."""
         requests = [r if isinstance(r, Request) else self._validate(r, str(i)) for i, r in enumerate(requests)]
         order = {r.id: i for i, r in enumerate(requests)}
         if len(order) != len(requests):
             raise ShardspecError("request ids must be unique")
-        outputs = sorted(self.stream(requests), key=lambda o: order[o.id])
+        outputs = []
+        for out in self.stream(requests):
+            outputs.append(out)
+            if on_output is not None:
+                on_output(out)
+        outputs.sort(key=lambda o: order[o.id])
         assert len(outputs) == len(requests), "a request finished more or less than once"
         return outputs
 
@@ -195,11 +216,17 @@ def _placed(plan: ShardingPlan, model) -> ServableModel:
 
     if not isinstance(model, nnx.Module) or not isinstance(model, ServableModel):
         missing = [m for m in ("decoder_geometry", "hidden_states", "logits") if not callable(getattr(model, m, None))]
-        raise ShardspecError(f"Engine cannot serve a {type(model).__name__}"
-                             + (f": it has no {', '.join(missing)}" if missing else ": it is not an nnx.Module"),
-                             path="model", hint="serve an NNX module implementing shardspec.protocol.ServableModel")
+        raise ShardspecError(
+            f"Engine cannot serve a {type(model).__name__}"
+            + (f": it has no {', '.join(missing)}" if missing else ": it is not an nnx.Module"),
+            path="model",
+            hint="serve an NNX module implementing shardspec.protocol.ServableModel",
+        )
     geometry = model.decoder_geometry()
     if geometry != plan.model.geometry:
-        raise ShardspecError(f"the model's decoder geometry {geometry} differs from the plan's "
-                             f"{plan.model.geometry}", path="model", hint="compile the plan from this model")
+        raise ShardspecError(
+            f"the model's decoder geometry {geometry} differs from the plan's {plan.model.geometry}",
+            path="model",
+            hint="compile the plan from this model",
+        )
     return apply(plan, model)  # checks every parameter path and shape against the plan

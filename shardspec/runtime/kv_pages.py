@@ -43,7 +43,7 @@ class PagePool:
             raise RuntimeError(f"page pool: {n} pages requested, {len(self._free)} free")
         if n == 0:
             return []
-        pages = self._free[:-n - 1:-1]  # the top n, top first
+        pages = self._free[: -n - 1 : -1]  # the top n, top first
         del self._free[-n:]
         self._used[pages] = True
         return pages
@@ -80,8 +80,8 @@ class BlockTable:
     def append(self, pages: list[int]) -> None:
         n, k = len(self.pages), len(pages)
         if k:
-            self._buf[n:n + k] = pages
-            self.pages = self._ro[:n + k]
+            self._buf[n : n + k] = pages
+            self.pages = self._ro[: n + k]
 
     def release(self) -> list[int]:
         """Hand back every page; the table is dead afterwards (see class doc)."""

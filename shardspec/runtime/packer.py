@@ -107,8 +107,9 @@ def _scatter(values: np.ndarray, rows: np.ndarray, n_rows: int, fill) -> np.ndar
     return out
 
 
-def pack(schedule: StepSchedule, sizes: RuntimeSizes,
-         prev_rows: Mapping[int, int] | None = None, *, min_stride: int = 0) -> PackedStep:
+def pack(
+    schedule: StepSchedule, sizes: RuntimeSizes, prev_rows: Mapping[int, int] | None = None, *, min_stride: int = 0
+) -> PackedStep:
     """Lay out one step's chunks rank by rank, padded to one per-rank stride.
 
     `prev_rows[seq_id]` is where the sequence's sample sits in the previous
@@ -133,9 +134,12 @@ def pack(schedule: StepSchedule, sizes: RuntimeSizes,
 
     local_row, query_start = _place_in_rank(c.rank, c.n)
     tok_chunk, tok_offset = _segments(c.n)  # [T] each token's chunk and its index in the chunk
-    layout = _Layout(request_rows=c.rank * Q + local_row,
-                     token_rows=(c.rank * S + query_start)[tok_chunk] + tok_offset,
-                     n_requests=R * Q, n_tokens=R * S)
+    layout = _Layout(
+        request_rows=c.rank * Q + local_row,
+        token_rows=(c.rank * S + query_start)[tok_chunk] + tok_offset,
+        n_requests=R * Q,
+        n_tokens=R * S,
+    )
 
     positions = c.start[tok_chunk] + tok_offset
     slots = c.block_tables[tok_chunk, positions // page_size] * page_size + positions % page_size
@@ -159,8 +163,11 @@ def pack(schedule: StepSchedule, sizes: RuntimeSizes,
         output_index=layout.per_request(c.output_index),
         selector=_i32(layout.request_rows[sampled]),
         sampled_seq_ids=c.seq_id[sampled],
-        real_tokens=int(tokens_per_rank.sum()), padded_tokens=R * S,
-        token_stride=S, request_stride=Q)
+        real_tokens=int(tokens_per_rank.sum()),
+        padded_tokens=R * S,
+        token_stride=S,
+        request_stride=Q,
+    )
 
 
 def _i32(a: np.ndarray) -> np.ndarray:
@@ -183,19 +190,40 @@ def _place_in_rank(rank: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 # _Chunks' scalar columns and their dtypes, in the order `_columns` reads them.
-_COLUMNS = {"rank": np.int64, "n": np.int64, "start": np.int64, "seq_id": np.int64, "sample": bool,
-            "prev_row": np.int64, "temperature": np.float32, "top_k": np.int32, "top_p": np.float32,
-            "seed": np.uint32, "output_index": np.int32}
+_COLUMNS = {
+    "rank": np.int64,
+    "n": np.int64,
+    "start": np.int64,
+    "seq_id": np.int64,
+    "sample": bool,
+    "prev_row": np.int64,
+    "temperature": np.float32,
+    "top_k": np.int32,
+    "top_p": np.float32,
+    "seed": np.uint32,
+    "output_index": np.int32,
+}
 
 
-def _columns(chunks: Sequence[ScheduledChunk], sizes: RuntimeSizes,
-             prev_rows: Mapping[int, int] | None) -> _Chunks:
+def _columns(chunks: Sequence[ScheduledChunk], sizes: RuntimeSizes, prev_rows: Mapping[int, int] | None) -> _Chunks:
     """Per-chunk columns: the one loop over chunks only reads attributes; checks are vectorised."""
     prev_rows = prev_rows or {}
-    rows = [(c.rank, len(c.token_ids), c.start_pos, c.seq_id, c.sample, prev_rows.get(c.seq_id, -1),
-             c.sampling.temperature, c.sampling.top_k, c.sampling.top_p,
-             c.sampling.seed & 0xFFFFFFFF,  # the uint32 the sampler keys on, for any Python int
-             c.output_index) for c in chunks]
+    rows = [
+        (
+            c.rank,
+            len(c.token_ids),
+            c.start_pos,
+            c.seq_id,
+            c.sample,
+            prev_rows.get(c.seq_id, -1),
+            c.sampling.temperature,
+            c.sampling.top_k,
+            c.sampling.top_p,
+            c.sampling.seed & 0xFFFFFFFF,  # the uint32 the sampler keys on, for any Python int
+            c.output_index,
+        )
+        for c in chunks
+    ]
     columns = zip(*rows) if rows else [()] * len(_COLUMNS)
     cols = {k: np.array(v, dtype) for (k, dtype), v in zip(_COLUMNS.items(), columns)}
     token_ids = np.concatenate([np.zeros(0, np.int32), *(c.token_ids for c in chunks)]).astype(np.int32)
@@ -217,9 +245,15 @@ def _segments(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return owner, np.arange(len(owner)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
 
-def _check_chunks(chunks: Sequence[ScheduledChunk], cols: Mapping[str, np.ndarray],
-                  token_ids: np.ndarray, pages: np.ndarray, page_owner: np.ndarray,
-                  n_pages: np.ndarray, sizes: RuntimeSizes) -> None:
+def _check_chunks(
+    chunks: Sequence[ScheduledChunk],
+    cols: Mapping[str, np.ndarray],
+    token_ids: np.ndarray,
+    pages: np.ndarray,
+    page_owner: np.ndarray,
+    n_pages: np.ndarray,
+    sizes: RuntimeSizes,
+) -> None:
     """Raise ValueError naming the first chunk that breaks a rule."""
     rank, n = cols["rank"], cols["n"]
     need = -(-(cols["start"] + n) // sizes.page_size)
@@ -229,18 +263,29 @@ def _check_chunks(chunks: Sequence[ScheduledChunk], cols: Mapping[str, np.ndarra
     has_prev = np.zeros(len(chunks), bool)
     has_prev[_segments(n)[0][token_ids == FROM_PREVIOUS_STEP]] = True
     checks = [
-        ((rank < 0) | (rank >= sizes.dp_ranks),
-         lambda i: f"rank {rank[i]} is not a DP rank (0..{sizes.dp_ranks - 1})"),
+        ((rank < 0) | (rank >= sizes.dp_ranks), lambda i: f"rank {rank[i]} is not a DP rank (0..{sizes.dp_ranks - 1})"),
         (n == 0, lambda i: "token_ids is empty; a chunk has >= 1 token"),
-        ((n_pages < need) | (n_pages > sizes.max_pages_per_seq),
-         lambda i: f"block_table has {n_pages[i]} pages; {cols['start'][i]} + {n[i]} tokens need "
-                   f"{need[i]} and a table holds at most max_pages_per_seq={sizes.max_pages_per_seq}"),
-        (bad_page,
-         lambda i: f"page ids {pages[outside & (page_owner == i)].tolist()} outside this rank's "
-                   f"pages 0..{sizes.pages_per_rank - 1}"),
-        (has_prev & (cols["prev_row"] < 0),
-         lambda i: "a FROM_PREVIOUS_STEP token but no entry in prev_rows "
-                   "(pass the previous step's PackedStep.sampled_rows())"),
+        (
+            (n_pages < need) | (n_pages > sizes.max_pages_per_seq),
+            lambda i: (
+                f"block_table has {n_pages[i]} pages; {cols['start'][i]} + {n[i]} tokens need "
+                f"{need[i]} and a table holds at most max_pages_per_seq={sizes.max_pages_per_seq}"
+            ),
+        ),
+        (
+            bad_page,
+            lambda i: (
+                f"page ids {pages[outside & (page_owner == i)].tolist()} outside this rank's "
+                f"pages 0..{sizes.pages_per_rank - 1}"
+            ),
+        ),
+        (
+            has_prev & (cols["prev_row"] < 0),
+            lambda i: (
+                "a FROM_PREVIOUS_STEP token but no entry in prev_rows "
+                "(pass the previous step's PackedStep.sampled_rows())"
+            ),
+        ),
     ]
     for bad, message in checks:
         if bad.any():
@@ -254,7 +299,8 @@ def _check_token_budget(tokens_per_rank: np.ndarray, sizes: RuntimeSizes) -> Non
         r = int(tokens_per_rank.argmax())
         raise ValueError(
             f"rank {r} has {tokens_per_rank[r]} tokens this step, more than the largest token "
-            f"bucket {largest} (the scheduler must keep a rank within max_num_batched_tokens)")
+            f"bucket {largest} (the scheduler must keep a rank within max_num_batched_tokens)"
+        )
 
 
 def _check_request_stride(chunks_per_rank: np.ndarray, S: int, Q: int, sizes: RuntimeSizes) -> None:
@@ -262,4 +308,5 @@ def _check_request_stride(chunks_per_rank: np.ndarray, S: int, Q: int, sizes: Ru
         r = int(chunks_per_rank.argmax())
         raise ValueError(
             f"rank {r} has {chunks_per_rank[r]} chunks this step, more than the request stride "
-            f"{Q} = min(token stride {S}, max_num_seqs {sizes.max_num_seqs})")
+            f"{Q} = min(token stride {S}, max_num_seqs {sizes.max_num_seqs})"
+        )

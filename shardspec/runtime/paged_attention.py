@@ -26,8 +26,9 @@ class PagedBatch:
     block_tables: jax.Array  # [R*Q, M] int32, rank-local page ids
 
 
-jax.tree_util.register_dataclass(PagedBatch, data_fields=[f.name for f in dataclasses.fields(PagedBatch)],
-                                 meta_fields=[])
+jax.tree_util.register_dataclass(
+    PagedBatch, data_fields=[f.name for f in dataclasses.fields(PagedBatch)], meta_fields=[]
+)
 
 
 def attend_rank(q, k_new, v_new, k_cache, v_cache, positions, slot_mapping, token_rows, block_tables):
@@ -35,10 +36,18 @@ def attend_rank(q, k_new, v_new, k_cache, v_cache, positions, slot_mapping, toke
     pages, page, K, D = k_cache.shape
     # Write this step's keys and values first: every token then reads its whole
     # context, its own chunk included, from the cache.
-    k_cache = k_cache.reshape(pages * page, K, D).at[slot_mapping].set(
-        k_new.astype(k_cache.dtype), mode="drop").reshape(k_cache.shape)
-    v_cache = v_cache.reshape(pages * page, K, D).at[slot_mapping].set(
-        v_new.astype(v_cache.dtype), mode="drop").reshape(v_cache.shape)
+    k_cache = (
+        k_cache.reshape(pages * page, K, D)
+        .at[slot_mapping]
+        .set(k_new.astype(k_cache.dtype), mode="drop")
+        .reshape(k_cache.shape)
+    )
+    v_cache = (
+        v_cache.reshape(pages * page, K, D)
+        .at[slot_mapping]
+        .set(v_new.astype(v_cache.dtype), mode="drop")
+        .reshape(v_cache.shape)
+    )
     tables = block_tables[token_rows]  # [S, M]
     S, M = tables.shape
     keys = k_cache[tables].reshape(S, M * page, K, D).astype(q.dtype)  # [S, L, K, D]
@@ -60,19 +69,40 @@ def make_attend(mesh, token_axes, q_spec: P, kv_spec: P, cache_spec: P):
     """
     tok = P(token_axes)
 
-    @partial(jax.shard_map, mesh=mesh, check_vma=False,
-             in_specs=(P(*q_spec[:1], *q_spec[2:]), P(*kv_spec[:1], *kv_spec[2:]),
-                       P(*kv_spec[:1], *kv_spec[2:]), cache_spec, cache_spec,
-                       tok, tok, tok, P(token_axes, None)),
-             out_specs=(P(*q_spec[:1], *q_spec[2:]), cache_spec, cache_spec))
+    @partial(
+        jax.shard_map,
+        mesh=mesh,
+        check_vma=False,
+        in_specs=(
+            P(*q_spec[:1], *q_spec[2:]),
+            P(*kv_spec[:1], *kv_spec[2:]),
+            P(*kv_spec[:1], *kv_spec[2:]),
+            cache_spec,
+            cache_spec,
+            tok,
+            tok,
+            tok,
+            P(token_axes, None),
+        ),
+        out_specs=(P(*q_spec[:1], *q_spec[2:]), cache_spec, cache_spec),
+    )
     def sharded(q, k, v, k_cache, v_cache, positions, slots, rows, tables):
         return attend_rank(q, k, v, k_cache, v_cache, positions, slots, rows, tables)
 
     def attend(q, k, v, positions, cache):
         """q [N, 1, H, D]; k, v [N, 1, K', D]; cache = ((k_cache, v_cache), PagedBatch)."""
         (k_cache, v_cache), batch = cache
-        out, k_cache, v_cache = sharded(q[:, 0], k[:, 0], v[:, 0], k_cache, v_cache, batch.positions,
-                                        batch.slot_mapping, batch.token_rows, batch.block_tables)
+        out, k_cache, v_cache = sharded(
+            q[:, 0],
+            k[:, 0],
+            v[:, 0],
+            k_cache,
+            v_cache,
+            batch.positions,
+            batch.slot_mapping,
+            batch.token_rows,
+            batch.block_tables,
+        )
         return out[:, None], ((k_cache, v_cache), batch)
 
     return attend

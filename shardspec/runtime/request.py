@@ -35,8 +35,12 @@ class Output:
     text: str | None = None
 
     def to_json(self) -> dict:
-        out = {"id": self.id, "prompt_token_ids": list(self.prompt_token_ids),
-               "output_token_ids": list(self.output_token_ids), "finish_reason": self.finish_reason}
+        out = {
+            "id": self.id,
+            "prompt_token_ids": list(self.prompt_token_ids),
+            "output_token_ids": list(self.output_token_ids),
+            "finish_reason": self.finish_reason,
+        }
         if self.text is not None:
             out["text"] = self.text
         return out

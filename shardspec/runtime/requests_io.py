@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
-from .._schema import Where, schema_problems
+from .._schema import schema_problems
 from ..errors import Problem, ShardspecError, Source, raise_all
 from .request import Output, Request, SamplingParams
 
 _SCHEMA = json.loads(Path(__file__).with_name("request.schema.json").read_text(encoding="utf-8"))
 
 
-def make_request(fields: Mapping, *, default_id: str, vocab_size: int, max_model_len: int,
-                 where: Where | None = None, tokenizer=None) -> Request:
+def make_request(
+    fields: Mapping,
+    *,
+    default_id: str,
+    vocab_size: int,
+    max_model_len: int,
+    where: Source | None = None,
+    tokenizer=None,
+) -> Request:
     """A validated Request from request-file fields; ShardspecError names each bad field.
 
     `tokenizer` (a checkpoint's, `shardspec.tokenizer`) turns `prompt` text into ids.
     """
-    where = where or Where(Source("<request>", {}), ())
+    where = where or Source("<request>", {})
     raise_all(schema_problems(dict(fields), where, _SCHEMA))
     problems: list[Problem] = []
     if "prompt" in fields and "prompt_token_ids" in fields:
@@ -36,18 +43,37 @@ def make_request(fields: Mapping, *, default_id: str, vocab_size: int, max_model
         raise_all([where.problem("prompt", "the prompt text encodes to no tokens", "give more text")])
     bad = [t for t in prompt if t >= vocab_size]
     if bad:
-        problems.append(where.problem("prompt_token_ids", f"token id {bad[0]} is outside the vocabulary",
-                                      f"ids must be below vocab_size {vocab_size}"))
+        problems.append(
+            where.problem(
+                "prompt_token_ids",
+                f"token id {bad[0]} is outside the vocabulary",
+                f"ids must be below vocab_size {vocab_size}",
+            )
+        )
     max_tokens = fields.get("max_tokens", 16)
     if len(prompt) + max_tokens > max_model_len:
-        problems.append(where.problem("max_tokens", f"prompt {len(prompt)} + max_tokens {max_tokens} "
-                                      f"exceeds the maximum length {max_model_len}",
-                                      f"use max_tokens <= {max(max_model_len - len(prompt), 0)}"))
+        problems.append(
+            where.problem(
+                "max_tokens",
+                f"prompt {len(prompt)} + max_tokens {max_tokens} exceeds the maximum length {max_model_len}",
+                f"use max_tokens <= {max(max_model_len - len(prompt), 0)}",
+            )
+        )
     raise_all(problems)
-    sampling = SamplingParams(float(fields.get("temperature", 0.0)), int(fields.get("top_k", 0)),
-                              float(fields.get("top_p", 1.0)), int(fields.get("seed", 0)))
-    return Request(str(fields.get("id", default_id)), prompt, max_tokens, sampling,
-                   bool(fields.get("ignore_eos", False)), tuple(fields.get("stop_token_ids", ())))
+    sampling = SamplingParams(
+        float(fields.get("temperature", 0.0)),
+        int(fields.get("top_k", 0)),
+        float(fields.get("top_p", 1.0)),
+        int(fields.get("seed", 0)),
+    )
+    return Request(
+        str(fields.get("id", default_id)),
+        prompt,
+        max_tokens,
+        sampling,
+        bool(fields.get("ignore_eos", False)),
+        tuple(fields.get("stop_token_ids", ())),
+    )
 
 
 def read_requests(path: str | Path, *, vocab_size: int, max_model_len: int, tokenizer=None) -> list[Request]:
@@ -63,7 +89,7 @@ def read_requests(path: str | Path, *, vocab_size: int, max_model_len: int, toke
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        where = Where(Source(file, {"": number}), ())
+        where = Source(file, {"": number})
         try:
             fields = json.loads(line)
         except json.JSONDecodeError as e:
@@ -73,8 +99,14 @@ def read_requests(path: str | Path, *, vocab_size: int, max_model_len: int, toke
             problems.append(Problem("each line must be a JSON object", file=file, line=number))
             continue
         try:
-            request = make_request(fields, default_id=str(number), vocab_size=vocab_size,
-                                   max_model_len=max_model_len, where=where, tokenizer=tokenizer)
+            request = make_request(
+                fields,
+                default_id=str(number),
+                vocab_size=vocab_size,
+                max_model_len=max_model_len,
+                where=where,
+                tokenizer=tokenizer,
+            )
         except ShardspecError as e:
             problems += e.problems
             continue

@@ -26,7 +26,7 @@ Every policy is deterministic: the same calls give the same ranks.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 POLICIES = ("balanced", "least_tokens", "round_robin")
 

@@ -33,25 +33,22 @@ from __future__ import annotations
 
 import collections
 import heapq
-from typing import TYPE_CHECKING, Mapping
-
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from .kv_pages import BlockTable, pages_for
 from .request import FinishReason, Output, Request
 from .routing import RankCounters, Router
 from .schedule import ScheduledChunk, StepSchedule
 from .sequence import RUNNING as _RUNNING
+from .sequence import UNKNOWN
 from .sequence import WAITING as _WAITING
 from .sequence import Rank as _Rank
-from .sequence import UNKNOWN
 from .sequence import Seq as _Seq
 from .step_budget import balanced_budget
 
 if TYPE_CHECKING:
     from ..plan import RuntimeSizes
-
-
-
 
 
 class DPScheduler:
@@ -64,8 +61,14 @@ class DPScheduler:
     and its `Output` comes back from `update()` or `take_finished()`.
     """
 
-    def __init__(self, sizes: RuntimeSizes, routing: str = "balanced", eos_token_id: int | None = None,
-                 async_scheduling: bool = False, balance_steps: bool | None = None):
+    def __init__(
+        self,
+        sizes: RuntimeSizes,
+        routing: str = "balanced",
+        eos_token_id: int | None = None,
+        async_scheduling: bool = False,
+        balance_steps: bool | None = None,
+    ):
         self.sizes = sizes
         self.async_scheduling = async_scheduling
         # Token-balanced steps are part of the `balanced` policy; the baselines keep
@@ -120,10 +123,15 @@ class DPScheduler:
         routing.py); `max_kv_usage`: the MAX over ranks of pages used / pages per rank (a mean
         hides one full rank); cumulative `preemptions` and `spills`."""
         used = [r.pool.num_used for r in self._ranks]
-        return {"running": [len(r.running) for r in self._ranks],
-                "waiting": [r.num_waiting for r in self._ranks], "pages_used": used,
-                "load": list(self._counters.load), "max_kv_usage": max(used) / self.sizes.pages_per_rank,
-                "preemptions": self._preemptions, "spills": self._spills}
+        return {
+            "running": [len(r.running) for r in self._ranks],
+            "waiting": [r.num_waiting for r in self._ranks],
+            "pages_used": used,
+            "load": list(self._counters.load),
+            "max_kv_usage": max(used) / self.sizes.pages_per_rank,
+            "preemptions": self._preemptions,
+            "spills": self._spills,
+        }
 
     def _check(self, request: Request) -> None:
         n, s = len(request.prompt_token_ids), self.sizes
@@ -134,10 +142,12 @@ class DPScheduler:
             raise ValueError(f"{where}: max_tokens={request.max_tokens} (must be >= 1)")
         if n + request.max_tokens > s.max_request_len:  # the plan's limit: the model's, or a rank's pages
             if n + request.max_tokens > s.max_model_len:
-                raise ValueError(f"{where}: prompt {n} + max_tokens {request.max_tokens} > max_model_len "
-                                 f"{s.max_model_len}")
-            raise ValueError(f"{where}: needs more KV pages than a rank has ({s.pages_per_rank} of "
-                             f"{s.page_size} tokens)")
+                raise ValueError(
+                    f"{where}: prompt {n} + max_tokens {request.max_tokens} > max_model_len {s.max_model_len}"
+                )
+            raise ValueError(
+                f"{where}: needs more KV pages than a rank has ({s.pages_per_rank} of {s.page_size} tokens)"
+            )
         if request.id in self._by_request:
             raise ValueError(f"{where}: a request with this id is already running or waiting")
 
@@ -163,8 +173,9 @@ class DPScheduler:
         cap = self.sizes.max_num_batched_tokens
         if not self.balance_steps:
             return cap  # the reference system's lockstep steps: every rank its full budget
-        return balanced_budget(self._counters.load, [len(r.running) for r in self._ranks],
-                               self.sizes.token_buckets, cap)
+        return balanced_budget(
+            self._counters.load, [len(r.running) for r in self._ranks], self.sizes.token_buckets, cap
+        )
 
     def _plan_running(self, rank: _Rank, step: int, budget: int) -> None:
         """Set `plan` (tokens this step) of running sequences: decodes first, then prefill chunks."""
@@ -177,8 +188,15 @@ class DPScheduler:
             # A decode whose input is a sample not yet received runs only under async
             # scheduling, only if that sample comes from the previous step (the device
             # fills it in from there), and only if one more token is allowed after it.
-            elif budget and (not seq.pending or (may_guess and seq.pending == 1 and seq.last_sample_step == previous
-                                                 and len(seq.outputs) + 2 <= seq.max_tokens)):
+            elif budget and (
+                not seq.pending
+                or (
+                    may_guess
+                    and seq.pending == 1
+                    and seq.last_sample_step == previous
+                    and len(seq.outputs) + 2 <= seq.max_tokens
+                )
+            ):
                 seq.plan = 1
                 budget -= 1
                 if seq.computed % ps == 0:
@@ -252,8 +270,15 @@ class DPScheduler:
         those need more pages than it does."""
         for src in self._ranks:
             while src.blocked and (seq := self._front(src)) is not None:
-                targets = [r.index for r in self._ranks if r is not src and not r.pressed and r.budget
-                           and len(r.running) < self.sizes.max_num_seqs and self._fits(r, seq)]
+                targets = [
+                    r.index
+                    for r in self._ranks
+                    if r is not src
+                    and not r.pressed
+                    and r.budget
+                    and len(r.running) < self.sizes.max_num_seqs
+                    and self._fits(r, seq)
+                ]
                 if not targets:
                     break
                 dst = self._ranks[self._router.pick(self._counters, seq.total, targets)]
@@ -304,10 +329,21 @@ class DPScheduler:
             sample = end == seq.total
             # ScheduledChunk's fields in order, built without the keyword-argument
             # __new__ (~0.2 us a chunk instead of 0.3; a test checks they agree).
-            out.append(new(ScheduledChunk, (
-                seq.id, r, UNKNOWN if seq.pending else seq.tokens_ro[start:end], start,
-                seq.table.pages, sample, seq.sampling,
-                seq.total - seq.prompt_len)))  # output_index: tokens generated, received or not
+            out.append(
+                new(
+                    ScheduledChunk,
+                    (
+                        seq.id,
+                        r,
+                        UNKNOWN if seq.pending else seq.tokens_ro[start:end],
+                        start,
+                        seq.table.pages,
+                        sample,
+                        seq.sampling,
+                        seq.total - seq.prompt_len,
+                    ),
+                )
+            )  # output_index: tokens generated, received or not
             seq.plan = 0
             seq.in_flight += 1
             computed += n
@@ -329,8 +365,10 @@ class DPScheduler:
             return self.take_finished()
         if not self._outstanding or schedule.step != self._outstanding[0]:
             expected = self._outstanding[0] if self._outstanding else "none"
-            raise ValueError(f"update(): got step {schedule.step}, expected step {expected} "
-                             "(pass every non-empty schedule to update() once, in order)")
+            raise ValueError(
+                f"update(): got step {schedule.step}, expected step {expected} "
+                "(pass every non-empty schedule to update() once, in order)"
+            )
         seqs = self._seqs
         missing = [c.seq_id for c in schedule.chunks if c.sample and c.seq_id not in sampled and c.seq_id in seqs]
         if missing:

@@ -18,9 +18,26 @@ UNKNOWN.flags.writeable = False
 class Seq:
     """One request's state. Positions: [0, prompt_len) prompt, then outputs."""
 
-    __slots__ = ("id", "request", "rank", "status", "prompt_len", "max_tokens", "sampling", "stop", "tokens",
-                 "tokens_ro", "outputs", "total", "computed", "pending", "in_flight", "last_sample_step", "table",
-                 "plan")
+    __slots__ = (
+        "id",
+        "request",
+        "rank",
+        "status",
+        "prompt_len",
+        "max_tokens",
+        "sampling",
+        "stop",
+        "tokens",
+        "tokens_ro",
+        "outputs",
+        "total",
+        "computed",
+        "pending",
+        "in_flight",
+        "last_sample_step",
+        "table",
+        "plan",
+    )
 
     def __init__(self, seq_id: int, request: Request, rank: int, stop: frozenset[int]):
         self.id, self.request, self.rank, self.status, self.stop = seq_id, request, rank, WAITING, stop
@@ -28,7 +45,7 @@ class Seq:
         self.sampling = request.sampling
         # Every position's token; each entry is written once, so views of known positions never change.
         self.tokens = np.full(self.prompt_len + request.max_tokens, FROM_PREVIOUS_STEP, np.int32)
-        self.tokens[:self.prompt_len] = request.prompt_token_ids
+        self.tokens[: self.prompt_len] = request.prompt_token_ids
         self.tokens_ro = self.tokens.view()
         self.tokens_ro.flags.writeable = False
         self.outputs: list[int] = []

@@ -68,8 +68,9 @@ class Step:
         self.max_rows = self.sizes.dp_ranks * self.q_max
         self.traces = 0
         token_axes = plan.kv_cache.spec[0]
-        self._attend = make_attend(plan.mesh, token_axes, plan.activations["attn_q"],
-                                   plan.activations["attn_kv"], plan.kv_cache.spec)
+        self._attend = make_attend(
+            plan.mesh, token_axes, plan.activations["attn_q"], plan.activations["attn_kv"], plan.kv_cache.spec
+        )
         per_token = NamedSharding(plan.mesh, P(token_axes))
         batch = {f: per_token for f in TOKEN_FIELDS + ROW_FIELDS}
         batch["block_tables"] = NamedSharding(plan.mesh, P(token_axes, None))
@@ -84,9 +85,12 @@ class Step:
         # Sampled ids stay on their rank: the host reads them (no device collective),
         # and the next step's decodes read their own rank's rows (async scheduling).
         self._samples = per_token
-        self._jitted = jax.jit(self._step, donate_argnums=(1,),
-                               in_shardings=(plan.param_shardings(), caches, batch, per_token),
-                               out_shardings=(per_token, caches))
+        self._jitted = jax.jit(
+            self._step,
+            donate_argnums=(1,),
+            in_shardings=(plan.param_shardings(), caches, batch, per_token),
+            out_shardings=(per_token, caches),
+        )
 
     def __call__(self, caches, batch: dict[str, np.ndarray], prev_sampled: jax.Array):
         """Dispatch one step (asynchronously); returns (sampled [R*Q_max], new caches).
@@ -121,8 +125,9 @@ class Step:
         from_prev = jnp.take_along_axis(prev_sampled.reshape(R, self.q_max), jnp.maximum(local, 0), axis=1)
         tokens = jnp.where(batch["prev_rows"] >= 0, from_prev.reshape(-1), batch["token_ids"])
         paged = PagedBatch(batch["positions"], batch["slot_mapping"], batch["token_rows"], batch["block_tables"])
-        hidden, caches = model.hidden_states(tokens[:, None], batch["positions"][:, None], layout,
-                                             self._attend, [(c, paged) for c in caches])
+        hidden, caches = model.hidden_states(
+            tokens[:, None], batch["positions"][:, None], layout, self._attend, [(c, paged) for c in caches]
+        )
         caches = [c for c, _ in caches]
         rows = batch["logits_indices"].shape[0]
         per_rank = hidden[:, 0].reshape(R, -1, hidden.shape[-1])  # [R, S, E]
@@ -134,7 +139,8 @@ class Step:
         # replicated over attn_dp made GSPMD all-gather a [rows, vocab] iota in argmax.
         logits = jax.lax.with_sharding_constraint(logits, self._rows)
         logits = jax.lax.with_sharding_constraint(logits, self._sample_rows)
-        sampled = sample(logits, batch["temperature"], batch["top_k"], batch["top_p"], batch["seeds"],
-                         batch["output_index"])
+        sampled = sample(
+            logits, batch["temperature"], batch["top_k"], batch["top_p"], batch["seeds"], batch["output_index"]
+        )
         out = jnp.zeros((R, self.q_max), jnp.int32).at[:, : rows // R].set(sampled.reshape(R, -1))
         return out.reshape(-1), caches

@@ -12,7 +12,7 @@ the budget never drops below one token per running sequence.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 STEP_EFFICIENCY = 0.9  # balance a step aims for
 

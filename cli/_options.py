@@ -1,0 +1,35 @@
+"""The arguments and options commands share, as `Annotated` aliases (one definition each)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from shardspec.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
+
+StrategyArg = Annotated[str, typer.Argument(help="Strategy YAML file.", show_default=False)]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", "-m", help="Model preset or checkpoint directory; overrides `model:`.")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a strategy key: --set runtime.routing=least_tokens (repeatable)."),
+]
+# The cluster a command joins (shardspec/distributed.py); `shardspec launch` sets the variables.
+CoordinatorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--coordinator",
+        envvar=ENV_COORDINATOR,
+        metavar="HOST:PORT",
+        help="Process 0's address: join a cluster of --num-processes processes.",
+    ),
+]
+NumProcessesOpt = Annotated[
+    int | None,
+    typer.Option("--num-processes", envvar=ENV_NUM_PROCESSES, min=1, help="Processes in the cluster (1: join none)."),
+]
+ProcessIdOpt = Annotated[
+    int | None, typer.Option("--process-id", envvar=ENV_PROCESS_ID, min=0, help="This process's id, 0 to N-1.")
+]
