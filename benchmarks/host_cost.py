@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from packer_naive import pack_naive  # noqa: E402
 
-from shardspec.plan import RuntimeSizes, token_buckets  # noqa: E402
 from shardspec.runtime.packer import pack  # noqa: E402
 from shardspec.runtime.request import Request  # noqa: E402
 from shardspec.runtime.scheduler import DPScheduler  # noqa: E402
+from shardspec.sizes import RuntimeSizes  # noqa: E402
 
 RANKS = 8
 
@@ -42,11 +42,9 @@ def measure(n: int, steps: int) -> dict:
         dp_ranks=RANKS,
         page_size=16,
         pages_per_rank=per_rank * 8,
-        max_pages_per_seq=64,
         max_model_len=1024,
         max_num_seqs=per_rank,
         max_num_batched_tokens=max(per_rank, 512),
-        token_buckets=token_buckets(max(per_rank, 512)),
     )
     scheduler = DPScheduler(sizes, routing="balanced")
     for i in range(n):

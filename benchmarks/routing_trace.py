@@ -17,10 +17,10 @@ import sys
 
 import numpy as np
 
-from shardspec.plan import RuntimeSizes, token_buckets
 from shardspec.runtime.packer import pack
 from shardspec.runtime.request import Request
 from shardspec.runtime.scheduler import DPScheduler
+from shardspec.sizes import RuntimeSizes
 
 
 def trace(n_long: int, n_short: int, seed: int = 0) -> list[tuple[int, Request]]:
@@ -78,11 +78,9 @@ def main(argv=None) -> dict:
         dp_ranks=args.ranks,
         page_size=16,
         pages_per_rank=2048,
-        max_pages_per_seq=256,
         max_model_len=4096,
         max_num_seqs=64,
         max_num_batched_tokens=512,
-        token_buckets=token_buckets(512),
     )
     results = {name: [] for name in CONFIGS}
     for seed in range(args.seeds):

@@ -75,7 +75,7 @@ def check(
         want = np.asarray(forward(reference, jnp.asarray(tokens), Layout()))
 
     sharded = apply(plan, seed=seed) if model is None else apply(plan, model)
-    token_sharding = plan.sharding(P(plan.activations["attn_in"][0]))
+    token_sharding = plan.sharding(P(plan.token_axes))
     sharded_forward = jax.jit(lambda m, t: dense_logits(m, t, plan.layout), in_shardings=(None, token_sharding))
     got = fetch(sharded_forward(sharded, global_array(tokens, token_sharding)))
 

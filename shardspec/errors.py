@@ -73,7 +73,7 @@ class Source:
     paths `--set` overrode (a problem at one of them, or under one, blames `--set`)."""
 
     file: str = "<strategy>"
-    lines: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    lines: Mapping[str, int] = dataclasses.field(default_factory=dict, repr=False)
     overridden: tuple[str, ...] = ()
 
     def line(self, path: str) -> int | None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import mesh as mesh_lib
 from .plan import ShardingPlan
+from .rules import shard_count
 from .strategy import MESH_AXES
 
 LARGE_REPLICATED = 1 << 20  # warn about replicated tensors above 1 MiB
@@ -94,7 +95,7 @@ def derivations(plan: ShardingPlan) -> list[str]:
 
 
 def totals(plan: ShardingPlan) -> dict[str, int]:
-    devices = math.prod(plan.mesh_shape.values())
+    devices = plan.device_count
     params = sum(p.bytes_per_device for p in plan.params)
     ideal = sum(math.prod(p.shape) * p.itemsize for p in plan.params) / devices
     kv = 0 if plan.kv_cache is None else plan.kv_cache.bytes_per_device()
@@ -151,7 +152,7 @@ def _grid(plan: ShardingPlan, ids: np.ndarray) -> list[str]:
 
 def _text_lines(plan: ShardingPlan) -> list[str]:
     st, s = plan.strategy, plan.mesh_shape
-    devices = math.prod(s.values())
+    devices = plan.device_count
     lines = [f"strategy {st.name} · model {plan.model.name} · {devices} devices", ""]
     lines.append("mesh: " + " × ".join(f"{a} {s[a]}" for a in MESH_AXES) + "   (size-1 axes hidden below)")
     lines += mesh_picture(plan) + process_picture(plan) + ["", "derived:"]
@@ -268,7 +269,7 @@ def experts(plan: ShardingPlan) -> dict[str, Any] | None:
     axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
     shape = plan.mesh_shape
     ids = mesh_lib.device_ids(shape, plan.mesh)
-    per = layout.shape[0] // math.prod(shape[a] for a in axes)
+    per = layout.shape[0] // shard_count(axes, shape)
     groups: dict[int, list[int]] = {}
     for coord in np.ndindex(ids.shape):
         at, shard = dict(zip(MESH_AXES, coord)), 0
@@ -306,7 +307,7 @@ def expert_lines(plan: ShardingPlan) -> list[str]:
 def _mesh_json(plan: ShardingPlan) -> dict[str, Any]:
     out = {
         "axes": dict(plan.mesh_shape),
-        "devices": math.prod(plan.mesh_shape.values()),
+        "devices": plan.device_count,
         "device_ids": mesh_lib.device_ids(plan.mesh_shape, plan.mesh).tolist(),
     }
     processes = mesh_lib.process_ids(plan.mesh_shape, plan.strategy, plan.mesh)

@@ -130,7 +130,7 @@ def _measure(plan: ShardingPlan, stride: int):
     """Compile one step at `stride` tokens per rank -> (counts, bytes, memory per device)."""
     step = Step(plan, nnx.merge(plan.model.tree.graphdef, _stored_state(plan)))
     caches = jax.eval_shape(lambda: allocate_kv_cache(plan))
-    prev = jax.ShapeDtypeStruct((step.max_rows,), jnp.int32)
+    prev = jax.ShapeDtypeStruct((plan.runtime.sampled_rows,), jnp.int32)
     compiled = step.lower(caches, batch_structs(plan, stride), prev).compile()
     return (*collectives(compiled.as_text()), _memory(compiled))
 

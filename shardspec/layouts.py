@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from jax.sharding import PartitionSpec as P
 
 from . import rules as rules_lib
+from . import sizes
 from .errors import Problem, did_you_mean, one_of
 from .model_info import ModelInfo
 from .models import axes as ax
@@ -218,7 +219,7 @@ def attention_problems(
     problems = []
     rule = table[ax.HEADS]
     head_axes = rules_lib.effective_axes(rule.mesh_axes, shape)
-    shards = math.prod(shape[a] for a in head_axes)
+    shards = rules_lib.shard_count(head_axes, shape)
     if heads % shards and not any(ax.HEADS in p.axes for p in params):
         by = " × ".join(f"{a} {shape[a]}" for a in head_axes)
         problems.append(
@@ -241,11 +242,25 @@ def attention_problems(
 
 
 def kv_slots(geometry: DecoderGeometry, table, shape) -> int:
-    """KV heads as stored: repeated (lcm) until every `kv_heads` shard holds whole heads."""
+    """KV heads as stored over the `kv_heads` rule's mesh axes (`sizes.kv_slots`)."""
     kv_axes = rules_lib.effective_axes(table[ax.KV_HEADS].mesh_axes, shape)
-    kv_shards = math.prod(shape[a] for a in kv_axes)
-    kv = geometry.num_kv_heads
-    return kv if kv % kv_shards == 0 else math.lcm(kv, kv_shards)
+    return sizes.kv_slots(geometry.num_kv_heads, rules_lib.shard_count(kv_axes, shape))
+
+
+def serving_problems(strategy: Strategy, table, shape) -> list[Problem]:
+    """A DP rank's tokens and its KV pages must live on the same devices: the paged
+    attention of each rank reads only its own pages."""
+    tokens, pages = (rules_lib.effective_axes(table[a].mesh_axes, shape) for a in (ax.BATCH, ax.KV_PAGES))
+    if tokens == pages:
+        return []
+    where = table[ax.KV_PAGES].yaml_path or table[ax.BATCH].yaml_path or "rules"
+    return [
+        strategy.source.problem(
+            where,
+            f"tokens shard over {list(tokens)} but KV pages over {list(pages)}",
+            "rules.batch and rules.kv_pages must name the same mesh axes for serving",
+        )
+    ]
 
 
 def kv_cache_layout(
@@ -253,9 +268,9 @@ def kv_cache_layout(
 ) -> KVCacheLayout:
     """The paged KV cache: pages over the DP ranks, KV heads over `model` (repeated if fewer)."""
     kv_axes = rules_lib.effective_axes(table[ax.KV_HEADS].mesh_axes, shape)
-    kv_shards = math.prod(shape[a] for a in kv_axes)
+    kv_shards = rules_lib.shard_count(kv_axes, shape)
     kv = geometry.num_kv_heads
-    slots = kv_slots(geometry, table, shape)
+    slots = sizes.kv_slots(kv, kv_shards)
     pages = rules_lib.spec_entry(rules_lib.effective_axes(table[ax.KV_PAGES].mesh_axes, shape))
     spec = P(pages, None, rules_lib.spec_entry(kv_axes), None)
     cfg = strategy.kv_cache

@@ -20,8 +20,9 @@ from pathlib import Path
 from . import _yaml
 from ._overrides import apply_overrides
 from ._schema import schema_problems
-from .errors import Problem, ShardspecError, Source, did_you_mean, one_of, raise_all
+from .errors import Problem, ShardspecError, Source, did_you_mean, one_of, raise_all, under_any
 from .models import presets as _presets
+from .sizes import divisors, multihost_problem
 from .strategy import MESH_AXES, KVCacheConfig, Parallelism, ParamOverride, Policy, RuntimeConfig, Strategy
 
 
@@ -37,7 +38,8 @@ def load(source: str | os.PathLike | Mapping, overrides: Mapping[str, object] | 
     raw, src, name = _read(source)
     overridden = tuple(overrides or ())
     raise_all(apply_overrides(raw, overrides or {}))
-    src = Source(src.file, src.lines, overridden)  # problems at overridden paths blame --set
+    # Problems at overridden paths blame --set; their (stale) lines in the file are dropped.
+    src = Source(src.file, {p: n for p, n in src.lines.items() if not under_any(p, overridden)}, overridden)
     raise_all(schema_problems(raw, src))
     raise_all(_semantic_problems(raw, src))
     return _build(raw, src, name)
@@ -75,7 +77,7 @@ def _looks_like_path(text: str) -> bool:
 
 
 def _semantic_problems(raw: dict, where: Source) -> list[Problem]:
-    par = {"data": 1, "tensor": 1, "attention_data": "auto", "expert": 1, **raw.get("parallelism", {})}
+    par = Parallelism(**raw.get("parallelism", {}))  # the schema has checked its keys and types
     return [
         *_check_devices(raw.get("devices"), par, where),
         *_check_attention_data(par, where),
@@ -86,47 +88,43 @@ def _semantic_problems(raw: dict, where: Source) -> list[Problem]:
     ]
 
 
-def _check_devices(devices: int | None, par: dict, where: Source) -> list[Problem]:
-    product = par["data"] * par["tensor"] * par["expert"]
+def _check_devices(devices: int | None, par: Parallelism, where: Source) -> list[Problem]:
+    product = par.product
     if devices is None or devices == product:
         return []
     return [
         where.problem(
             "parallelism",
-            f"data {par['data']} x tensor {par['tensor']} x expert {par['expert']} = {product} "
-            f"devices, but devices: {devices}",
+            f"data {par.data} x tensor {par.tensor} x expert {par.expert} = {product} devices, but devices: {devices}",
             f"make data x tensor x expert = {devices}, or set devices: {product} (or leave it out)",
         )
     ]
 
 
-def _check_attention_data(par: dict, where: Source) -> list[Problem]:
-    value, tensor = par["attention_data"], par["tensor"]
+def _check_attention_data(par: Parallelism, where: Source) -> list[Problem]:
+    value, tensor = par.attention_data, par.tensor
     if value == "auto" or tensor % value == 0:
         return []
     return [
         where.problem(
             "parallelism.attention_data",
             f"{value} does not divide tensor={tensor}",
-            f"use {one_of(_divisors(tensor))}, or auto",
+            f"use {one_of(divisors(tensor))}, or auto",
         )
     ]
 
 
-def _check_multihost(multihost: dict, par: dict, where: Source) -> list[Problem]:
+def _check_multihost(multihost: dict, par: Parallelism, where: Source) -> list[Problem]:
     """Each cross-host factor must divide its axis, where the file fixes the axis."""
-    sizes = {"data": par["data"], "expert": par["expert"]}
-    attn, tensor = par["attention_data"], par["tensor"]
-    if attn != "auto" and tensor % attn == 0:  # else attn_dp/model are known only at compile()
-        sizes.update(attn_dp=attn, model=tensor // attn)
+    attn = par.attention_data
+    if attn != "auto" and par.tensor % attn == 0:
+        sizes = par.mesh_shape(attn)
+    else:  # attn_dp and model are known only at compile() (mesh.cross_host checks them there)
+        sizes = {"data": par.data, "expert": par.expert}
     return [
-        where.problem(
-            f"multihost.{axis}",
-            f"{factor} does not divide {axis}={sizes[axis]}",
-            f"use {one_of(_divisors(sizes[axis]))}",
-        )
+        where.problem(f"multihost.{axis}", *problem)
         for axis, factor in multihost.items()
-        if axis in sizes and sizes[axis] % factor
+        if axis in sizes and (problem := multihost_problem(axis, factor, sizes[axis]))
     ]
 
 
@@ -174,10 +172,6 @@ def _check_model(model: str | None, where: Source) -> list[Problem]:
 def _unknown(where: Source, path: str, kind: str, name: str, valid: Iterable[str]) -> Problem:
     valid = list(valid)
     return where.problem(path, f"unknown {kind} {name!r}", did_you_mean(name, valid) or f"use {one_of(valid)}")
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def _build(raw: dict, source: Source, default_name: str) -> Strategy:

@@ -20,15 +20,11 @@ import jax
 import numpy as np
 from jax.sharding import AbstractMesh, AxisType, Mesh
 
-from .errors import ShardspecError, one_of
+from .errors import ShardspecError
+from .sizes import device_count, multihost_problem
 from .strategy import MESH_AXES, Strategy
 
 _AUTO = (AxisType.Auto,) * len(MESH_AXES)
-
-
-def mesh_shape(strategy: Strategy, attention_data: int) -> dict[str, int]:
-    p = strategy.parallelism
-    return {"data": p.data, "attn_dp": attention_data, "expert": p.expert, "model": p.tensor // attention_data}
 
 
 def abstract_mesh(shape: Mapping[str, int]) -> AbstractMesh:
@@ -43,7 +39,7 @@ def device_mesh(shape: Mapping[str, int], strategy: Strategy, devices: Sequence[
     here a subset is used only when asked for, by passing `devices` or by
     writing `devices:` in the strategy.
     """
-    need = math.prod(shape.values())
+    need = device_count(shape)
     if jax.process_count() > 1:
         return _hybrid_mesh(shape, strategy, devices)
     if devices is None:
@@ -72,11 +68,8 @@ def cross_host(shape: Mapping[str, int], strategy: Strategy) -> dict[str, int]:
     """
     factors = {a: int(strategy.multihost.get(a, 1)) for a in MESH_AXES}
     for axis, factor in factors.items():
-        if shape[axis] % factor:
-            divisors = [d for d in range(1, shape[axis] + 1) if shape[axis] % d == 0]
-            raise strategy.source.error(
-                f"multihost.{axis}", f"{factor} does not divide {axis}={shape[axis]}", f"use {one_of(divisors)}"
-            )
+        if problem := multihost_problem(axis, factor, shape[axis]):
+            raise strategy.source.error(f"multihost.{axis}", *problem)
     return factors
 
 
@@ -90,7 +83,7 @@ def _hybrid_mesh(shape: Mapping[str, int], strategy: Strategy, devices: Sequence
     from jax.experimental import mesh_utils
 
     devices = list(jax.devices() if devices is None else devices)
-    need, dcn = math.prod(shape.values()), cross_host(shape, strategy)
+    need, dcn = device_count(shape), cross_host(shape, strategy)
     if len(devices) != need:
         raise strategy.source.error(
             "parallelism",
@@ -152,7 +145,7 @@ def device_ids(shape: Mapping[str, int], mesh: Mesh | AbstractMesh) -> np.ndarra
     """Device ids laid out on the mesh; an abstract mesh numbers them in order."""
     if isinstance(mesh, Mesh):
         return np.vectorize(lambda d: d.id)(mesh.devices)
-    return np.arange(math.prod(shape.values())).reshape([shape[a] for a in MESH_AXES])
+    return np.arange(device_count(shape)).reshape([shape[a] for a in MESH_AXES])
 
 
 def simulate_cpu_devices(count: int) -> bool:

@@ -27,46 +27,10 @@ from .layouts import KVCacheLayout, ParamLayout
 from .load import load
 from .model_info import ModelInfo, is_own_model, outside_model, own_model
 from .protocol import Layout
+from .sizes import RuntimeSizes, device_count, dp_ranks
 from .strategy import Strategy
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "float8_e4m3fn": jnp.float8_e4m3fn}
-
-
-@dataclasses.dataclass(frozen=True)
-class RuntimeSizes:
-    """Every size the scheduler, packer, KV cache and step share, computed once."""
-
-    dp_ranks: int
-    page_size: int
-    pages_per_rank: int
-    max_pages_per_seq: int  # ceil(max_model_len / page_size): columns of a block table
-    max_model_len: int  # longest prompt + output
-    max_num_seqs: int  # running sequences per DP rank
-    max_num_batched_tokens: int  # tokens per DP rank per step
-    token_buckets: tuple[int, ...]  # per-rank token strides a step is padded to (ascending)
-
-    @property
-    def max_request_len(self) -> int:
-        """Longest prompt + max_tokens served: the model's limit, or one rank's pages
-        (+1: the last sampled token is never written to the cache)."""
-        return min(self.max_model_len, self.pages_per_rank * self.page_size + 1)
-
-    def token_stride(self, busiest_rank_tokens: int) -> int:
-        """The smallest bucket that holds the busiest rank's tokens."""
-        return next(b for b in self.token_buckets if b >= busiest_rank_tokens)
-
-    def request_stride(self, token_stride: int) -> int:
-        """Rows per rank for per-request arrays: every request has >= 1 token in the step."""
-        return min(token_stride, self.max_num_seqs)
-
-
-def token_buckets(max_tokens: int, smallest: int = 8) -> tuple[int, ...]:
-    """Powers of two from `smallest` up to `max_tokens`, which is always the last."""
-    out, b = [], min(smallest, max_tokens)
-    while b < max_tokens:
-        out.append(b)
-        b *= 2
-    return (*out, max_tokens)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -81,26 +45,13 @@ class ShardingPlan:
     params: tuple[ParamLayout, ...]  # in the order of the model's tree
     activations: Mapping[str, P]  # the runtime's named activation points
     kv_cache: KVCacheLayout | None  # None: the model declares no decoder geometry
+    runtime: RuntimeSizes | None  # every size the serving runtime shares; None with no KV cache
+    token_axes: str | tuple[str, ...] | None  # the spec entry that splits tokens and pages over DP ranks
 
     def __repr__(self) -> str:
         shape = "×".join(str(n) for n in self.mesh_shape.values())
         return (
             f"ShardingPlan({self.strategy.name!r}, model={self.model.name!r}, mesh={shape}, {len(self.params)} params)"
-        )
-
-    @property
-    def runtime(self) -> RuntimeSizes:
-        kv = self.servable_kv_cache()
-        rt, geometry = self.strategy.runtime, self.model.geometry
-        return RuntimeSizes(
-            dp_ranks=self.dp_ranks,
-            page_size=kv.page_size,
-            pages_per_rank=kv.pages_per_rank,
-            max_pages_per_seq=-(-geometry.max_seq_len // kv.page_size),
-            max_model_len=geometry.max_seq_len,
-            max_num_seqs=rt.max_num_seqs,
-            max_num_batched_tokens=rt.max_num_batched_tokens,
-            token_buckets=token_buckets(rt.max_num_batched_tokens),
         )
 
     def servable_kv_cache(self) -> KVCacheLayout:
@@ -115,9 +66,13 @@ class ShardingPlan:
         return self.kv_cache
 
     @property
+    def device_count(self) -> int:
+        return device_count(self.mesh_shape)
+
+    @property
     def dp_ranks(self) -> int:
         """Ranks that each own requests and KV pages: data × attn_dp."""
-        return self.mesh_shape["data"] * self.mesh_shape["attn_dp"]
+        return dp_ranks(self.mesh_shape)
 
     @property
     def attn_tp(self) -> int:
@@ -270,13 +225,14 @@ def build_plan(
     """The plan of a model already read; `check_overrides=False` lets a `params:` entry
     match nothing (the HLO report's model with no decoder layer)."""
     attention_data, why = _attention_data(strategy, model)
-    shape = mesh_lib.mesh_shape(strategy, attention_data)
+    shape = strategy.parallelism.mesh_shape(attention_data)
     table = rules_lib.rule_table(strategy)
     params, problems = layouts_lib.param_layouts(model, strategy, table, shape, check_overrides=check_overrides)
     problems += layouts_lib.rule_name_problems(strategy, params, model)
     activations, act_problems = layouts_lib.activation_specs(strategy, table, shape)
     if model.geometry is not None:
         problems += layouts_lib.attention_problems(strategy, table, shape, model.geometry, params)
+        problems += layouts_lib.serving_problems(strategy, table, shape)
     raise_all(problems + act_problems)
 
     if abstract_mesh:
@@ -290,7 +246,33 @@ def build_plan(
         kv = layouts_lib.kv_cache_layout(
             strategy, table, shape, model.geometry, itemsize, _free_device_bytes(mesh, param_bytes)
         )
-    return ShardingPlan(strategy, model, mesh, shape, attention_data, why, table, tuple(params), activations, kv)
+    runtime = None if kv is None else _runtime_sizes(strategy, shape, kv, model.geometry)
+    return ShardingPlan(
+        strategy,
+        model,
+        mesh,
+        shape,
+        attention_data,
+        why,
+        table,
+        tuple(params),
+        activations,
+        kv,
+        runtime,
+        activations["attn_in"][0],
+    )
+
+
+def _runtime_sizes(strategy: Strategy, shape, kv: KVCacheLayout, geometry) -> RuntimeSizes:
+    rt = strategy.runtime
+    return RuntimeSizes(
+        dp_ranks=dp_ranks(shape),
+        page_size=kv.page_size,
+        pages_per_rank=kv.pages_per_rank,
+        max_model_len=geometry.max_seq_len,
+        max_num_seqs=rt.max_num_seqs,
+        max_num_batched_tokens=rt.max_num_batched_tokens,
+    )
 
 
 def _attention_data(strategy: Strategy, model: ModelInfo) -> tuple[int, str]:

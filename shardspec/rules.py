@@ -60,6 +60,11 @@ def effective_axes(mesh_axes: Sequence[str], mesh_shape: Mapping[str, int]) -> t
     return tuple(a for a in mesh_axes if mesh_shape[a] > 1)
 
 
+def shard_count(mesh_axes: Sequence[str], mesh_shape: Mapping[str, int]) -> int:
+    """Shards a dimension split over `mesh_axes` has: the product of their sizes."""
+    return math.prod(mesh_shape[a] for a in mesh_axes)
+
+
 def spec_entry(mesh_axes: tuple[str, ...]):
     """PartitionSpec entry: None, 'model' or ('attn_dp', 'model')."""
     if not mesh_axes:
@@ -119,13 +124,14 @@ def resolve_array(
             continue
         mesh = effective_axes(rule.mesh_axes, mesh_shape)
         problems += claim_axes(path, name, mesh, used, table, src, axes_from)
-        shards = math.prod(mesh_shape[a] for a in mesh)
+        shards = shard_count(mesh, mesh_shape)
         if size % shards == 0:
             entries.append(spec_entry(mesh))
             continue
-        if name == ax.KV_HEADS and mesh == ("model",) and shards % size == 0:
-            # Fewer KV heads than model shards: keep them whole on every device; the
-            # plan repeats them so each device holds the heads its queries read.
+        if name == ax.KV_HEADS:
+            # KV heads that do not split over their shards: kept whole on every device;
+            # the forward repeats them into sizes.kv_slots(...) slots, so each device
+            # holds the heads its queries read (layouts.attention_problems checks they pair).
             kv_replicated = True
             entries.append(None)
             continue
@@ -185,7 +191,7 @@ def shards_per_dim(spec: P, mesh_shape: Mapping[str, int]) -> list[int]:
     out = []
     for entry in spec:
         names = () if entry is None else (entry,) if isinstance(entry, str) else entry
-        out.append(math.prod(mesh_shape[a] for a in names))
+        out.append(shard_count(names, mesh_shape))
     return out
 
 

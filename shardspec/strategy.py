@@ -53,7 +53,17 @@ class Parallelism:
 
     @property
     def product(self) -> int:
+        """Devices the parallelism spans: data × tensor × expert."""
         return self.data * self.tensor * self.expert
+
+    def mesh_shape(self, attention_data: int) -> dict[str, int]:
+        """The mesh shape, in MESH_AXES order: `model` = tensor / attention_data (it divides)."""
+        return {
+            "data": self.data,
+            "attn_dp": attention_data,
+            "expert": self.expert,
+            "model": self.tensor // attention_data,
+        }
 
 
 @dataclasses.dataclass(frozen=True)

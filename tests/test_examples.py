@@ -51,7 +51,7 @@ def test_gpt2_forward_under_the_plan_equals_the_unsharded_forward(layout, model)
     assert fc.sharding.spec == plan.param("h.0.mlp.fc").spec
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 384, (8, 24)), jnp.int32)
     graphdef, state = nnx.split(placed)
-    tokens_sharding = plan.sharding(P(plan.activations["attn_in"][0]))
+    tokens_sharding = plan.sharding(P(plan.token_axes))
     forward = jax.jit(
         lambda s, t: nnx.merge(graphdef, s)(t, layout=plan.layout),
         in_shardings=(plan.param_shardings(), tokens_sharding),

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from shardspec.runtime.kv_pages import BlockTable, PagePool, pages_for
+from shardspec.runtime.kv_pages import BlockTable, PagePool
+from shardspec.sizes import pages_for
 
 
 def test_pages_for_rounds_up():

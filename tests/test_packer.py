@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 
-from shardspec.plan import RuntimeSizes
 from shardspec.runtime.packer import PackedStep, pack
 from shardspec.runtime.request import SamplingParams
 from shardspec.runtime.schedule import FROM_PREVIOUS_STEP, ScheduledChunk, StepSchedule
+from shardspec.sizes import RuntimeSizes
 
 from conftest import ROOT
 
@@ -40,11 +40,10 @@ def sizes(dp=2, page_size=4, max_num_seqs=4, pages_per_rank=8, max_pages_per_seq
         dp_ranks=dp,
         page_size=page_size,
         pages_per_rank=pages_per_rank,
-        max_pages_per_seq=max_pages_per_seq,
         max_model_len=max_pages_per_seq * page_size,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=16,
-        token_buckets=(4, 8, 16),
+        smallest_bucket=4,  # buckets 4, 8, 16
     )
 
 

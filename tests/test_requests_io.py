@@ -7,8 +7,11 @@ import pytest
 from shardspec import ShardspecError
 from shardspec.runtime.request import Output
 from shardspec.runtime.requests_io import make_request, read_requests, write_outputs
+from shardspec.sizes import RuntimeSizes
 
-LIMITS = dict(vocab_size=512, max_model_len=64)
+LIMITS = dict(
+    vocab_size=512, limits=RuntimeSizes(1, 16, 64, max_model_len=64, max_num_seqs=8, max_num_batched_tokens=64)
+)
 
 
 def _file(tmp_path, *lines):
@@ -95,3 +98,17 @@ def test_outputs_are_written_in_the_given_order(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["b", "a"] and rows[0]["output_token_ids"] == [2, 3]
     assert set(rows[0]) == {"id", "prompt_token_ids", "output_token_ids", "finish_reason"}
+
+
+def test_request_defaults_have_one_owner():
+    """A field left out takes Request's / SamplingParams' default; the schema documents the same."""
+    import dataclasses
+
+    from shardspec.runtime.request import Request, SamplingParams
+    from shardspec.runtime.requests_io import _SCHEMA
+
+    request = make_request({"prompt_token_ids": [1]}, default_id="0", **LIMITS)
+    assert request == Request("0", (1,))
+    owners = {f.name: f.default for cls in (Request, SamplingParams) for f in dataclasses.fields(cls)}
+    documented = {k: v["default"] for k, v in _SCHEMA["properties"].items() if "default" in v}
+    assert documented and all(owners[k] == v for k, v in documented.items()), documented

@@ -15,27 +15,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardspec.plan import RuntimeSizes, token_buckets
-from shardspec.runtime.kv_pages import pages_for
 from shardspec.runtime.request import Request
 from shardspec.runtime.schedule import FROM_PREVIOUS_STEP, ScheduledChunk
 from shardspec.runtime.scheduler import DPScheduler
+from shardspec.sizes import RuntimeSizes, pages_for
 
 VOCAB = 16  # small, so that EOS and stop tokens come up often
 EOS = 0
 
 
 def sizes(dp_ranks=1, page_size=4, pages_per_rank=64, max_model_len=64, max_num_seqs=4, max_num_batched_tokens=8):
-    return RuntimeSizes(
-        dp_ranks=dp_ranks,
-        page_size=page_size,
-        pages_per_rank=pages_per_rank,
-        max_pages_per_seq=pages_for(max_model_len, page_size),
-        max_model_len=max_model_len,
-        max_num_seqs=max_num_seqs,
-        max_num_batched_tokens=max_num_batched_tokens,
-        token_buckets=token_buckets(max_num_batched_tokens),
-    )
+    return RuntimeSizes(dp_ranks, page_size, pages_per_rank, max_model_len, max_num_seqs, max_num_batched_tokens)
 
 
 def req(rid, prompt, max_tokens=16, **kw):
@@ -164,7 +154,7 @@ def step(sched, sampled=None):
 
 
 def test_chunked_prefill_then_decode_with_exact_chunks():
-    sched = DPScheduler(sizes(page_size=4, max_num_batched_tokens=8), eos_token_id=EOS)
+    sched = DPScheduler(sizes(page_size=4, max_num_batched_tokens=8), eos_token_ids=(EOS,))
     assert sched.add_request(req("a", 20, max_tokens=3)) == 0
     got, outs = [], []
     for tok in (None, None, 5, 6, 7):
@@ -244,7 +234,7 @@ def test_admission_waits_for_pages_for_its_first_chunk():
     ],
 )
 def test_finish_reasons(request_kw, samples, want):
-    sched = DPScheduler(sizes(), eos_token_id=EOS)
+    sched = DPScheduler(sizes(), eos_token_ids=(EOS,))
     sched.add_request(req("a", 3, **{"max_tokens": 3} | request_kw))
     outs = []
     for tok in samples:
@@ -256,13 +246,13 @@ def test_finish_reasons(request_kw, samples, want):
 
 
 def test_without_an_eos_token_only_stop_ids_and_length_finish():
-    sched = DPScheduler(sizes(), eos_token_id=None)
+    sched = DPScheduler(sizes(), eos_token_ids=())
     sched.add_request(req("a", 3, max_tokens=2))
     assert step(sched, {0: EOS})[1] == [] and step(sched, {0: EOS})[1][0].finish_reason == "length"
 
 
 def test_abort_a_waiting_and_a_running_request():
-    sched = DPScheduler(sizes(max_num_seqs=1), eos_token_id=EOS)
+    sched = DPScheduler(sizes(max_num_seqs=1), eos_token_ids=(EOS,))
     sched.add_request(req("run", 3))
     sched.add_request(req("wait", 3))
     step(sched, {0: 4})
@@ -293,7 +283,7 @@ def test_an_abort_output_comes_with_the_next_update():
 def test_preemption_recomputes_the_newest_sequence_and_keeps_its_tokens():
     # 6 pages of 2 tokens: each request needs up to 5 pages, both at once do not fit.
     sz = sizes(page_size=2, pages_per_rank=6, max_model_len=12, max_num_batched_tokens=16)
-    sched = DPScheduler(sz, eos_token_id=None)
+    sched = DPScheduler(sz, eos_token_ids=())
     requests = [req("old", 4, max_tokens=6), req("new", [5, 6, 7, 1], max_tokens=6)]
     outputs, aborted, schedules = serve(sched, {0: requests})
     check_outputs(sched, requests, outputs, aborted, eos=None)
@@ -377,7 +367,7 @@ def test_routing_is_deterministic():
 
 
 def test_async_schedules_the_next_decode_before_the_sample_is_known():
-    sched = DPScheduler(sizes(), eos_token_id=EOS, async_scheduling=True)
+    sched = DPScheduler(sizes(), eos_token_ids=(EOS,), async_scheduling=True)
     sched.add_request(req("a", 3, max_tokens=3))
     sched.add_request(req("b", 3, max_tokens=1))
     s0 = sched.schedule()
@@ -398,7 +388,7 @@ def test_async_schedules_the_next_decode_before_the_sample_is_known():
 
 
 def test_async_ignores_results_for_sequences_that_finished_meanwhile():
-    sched = DPScheduler(sizes(), eos_token_id=EOS, async_scheduling=True)
+    sched = DPScheduler(sizes(), eos_token_ids=(EOS,), async_scheduling=True)
     sched.add_request(req("a", 3, max_tokens=5))
     s0 = sched.schedule()
     s1 = sched.schedule()
@@ -427,7 +417,7 @@ def test_async_only_fills_in_the_previous_steps_sample():
 def test_async_preemption_still_gives_exact_outputs():
     sz = sizes(page_size=2, pages_per_rank=6, max_model_len=12, max_num_batched_tokens=16)
     requests = [req("old", 4, max_tokens=6), req("new", [5, 6, 7, 1], max_tokens=6)]
-    sched = DPScheduler(sz, eos_token_id=None, async_scheduling=True)
+    sched = DPScheduler(sz, eos_token_ids=(), async_scheduling=True)
     outputs, aborted, _ = serve(sched, {0: requests})
     check_outputs(sched, requests, outputs, aborted, eos=None)
     assert sched.stats()["preemptions"] >= 1
@@ -455,9 +445,14 @@ def test_add_request_rejects_what_can_never_run():
         sched.add_request(req("a", 0))
     with pytest.raises(ValueError, match="max_tokens=0"):
         sched.add_request(req("a", 2, max_tokens=0))
-    with pytest.raises(ValueError, match="prompt 10 \\+ max_tokens 8 > max_model_len 16"):
+    # 2 pages of 4 hold 8 tokens, + the last sample never written: 9, below the model's 16
+    with pytest.raises(
+        ValueError,
+        match=r"prompt 10 \+ max_tokens 8 exceeds the 9 tokens one DP rank's KV "
+        r"pages hold \(2 pages of 4\) \(shorten the prompt to under 9 tokens\)",
+    ):
         sched.add_request(req("a", 10, max_tokens=8))
-    with pytest.raises(ValueError, match="needs more KV pages than a rank has"):
+    with pytest.raises(ValueError, match=r"prompt 8 \+ max_tokens 2 exceeds .* \(use max_tokens <= 1\)"):
         sched.add_request(req("a", 8, max_tokens=2))
     sched.add_request(req("a", 8, max_tokens=1))
     with pytest.raises(ValueError, match="already running or waiting"):
@@ -515,6 +510,6 @@ def workloads(draw):
 @given(workloads(), st.booleans(), st.sampled_from(["balanced", "least_tokens", "round_robin"]))
 def test_every_request_finishes_once_with_the_right_tokens_and_all_pages_return(workload, async_scheduling, routing):
     sz, requests, arrivals, aborts = workload
-    sched = DPScheduler(sz, routing=routing, eos_token_id=EOS, async_scheduling=async_scheduling)
+    sched = DPScheduler(sz, routing=routing, eos_token_ids=(EOS,), async_scheduling=async_scheduling)
     outputs, aborted, _ = serve(sched, arrivals, aborts)
     check_outputs(sched, requests, outputs, aborted)

@@ -52,25 +52,18 @@ class Engine:
         `eos_token_id` defaults to the checkpoint's (generation_config.json); a checkpoint's
         tokenizer.json lets requests give `prompt` text and outputs carry `text`.
         """
-        kv = plan.servable_kv_cache()
-        if kv.spec[0] != plan.activations["attn_in"][0]:
-            raise ShardspecError(
-                "rules.batch and rules.kv_pages must shard over the same mesh axes for serving",
-                path="rules",
-                file=plan.strategy.source.file,
-            )
+        plan.servable_kv_cache()  # a ShardspecError for a model with no decoder geometry
         self.plan = plan
         self.sizes = plan.runtime
         self.model = apply(plan, seed=seed) if model is None else _placed(plan, model)
         runtime = plan.strategy.runtime
         self.async_scheduling = runtime.async_scheduling
         eos = (eos_token_id,) if eos_token_id is not None else plan.model.eos_token_ids
-        self._extra_eos = tuple(eos[1:])  # the scheduler knows one EOS; others stop like stop_token_ids
         self.tokenizer = load_tokenizer(plan.model.checkpoint)
         self.scheduler = DPScheduler(
             self.sizes,
             routing=runtime.routing,
-            eos_token_id=eos[0] if eos else None,
+            eos_token_ids=eos,
             async_scheduling=runtime.async_scheduling,
         )
         self._step = Step(plan, self.model)
@@ -98,8 +91,6 @@ class Engine:
             request = self._validate(fields, str(self._next_id))
         elif fields:
             raise TypeError("pass a Request or fields, not both")
-        if self._extra_eos and not request.ignore_eos:
-            request = dataclasses.replace(request, stop_token_ids=request.stop_token_ids + self._extra_eos)
         self._next_id += 1
         try:
             self.scheduler.add_request(request)
@@ -112,7 +103,7 @@ class Engine:
             fields,
             default_id=default_id,
             vocab_size=self.plan.model.geometry.vocab_size,
-            max_model_len=self.sizes.max_request_len,
+            limits=self.sizes,
             tokenizer=self.tokenizer,
         )
 

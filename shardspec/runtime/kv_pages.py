@@ -4,16 +4,12 @@ Each DP rank owns `pages_per_rank` pages of the KV cache, numbered
 0 .. pages_per_rank-1 on that rank. A `PagePool` hands them out; a sequence
 keeps the pages it holds, in position order, in its `BlockTable`
 (page i holds the tokens at positions i*page_size .. (i+1)*page_size-1).
+How many pages n tokens take is `sizes.pages_for`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-
-def pages_for(num_tokens: int, page_size: int) -> int:
-    """Pages that hold `num_tokens` tokens: ceil(num_tokens / page_size)."""
-    return -(-num_tokens // page_size)
 
 
 class PagePool:

@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..sizes import RuntimeSizes, pages_for
 from .schedule import FROM_PREVIOUS_STEP, ScheduledChunk, StepSchedule
-
-if TYPE_CHECKING:  # plan imports jax; the packer is numpy only
-    from ..plan import RuntimeSizes
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -256,7 +253,7 @@ def _check_chunks(
 ) -> None:
     """Raise ValueError naming the first chunk that breaks a rule."""
     rank, n = cols["rank"], cols["n"]
-    need = -(-(cols["start"] + n) // sizes.page_size)
+    need = pages_for(cols["start"] + n, sizes.page_size)
     outside = (pages < 0) | (pages >= sizes.pages_per_rank)  # [total pages]
     bad_page = np.zeros(len(chunks), bool)
     bad_page[page_owner[outside]] = True

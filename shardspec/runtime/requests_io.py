@@ -8,8 +8,11 @@ from pathlib import Path
 
 from .._schema import schema_problems
 from ..errors import Problem, ShardspecError, Source, raise_all
+from ..sizes import RuntimeSizes
 from .request import Output, Request, SamplingParams
 
+_REQUEST_FIELDS = ("max_tokens", "ignore_eos", "stop_token_ids")  # as Request takes them
+_SAMPLING_FIELDS = {"temperature": float, "top_k": int, "top_p": float, "seed": int}  # SamplingParams'
 _SCHEMA = json.loads(Path(__file__).with_name("request.schema.json").read_text(encoding="utf-8"))
 
 
@@ -18,13 +21,15 @@ def make_request(
     *,
     default_id: str,
     vocab_size: int,
-    max_model_len: int,
+    limits: RuntimeSizes,
     where: Source | None = None,
     tokenizer=None,
 ) -> Request:
     """A validated Request from request-file fields; ShardspecError names each bad field.
 
-    `tokenizer` (a checkpoint's, `shardspec.tokenizer`) turns `prompt` text into ids.
+    `limits` are the plan's (the longest request it serves); `tokenizer` (a
+    checkpoint's, `shardspec.tokenizer`) turns `prompt` text into ids. A field
+    left out takes `Request`'s (and `SamplingParams`') default, their one owner.
     """
     where = where or Source("<request>", {})
     raise_all(schema_problems(dict(fields), where, _SCHEMA))
@@ -50,33 +55,18 @@ def make_request(
                 f"ids must be below vocab_size {vocab_size}",
             )
         )
-    max_tokens = fields.get("max_tokens", 16)
-    if len(prompt) + max_tokens > max_model_len:
-        problems.append(
-            where.problem(
-                "max_tokens",
-                f"prompt {len(prompt)} + max_tokens {max_tokens} exceeds the maximum length {max_model_len}",
-                f"use max_tokens <= {max(max_model_len - len(prompt), 0)}",
-            )
-        )
+    given = {k: fields[k] for k in _REQUEST_FIELDS if k in fields}
+    if "stop_token_ids" in given:
+        given["stop_token_ids"] = tuple(given["stop_token_ids"])
+    sampling = SamplingParams(**{k: _SAMPLING_FIELDS[k](fields[k]) for k in _SAMPLING_FIELDS if k in fields})
+    request = Request(str(fields.get("id", default_id)), prompt, sampling=sampling, **given)
+    if too_long := limits.request_len_problem(len(prompt), request.max_tokens):
+        problems.append(where.problem("max_tokens", *too_long))
     raise_all(problems)
-    sampling = SamplingParams(
-        float(fields.get("temperature", 0.0)),
-        int(fields.get("top_k", 0)),
-        float(fields.get("top_p", 1.0)),
-        int(fields.get("seed", 0)),
-    )
-    return Request(
-        str(fields.get("id", default_id)),
-        prompt,
-        max_tokens,
-        sampling,
-        bool(fields.get("ignore_eos", False)),
-        tuple(fields.get("stop_token_ids", ())),
-    )
+    return request
 
 
-def read_requests(path: str | Path, *, vocab_size: int, max_model_len: int, tokenizer=None) -> list[Request]:
+def read_requests(path: str | Path, *, vocab_size: int, limits: RuntimeSizes, tokenizer=None) -> list[Request]:
     """Every line of a JSONL file as a Request; all bad lines reported at once, nothing run."""
     file = str(path)
     try:
@@ -103,7 +93,7 @@ def read_requests(path: str | Path, *, vocab_size: int, max_model_len: int, toke
                 fields,
                 default_id=str(number),
                 vocab_size=vocab_size,
-                max_model_len=max_model_len,
+                limits=limits,
                 where=where,
                 tokenizer=tokenizer,
             )

@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import collections
 import heapq
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
 
-from .kv_pages import BlockTable, pages_for
+from ..sizes import RuntimeSizes, pages_for
+from .kv_pages import BlockTable
 from .request import FinishReason, Output, Request
 from .routing import RankCounters, Router
 from .schedule import ScheduledChunk, StepSchedule
@@ -46,9 +46,6 @@ from .sequence import WAITING as _WAITING
 from .sequence import Rank as _Rank
 from .sequence import Seq as _Seq
 from .step_budget import balanced_budget
-
-if TYPE_CHECKING:
-    from ..plan import RuntimeSizes
 
 
 class DPScheduler:
@@ -65,7 +62,7 @@ class DPScheduler:
         self,
         sizes: RuntimeSizes,
         routing: str = "balanced",
-        eos_token_id: int | None = None,
+        eos_token_ids: Iterable[int] = (),
         async_scheduling: bool = False,
         balance_steps: bool | None = None,
     ):
@@ -74,7 +71,7 @@ class DPScheduler:
         # Token-balanced steps are part of the `balanced` policy; the baselines keep
         # the reference system's full-budget lockstep steps unless asked otherwise.
         self.balance_steps = routing == "balanced" if balance_steps is None else balance_steps
-        self._eos = eos_token_id
+        self._eos = frozenset(eos_token_ids)
         self._router = Router(routing, sizes.dp_ranks)
         self._counters = RankCounters(sizes.dp_ranks)
         self._ranks = [_Rank(r, sizes.pages_per_rank) for r in range(sizes.dp_ranks)]
@@ -92,9 +89,8 @@ class DPScheduler:
     def add_request(self, request: Request) -> int:
         """Route `request` to a rank, where it waits; return its seq_id (0, 1, 2, ...)."""
         self._check(request)
-        stop = frozenset(request.stop_token_ids)
-        if self._eos is not None and not request.ignore_eos:
-            stop |= {self._eos}
+        # The one stop set: the request's own stop ids, and EOS unless it is ignored.
+        stop = frozenset(request.stop_token_ids) | (frozenset() if request.ignore_eos else self._eos)
         seq_id, self._next_seq_id = self._next_seq_id, self._next_seq_id + 1
         n = len(request.prompt_token_ids)
         rank = self._router.pick(self._counters, n)
@@ -140,14 +136,8 @@ class DPScheduler:
             raise ValueError(f"{where}: empty prompt")
         if request.max_tokens < 1:
             raise ValueError(f"{where}: max_tokens={request.max_tokens} (must be >= 1)")
-        if n + request.max_tokens > s.max_request_len:  # the plan's limit: the model's, or a rank's pages
-            if n + request.max_tokens > s.max_model_len:
-                raise ValueError(
-                    f"{where}: prompt {n} + max_tokens {request.max_tokens} > max_model_len {s.max_model_len}"
-                )
-            raise ValueError(
-                f"{where}: needs more KV pages than a rank has ({s.pages_per_rank} of {s.page_size} tokens)"
-            )
+        if too_long := s.request_len_problem(n, request.max_tokens):
+            raise ValueError(f"{where}: {too_long[0]} ({too_long[1]})")
         if request.id in self._by_request:
             raise ValueError(f"{where}: a request with this id is already running or waiting")
 

@@ -18,8 +18,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ..distributed import global_array
-from ..plan import RuntimeSizes, ShardingPlan
+from ..plan import ShardingPlan
 from ..protocol import ServableModel
+from ..sizes import RuntimeSizes
 from .packer import PackedStep, pack
 from .paged_attention import PagedBatch, make_attend
 from .sampler import sample
@@ -64,10 +65,9 @@ class Step:
         self.plan = plan
         self.graphdef, self.state = nnx.split(model)
         self.sizes = plan.runtime
-        self.q_max = self.sizes.request_stride(self.sizes.token_buckets[-1])
-        self.max_rows = self.sizes.dp_ranks * self.q_max
+        self.q_max = self.sizes.max_request_stride
         self.traces = 0
-        token_axes = plan.kv_cache.spec[0]
+        token_axes = plan.token_axes
         self._attend = make_attend(
             plan.mesh, token_axes, plan.activations["attn_q"], plan.activations["attn_kv"], plan.kv_cache.spec
         )
@@ -112,7 +112,7 @@ class Step:
         return self._jitted.lower(self.state, caches, batch, prev_sampled)
 
     def initial_samples(self) -> jax.Array:
-        return global_array(np.zeros(self.max_rows, np.int32), self._samples)
+        return global_array(np.zeros(self.sizes.sampled_rows, np.int32), self._samples)
 
     def _step(self, state, caches, batch, prev_sampled):
         self.traces += 1  # runs only while tracing: once per compiled bucket

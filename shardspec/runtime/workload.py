@@ -46,13 +46,13 @@ def requests_for(
     Every bad line or field is a ShardspecError before anything runs; limits
     (vocabulary, the longest request) are the plan's.
     """
-    vocab, max_len = plan.model.geometry.vocab_size, plan.runtime.max_request_len
+    vocab, limits = plan.model.geometry.vocab_size, plan.runtime
     if prompts is not None:
         tokenizer = load_tokenizer(plan.model.checkpoint)  # `prompt` text, with a checkpoint's tokenizer
-        return read_requests(prompts, vocab_size=vocab, max_model_len=max_len, tokenizer=tokenizer)
+        return read_requests(prompts, vocab_size=vocab, limits=limits, tokenizer=tokenizer)
     if synthetic is None:
         raise ValueError("requests_for: give prompts or synthetic")
     return [
-        make_request(r, default_id=r["id"], vocab_size=vocab, max_model_len=max_len)
+        make_request(r, default_id=r["id"], vocab_size=vocab, limits=limits)
         for r in synthetic_requests(synthetic, vocab)
     ]
