@@ -124,9 +124,10 @@ def _relay(stream: IO[bytes], index: int, err: bool, lock: threading.Lock) -> No
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
         # gloo's C++ prints one such line per communicator, on stdout, and at times
-        # its count lands on a line of its own: drop both.
-        chatter = GLOO_CHATTER in line or (count_follows and line.strip().isdigit())
-        count_follows = GLOO_CHATTER in line and not line.rstrip()[-1:].isdigit()
+        # its count (or a bare line break) lands on a line of its own: drop them all.
+        trailing = count_follows and (not line.strip() or line.strip().isdigit())
+        chatter = GLOO_CHATTER in line or trailing
+        count_follows = (GLOO_CHATTER in line and not line.rstrip()[-1:].isdigit()) or (trailing and not line.strip())
         if chatter or not open_:
             continue
         with lock:
