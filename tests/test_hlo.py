@@ -68,7 +68,7 @@ ENTRY %main {
 
 def test_batch_structs_are_what_the_packer_makes():
     plan = compile(load(_path("attention_dp")), abstract_mesh=True)
-    packed = pack(StepSchedule((), 0), plan.runtime)  # no work: the smallest bucket
+    packed = pack(StepSchedule.empty(0), plan.runtime)  # no work: the smallest bucket
     structs = batch_structs(plan, packed.token_stride)
     assert {f: (s.shape, s.dtype) for f, s in structs.items()} == {
         f: (getattr(packed, f).shape, getattr(packed, f).dtype) for f in TOKEN_FIELDS + ROW_FIELDS

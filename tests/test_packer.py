@@ -61,7 +61,7 @@ def chunk(seq_id, rank, tokens, start, pages, sample=True, output_index=0, **sam
 
 
 def schedule(*chunks):
-    return StepSchedule(chunks=tuple(chunks), step=0)
+    return StepSchedule.from_chunks(chunks, step=0)
 
 
 def assert_packed(packed: PackedStep, **expected):

@@ -11,7 +11,7 @@ def assign(policy, prompts, ranks=2, counters=None):
     out = []
     for n in prompts:
         rank = router.pick(counters, n)
-        counters.add(rank, n, n)
+        counters.arrived(rank, n)
         out.append(rank)
     return out
 
@@ -30,8 +30,9 @@ def test_balanced_counts_what_is_left_to_compute_least_tokens_counts_everything(
     # rank 1 has a 4-token prompt waiting (load 4, 4 tokens).
     def counters():
         c = RankCounters(2)
-        c.add(0, 1, 11)
-        c.add(1, 4, 4)
+        c.arrived(0, 10)
+        c.stepped(computed=[10, 0], sampled=[1, 0])  # the prompt ran; its first sample is pending
+        c.arrived(1, 4)
         return c
 
     assert assign("least_tokens", [4], counters=counters()) == [1]  # 11 vs 4 tokens

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardspec.runtime.request import Request
-from shardspec.runtime.schedule import FROM_PREVIOUS_STEP, ScheduledChunk
+from shardspec.runtime.schedule import FROM_PREVIOUS_STEP, StepSchedule
 from shardspec.runtime.scheduler import DPScheduler
 from shardspec.sizes import RuntimeSizes, pages_for
 
@@ -459,14 +459,25 @@ def test_add_request_rejects_what_can_never_run():
         sched.add_request(req("a", 1, max_tokens=1))
 
 
-def test_chunks_are_built_like_their_dataclass():
-    sched = DPScheduler(sizes())
-    sched.add_request(req("a", 3))
-    chunk = sched.schedule().chunks[0]
-    fields = ScheduledChunk._fields
-    assert type(chunk) is ScheduledChunk and len(chunk) == len(fields)
-    assert repr(chunk) == repr(ScheduledChunk(**{f: getattr(chunk, f) for f in fields}))
-    assert not chunk.token_ids.flags.writeable and not chunk.block_table.flags.writeable
+def test_a_schedule_is_columns_that_later_steps_never_change():
+    sched = DPScheduler(sizes(page_size=2, max_num_batched_tokens=4))
+    sched.add_request(req("a", 3, max_tokens=4, ignore_eos=True))
+    sched.add_request(req("b", 1, max_tokens=4, ignore_eos=True))
+    first = sched.schedule()
+    chunks = first.chunks
+    assert [(c.seq_id, c.start_pos, c.num_tokens, c.sample, c.block_table.tolist()) for c in chunks] == [
+        (0, 0, 3, True, [0, 1]),
+        (1, 0, 1, True, [2]),
+    ]
+    rebuilt = StepSchedule.from_chunks(chunks, first.step)
+    for name in ("seq_ids", "ranks", "starts", "num_tokens", "sample", "token_ids", "n_pages", "output_index"):
+        np.testing.assert_array_equal(getattr(rebuilt, name), getattr(first, name), err_msg=name)
+    sched.update(first, {0: 5, 1: 6})
+    for _ in range(3):  # more steps grow both block tables
+        s = sched.schedule()
+        sched.update(s, {c.seq_id: 7 for c in s.chunks if c.sample})
+    assert [c.block_table.tolist() for c in first.chunks] == [[0, 1], [2]]  # the step as it was planned
+    assert first.token_ids.tolist() == [1, 2, 3, 1]
 
 
 # ------------------------------------------------------------------ the property

@@ -14,7 +14,7 @@ from conftest import STRATEGY_FILES, strategy_ids
 
 
 def _run(step, caches, plan, chunks, samples, prev_rows=None):
-    packed = pack(StepSchedule(tuple(chunks), 0), plan.runtime, prev_rows=prev_rows)
+    packed = pack(StepSchedule.from_chunks(chunks, 0), plan.runtime, prev_rows=prev_rows)
     batch = device_batch(packed)
     sampled, caches = step(caches, batch, samples)
     return sampled, caches, packed

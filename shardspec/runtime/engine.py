@@ -127,7 +127,7 @@ class Engine:
         start = time.perf_counter()
         schedule = self.scheduler.schedule()
         launched = None
-        if schedule.chunks:
+        if len(schedule):
             prev = local_rows(self._inflight.packed) if self._inflight else None
             packed = pack(schedule, self.sizes, prev_rows=prev)
             host = time.perf_counter() - start  # scheduling and packing, before the dispatch
@@ -152,7 +152,7 @@ class Engine:
     def _collect(self, done: _InFlight) -> list[Output]:
         tokens = fetch(done.sampled)[self._step.output_rows(done.packed)]
         t0 = time.perf_counter()
-        outputs = self.scheduler.update(done.schedule, dict(zip(done.packed.sampled_seq_ids.tolist(), tokens.tolist())))
+        outputs = self.scheduler.update(done.schedule, tokens)  # one token per sampled chunk, schedule order
         self.metrics.host_seconds += time.perf_counter() - t0
         return outputs
 

@@ -22,12 +22,12 @@ chunk (the reference system once sampled with another request's parameters).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
 from ..sizes import RuntimeSizes, pages_for
-from .schedule import FROM_PREVIOUS_STEP, ScheduledChunk, StepSchedule
+from .schedule import FROM_PREVIOUS_STEP, StepSchedule
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -62,25 +62,6 @@ class PackedStep:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Chunks:
-    """Per-chunk columns [C], in schedule order."""
-
-    rank: np.ndarray
-    n: np.ndarray
-    start: np.ndarray
-    seq_id: np.ndarray
-    sample: np.ndarray
-    prev_row: np.ndarray  # prev_rows[seq_id], -1 where absent
-    temperature: np.ndarray
-    top_k: np.ndarray
-    top_p: np.ndarray
-    seed: np.ndarray
-    output_index: np.ndarray
-    block_tables: np.ndarray  # [C, max_pages_per_seq], zero padded
-    token_ids: np.ndarray  # [T] all chunks' tokens, concatenated
-
-
-@dataclasses.dataclass(frozen=True)
 class _Layout:
     """Where each chunk's request row and each token land in the rank-by-rank layout."""
 
@@ -88,24 +69,37 @@ class _Layout:
     token_rows: np.ndarray  # [T] global token row: rank*S + query start + offset in chunk
     n_requests: int  # R*Q
     n_tokens: int  # R*S
+    in_order: bool  # chunks grouped by rank (the scheduler's steps): both row arrays increase
 
-    def per_request(self, values: np.ndarray, fill=0) -> np.ndarray:
-        """[C, ...] per-chunk values -> [R*Q, ...]: the one reordering of request arrays."""
-        return _scatter(values, self.request_rows, self.n_requests, fill)
+    def per_request(self, **columns: tuple[np.ndarray, object]) -> dict[str, np.ndarray]:
+        """{name: ([C, ...] per-chunk values, fill)} -> {name: [R*Q, ...]}: the one reordering
+        of request arrays."""
+        return _scatter(columns, self.request_rows, self.n_requests, self.in_order)
 
-    def per_token(self, values: np.ndarray, fill=0) -> np.ndarray:
-        """[T] per-token values (schedule order) -> [R*S]."""
-        return _scatter(values, self.token_rows, self.n_tokens, fill)
+    def per_token(self, **columns: tuple[np.ndarray, object]) -> dict[str, np.ndarray]:
+        """{name: ([T] per-token values in schedule order, fill)} -> {name: [R*S]}."""
+        return _scatter(columns, self.token_rows, self.n_tokens, self.in_order)
 
 
-def _scatter(values: np.ndarray, rows: np.ndarray, n_rows: int, fill) -> np.ndarray:
-    out = np.full((n_rows, *values.shape[1:]), fill, values.dtype)
-    out[rows] = values
+def _scatter(
+    columns: Mapping[str, tuple[np.ndarray, object]], rows: np.ndarray, n_rows: int, increasing: bool
+) -> dict[str, np.ndarray]:
+    """Each column's values put at `rows` of an [n_rows, ...] array of its fill."""
+    # Increasing rows 0 .. k-1 (every rank full, the usual busy step): a slice, not a scatter.
+    at = slice(0, len(rows)) if increasing and len(rows) and rows[-1] == len(rows) - 1 else rows
+    out = {}
+    for name, (values, fill) in columns.items():
+        out[name] = np.full((n_rows, *values.shape[1:]), fill, values.dtype)
+        out[name][at] = values
     return out
 
 
 def pack(
-    schedule: StepSchedule, sizes: RuntimeSizes, prev_rows: Mapping[int, int] | None = None, *, min_stride: int = 0
+    schedule: StepSchedule,
+    sizes: RuntimeSizes,
+    prev_rows: Mapping[int, int] | tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    min_stride: int = 0,
 ) -> PackedStep:
     """Lay out one step's chunks rank by rank, padded to one per-rank stride.
 
@@ -117,49 +111,63 @@ def pack(
 
     Raises ValueError, naming the rank or sequence, when a rank has more
     tokens than the largest bucket or more chunks than the request stride, or
-    a chunk is malformed (bad rank, no tokens, block table too short or too
-    long, page ids outside the rank, FROM_PREVIOUS_STEP with no prev row).
+    a chunk of a hand-built step is malformed (bad rank, no tokens, block table
+    too short or too long, page ids outside the rank, FROM_PREVIOUS_STEP with
+    no prev row); the scheduler's own steps are well formed by construction.
     """
-    c = _columns(schedule.chunks, sizes, prev_rows)
+    c = schedule
+    prev_row = _prev_row_of(c, prev_rows)
+    if not c.from_scheduler:
+        _check_chunks(c, prev_row, sizes)
     R, page_size = sizes.dp_ranks, sizes.page_size
-    tokens_per_rank = np.bincount(c.rank, weights=c.n, minlength=R).astype(np.int64)
-    chunks_per_rank = np.bincount(c.rank, minlength=R)
+    tokens_per_rank = c.tokens_per_rank(R)
+    chunks_per_rank = np.bincount(c.ranks, minlength=R)
     _check_token_budget(tokens_per_rank, sizes)
     S = sizes.token_stride(max(int(tokens_per_rank.max()), min_stride))
     Q = sizes.request_stride(S)
     _check_request_stride(chunks_per_rank, S, Q, sizes)
 
-    local_row, query_start = _place_in_rank(c.rank, c.n)
-    tok_chunk, tok_offset = _segments(c.n)  # [T] each token's chunk and its index in the chunk
+    n = c.num_tokens
+    local_row, query_start, grouped = _place_in_rank(c.ranks, n)
+    tok_chunk, tok_offset = _segments(n)  # [T] each token's chunk and its index in the chunk
     layout = _Layout(
-        request_rows=c.rank * Q + local_row,
-        token_rows=(c.rank * S + query_start)[tok_chunk] + tok_offset,
+        request_rows=c.ranks * Q + local_row,
+        token_rows=(c.ranks * S + query_start)[tok_chunk] + tok_offset,
         n_requests=R * Q,
         n_tokens=R * S,
+        in_order=grouped,
     )
 
-    positions = c.start[tok_chunk] + tok_offset
+    positions = c.starts[tok_chunk] + tok_offset
+    # A schedule's block tables may be narrower than a packed one (its longest sequence's pages).
+    width = min(c.block_tables.shape[1], sizes.max_pages_per_seq)
+    tables = np.zeros((len(c), sizes.max_pages_per_seq), np.int32)
+    tables[:, :width] = c.block_tables[:, :width]
     slots = c.block_tables[tok_chunk, positions // page_size] * page_size + positions % page_size
-    prev = np.where(c.token_ids == FROM_PREVIOUS_STEP, c.prev_row[tok_chunk], -1)
+    prev = np.where(c.token_ids == FROM_PREVIOUS_STEP, prev_row[tok_chunk], -1)
     sampled = np.flatnonzero(c.sample)
     return PackedStep(
-        token_ids=layout.per_token(c.token_ids),
-        prev_rows=layout.per_token(_i32(prev), fill=-1),
-        positions=layout.per_token(_i32(positions)),
-        slot_mapping=layout.per_token(_i32(slots), fill=sizes.pages_per_rank * page_size),
-        token_rows=layout.per_token(_i32(local_row[tok_chunk])),
-        block_tables=layout.per_request(c.block_tables),
-        seq_lens=layout.per_request(_i32(c.start + c.n)),
-        query_starts=layout.per_request(_i32(query_start)),
-        query_lens=layout.per_request(_i32(c.n)),
-        logits_indices=layout.per_request(_i32(query_start + c.n - 1)),
-        temperature=layout.per_request(c.temperature),
-        top_k=layout.per_request(c.top_k),
-        top_p=layout.per_request(c.top_p, fill=1.0),
-        seeds=layout.per_request(c.seed),
-        output_index=layout.per_request(c.output_index),
+        **layout.per_token(
+            token_ids=(c.token_ids, 0),
+            prev_rows=(_i32(prev), -1),
+            positions=(_i32(positions), 0),
+            slot_mapping=(_i32(slots), sizes.pages_per_rank * page_size),
+            token_rows=(_i32(local_row[tok_chunk]), 0),
+        ),
+        **layout.per_request(
+            block_tables=(tables, 0),
+            seq_lens=(_i32(c.starts + n), 0),
+            query_starts=(_i32(query_start), 0),
+            query_lens=(_i32(n), 0),
+            logits_indices=(_i32(query_start + n - 1), 0),
+            temperature=(c.temperature, 0.0),
+            top_k=(c.top_k, 0),
+            top_p=(c.top_p, 1.0),
+            seeds=(c.seed, 0),
+            output_index=(c.output_index, 0),
+        ),
         selector=_i32(layout.request_rows[sampled]),
-        sampled_seq_ids=c.seq_id[sampled],
+        sampled_seq_ids=c.seq_ids[sampled],
         real_tokens=int(tokens_per_rank.sum()),
         padded_tokens=R * S,
         token_stride=S,
@@ -171,66 +179,46 @@ def _i32(a: np.ndarray) -> np.ndarray:
     return a.astype(np.int32)
 
 
-def _place_in_rank(rank: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[C] local request row and local token offset of each chunk inside its rank.
+def _place_in_rank(rank: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """[C] local request row and local token offset of each chunk inside its rank, and whether
+    the chunks come grouped by rank.
 
-    ranks [0, 1, 0], n [2, 3, 4] -> rows [0, 0, 1], starts [0, 0, 2].
+    ranks [0, 1, 0], n [2, 3, 4] -> rows [0, 0, 1], starts [0, 0, 2], False.
     """
-    order = np.argsort(rank, kind="stable")  # rank by rank, schedule order within a rank
-    r, n_sorted = rank[order], n[order]
-    first = np.searchsorted(r, r)  # [C] where each chunk's rank starts in `order`
+    grouped = len(rank) < 2 or bool((rank[1:] >= rank[:-1]).all())  # the scheduler's steps are
+    order = None if grouped else np.argsort(rank, kind="stable")  # rank by rank, schedule order within
+    r, n_sorted = (rank, n) if grouped else (rank[order], n[order])
+    counts = np.bincount(r)
+    first = (np.cumsum(counts) - counts)[r]  # [C] where each chunk's rank starts in `order`
     ends = np.cumsum(n_sorted)
+    rows, starts = np.arange(len(r)) - first, ends - n_sorted - (ends - n_sorted)[first]
+    if grouped:
+        return rows, starts, True
     local_row, query_start = np.empty_like(rank), np.empty_like(n)
-    local_row[order] = np.arange(len(r)) - first
-    query_start[order] = ends - n_sorted - (ends - n_sorted)[first]
-    return local_row, query_start
+    local_row[order], query_start[order] = rows, starts
+    return local_row, query_start, False
 
 
-# _Chunks' scalar columns and their dtypes, in the order `_columns` reads them.
-_COLUMNS = {
-    "rank": np.int64,
-    "n": np.int64,
-    "start": np.int64,
-    "seq_id": np.int64,
-    "sample": bool,
-    "prev_row": np.int64,
-    "temperature": np.float32,
-    "top_k": np.int32,
-    "top_p": np.float32,
-    "seed": np.uint32,
-    "output_index": np.int32,
-}
+def _prev_row_of(schedule: StepSchedule, prev_rows) -> np.ndarray:
+    """[C] each chunk's row in the previous step's sampled array, -1 where it has none.
 
-
-def _columns(chunks: Sequence[ScheduledChunk], sizes: RuntimeSizes, prev_rows: Mapping[int, int] | None) -> _Chunks:
-    """Per-chunk columns: the one loop over chunks only reads attributes; checks are vectorised."""
-    prev_rows = prev_rows or {}
-    rows = [
-        (
-            c.rank,
-            len(c.token_ids),
-            c.start_pos,
-            c.seq_id,
-            c.sample,
-            prev_rows.get(c.seq_id, -1),
-            c.sampling.temperature,
-            c.sampling.top_k,
-            c.sampling.top_p,
-            c.sampling.seed & 0xFFFFFFFF,  # the uint32 the sampler keys on, for any Python int
-            c.output_index,
-        )
-        for c in chunks
-    ]
-    columns = zip(*rows) if rows else [()] * len(_COLUMNS)
-    cols = {k: np.array(v, dtype) for (k, dtype), v in zip(_COLUMNS.items(), columns)}
-    token_ids = np.concatenate([np.zeros(0, np.int32), *(c.token_ids for c in chunks)]).astype(np.int32)
-    pages = np.concatenate([np.zeros(0, np.int32), *(c.block_table for c in chunks)]).astype(np.int32)
-    n_pages = np.array([len(c.block_table) for c in chunks], np.int64)
-    page_owner, page_index = _segments(n_pages)
-    _check_chunks(chunks, cols, token_ids, pages, page_owner, n_pages, sizes)
-    block_tables = np.zeros((len(chunks), sizes.max_pages_per_seq), np.int32)
-    block_tables[page_owner, page_index] = pages
-    return _Chunks(**cols, block_tables=block_tables, token_ids=token_ids)
+    `prev_rows`: {seq_id: row}, or (sorted seq ids, their rows) as `step.local_rows` gives.
+    """
+    out = np.full(len(schedule), -1, np.int64)
+    if prev_rows is None or not len(schedule):
+        return out
+    if isinstance(prev_rows, Mapping):
+        ids = np.fromiter(prev_rows.keys(), np.int64, len(prev_rows))
+        rows = np.fromiter(prev_rows.values(), np.int64, len(prev_rows))
+        order = np.argsort(ids)
+        ids, rows = ids[order], rows[order]
+    else:
+        ids, rows = prev_rows
+    if len(ids):
+        at = np.minimum(np.searchsorted(ids, schedule.seq_ids), len(ids) - 1)
+        found = ids[at] == schedule.seq_ids
+        out[found] = rows[at[found]]
+    return out
 
 
 def _segments(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -238,46 +226,41 @@ def _segments(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     lengths [2, 1, 3] -> owners [0, 0, 1, 2, 2, 2], indices [0, 1, 0, 0, 1, 2].
     """
+    if (lengths == 1).all():  # one element each (a decode step)
+        return np.arange(len(lengths)), np.zeros(len(lengths), np.int64)
     owner = np.repeat(np.arange(len(lengths)), lengths)
     return owner, np.arange(len(owner)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
 
-def _check_chunks(
-    chunks: Sequence[ScheduledChunk],
-    cols: Mapping[str, np.ndarray],
-    token_ids: np.ndarray,
-    pages: np.ndarray,
-    page_owner: np.ndarray,
-    n_pages: np.ndarray,
-    sizes: RuntimeSizes,
-) -> None:
+def _check_chunks(schedule: StepSchedule, prev_row: np.ndarray, sizes: RuntimeSizes) -> None:
     """Raise ValueError naming the first chunk that breaks a rule."""
-    rank, n = cols["rank"], cols["n"]
-    need = pages_for(cols["start"] + n, sizes.page_size)
-    outside = (pages < 0) | (pages >= sizes.pages_per_rank)  # [total pages]
-    bad_page = np.zeros(len(chunks), bool)
-    bad_page[page_owner[outside]] = True
-    has_prev = np.zeros(len(chunks), bool)
-    has_prev[_segments(n)[0][token_ids == FROM_PREVIOUS_STEP]] = True
+    rank, n, n_pages, tables = schedule.ranks, schedule.num_tokens, schedule.n_pages, schedule.block_tables
+    need = pages_for(schedule.starts + n, sizes.page_size)
+    # Entries beyond a table's pages are 0, a page id like any other: one pass over the whole table.
+    if tables.size and (tables.min() < 0 or tables.max() >= sizes.pages_per_rank):
+        outside = (tables < 0) | (tables >= sizes.pages_per_rank)
+    else:
+        outside = np.zeros((len(schedule), 0), bool)
+    has_prev = np.zeros(len(schedule), bool)
+    has_prev[_segments(n)[0][schedule.token_ids == FROM_PREVIOUS_STEP]] = True
     checks = [
         ((rank < 0) | (rank >= sizes.dp_ranks), lambda i: f"rank {rank[i]} is not a DP rank (0..{sizes.dp_ranks - 1})"),
         (n == 0, lambda i: "token_ids is empty; a chunk has >= 1 token"),
         (
             (n_pages < need) | (n_pages > sizes.max_pages_per_seq),
             lambda i: (
-                f"block_table has {n_pages[i]} pages; {cols['start'][i]} + {n[i]} tokens need "
+                f"block_table has {n_pages[i]} pages; {schedule.starts[i]} + {n[i]} tokens need "
                 f"{need[i]} and a table holds at most max_pages_per_seq={sizes.max_pages_per_seq}"
             ),
         ),
         (
-            bad_page,
+            outside.any(axis=1),
             lambda i: (
-                f"page ids {pages[outside & (page_owner == i)].tolist()} outside this rank's "
-                f"pages 0..{sizes.pages_per_rank - 1}"
+                f"page ids {tables[i][outside[i]].tolist()} outside this rank's pages 0..{sizes.pages_per_rank - 1}"
             ),
         ),
         (
-            has_prev & (cols["prev_row"] < 0),
+            has_prev & (prev_row < 0),
             lambda i: (
                 "a FROM_PREVIOUS_STEP token but no entry in prev_rows "
                 "(pass the previous step's PackedStep.sampled_rows())"
@@ -287,7 +270,7 @@ def _check_chunks(
     for bad, message in checks:
         if bad.any():
             i = int(np.argmax(bad))
-            raise ValueError(f"chunk of sequence {chunks[i].seq_id}: {message(i)}")
+            raise ValueError(f"chunk of sequence {schedule.seq_ids[i]}: {message(i)}")
 
 
 def _check_token_budget(tokens_per_rank: np.ndarray, sizes: RuntimeSizes) -> None:

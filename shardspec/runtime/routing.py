@@ -32,7 +32,11 @@ POLICIES = ("balanced", "least_tokens", "round_robin")
 
 
 class RankCounters:
-    """Per-rank `load`, `tokens` and `seqs` (see the module doc), as lists of ints."""
+    """Per-rank `load`, `tokens` and `seqs` (see the module doc), as lists of ints.
+
+    They change only through the events below, one per thing that happens to a
+    sequence, so each counter's meaning is stated once.
+    """
 
     __slots__ = ("load", "tokens", "seqs")
 
@@ -41,10 +45,27 @@ class RankCounters:
         self.tokens = [0] * dp_ranks
         self.seqs = [0] * dp_ranks
 
-    def add(self, rank: int, load: int, tokens: int, seqs: int = 1) -> None:
-        self.load[rank] += load
+    def arrived(self, rank: int, tokens: int) -> None:
+        """A sequence of `tokens` known tokens, none computed, joins `rank`."""
+        self.load[rank] += tokens
         self.tokens[rank] += tokens
-        self.seqs[rank] += seqs
+        self.seqs[rank] += 1
+
+    def left(self, rank: int, uncomputed: int, tokens: int) -> None:
+        """A sequence leaves `rank` (finished, or moved away) with `uncomputed` of its `tokens` not run."""
+        self.load[rank] -= uncomputed
+        self.tokens[rank] -= tokens
+        self.seqs[rank] -= 1
+
+    def preempted(self, rank: int, computed: int) -> None:
+        """A sequence dropped its `computed` tokens from the cache: they will be run again."""
+        self.load[rank] += computed
+
+    def stepped(self, computed: Sequence[int], sampled: Sequence[int]) -> None:
+        """A step ran `computed[r]` tokens and scheduled `sampled[r]` samples (new tokens) per rank."""
+        for r, (c, s) in enumerate(zip(computed, sampled)):
+            self.load[r] += s - c
+            self.tokens[r] += s
 
 
 class Router:

@@ -48,14 +48,14 @@ def device_batch(packed: PackedStep) -> dict[str, np.ndarray]:
 def padding_batch(sizes: RuntimeSizes, stride: int) -> dict[str, np.ndarray]:
     """A step of nothing but padding at `stride` tokens a rank: it changes nothing
     (KV writes go to the dropped slot). Warm-up compiles each bucket with one."""
-    return device_batch(pack(StepSchedule((), -1), sizes, min_stride=stride))
+    return device_batch(pack(StepSchedule.empty(-1), sizes, min_stride=stride))
 
 
-def local_rows(packed: PackedStep) -> dict[int, int]:
-    """seq_id -> its sample's row inside its own rank: the next step's `prev_rows`
-    (a sequence never changes rank while it runs)."""
-    Q = packed.request_stride
-    return {seq: row % Q for seq, row in packed.sampled_rows().items()}
+def local_rows(packed: PackedStep) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted seq ids, each one's sample row inside its own rank): the next step's
+    `prev_rows` (a sequence never changes rank while it runs)."""
+    order = np.argsort(packed.sampled_seq_ids, kind="stable")
+    return packed.sampled_seq_ids[order], (packed.selector % packed.request_stride)[order].astype(np.int64)
 
 
 class Step:

@@ -1,0 +1,219 @@
+"""One step's plan, phase by phase; each phase takes what the one before returned.
+
+    plan_running  running sequences: decodes first (1 token each), then prefill chunks
+                  (chunked prefill: with a budget of 8, a 20-token prompt runs as 8 + 8 + 4),
+                  in admission order under the rank's token budget; pages for them,
+                  preempting the newest sequences when a rank runs short
+    admit         waiting sequences, oldest first, while seats, budget and pages allow
+    spill         a blocked rank's waiting sequences move to a rank that can start them now
+                  (running sequences never move: their KV pages live on their rank)
+    emit          the plan as a StepSchedule (columns), every planned sequence advanced
+
+The running sequences are handled with array operations over every rank's
+slots at once (`slots.py`); only admissions, preemptions and spills, which
+happen to few sequences a step, loop in Python.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from ..sizes import pages_for
+from .schedule import FROM_PREVIOUS_STEP, StepSchedule
+from .sequence import Seq, Status
+from .slots import _offsets
+
+if TYPE_CHECKING:
+    from .scheduler import DPScheduler
+
+
+class RunningPlan(NamedTuple):
+    tokens: np.ndarray  # int64 [slots]: tokens each slot runs this step (0: none); admissions add theirs
+    budget_left: list[int]  # per rank: tokens left after the running sequences
+    pressed: list[bool]  # per rank: pages ran short (it preempted or dropped work), so it admits nothing
+
+
+class Admission(NamedTuple):
+    budget_left: list[int]  # per rank, after admissions
+    blocked: list[bool]  # per rank: its oldest waiting sequence could not start there
+
+
+def plan_running(s: DPScheduler, step: int, budget: int) -> RunningPlan:
+    """Tokens for every running sequence this step, and pages for them."""
+    sl, R = s.slots, s.sizes.dp_ranks
+    active = sl.seq_id >= 0
+    remaining = sl.total - sl.computed
+    ready = sl.pending == 0
+    if s.async_scheduling:
+        # A decode whose input is a sample not yet received runs only if that sample
+        # comes from the previous step (the device fills it in from there) and one
+        # more token is allowed after it.
+        ready |= (sl.pending == 1) & (sl.last_sample_step == step - 1) & (sl.received + 2 <= sl.max_tokens)
+    decode = active & (remaining == 1) & ready
+    order = sl.in_order()  # by rank, then admission
+    tokens = np.zeros(len(sl.seq_id), np.int64)
+
+    dg = order[decode[order]]
+    dr = sl.rank_of(dg)
+    if len(dg) and budget < sl.sizes.max_num_seqs:  # else every decode fits the budget
+        dg = dg[_rank_cumsum(np.ones(len(dg), np.int64), dr, exclusive=True) < budget]
+        dr = sl.rank_of(dg)
+    tokens[dg] = 1
+    left = budget - np.bincount(dr, minlength=R)
+
+    pg = order[(remaining > 1)[order]]
+    if len(pg):  # prefill chunks in admission order: each takes what the ones before left
+        pr, rem = sl.rank_of(pg), remaining[pg]
+        chunk = np.clip(left[pr] - _rank_cumsum(rem, pr, exclusive=True), 0, rem)
+        tokens[pg] = chunk
+        left -= np.bincount(pr, weights=chunk, minlength=R).astype(np.int64)
+
+    planned = np.flatnonzero(tokens)
+    pages = sl.pages_needed(planned, tokens[planned])
+    need = np.bincount(sl.rank_of(planned), weights=pages, minlength=R)
+    pressed = [int(need[r]) > sl.pools[r].num_free for r in range(R)]
+    if any(pressed):
+        for r in np.flatnonzero(pressed):
+            _make_room(s, int(r), int(need[r]), tokens)
+        planned = np.flatnonzero(tokens)
+        pages = None
+    sl.grow(planned, tokens[planned], pages)
+    return RunningPlan(tokens, left.tolist(), pressed)
+
+
+def _make_room(s: DPScheduler, rank: int, need: int, tokens: np.ndarray) -> None:
+    """Preempt the newest sequences with no work in flight until `need` pages fit."""
+    sl = s.slots
+    free = sl.pools[rank].num_free
+    for g in sl.by_admission(rank)[::-1]:
+        if need <= free:
+            return
+        if sl.in_flight[g]:
+            continue
+        need -= int(sl.pages_needed(np.array([g]), tokens[[g]])[0])
+        free += int(sl.n_pages[g])
+        tokens[g] = 0
+        s.preempt(int(g))
+    # Async only: every sequence left has work in flight. Skip the newest plans
+    # that need pages; they can be preempted once their work lands.
+    for g in sl.by_admission(rank)[::-1]:
+        if need <= free:
+            return
+        k = int(sl.pages_needed(np.array([g]), tokens[[g]])[0])
+        if k:
+            tokens[g], need = 0, need - k
+
+
+def admit(s: DPScheduler, plan: RunningPlan) -> Admission:
+    """Start waiting sequences, oldest first, with their first chunk."""
+    left, blocked = list(plan.budget_left), [False] * s.sizes.dp_ranks
+    for rank in range(s.sizes.dp_ranks):
+        while (seq := s.waiting.front(rank)) is not None:
+            if plan.pressed[rank] or not s.slots.has_seat(rank) or (left[rank] and not _fits(s, rank, seq, left[rank])):
+                blocked[rank] = True
+                break
+            if not left[rank]:
+                break
+            s.waiting.pop_front(rank)
+            left[rank] -= _start(s, rank, seq, left[rank], plan.tokens)
+    return Admission(left, blocked)
+
+
+def spill(s: DPScheduler, plan: RunningPlan, admission: Admission) -> None:
+    """Move waiting sequences of blocked ranks to ranks that can start them now.
+
+    A target needs a free seat, budget left and pages for the first chunk; a
+    sequence moved there may start before the target's own waiting ones if
+    those need more pages than it does."""
+    left = list(admission.budget_left)
+    for src in range(s.sizes.dp_ranks):
+        while admission.blocked[src] and (seq := s.waiting.front(src)) is not None:
+            targets = [
+                r
+                for r in range(s.sizes.dp_ranks)
+                if r != src and not plan.pressed[r] and left[r] and s.slots.has_seat(r) and _fits(s, r, seq, left[r])
+            ]
+            if not targets:
+                break
+            dst = s.router.pick(s.counters, seq.total, targets)
+            s.waiting.pop_front(src)
+            s.counters.left(src, seq.total, seq.total)
+            s.counters.arrived(dst, seq.total)
+            left[dst] -= _start(s, dst, seq, left[dst], plan.tokens)
+            s.spills += 1
+
+
+def _fits(s: DPScheduler, rank: int, seq: Seq, budget: int) -> bool:
+    """Whether `rank` has the pages for `seq`'s first chunk under `budget`."""
+    return pages_for(min(seq.total, budget), s.sizes.page_size) <= s.slots.pools[rank].num_free
+
+
+def _start(s: DPScheduler, rank: int, seq: Seq, budget: int, tokens: np.ndarray) -> int:
+    """Admit a waiting sequence (already off its queue) with its first chunk; its size."""
+    n = min(seq.total, budget)
+    g = s.slots.start(seq, rank, n)
+    seq.rank, seq.status = rank, Status.RUNNING
+    tokens[g] = n
+    return n
+
+
+def emit(s: DPScheduler, step: int, tokens: np.ndarray) -> StepSchedule:
+    """The plan as chunks grouped by rank, in admission order; advance every planned sequence."""
+    sl = s.slots
+    order = sl.in_order()
+    g = order[tokens[order] > 0]
+    n, start = tokens[g], sl.computed[g]
+    end = start + n
+    sample = end == sl.total[g]
+    # Each chunk's token ids: known ones from the slot's tokens; the previous step's
+    # sample, not received yet, as FROM_PREVIOUS_STEP (async decodes only).
+    if (n == 1).all():  # decodes only: one token a chunk
+        rows, pos = g, start
+    else:
+        rows, pos = np.repeat(g, n), np.repeat(start, n) + _offsets(n)
+    known = sl.prompt_len[rows] + sl.received[rows]
+    token_ids = np.where(pos < known, sl.tokens[rows, pos], FROM_PREVIOUS_STEP).astype(np.int32)
+    n_pages = sl.n_pages[g]
+    width = int(n_pages.max()) if len(g) else 0
+    ranks = sl.rank_of(g)
+    schedule = StepSchedule(
+        step=step,
+        seq_ids=sl.seq_id[g],
+        ranks=ranks,
+        starts=start,
+        num_tokens=n,
+        sample=sample,
+        token_ids=token_ids,
+        block_tables=np.take(sl.table[:, :width], g, axis=0),
+        n_pages=n_pages,
+        temperature=sl.temperature[g],
+        top_k=sl.top_k[g],
+        top_p=sl.top_p[g],
+        seed=sl.seed[g],
+        output_index=(sl.total[g] - sl.prompt_len[g]).astype(np.int32),  # tokens generated, received or not
+        slots=g,
+        from_scheduler=True,
+    )
+    sl.computed[g] = end
+    sl.in_flight[g] += 1
+    sampled = g[sample]
+    sl.pending[sampled] += 1
+    sl.total[sampled] += 1
+    sl.last_sample_step[sampled] = step
+    R = s.sizes.dp_ranks
+    s.counters.stepped(
+        np.bincount(ranks, weights=n, minlength=R).astype(np.int64).tolist(),
+        np.bincount(ranks[sample], minlength=R).tolist(),
+    )
+    return schedule
+
+
+def _rank_cumsum(values: np.ndarray, ranks: np.ndarray, *, exclusive: bool) -> np.ndarray:
+    """Cumulative sum of `values` within each rank (`ranks` sorted ascending)."""
+    total = np.cumsum(values)
+    starts = np.searchsorted(ranks, ranks)  # where each element's rank begins
+    before = np.concatenate([[0], total])[starts]
+    inclusive = total - before
+    return inclusive - values if exclusive else inclusive
