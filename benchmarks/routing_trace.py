@@ -43,10 +43,10 @@ def simulate(sizes: RuntimeSizes, routing: str, requests, **scheduler_options) -
         while pending and pending[0][0] <= step:
             scheduler.add_request(pending.pop(0)[1])
         schedule = scheduler.schedule()
-        if schedule.chunks:
+        if len(schedule):
             packed = pack(schedule, sizes)
             real, padded = real + packed.real_tokens, padded + packed.padded_tokens
-            finished += len(scheduler.update(schedule, {int(s): 7 for s in packed.sampled_seq_ids}))
+            finished += len(scheduler.update(schedule, np.full(len(packed.selector), 7)))
         step += 1
     assert finished == len(requests)
     return {

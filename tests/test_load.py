@@ -475,3 +475,23 @@ def test_schema_defaults_are_the_dataclass_defaults(section, cls):
 
 def test_public_api():
     assert shardspec.load is load
+
+
+def test_a_strategy_is_a_short_hashable_value():
+    a, b = load(ROOT / "strategies" / "attention_dp.yaml"), load(ROOT / "strategies" / "attention_dp.yaml")
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert repr(a) == (
+        "Strategy(name='attention-dp', model='llama3-tiny', data×tensor×expert=1×8×1, attention_data=auto)"
+    )
+    c = load(ROOT / "strategies" / "attention_dp.yaml", overrides={"runtime.routing": "round_robin"})
+    assert c != a and hash(c) != hash(a)
+    assert hash(load({"expect": {"per_layer": {"all-reduce": 2}}, "rules": {"mlp": "model"}}))
+
+
+def test_a_compile_time_problem_under_a_set_key_blames_set():
+    from shardspec import compile
+
+    st = load(ROOT / "strategies" / "tp.yaml", overrides={"parallelism.tensor": "16", "devices": "16"})
+    with pytest.raises(ShardspecError) as err:
+        compile(st, abstract_mesh=True)
+    assert all(line.startswith("error: --set: parallelism.tensor: ") for line in str(err.value).splitlines())

@@ -76,6 +76,14 @@ class _Layout:
         of request arrays."""
         return _scatter(columns, self.request_rows, self.n_requests, self.in_order)
 
+    def block_tables(self, tables: np.ndarray, max_pages: int) -> np.ndarray:
+        """[C, W] block tables (W: the step's longest table) -> [R*Q, max_pages], zero padded,
+        through the same request rows."""
+        out = np.zeros((self.n_requests, max_pages), np.int32)
+        width = min(tables.shape[1], max_pages)
+        out[_rows_or_slice(self.request_rows, self.in_order), :width] = tables[:, :width]
+        return out
+
     def per_token(self, **columns: tuple[np.ndarray, object]) -> dict[str, np.ndarray]:
         """{name: ([T] per-token values in schedule order, fill)} -> {name: [R*S]}."""
         return _scatter(columns, self.token_rows, self.n_tokens, self.in_order)
@@ -85,13 +93,18 @@ def _scatter(
     columns: Mapping[str, tuple[np.ndarray, object]], rows: np.ndarray, n_rows: int, increasing: bool
 ) -> dict[str, np.ndarray]:
     """Each column's values put at `rows` of an [n_rows, ...] array of its fill."""
-    # Increasing rows 0 .. k-1 (every rank full, the usual busy step): a slice, not a scatter.
-    at = slice(0, len(rows)) if increasing and len(rows) and rows[-1] == len(rows) - 1 else rows
+    at = _rows_or_slice(rows, increasing)
     out = {}
     for name, (values, fill) in columns.items():
-        out[name] = np.full((n_rows, *values.shape[1:]), fill, values.dtype)
+        shape = (n_rows, *values.shape[1:])
+        out[name] = np.zeros(shape, values.dtype) if fill == 0 else np.full(shape, fill, values.dtype)
         out[name][at] = values
     return out
+
+
+def _rows_or_slice(rows: np.ndarray, increasing: bool):
+    """Increasing rows 0 .. k-1 (every rank full, the usual busy step) as a slice: a copy, not a scatter."""
+    return slice(0, len(rows)) if increasing and len(rows) and rows[-1] == len(rows) - 1 else rows
 
 
 def pack(
@@ -139,10 +152,6 @@ def pack(
     )
 
     positions = c.starts[tok_chunk] + tok_offset
-    # A schedule's block tables may be narrower than a packed one (its longest sequence's pages).
-    width = min(c.block_tables.shape[1], sizes.max_pages_per_seq)
-    tables = np.zeros((len(c), sizes.max_pages_per_seq), np.int32)
-    tables[:, :width] = c.block_tables[:, :width]
     slots = c.block_tables[tok_chunk, positions // page_size] * page_size + positions % page_size
     prev = np.where(c.token_ids == FROM_PREVIOUS_STEP, prev_row[tok_chunk], -1)
     sampled = np.flatnonzero(c.sample)
@@ -154,8 +163,8 @@ def pack(
             slot_mapping=(_i32(slots), sizes.pages_per_rank * page_size),
             token_rows=(_i32(local_row[tok_chunk]), 0),
         ),
+        block_tables=layout.block_tables(c.block_tables, sizes.max_pages_per_seq),
         **layout.per_request(
-            block_tables=(tables, 0),
             seq_lens=(_i32(c.starts + n), 0),
             query_starts=(_i32(query_start), 0),
             query_lens=(_i32(n), 0),
