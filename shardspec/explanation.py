@@ -15,6 +15,7 @@ import numpy as np
 from . import mesh as mesh_lib
 from .plan import ShardingPlan
 from .rules import shard_count
+from .runtime.paged_attention import IMPLEMENTATION as ATTENTION
 from .strategy import MESH_AXES
 
 LARGE_REPLICATED = 1 << 20  # warn about replicated tensors above 1 MiB
@@ -196,12 +197,17 @@ def _kv_lines(plan: ShardingPlan) -> list[str]:
     if kv is None:
         return [f"  {NO_KV_CACHE}"]
     auto = " (auto)" if plan.strategy.kv_cache.num_pages == "auto" else ""
+    dtype_auto = " (auto: the runtime dtype)" if plan.strategy.kv_cache.dtype == "auto" else ""
+    longest = plan.runtime.max_model_len
+    whose = "runtime.max_model_len" if plan.strategy.runtime.max_model_len else "the model's maximum"
     return [
-        f"  K and V per layer: [pages, {kv.page_size}, {kv.slots}, {kv.head_dim}] {kv.dtype}, spec {spec_str(kv.spec)}",
+        f"  K and V per layer: [pages, {kv.page_size}, {kv.slots}, {kv.head_dim}] {kv.dtype}{dtype_auto}, "
+        f"spec {spec_str(kv.spec)}",
         f"  pages per DP rank: {kv.pages_per_rank}{auto} · KV-head replication: {kv.replication}",
         f"  per device: {fmt_bytes(kv.bytes_per_page_per_device)} a page, "
         f"{fmt_bytes(kv.bytes_per_device(1000))} per 1,000 pages, "
         f"{fmt_bytes(kv.bytes_per_device())} for {kv.pages_per_rank} pages",
+        f"  max_model_len: {longest} ({whose}) · attention: {ATTENTION}",
     ]
 
 
@@ -218,6 +224,8 @@ def _kv_json(plan: ShardingPlan) -> dict[str, Any] | None:
         "kv_head_replication": kv.replication,
         "kv_slots": kv.slots,
         "dtype": kv.dtype,
+        "max_model_len": plan.runtime.max_model_len,
+        "attention": ATTENTION,
     }
 
 

@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Mapping
 
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from . import rules as rules_lib
@@ -264,7 +265,7 @@ def serving_problems(strategy: Strategy, table, shape) -> list[Problem]:
 
 
 def kv_cache_layout(
-    strategy: Strategy, table, shape, geometry: DecoderGeometry, dtype_itemsize: int, free_bytes: int | None
+    strategy: Strategy, table, shape, geometry: DecoderGeometry, dtype: str, free_bytes: int | None
 ) -> KVCacheLayout:
     """The paged KV cache: pages over the DP ranks, KV heads over `model` (repeated if fewer)."""
     kv_axes = rules_lib.effective_axes(table[ax.KV_HEADS].mesh_axes, shape)
@@ -274,7 +275,8 @@ def kv_cache_layout(
     pages = rules_lib.spec_entry(rules_lib.effective_axes(table[ax.KV_PAGES].mesh_axes, shape))
     spec = P(pages, None, rules_lib.spec_entry(kv_axes), None)
     cfg = strategy.kv_cache
-    per_page = 2 * geometry.num_layers * cfg.page_size * (slots // kv_shards) * geometry.head_dim * dtype_itemsize
+    itemsize = jnp.dtype(dtype).itemsize
+    per_page = 2 * geometry.num_layers * cfg.page_size * (slots // kv_shards) * geometry.head_dim * itemsize
     if cfg.num_pages != "auto":
         pages_per_rank = int(cfg.num_pages)
     elif free_bytes is None:
@@ -292,6 +294,6 @@ def kv_cache_layout(
         pages_per_rank,
         geometry.head_dim,
         geometry.num_layers,
-        cfg.dtype,
+        dtype,
         per_page,
     )

@@ -233,6 +233,7 @@ def build_plan(
     if model.geometry is not None:
         problems += layouts_lib.attention_problems(strategy, table, shape, model.geometry, params)
         problems += layouts_lib.serving_problems(strategy, table, shape)
+        problems += _max_model_len_problems(strategy, model.geometry)
     raise_all(problems + act_problems)
 
     if abstract_mesh:
@@ -242,9 +243,8 @@ def build_plan(
     kv = None
     if model.geometry is not None:
         param_bytes = sum(p.bytes_per_device for p in params)
-        itemsize = jnp.dtype(_DTYPES[strategy.kv_cache.dtype]).itemsize
         kv = layouts_lib.kv_cache_layout(
-            strategy, table, shape, model.geometry, itemsize, _free_device_bytes(mesh, param_bytes)
+            strategy, table, shape, model.geometry, kv_dtype(strategy), _free_device_bytes(mesh, param_bytes)
         )
     runtime = None if kv is None else _runtime_sizes(strategy, shape, kv, model.geometry)
     return ShardingPlan(
@@ -263,13 +263,31 @@ def build_plan(
     )
 
 
+def kv_dtype(strategy: Strategy) -> str:
+    """The KV cache's element type: `kv_cache.dtype`, with auto = the runtime dtype."""
+    return strategy.runtime.dtype if strategy.kv_cache.dtype == "auto" else strategy.kv_cache.dtype
+
+
+def _max_model_len_problems(strategy: Strategy, geometry) -> list:
+    asked = strategy.runtime.max_model_len
+    if asked is None or asked <= geometry.max_seq_len:
+        return []
+    return [
+        strategy.source.problem(
+            "runtime.max_model_len",
+            f"{asked} exceeds the model's maximum length {geometry.max_seq_len}",
+            f"use at most {geometry.max_seq_len}, or leave it out for the model's maximum",
+        )
+    ]
+
+
 def _runtime_sizes(strategy: Strategy, shape, kv: KVCacheLayout, geometry) -> RuntimeSizes:
     rt = strategy.runtime
     return RuntimeSizes(
         dp_ranks=dp_ranks(shape),
         page_size=kv.page_size,
         pages_per_rank=kv.pages_per_rank,
-        max_model_len=geometry.max_seq_len,
+        max_model_len=rt.max_model_len or geometry.max_seq_len,
         max_num_seqs=rt.max_num_seqs,
         max_num_batched_tokens=rt.max_num_batched_tokens,
     )

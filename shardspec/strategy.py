@@ -74,7 +74,7 @@ class Policy:
 
 @dataclasses.dataclass(frozen=True)
 class KVCacheConfig:
-    dtype: str = "bfloat16"
+    dtype: str = AUTO  # auto: the runtime dtype (resolved by compile())
     page_size: int = 16
     num_pages: int | Literal["auto"] = AUTO
 
@@ -82,6 +82,7 @@ class KVCacheConfig:
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
     dtype: str = "float32"
+    max_model_len: int | None = None  # longest prompt + output; None: the model's maximum
     max_num_seqs: int = 64  # per DP rank
     max_num_batched_tokens: int = 512  # per DP rank, per step
     routing: Literal["balanced", "least_tokens", "round_robin"] = "balanced"

@@ -140,7 +140,7 @@ def test_unknown_keys_with_did_you_mean(in_tmp):
     assert errors("name: x\nparalelism:\n  tensor: 8\nruntime:\n  routng: balanced\n  colour: red\n") == [
         "error: s.yaml:2: unknown key 'paralelism' (did you mean 'parallelism'?)",
         "error: s.yaml:5: runtime: unknown key 'routng' (did you mean 'routing'?)",
-        "error: s.yaml:6: runtime: unknown key 'colour' (allowed: dtype, max_num_seqs, "
+        "error: s.yaml:6: runtime: unknown key 'colour' (allowed: dtype, max_model_len, max_num_seqs, "
         "max_num_batched_tokens, routing or async_scheduling)",
     ]
 

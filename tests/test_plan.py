@@ -117,7 +117,25 @@ def test_param_specs_tree_matches_the_parameter_state():
 
 
 def test_kv_bytes_per_page_counts_k_and_v_of_every_layer():
-    plan = plan_of("attention_dp.yaml")
+    plan = compile(
+        load(ROOT / "strategies" / "attention_dp.yaml", overrides={"kv_cache.dtype": "bfloat16"}), abstract_mesh=True
+    )
     # 2 (K, V) × 2 layers × 16 tokens × 1 KV head per device × 16 head_dim × 2 bytes (bf16)
     assert plan.kv_cache.bytes_per_page_per_device == 2 * 2 * 16 * 1 * 16 * 2
     assert np.isclose(plan.kv_cache.bytes_per_device(1000), 2048 * 1000)
+
+
+def test_kv_dtype_auto_is_the_runtime_dtype_and_max_model_len_sizes_the_runtime():
+    plan = plan_of("attention_dp.yaml")
+    assert (plan.kv_cache.dtype, plan.runtime.max_model_len, plan.runtime.max_pages_per_seq) == ("float32", 512, 32)
+    short = compile(
+        load(
+            ROOT / "strategies" / "attention_dp.yaml",
+            overrides={"runtime.max_model_len": "100", "runtime.dtype": "bfloat16"},
+        ),
+        abstract_mesh=True,
+    )
+    assert (short.kv_cache.dtype, short.runtime.max_model_len, short.runtime.max_pages_per_seq) == ("bfloat16", 100, 7)
+    st = load(ROOT / "strategies" / "attention_dp.yaml", overrides={"runtime.max_model_len": "513"})
+    with pytest.raises(ShardspecError, match="runtime.max_model_len: 513 exceeds the model's maximum length 512"):
+        compile(st, abstract_mesh=True)

@@ -43,7 +43,13 @@ class Engine:
     """Serve a model under a plan. Every accepted request finishes exactly once."""
 
     def __init__(
-        self, plan: ShardingPlan, model: ServableModel | None = None, *, seed: int = 0, eos_token_id: int | None = None
+        self,
+        plan: ShardingPlan,
+        model: ServableModel | None = None,
+        *,
+        seed: int = 0,
+        eos_token_id: int | None = None,
+        rank_attention=None,
     ):
         """Serve `model` (an NNX module implementing `shardspec.protocol.ServableModel`,
         the one the plan was compiled from; placed into the plan's shardings here), or
@@ -51,6 +57,7 @@ class Engine:
 
         `eos_token_id` defaults to the checkpoint's (generation_config.json); a checkpoint's
         tokenizer.json lets requests give `prompt` text and outputs carry `text`.
+        `rank_attention` replaces the paged attention of one rank (`paged_attention.py`).
         """
         plan.servable_kv_cache()  # a ShardspecError for a model with no decoder geometry
         self.plan = plan
@@ -66,7 +73,7 @@ class Engine:
             eos_token_ids=eos,
             async_scheduling=runtime.async_scheduling,
         )
-        self._step = Step(plan, self.model)
+        self._step = Step(plan, self.model, **({"rank_attention": rank_attention} if rank_attention else {}))
         self._caches = allocate_kv_cache(plan)
         self._inflight: _InFlight | None = None
         self._samples = self._step.initial_samples()

@@ -22,13 +22,13 @@ from ..plan import ShardingPlan
 from ..protocol import ServableModel
 from ..sizes import RuntimeSizes
 from .packer import PackedStep, pack
-from .paged_attention import PagedBatch, make_attend
+from .paged_attention import PagedBatch, attend_rank, make_attend
 from .sampler import sample
 from .schedule import StepSchedule
 
 # Packer fields the device needs, and whether each is per token or per request row.
 TOKEN_FIELDS = ("token_ids", "prev_rows", "positions", "slot_mapping", "token_rows")
-ROW_FIELDS = ("block_tables", "logits_indices", "temperature", "top_k", "top_p", "seeds", "output_index")
+ROW_FIELDS = ("block_tables", "seq_lens", "logits_indices", "temperature", "top_k", "top_p", "seeds", "output_index")
 
 
 def allocate_kv_cache(plan: ShardingPlan) -> list[tuple[jax.Array, jax.Array]]:
@@ -61,7 +61,9 @@ def local_rows(packed: PackedStep) -> tuple[np.ndarray, np.ndarray]:
 class Step:
     """The jitted step for one plan and model. `traces` counts compilations."""
 
-    def __init__(self, plan: ShardingPlan, model: ServableModel):
+    def __init__(self, plan: ShardingPlan, model: ServableModel, rank_attention=attend_rank):
+        """`rank_attention`: one rank's paged attention (`paged_attention.attend_rank`; the exact
+        `attend_rank_reference` for comparisons)."""
         self.plan = plan
         self.graphdef, self.state = nnx.split(model)
         self.sizes = plan.runtime
@@ -69,7 +71,12 @@ class Step:
         self.traces = 0
         token_axes = plan.token_axes
         self._attend = make_attend(
-            plan.mesh, token_axes, plan.activations["attn_q"], plan.activations["attn_kv"], plan.kv_cache.spec
+            plan.mesh,
+            token_axes,
+            plan.activations["attn_q"],
+            plan.activations["attn_kv"],
+            plan.kv_cache.spec,
+            rank_attention,
         )
         per_token = NamedSharding(plan.mesh, P(token_axes))
         batch = {f: per_token for f in TOKEN_FIELDS + ROW_FIELDS}
@@ -124,7 +131,9 @@ class Step:
         local = batch["prev_rows"].reshape(R, -1)  # [R, S]
         from_prev = jnp.take_along_axis(prev_sampled.reshape(R, self.q_max), jnp.maximum(local, 0), axis=1)
         tokens = jnp.where(batch["prev_rows"] >= 0, from_prev.reshape(-1), batch["token_ids"])
-        paged = PagedBatch(batch["positions"], batch["slot_mapping"], batch["token_rows"], batch["block_tables"])
+        paged = PagedBatch(
+            batch["positions"], batch["slot_mapping"], batch["token_rows"], batch["block_tables"], batch["seq_lens"]
+        )
         hidden, caches = model.hidden_states(
             tokens[:, None], batch["positions"][:, None], layout, self._attend, [(c, paged) for c in caches]
         )
