@@ -60,7 +60,24 @@ def hlo_lines(hlo: dict[str, Any]) -> list[str]:
     for name, step in steps.items():
         memory = (f"{k.replace('_', ' ')} {fmt_bytes(v)}" for k, v in step["memory"].items())
         lines.append(f"  {name:<7}  " + " · ".join(memory))
+    lines += [
+        "",
+        "FLOPs per device (XLA's cost analysis; ideal = 2 × parameters touched × tokens + attention "
+        "over one block of context, shardspec/flops.py):",
+    ]
+    for name, step in steps.items():
+        lines.append(
+            f"  {name:<7}  {fmt_count(step['flops'])} · ideal {fmt_count(step['flops_ideal'])} · "
+            f"{step['flops_over_ideal']}× the ideal"
+        )
     return lines
+
+
+def fmt_count(n: float) -> str:
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f}"
 
 
 def fmt_bytes(n: float) -> str:

@@ -34,8 +34,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .errors import Problem, ShardspecError, raise_all
+from .flops import step_flops
 from .model_info import own_model
 from .plan import ShardingPlan, build_plan
+from .runtime.paged_attention import BLOCK_TOKENS
 from .runtime.step import Step, allocate_kv_cache, padding_batch
 
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -96,8 +98,9 @@ def hlo_report(plan: ShardingPlan) -> dict[str, Any]:
     layers, bare = plan.model.geometry.num_layers, _with_layers(plan, 0)
     steps = {}
     for step, stride in strides.items():
-        counts, nbytes, memory = _measure(plan, stride)
-        counts0, nbytes0, _ = _measure(bare, stride)
+        counts, nbytes, memory, flops = _measure(plan, stride)
+        counts0, nbytes0, _, _ = _measure(bare, stride)
+        ideal = ideal_flops(plan, stride)
         steps[step] = {
             "tokens_per_rank": stride,
             "tokens": sizes.dp_ranks * stride,
@@ -106,8 +109,25 @@ def hlo_report(plan: ShardingPlan) -> dict[str, Any]:
             "per_layer": _per_layer(counts, counts0, layers),
             "per_layer_bytes": _per_layer(nbytes, nbytes0, layers),
             "memory": memory,
+            "flops": flops,
+            "flops_ideal": ideal,
+            "flops_over_ideal": round(flops / ideal, 3) if ideal else None,
         }
     return {**steps["decode"], "prefill": steps["prefill"]}
+
+
+def ideal_flops(plan: ShardingPlan, stride: int) -> float:
+    """The analytic FLOPs per device of a step of `stride` tokens a rank (`shardspec.flops`).
+
+    Attention counts one block of context per token: XLA's cost analysis counts a
+    loop's body once, and the paged attention's trip count is the step's data.
+    """
+    sizes, page = plan.runtime, plan.kv_cache.page_size
+    context = max(1, BLOCK_TOKENS // page) * page
+    total = step_flops(
+        plan.model.config, sizes.dp_ranks * stride, sizes.dp_ranks * sizes.request_stride(stride), context
+    )
+    return total / plan.device_count
 
 
 def _per_layer(full: dict[str, int], bare: dict[str, int], layers: int) -> dict[str, int | float]:
@@ -127,12 +147,20 @@ def _with_layers(plan: ShardingPlan, num_layers: int) -> ShardingPlan:
 
 
 def _measure(plan: ShardingPlan, stride: int):
-    """Compile one step at `stride` tokens per rank -> (counts, bytes, memory per device)."""
+    """Compile one step at `stride` tokens per rank -> (counts, bytes, memory, flops per device)."""
     step = Step(plan, nnx.merge(plan.model.tree.graphdef, _stored_state(plan)))
     caches = jax.eval_shape(lambda: allocate_kv_cache(plan))
     prev = jax.ShapeDtypeStruct((plan.runtime.sampled_rows,), jnp.int32)
     compiled = step.lower(caches, batch_structs(plan, stride), prev).compile()
-    return (*collectives(compiled.as_text()), _memory(compiled))
+    return (*collectives(compiled.as_text()), _memory(compiled), _flops(compiled))
+
+
+def _flops(compiled) -> float:
+    """XLA's cost analysis of the compiled (per-device) program."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
+        analysis = analysis[0]
+    return float(analysis.get("flops", 0.0))
 
 
 def _stored_state(plan: ShardingPlan) -> nnx.State:

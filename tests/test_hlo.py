@@ -215,3 +215,19 @@ def test_cli_check_holds_the_strategy_to_its_budget(tmp_path):
     result = runner.invoke(app, ["check", str(budget_file(tmp_path, 0))])
     assert result.exit_code == 2, result.output
     assert "expect.per_layer.all-reduce" in result.stderr and "PASS" not in result.stdout
+
+
+def test_flops_are_xla_counts_beside_the_analytic_ideal():
+    from shardspec.flops import step_flops, touched_per_token
+    from shardspec.models.presets import PRESETS
+
+    r = report("tp")
+    for step in steps(r).values():
+        assert step["flops"] > 0 and step["flops_ideal"] > 0
+        assert step["flops_over_ideal"] == round(step["flops"] / step["flops_ideal"], 3)
+    # The ideal by hand for llama3-tiny: per token q, k, v, o (128·(8+4)·16 + 8·16·128) and SwiGLU 3·128·256.
+    cfg = PRESETS["llama3-tiny"]
+    assert touched_per_token(cfg) == 2 * (128 * 12 * 16 + 8 * 16 * 128 + 3 * 128 * 256)
+    assert r["prefill"]["flops_ideal"] == step_flops(cfg, 512, 64, 64) / 8
+    assert 1.0 <= r["prefill"]["flops_over_ideal"] < 2.0  # XLA does what the work needs, plus the sampler
+    assert "FLOPs per device" in explain(compile(load(_path("tp"))), hlo=r)
