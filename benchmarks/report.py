@@ -227,6 +227,44 @@ def _plot_routing(r: dict, out: Path) -> str | None:
     return f"benchmarks/results/{out.name}"
 
 
+def _attention(r: dict) -> list[str]:
+    rows = [
+        [name, v["512"]["tokens_per_s"], v["16384"]["tokens_per_s"], f"{v['slowdown_16384_vs_512']}×"]
+        for name, v in r["decode"].items()
+    ]
+    lines = [
+        "## Attention as max_model_len grows",
+        "",
+        "Decode: the same 32 short requests (8–15-token prompts, 32 tokens out) on llama3-tiny (max_seq_len "
+        "raised to 16,384), one device, tokens/s after warm-up, best of 3 alternating runs. Goal: at most 1.2× "
+        "slower at 16,384 than at 512.",
+        "",
+        *_table(["attention", "tokens/s at 512", "tokens/s at 16,384", "slowdown"], rows),
+        "",
+    ]
+    if r.get("prefill_temp"):
+        gib = 2**30
+        rows = [
+            [
+                model,
+                name,
+                f"{v['2048']['temp_bytes'] / gib:.2f}",
+                f"{v['8192']['temp_bytes'] / gib:.2f}",
+                f"{v['8192']['param_bytes'] / gib:.2f}",
+            ]
+            for model, by in r["prefill_temp"].items()
+            for name, v in by.items()
+        ]
+        lines += [
+            "Compiled prefill step (512 tokens a rank) under strategies/tp.yaml: temp GiB per device against "
+            "max_model_len. Goal: flat, and below the parameters' bytes.",
+            "",
+            *_table(["model", "attention", "temp at 2,048", "temp at 8,192", "params per device"], rows),
+            "",
+        ]
+    return lines + ["Command: `python benchmarks/attention_scale.py`", ""]
+
+
 def write_report(results: Path, target: Path) -> None:
     lines = [
         "# Benchmarks",
@@ -239,6 +277,7 @@ def write_report(results: Path, target: Path) -> None:
     ]
     sections = [
         ("host_cost", _host_cost),
+        ("attention_scale", _attention),
         ("routing_trace", None),
         ("explain_latency", _explain),
         ("serve_strategies", _serve),

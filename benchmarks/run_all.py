@@ -19,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 BENCHMARKS = [
     "host_cost",
+    "attention_scale",
     "routing_trace",
     "explain_latency",
     "serve_strategies",
