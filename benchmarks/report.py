@@ -265,6 +265,25 @@ def _attention(r: dict) -> list[str]:
     return lines + ["Command: `python benchmarks/attention_scale.py`", ""]
 
 
+def _vs_transformers(r: dict) -> list[str]:
+    rate = r["tokens_per_s"]
+    return [
+        "## One device: shardspec against transformers' generate",
+        "",
+        f"The same tiny Llama checkpoint (tests/fixtures/hf/llama) and {r['requests']} requests "
+        f"(8–15-token prompts, {r['max_tokens']} tokens out, greedy), float32 on one CPU device, best of 3 "
+        "alternating runs after a warm-up. Goal: shardspec ≥ 1× transformers' batched greedy `generate`.",
+        "",
+        *_table(["", "tokens/s"], [["shardspec", rate["shardspec"]], ["transformers", rate["transformers"]]]),
+        "",
+        f"shardspec ÷ transformers: {r['shardspec_over_transformers']}×; {r['identical_sequences']} of "
+        f"{r['requests']} sequences token for token identical.",
+        "",
+        "Command: `python benchmarks/vs_transformers.py` (needs `pip install -e '.[bench]'`)",
+        "",
+    ]
+
+
 def write_report(results: Path, target: Path) -> None:
     lines = [
         "# Benchmarks",
@@ -278,6 +297,7 @@ def write_report(results: Path, target: Path) -> None:
     sections = [
         ("host_cost", _host_cost),
         ("attention_scale", _attention),
+        ("vs_transformers", _vs_transformers),
         ("routing_trace", None),
         ("explain_latency", _explain),
         ("serve_strategies", _serve),

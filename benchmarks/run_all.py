@@ -20,6 +20,7 @@ RESULTS = HERE / "results"
 BENCHMARKS = [
     "host_cost",
     "attention_scale",
+    "vs_transformers",
     "routing_trace",
     "explain_latency",
     "serve_strategies",

@@ -3,6 +3,12 @@
 Each row draws from its own key, `fold_in(key(seed), output_index)`, so a
 request's tokens depend only on its logits, its seed and how many tokens it has
 generated: never on the batch around it or on the strategy.
+
+The random path (a sort of the vocabulary, a draw from each row's key) runs
+only when some row samples at temperature > 0, and its top-k / top-p cut only
+when some row asks for one (`lax.cond`): an all-greedy step is one argmax. The
+step calls `sample` inside a shard_map over the DP ranks, so each rank decides
+for its own rows and no collective is added.
 """
 
 from __future__ import annotations
@@ -33,6 +39,23 @@ def _sample_row(logits, temperature, top_k, top_p, seed, output_index):
     return jnp.where(temperature <= 0, greedy, drawn)
 
 
+def _draw_row(logits, temperature, top_k, top_p, seed, output_index, cut: bool):
+    key = jax.random.fold_in(jax.random.key(seed), output_index)
+    scaled = _filter_row(logits, temperature, top_k, top_p) if cut else logits / jnp.maximum(temperature, 1e-6)
+    return jax.random.categorical(key, scaled).astype(jnp.int32)
+
+
 def sample(logits, temperature, top_k, top_p, seeds, output_index):
     """logits [N, V] float32; per-row parameters [N] -> tokens [N] int32."""
-    return jax.vmap(_sample_row)(logits.astype(jnp.float32), temperature, top_k, top_p, seeds, output_index)
+    logits = logits.astype(jnp.float32)
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    V = logits.shape[-1]
+    random = temperature > 0
+    cuts = random & (((top_k > 0) & (top_k < V)) | (top_p < 1))
+
+    def draw(cut: bool):
+        rows = jax.vmap(lambda *row: _draw_row(*row, cut=cut))
+        return lambda: rows(logits, temperature, top_k, top_p, seeds, output_index)
+
+    drawn = jax.lax.cond(jnp.any(cuts), draw(True), draw(False))  # the cut only where asked for
+    return jax.lax.cond(jnp.any(random), lambda: jnp.where(random, drawn, greedy), lambda: greedy)

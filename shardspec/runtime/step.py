@@ -87,6 +87,14 @@ class Step:
         self._rows = NamedSharding(plan.mesh, P(plan.activations["logits"][0], None))
         # ...but once the vocab is gathered, each rank's rows are a local slice.
         self._sample_rows = NamedSharding(plan.mesh, P(token_axes, None))
+        # Each rank samples its own rows: its lax.cond (greedy or not) decides for them alone.
+        self._sample = jax.shard_map(
+            sample,
+            mesh=plan.mesh,
+            check_vma=False,
+            in_specs=(P(token_axes, None),) + (P(token_axes),) * 5,
+            out_specs=P(token_axes),
+        )
         caches = [(cache, cache)] * plan.kv_cache.num_layers
         self._batch_shardings = batch
         # Sampled ids stay on their rank: the host reads them (no device collective),
@@ -148,7 +156,7 @@ class Step:
         # replicated over attn_dp made GSPMD all-gather a [rows, vocab] iota in argmax.
         logits = jax.lax.with_sharding_constraint(logits, self._rows)
         logits = jax.lax.with_sharding_constraint(logits, self._sample_rows)
-        sampled = sample(
+        sampled = self._sample(
             logits, batch["temperature"], batch["top_k"], batch["top_p"], batch["seeds"], batch["output_index"]
         )
         out = jnp.zeros((R, self.q_max), jnp.int32).at[:, : rows // R].set(sampled.reshape(R, -1))
