@@ -23,7 +23,7 @@ def pack_naive(schedule: StepSchedule, sizes, prev_rows: Mapping[int, int] | Non
     S = sizes.token_stride(busiest)
     Q = sizes.request_stride(S)
 
-    token_ids, positions, token_rows = [0] * (R * S), [0] * (R * S), [0] * (R * S)
+    token_ids, positions, token_rows = [0] * (R * S), [-1] * (R * S), [0] * (R * S)  # padding position -1
     prev, slots = [-1] * (R * S), [sizes.pages_per_rank * page_size] * (R * S)
     block_tables = [[0] * sizes.max_pages_per_seq for _ in range(R * Q)]
     seq_lens, query_starts, query_lens, logits_indices = ([0] * (R * Q) for _ in range(4))

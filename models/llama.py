@@ -138,8 +138,8 @@ class SwiGLU(nnx.Module):
         self.up_proj = _param(rngs, (E, F), (EMBED, MLP), dtype, fan_in=E)
         self.down_proj = _param(rngs, (F, E), (MLP, EMBED), dtype, fan_in=F)
 
-    def __call__(self, x, layout: Layout):
-        """SwiGLU. x: [B, T, E] -> [B, T, E]."""
+    def __call__(self, x, layout: Layout, real=None):
+        """SwiGLU. x: [B, T, E] -> [B, T, E] (padding tokens, `real` False, cost the same)."""
         x = layout.constrain(x, "mlp_in")
         h = jax.nn.silu(x @ self.gate_proj[...]) * (x @ self.up_proj[...])  # [B, T, F]
         h = layout.constrain(h, "mlp_hidden")
@@ -156,7 +156,8 @@ class DecoderLayer(nnx.Module):
     def __call__(self, x, positions, layout: Layout, attend: Attend, cache):
         h, cache = self.self_attn(self.input_layernorm(x), positions, layout, attend, cache)
         x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x), layout), cache
+        real = positions >= 0  # the runtime's padding tokens have position -1
+        return x + self.mlp(self.post_attention_layernorm(x), layout, real), cache
 
 
 class Llama(nnx.Module):

@@ -10,6 +10,7 @@ caller's tree and never materialises it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -26,6 +27,7 @@ from .errors import ShardspecError, raise_all
 from .layouts import KVCacheLayout, ParamLayout
 from .load import load
 from .model_info import ModelInfo, is_own_model, outside_model, own_model
+from .per_shard import per_shard
 from .protocol import Layout
 from .sizes import RuntimeSizes, device_count, dp_ranks
 from .strategy import Strategy
@@ -153,7 +155,12 @@ class ShardingPlan:
     @property
     def layout(self) -> Layout:
         """What the model's forward needs from the plan, passed explicitly."""
-        return Layout(constrain=self.constrain, kv_repeat=self.kv_repeat)
+        return Layout(
+            constrain=self.constrain,
+            kv_repeat=self.kv_repeat,
+            per_shard=functools.partial(per_shard, self),
+            moe_dispatch=self.strategy.runtime.moe_dispatch,
+        )
 
 
 def compile(

@@ -19,8 +19,14 @@ shardspec's runtime knows no model class. It serves any Flax NNX module that
 
 `layout.constrain(x, "attn_in")` pins an activation at one of the runtime's named
 points (`models/axes.py: ACTIVATIONS`); `layout.constrain(x, axes=(...))` pins it
-by the model's own logical names. Both are no-ops in the default `Layout()`, so
-the same forward code runs unsharded. shardspec's Llama and MoE implement this
+by the model's own logical names; `layout.per_shard(fn, in_axes, out_axes,
+sum_over)` runs `fn` on each device's blocks and reduces its partial result
+(`shardspec.per_shard`). All are no-ops in the default `Layout()`, so the same
+forward code runs unsharded.
+
+The runtime marks padding tokens with position -1 (they fill a step's token
+bucket; their outputs are dropped). A model may skip them: shardspec's MoE
+routes them to no expert. shardspec's Llama and MoE implement this
 protocol and nothing else of theirs is known to the plan, step or engine.
 """
 
@@ -50,12 +56,19 @@ def _no_constraint(x, name: str | None = None, *, axes: Sequence[str | None] | N
     return x
 
 
+def _whole(fn, in_axes=(), out_axes=(), sum_over=()):
+    return fn  # one device holds every block
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """How a forward pass is laid out; the plan's (`plan.layout`) or, by default, one device."""
 
     constrain: Callable[..., Any] = _no_constraint  # (x, name) or (x, axes=(...)) -> x pinned
     kv_repeat: int = 1  # each KV head repeated so every `model` shard holds the heads its queries read
+    # per_shard(fn, in_axes, out_axes, sum_over) -> fn run on each device's blocks (`shardspec.per_shard`)
+    per_shard: Callable[..., Callable] = _whole
+    moe_dispatch: str = "sparse"  # runtime.moe_dispatch: how a MoE layer reaches its experts
 
     def attention_inputs(self, q, k, v):
         """q [B, T, H, D], k and v [B, T, K, D] -> as `attend` takes them: k and v with

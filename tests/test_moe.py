@@ -13,7 +13,7 @@ from shardspec import ShardspecError, apply, compile, explain, load
 from shardspec.check import check
 from shardspec.explanation import experts
 from shardspec.models.llama import Layout
-from shardspec.models.moe import SparseMoE, route
+from shardspec.models.moe import ExpertFFN, route
 from shardspec.models.presets import PRESETS
 from shardspec.runtime.engine import Engine
 from shardspec.runtime.request import Request
@@ -37,7 +37,7 @@ def test_route_keeps_the_top_k_and_normalises_per_family():
 def test_dense_dispatch_equals_a_loop_over_each_tokens_chosen_experts(preset):
     cfg = PRESETS[preset]
     with nnx.use_eager_sharding(False):
-        moe = SparseMoE(cfg, jnp.float32, nnx.Rngs(3))
+        moe = ExpertFFN(cfg, jnp.float32, nnx.Rngs(3))
     x = np.asarray(jax.random.normal(jax.random.key(0), (2, 5, cfg.hidden_size)))
     got = np.asarray(moe(jnp.asarray(x), layout=Layout()))
     router, gate, up, down = (

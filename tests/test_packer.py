@@ -97,7 +97,7 @@ def test_design_example():
         pack(schedule(A, B), sizes()),
         token_ids=i32(11, 12, 0, 0, 21, 22, 23, 0),
         prev_rows=i32(-1, -1, -1, -1, -1, -1, -1, -1),
-        positions=i32(5, 6, 0, 0, 6, 7, 8, 0),
+        positions=i32(5, 6, -1, -1, 6, 7, 8, -1),  # padding -1
         slot_mapping=i32(5, 6, 32, 32, 22, 23, 24, 32),  # padding: 8 pages * 4
         token_rows=i32(0, 0, 0, 0, 0, 0, 0, 0),
         block_tables=i32(
@@ -135,7 +135,7 @@ def test_empty_rank_is_all_padding():
         pack(schedule(A, B2), sizes(dp=3)),
         token_ids=i32(11, 12, 0, 0, 0, 0, 0, 0, 21, 22, 23, 0),
         prev_rows=i32(*[-1] * 12),
-        positions=i32(5, 6, 0, 0, 0, 0, 0, 0, 6, 7, 8, 0),
+        positions=i32(5, 6, *[-1] * 6, 6, 7, 8, -1),
         slot_mapping=i32(5, 6, 32, 32, 32, 32, 32, 32, 22, 23, 24, 32),
         token_rows=i32(*[0] * 12),
         block_tables=i32([3, 1, 0, 0], pad4, pad4, pad4, pad4, pad4, pad4, pad4, [2, 5, 6, 0], pad4, pad4, pad4),
@@ -173,7 +173,7 @@ def test_several_chunks_per_rank_prefill_and_decode():
         pack(steps, sizes(max_num_seqs=3)),
         token_ids=i32(1, 2, 3, 4, 5, 0, 0, 0, 6, 7, 8, 9, 10, 11, 12, 0),
         prev_rows=i32(*[-1] * 16),
-        positions=i32(0, 1, 2, 3, 9, 0, 0, 0, 3, 4, 5, 6, 7, 8, 0, 0),
+        positions=i32(0, 1, 2, 3, 9, -1, -1, -1, 3, 4, 5, 6, 7, 8, 0, -1),
         # pos 0-3 in page 7; pos 9 in page 2 (its 3rd) | pos 3 in page 4; pos 4-7 in page 6
         # (its 2nd), pos 8 in page 3 (its 3rd); pos 0 in page 1; padding 8 pages * 4
         slot_mapping=i32(28, 29, 30, 31, 9, 32, 32, 32, 19, 24, 25, 26, 27, 12, 4, 32),
@@ -207,7 +207,7 @@ def test_from_previous_step_tokens_read_prev_rows():
     packed = pack(schedule(decode_a, decode_b, new_c), sizes(), prev_rows=first.sampled_rows())
     assert_array_equal(packed.token_ids, i32(-1, 0, 0, 0, -1, 31, 32, 0))
     assert_array_equal(packed.prev_rows, i32(0, -1, -1, -1, 4, -1, -1, -1))
-    assert_array_equal(packed.positions, i32(7, 0, 0, 0, 9, 0, 1, 0))
+    assert_array_equal(packed.positions, i32(7, -1, -1, -1, 9, 0, 1, -1))
     assert_array_equal(packed.slot_mapping, i32(7, 32, 32, 32, 25, 16, 17, 32))
     assert_array_equal(packed.selector, i32(0, 4, 5))
     assert packed.sampled_rows() == {0: 0, 1: 4, 2: 5}

@@ -36,7 +36,7 @@ class PackedStep:
 
     token_ids: np.ndarray  # int32 [R*S]; FROM_PREVIOUS_STEP kept, padding 0
     prev_rows: np.ndarray  # int32 [R*S]; FROM_PREVIOUS_STEP: row in the previous sampled array, else -1
-    positions: np.ndarray  # int32 [R*S]; padding 0
+    positions: np.ndarray  # int32 [R*S]; padding -1
     slot_mapping: np.ndarray  # int32 [R*S]; rank-local KV slot, padding pages_per_rank*page_size
     token_rows: np.ndarray  # int32 [R*S]; local request row (0..Q-1) of the token's chunk, padding 0
     block_tables: np.ndarray  # int32 [R*Q, max_pages_per_seq]; padding 0
@@ -159,7 +159,7 @@ def pack(
         **layout.per_token(
             token_ids=(c.token_ids, 0),
             prev_rows=(_i32(prev), -1),
-            positions=(_i32(positions), 0),
+            positions=(_i32(positions), -1),  # -1: a padding token (a MoE routes it nowhere)
             slot_mapping=(_i32(slots), sizes.pages_per_rank * page_size),
             token_rows=(_i32(local_row[tok_chunk]), 0),
         ),

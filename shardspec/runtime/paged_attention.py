@@ -102,6 +102,7 @@ def attend_rank_reference(
     scores = jnp.einsum("skgd,slkd->skgl", qg, keys).astype(jnp.float32) * D**-0.5
     visible = jnp.arange(M * page)[None, :] <= positions[:, None]  # causal; [S, L]
     probs = jax.nn.softmax(jnp.where(visible[:, None, None, :], scores, -jnp.inf), axis=-1)
+    probs = jnp.where(visible.any(axis=1)[:, None, None, None], probs, 0.0)  # padding (position -1): 0, not NaN
     out = jnp.einsum("skgl,slkd->skgd", probs.astype(values.dtype), values).reshape(S, H, D)
     return out, k_cache, v_cache
 
