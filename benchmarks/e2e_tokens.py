@@ -3,15 +3,19 @@
 48 synthetic requests (prompts of 8–200 tokens, 8–48 out, EOS ignored) on 8
 simulated CPU devices, tokens/s after warm-up, best of REPEATS runs. The
 script uses only the engine's public API and the installed tree's own
-strategy file, so the same file measures an older tree of the project too
-(for before/after figures, run it under each).
+strategy file, so the same file measures an older tree of the project too:
+with `--before PYTHON` (an interpreter that has an older checkout installed)
+each model runs under both, alternately, and the JSON holds both figures and
+their ratio, measured side by side.
 
-    python benchmarks/e2e_tokens.py
+    python benchmarks/e2e_tokens.py [--before OLD_VENV/bin/python]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -63,11 +67,38 @@ def measure(model: str) -> dict:
     return {"tokens_per_s": round(tokens / best, 1), "generated_tokens": tokens}
 
 
-def main() -> dict:
+def commit(root: Path) -> str | None:
+    done = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
+def run_one(python: str, model: str) -> dict:
+    """This script under `python`, for one model (its own process: one tree per process)."""
+    done = subprocess.run([python, __file__, "--model", model], check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", help="an interpreter with an older checkout of the project installed")
+    parser.add_argument("--model", help=argparse.SUPPRESS)  # internal: measure one model in this process
+    args = parser.parse_args(argv)
+    if args.model:
+        out = {**measure(args.model), "commit": commit(ROOT)}
+        print(json.dumps(out))
+        return out
     out = {"benchmark": "e2e_tokens", "strategy": "attention_dp.yaml", "results": {}}
     for model in MODELS:
-        out["results"][model] = r = measure(model)
-        print(f"{model}: {r['tokens_per_s']} tok/s", file=sys.stderr)
+        runs = {"after": [], "before": []}
+        for _ in range(2 if args.before else 1):  # alternate: the machine's load changes over minutes
+            runs["after"].append(run_one(sys.executable, model))
+            if args.before:
+                runs["before"].append(run_one(args.before, model))
+        r = {k: max(v, key=lambda x: x["tokens_per_s"]) for k, v in runs.items() if v}
+        if args.before:
+            r["after_over_before"] = round(r["after"]["tokens_per_s"] / r["before"]["tokens_per_s"], 2)
+        out["results"][model] = r
+        print(f"{model}: {json.dumps(r)}", file=sys.stderr)
     print(json.dumps(out))
     return out
 

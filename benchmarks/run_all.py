@@ -21,6 +21,8 @@ BENCHMARKS = [
     "host_cost",
     "attention_scale",
     "vs_transformers",
+    "moe_flops",
+    "e2e_tokens",
     "routing_trace",
     "explain_latency",
     "serve_strategies",

@@ -88,9 +88,7 @@ class ExpertFFN(nnx.Module):
         return layout.constrain(jnp.einsum("btxf,xfe->bte", h, down), "mlp_out")
 
     def _sparse(self, x, weights, gate, up, down, layout: Layout):
-        B, T, _ = x.shape
-        X = gate.shape[0]
-        tile = tile_rows(B * T, self.experts_per_token, X)
+        X, k = gate.shape[0], self.experts_per_token
 
         def local(x, weights, gate, up, down):  # one device: its tokens, its experts
             b, t, e = x.shape
@@ -100,8 +98,8 @@ class ExpertFFN(nnx.Module):
                 gate,
                 up,
                 down,
-                experts_per_token=self.experts_per_token,
-                tile=tile,
+                experts_per_token=k,
+                tile=tile_rows(b * t, k, X),  # from the tokens this device holds
             )
             return out.reshape(b, t, e)
 

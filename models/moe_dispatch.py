@@ -13,13 +13,15 @@ not chosen (exact: 0 × finite = 0). X'/k times the routed FLOPs, a
 
 Sparse (dropless, exact): each token's chosen experts are listed as (token,
 expert, weight) assignments, sorted by expert, and each expert's run of
-assignments is cut into tiles of `tile` rows. A loop over the tiles actually
-used (the trip count is data: one compile serves every routing) gathers a
-tile's tokens, multiplies them by that tile's expert only, and adds the
-weighted result back to their rows. Compute is the routed work plus at most
-tile − 1 padding rows an expert; temp memory is one tile's [tile, F'] hidden
-and the [T, E] output. Pure JAX: XLA:CPU lowers `jax.lax.ragged_dot` to a
-dense dot over every expert, so it would save nothing here.
+assignments is cut into tiles of `tile` rows. A loop over the experts that
+have assignments reads each one's weights once; an inner loop over its tiles
+gathers a tile's tokens, multiplies them by that expert only and adds the
+weighted result back to their rows. Both trip counts are data, so one compile
+serves every routing. Compute is the routed work plus at most tile − 1
+padding rows an expert; weights are read once per expert used; temp memory
+is one expert's weights, one tile's [tile, F'] hidden and the [T, E] output.
+Pure JAX: XLA:CPU lowers `jax.lax.ragged_dot` to a dense dot over every
+expert, so it would save nothing here.
 """
 
 from __future__ import annotations
@@ -58,21 +60,25 @@ def sparse_experts(x, w, gate, up, down, *, experts_per_token: int, tile: int):
     weight = top_w.reshape(-1)[order]
     sizes = jnp.bincount(expert, length=X + 1)[:X]  # assignments per expert
     starts = jnp.cumsum(sizes) - sizes  # each expert's first sorted assignment
-    tiles = (sizes + tile - 1) // tile
-    tiles_end = jnp.cumsum(tiles)  # tile t belongs to the expert whose range holds it
+    busy = jnp.nonzero(sizes, size=X, fill_value=0)[0]  # experts with assignments, first
 
-    def one_tile(t, out):
-        e = jnp.searchsorted(tiles_end, t, side="right")
-        row = starts[e] + (t - (tiles_end[e] - tiles[e])) * tile + jnp.arange(tile)
-        real = row < starts[e] + sizes[e]
-        row = jnp.where(real, row, 0)
-        rows = token[row]
-        xs = x[rows]  # [tile, E]
-        h = jax.nn.silu(xs @ gate[e]) * (xs @ up[e])  # [tile, F']
-        h = h * jnp.where(real, weight[row], 0.0).astype(h.dtype)[:, None]
-        return out.at[rows].add((h @ down[e]).astype(out.dtype))
+    def one_expert(i, out):
+        e = busy[i]
+        g, u, d = gate[e], up[e], down[e]  # read once, shared by the expert's tiles
 
-    out = jax.lax.fori_loop(0, tiles_end[-1], one_tile, jnp.zeros((T, E), jnp.float32))
+        def one_tile(j, out):
+            row = starts[e] + j * tile + jnp.arange(tile)
+            real = row < starts[e] + sizes[e]
+            row = jnp.where(real, row, 0)
+            rows = token[row]
+            xs = x[rows]  # [tile, E]
+            h = jax.nn.silu(xs @ g) * (xs @ u)  # [tile, F']
+            h = h * jnp.where(real, weight[row], 0.0).astype(h.dtype)[:, None]
+            return out.at[rows].add((h @ d).astype(out.dtype))
+
+        return jax.lax.fori_loop(0, (sizes[e] + tile - 1) // tile, one_tile, out)
+
+    out = jax.lax.fori_loop(0, jnp.sum(sizes > 0), one_expert, jnp.zeros((T, E), jnp.float32))
     return out.astype(x.dtype)
 
 

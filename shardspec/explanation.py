@@ -62,8 +62,9 @@ def hlo_lines(hlo: dict[str, Any]) -> list[str]:
         lines.append(f"  {name:<7}  " + " · ".join(memory))
     lines += [
         "",
-        "FLOPs per device (XLA's cost analysis; ideal = 2 × parameters touched × tokens + attention "
-        "over one block of context, shardspec/flops.py):",
+        "FLOPs per device (XLA's cost analysis, which counts a loop's body once: the paged attention's "
+        "block, the sparse MoE's tile; ideal = 2 × parameters touched × tokens + attention over one "
+        "block of context, shardspec/flops.py):",
     ]
     for name, step in steps.items():
         lines.append(
@@ -304,12 +305,19 @@ def experts(plan: ShardingPlan) -> dict[str, Any] | None:
     return {
         "num_experts": layout.shape[0],
         "experts_per_token": plan.model.experts_per_token,
+        "dispatch": plan.strategy.runtime.moe_dispatch,
         "mesh_axes": list(axes),
         "per_device": per,
         "placement": [
             {"experts": list(range(k * per, (k + 1) * per)), "devices": sorted(d)} for k, d in sorted(groups.items())
         ],
     }
+
+
+MOE_DISPATCH = {
+    "sparse": "sparse, each token through its chosen experts only (sorted by expert, tiled grouped matmul)",
+    "dense": "dense, every expert on every token, masked by the routing weights (the reference)",
+}
 
 
 def expert_lines(plan: ShardingPlan) -> list[str]:
@@ -321,6 +329,7 @@ def expert_lines(plan: ShardingPlan) -> list[str]:
         "",
         f"experts: {e['num_experts']} a MoE layer (top {e['experts_per_token']} a token), "
         f"split over {over}: {e['per_device']} a device",
+        f"  dispatch: {MOE_DISPATCH[e['dispatch']]} (runtime.moe_dispatch)",
     ]
     for group in e["placement"]:
         first, last = group["experts"][0], group["experts"][-1]

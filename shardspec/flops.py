@@ -15,23 +15,35 @@ from __future__ import annotations
 from .models.config import LlamaConfig, MoEConfig
 
 
-def touched_per_token(config: LlamaConfig) -> int:
-    """Matmul parameters one token runs through in the decoder layers."""
+def _moe_layers(config: LlamaConfig) -> int:
+    if not isinstance(config, MoEConfig):
+        return 0
+    return sum(1 for layer in range(config.num_layers) if layer not in config.dense_layers)
+
+
+def touched_per_token(config: LlamaConfig, experts: int | None = None) -> int:
+    """Matmul parameters one token runs through in the decoder layers, `experts` of a MoE
+    layer's experts (default: the `experts_per_token` it is routed to)."""
     E, H, K, D = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
     attention = E * (H + 2 * K) * D + H * D * E  # q, k, v projections; o_proj
-    dense_ffn = 3 * E * config.mlp_size  # SwiGLU: gate, up, down
-    total = 0
-    for layer in range(config.num_layers):
-        if isinstance(config, MoEConfig) and layer not in config.dense_layers:
-            ffn = E * config.num_experts + config.experts_per_token * 3 * E * config.expert_mlp_size
-        else:
-            ffn = dense_ffn
-        total += attention + ffn
+    total = (attention + 3 * E * config.mlp_size) * (config.num_layers - _moe_layers(config))  # SwiGLU
+    if _moe_layers(config):
+        experts = config.experts_per_token if experts is None else experts
+        per_layer = attention + E * config.num_experts + experts * 3 * E * config.expert_mlp_size  # + router
+        total += per_layer * _moe_layers(config)
     return total
 
 
-def step_flops(config: LlamaConfig, tokens: int, sampled_rows: int, context: int) -> float:
-    """Ideal FLOPs of a step of `tokens` tokens, each attending to `context` positions."""
+def step_flops(
+    config: LlamaConfig, tokens: int, sampled_rows: int, context: int, expert_rows: float | None = None
+) -> float:
+    """Ideal FLOPs of a step of `tokens` tokens, each attending to `context` positions.
+
+    `expert_rows`: token rows each MoE layer runs through an expert's SwiGLU, if
+    not tokens × experts_per_token (the routed work)."""
     attention = 4 * config.num_heads * config.head_dim * context * config.num_layers
     lm_head = config.hidden_size * config.vocab_size
-    return 2.0 * touched_per_token(config) * tokens + 2.0 * lm_head * sampled_rows + attention * tokens
+    flops = 2.0 * touched_per_token(config, experts=0 if expert_rows is not None else None) * tokens
+    if expert_rows is not None:
+        flops += 2.0 * expert_rows * 3 * config.hidden_size * config.expert_mlp_size * _moe_layers(config)
+    return flops + 2.0 * lm_head * sampled_rows + attention * tokens

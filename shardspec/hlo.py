@@ -32,10 +32,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from .errors import Problem, ShardspecError, raise_all
 from .flops import step_flops
 from .model_info import own_model
+from .models.config import MoEConfig
+from .models.moe_dispatch import tile_rows
+from .per_shard import local_shape
 from .plan import ShardingPlan, build_plan
 from .runtime.paged_attention import BLOCK_TOKENS
 from .runtime.step import Step, allocate_kv_cache, padding_batch
@@ -119,15 +123,38 @@ def hlo_report(plan: ShardingPlan) -> dict[str, Any]:
 def ideal_flops(plan: ShardingPlan, stride: int) -> float:
     """The analytic FLOPs per device of a step of `stride` tokens a rank (`shardspec.flops`).
 
-    Attention counts one block of context per token: XLA's cost analysis counts a
-    loop's body once, and the paged attention's trip count is the step's data.
+    Loops count as XLA's cost analysis counts them, their body once (their trip
+    counts are the step's data): attention reads one block of context per
+    token, and a sparse MoE layer runs one tile on each device
+    (`benchmarks/moe_flops.py` counts the tiles a routing runs).
     """
     sizes, page = plan.runtime, plan.kv_cache.page_size
     context = max(1, BLOCK_TOKENS // page) * page
+    tokens = sizes.dp_ranks * stride
     total = step_flops(
-        plan.model.config, sizes.dp_ranks * stride, sizes.dp_ranks * sizes.request_stride(stride), context
+        plan.model.config,
+        tokens,
+        sizes.dp_ranks * sizes.request_stride(stride),
+        context,
+        expert_rows=_one_tile_rows(plan, tokens),
     )
     return total / plan.device_count
+
+
+def _one_tile_rows(plan: ShardingPlan, tokens: int) -> float | None:
+    """Expert rows a MoE layer's step costs, in the ideal's units (the whole mesh's rows of
+    a full expert hidden), when every device runs one tile; None unless dispatch is sparse."""
+    cfg = plan.model.config
+    if not isinstance(cfg, MoEConfig) or plan.strategy.runtime.moe_dispatch != "sparse":
+        return None
+    moe_layers = sorted(set(range(cfg.num_layers)) - set(cfg.dense_layers))
+    if not moe_layers:
+        return None
+    gate = next(p for p in plan.params if p.path == f"layers.{moe_layers[0]}.mlp.gate_proj")
+    experts_local, _, f_local = local_shape(gate.stored_shape, gate.spec, plan.mesh_shape)
+    (tokens_local,) = local_shape((tokens,), P(plan.activations["mlp_in"][0]), plan.mesh_shape)
+    tile = tile_rows(tokens_local, cfg.experts_per_token, cfg.num_experts)
+    return tile * plan.device_count * f_local / cfg.expert_mlp_size
 
 
 def _per_layer(full: dict[str, int], bare: dict[str, int], layers: int) -> dict[str, int | float]:

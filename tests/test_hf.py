@@ -77,6 +77,16 @@ def test_sharded_logits_equal_transformers(model_type, name):
         _assert_logits_match(got[i, : len(_sequence(ref, i))], ref[f"logits_{i}"])
 
 
+@pytest.mark.parametrize("model_type", MOE)
+def test_dense_moe_dispatch_logits_equal_transformers_too(model_type):
+    # The sparse dispatch (the default) runs in every case above; dense is the reference.
+    ref = _reference(model_type)
+    plan = compile(_strategy(model_type, STRATEGIES["ep"], runtime={"moe_dispatch": "dense"}))
+    got = np.asarray(apply(plan)(jnp.asarray(_batch(ref)), layout=plan.layout))
+    for i in range(2):
+        _assert_logits_match(got[i, : len(_sequence(ref, i))], ref[f"logits_{i}"])
+
+
 def _batch(ref, rows=8):
     """Both sequences, right-padded to one length (causal: padding never reaches them), repeated
     to `rows` so that every DP width divides the batch; one shape, one compile."""

@@ -1,4 +1,4 @@
-"""The MoE model: routing per family, dense dispatch against a per-token loop,
+"""The MoE model: routing per family, both dispatches against a per-token loop,
 expert parallelism with attention DP and model DP, and explain's expert map."""
 
 import gc
@@ -33,13 +33,14 @@ def test_route_keeps_the_top_k_and_normalises_per_family():
     np.testing.assert_allclose(qwen, [probs[0], 0, probs[2], 0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("dispatch", ["sparse", "dense"])
 @pytest.mark.parametrize("preset", ["mixtral-tiny", "qwen3-moe-tiny"])
-def test_dense_dispatch_equals_a_loop_over_each_tokens_chosen_experts(preset):
+def test_each_dispatch_equals_a_loop_over_each_tokens_chosen_experts(preset, dispatch):
     cfg = PRESETS[preset]
     with nnx.use_eager_sharding(False):
         moe = ExpertFFN(cfg, jnp.float32, nnx.Rngs(3))
     x = np.asarray(jax.random.normal(jax.random.key(0), (2, 5, cfg.hidden_size)))
-    got = np.asarray(moe(jnp.asarray(x), layout=Layout()))
+    got = np.asarray(moe(jnp.asarray(x), layout=Layout(moe_dispatch=dispatch)))
     router, gate, up, down = (
         np.asarray(p[...], np.float64) for p in (moe.router, moe.gate_proj, moe.up_proj, moe.down_proj)
     )
@@ -85,6 +86,8 @@ def test_explain_lists_which_experts_live_on_which_devices():
     text = explain(compile(load(MOE_EP), abstract_mesh=True))
     assert (
         "experts: 8 a MoE layer (top 2 a token), split over expert 4: 2 a device\n"
+        "  dispatch: sparse, each token through its chosen experts only (sorted by expert, tiled grouped "
+        "matmul) (runtime.moe_dispatch)\n"
         "  experts 0-1   devices 0 1\n"
         "  experts 2-3   devices 2 3\n"
         "  experts 4-5   devices 4 5\n"
