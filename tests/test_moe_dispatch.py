@@ -123,3 +123,19 @@ def test_served_sparse_tokens_equal_dense_with_chunked_prefill(path, overrides):
 def test_moe_dispatch_takes_sparse_or_dense_only():
     with pytest.raises(ShardspecError, match="runtime.moe_dispatch"):
         strategy(runtime={"moe_dispatch": "ragged"})
+
+
+def test_sparse_dispatch_reduce_scatters_where_tokens_split_next_and_costs_less():
+    # moe_attention_dp_ep: attn_dp 2 × model 2 × expert 2. Dense: GSPMD all-reduces the
+    # MoE output over all three, then slices it for attention; sparse reduce-scatters over
+    # attn_dp (each rank keeps its tokens) and all-reduces over expert and model.
+    from shardspec.hlo import hlo_report
+
+    path = ROOT / "strategies" / "moe_attention_dp_ep.yaml"
+    reports = {d: hlo_report(compile(load(path, overrides={"runtime.moe_dispatch": d}))) for d in ("sparse", "dense")}
+    sparse, dense = reports["sparse"]["prefill"], reports["dense"]["prefill"]
+    assert sparse["per_layer"]["reduce-scatter"] == 1 and dense["per_layer"]["reduce-scatter"] == 0
+    assert sparse["per_layer"]["all-reduce"] < dense["per_layer"]["all-reduce"]
+    assert sparse["flops"] < dense["flops"] / 2  # one tile counted, against every expert on every token
+    # The ideal counts the sparse loop as XLA does (one tile a device), so the ratio stays meaningful.
+    assert 1.0 <= sparse["flops_over_ideal"] < dense["flops_over_ideal"]
