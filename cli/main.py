@@ -11,6 +11,7 @@ from ._common import cluster_given, echo_notes, handle_errors, load_strategy
 from ._options import CoordinatorOpt, ModelOpt, NumProcessesOpt, ProcessIdOpt, SetOpt, StrategyArg
 from .launch import launch
 from .run import run
+from .serve import serve
 
 app = typer.Typer(
     add_completion=False,
@@ -155,6 +156,7 @@ def _count(total: int) -> str:
 
 
 app.command()(handle_errors(run))
+app.command()(handle_errors(serve))
 app.command(context_settings={"allow_interspersed_args": False})(handle_errors(launch))
 
 

@@ -86,6 +86,7 @@ class RuntimeConfig:
     max_num_seqs: int = 64  # per DP rank
     max_num_batched_tokens: int = 512  # per DP rank, per step
     routing: Literal["balanced", "least_tokens", "round_robin"] = "balanced"
+    max_waiting: int = 1024  # the server's queue bound: requests waiting over all DP ranks
     moe_dispatch: Literal["sparse", "dense"] = "sparse"  # sparse: each token meets its chosen experts only
     async_scheduling: bool = True
 

@@ -23,8 +23,6 @@ ATOL = 1e-4
 
 MOE_STRATEGIES = {
     "ep-tp": ("mixtral-tiny", {"tensor": 2, "attention_data": 1, "expert": 4}),
-    "model_dp-ep": ("mixtral-tiny", {"data": 2, "tensor": 2, "expert": 2}),
-    "attention_dp-ep": ("qwen3-moe-tiny", {"tensor": 4, "expert": 2}),  # attn_dp 2 × model 2 × EP 2
     "ep8": ("qwen3-moe-tiny", {"expert": 8}),
 }
 
@@ -77,7 +75,7 @@ def test_padding_tokens_route_nowhere(dispatch):
     np.testing.assert_allclose(out[:, :3], np.asarray(moe(x, layout))[:, :3], atol=1e-5)
 
 
-@pytest.mark.parametrize("name", list(MOE_STRATEGIES))
+@pytest.mark.parametrize("name", ["ep-tp", "ep8"])  # the served tests below cover attention DP and model DP
 def test_sharded_sparse_logits_equal_dense(name):
     preset, parallelism = MOE_STRATEGIES[name]
     tokens = jax.random.randint(jax.random.key(1), (4, 24), 0, PRESETS[preset].vocab_size)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
@@ -30,6 +31,18 @@ from .requests_io import make_request
 from .schedule import StepSchedule
 from .scheduler import DPScheduler
 from .step import Step, allocate_kv_cache, device_batch, local_rows, padding_batch
+from .text_stream import TextStream
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenDelta:
+    """A request's progress in one step: its new tokens (and their text, with a tokenizer)
+    and, on its last delta, its Output. A request's deltas concatenate to its output."""
+
+    id: str
+    token_ids: tuple[int, ...]
+    text: str | None = None
+    output: Output | None = None  # set once: the request finished
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +92,10 @@ class Engine:
         self._samples = self._step.initial_samples()
         self._next_id = 0
         self.metrics = Metrics(self.sizes.dp_ranks)
+        self._texts: dict[str, TextStream] = {}  # requests whose text is followed: stop strings, streaming
+        self.follow_text = False  # set by step_deltas(): stream every request's text
+        # add_request / abort may come from other threads while one thread steps the engine.
+        self._lock = threading.RLock()
 
     @classmethod
     def from_strategy(
@@ -94,16 +111,23 @@ class Engine:
 
         Raises ShardspecError for a bad request; an accepted one always finishes.
         """
-        if request is None:
-            request = self._validate(fields, str(self._next_id))
-        elif fields:
-            raise TypeError("pass a Request or fields, not both")
-        self._next_id += 1
-        try:
-            self.scheduler.add_request(request)
-        except ValueError as e:  # a duplicate id, or a request longer than a rank's pages
-            raise ShardspecError(str(e)) from None
-        return request.id
+        with self._lock:
+            if request is None:
+                request = self._validate(fields, str(self._next_id))
+            elif fields:
+                raise TypeError("pass a Request or fields, not both")
+            if request.stop and self.tokenizer is None:
+                raise ShardspecError(
+                    "stop strings need a model with a tokenizer", path="stop", hint="use stop_token_ids instead"
+                )
+            self._next_id += 1
+            try:
+                self.scheduler.add_request(request)
+            except ValueError as e:  # a duplicate id, or a request longer than a rank's pages
+                raise ShardspecError(str(e)) from None
+            if request.stop or (self.follow_text and self.tokenizer is not None):
+                self._texts[request.id] = TextStream(self.tokenizer, request.stop)
+            return request.id
 
     def _validate(self, fields: Mapping, default_id: str) -> Request:
         return make_request(
@@ -115,10 +139,13 @@ class Engine:
         )
 
     def abort(self, request_id: str) -> bool:
-        return self.scheduler.abort(request_id)
+        """Finish a request now as "abort" (its pages return); False if unknown or finished."""
+        with self._lock:
+            return self.scheduler.abort(request_id)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished() or self._inflight is not None
+        with self._lock:
+            return self.scheduler.has_unfinished() or self._inflight is not None
 
     # -- stepping ---------------------------------------------------------------------------
 
@@ -131,6 +158,23 @@ class Engine:
 
     def step(self) -> list[Output]:
         """Run one step; return the requests that finished."""
+        with self._lock:
+            self.scheduler.record_tokens = bool(self._texts) or self.follow_text
+            outputs, _ = self._step_once()
+            for out in outputs:
+                self._texts.pop(out.id, None)
+            return outputs
+
+    def step_deltas(self) -> list[TokenDelta]:
+        """Run one step; return every request's progress in it (see TokenDelta)."""
+        with self._lock:
+            self.follow_text = True  # from now on every request's text is followed (with a tokenizer)
+            self.scheduler.record_tokens = True
+            outputs, new = self._step_once()
+            return self._deltas(new, outputs)
+
+    def _step_once(self) -> tuple[list[Output], list[tuple[str, int]]]:
+        """One step: (finished outputs with their text, the (request id, token) pairs it took)."""
         start = time.perf_counter()
         schedule = self.scheduler.schedule()
         launched = None
@@ -151,10 +195,47 @@ class Engine:
         collect = launched if not self.async_scheduling else self._inflight
         self._inflight = launched if self.async_scheduling else None
         outputs = self._collect(collect) if collect else self.scheduler.take_finished()
+        new = self.scheduler.take_new_tokens()
+        outputs += self._stop_strings(new)
+        self.metrics.generated_tokens += sum(len(o.output_token_ids) for o in outputs)
         self._record(start, host)
-        if self.tokenizer is not None:
-            outputs = [dataclasses.replace(o, text=decode(self.tokenizer, o.output_token_ids)) for o in outputs]
-        return outputs
+        return [self._with_text(o) for o in outputs], new
+
+    def _stop_strings(self, new: list[tuple[str, int]]) -> list[Output]:
+        """Push new tokens into the requests' TextStreams; finish those a stop string ended."""
+        stopped = False
+        for rid, token in new:
+            text = self._texts.get(rid)
+            if text is None:
+                if not self.follow_text or self.tokenizer is None:
+                    continue
+                text = self._texts[rid] = TextStream(self.tokenizer)  # added before streaming began
+            if not text.stopped:
+                text.push((token,))
+                if text.stopped:
+                    stopped |= self.scheduler.abort(rid, reason="stop")
+        return self.scheduler.take_finished() if stopped else []
+
+    def _with_text(self, out: Output) -> Output:
+        if self.tokenizer is None:
+            return out
+        text = self._texts.get(out.id)
+        return dataclasses.replace(out, text=text.text if text else decode(self.tokenizer, out.output_token_ids))
+
+    def _deltas(self, new: list[tuple[str, int]], outputs: list[Output]) -> list[TokenDelta]:
+        """A step's tokens grouped by request (first-seen order), with their text; then finishes."""
+        tokens: dict[str, list[int]] = {}
+        for rid, token in new:
+            tokens.setdefault(rid, []).append(token)
+        finished = {o.id: o for o in outputs}
+        deltas = []
+        for rid in list(tokens) + [o.id for o in outputs if o.id not in tokens]:
+            out, text = finished.get(rid), self._texts.get(rid)
+            piece = text.take(final=out is not None) if text is not None else None
+            deltas.append(TokenDelta(rid, tuple(tokens.get(rid, ())), piece, out))
+        for rid in finished:
+            self._texts.pop(rid, None)
+        return deltas
 
     def _collect(self, done: _InFlight) -> list[Output]:
         tokens = fetch(done.sampled)[self._step.output_rows(done.packed)]
@@ -174,18 +255,19 @@ class Engine:
 
     # -- whole workloads --------------------------------------------------------------------
 
-    def stream(self, requests: Iterable[Request | Mapping] = ()) -> Iterator[Output]:
-        """Add `requests`, then yield every output as it finishes until none is left."""
+    def stream(self, requests: Iterable[Request | Mapping] = (), *, tokens: bool = False) -> Iterator:
+        """Add `requests`, then yield every Output as it finishes until none is left; with
+        `tokens=True`, every TokenDelta as steps produce them (a request's last carries its Output)."""
+        if tokens:
+            self.follow_text = True  # before the requests are added: each one's text is followed
         for r in requests:
             self.add_request(r) if isinstance(r, Request) else self.add_request(**r)
         idle = 0
         while self.has_unfinished():
             steps = self.metrics.steps
-            outputs = self.step()
-            for out in outputs:
-                self.metrics.generated_tokens += len(out.output_token_ids)
-                yield out
-            stalled = self.metrics.steps == steps and not outputs and self._inflight is None
+            events = self.step_deltas() if tokens else self.step()
+            yield from events
+            stalled = self.metrics.steps == steps and not events and self._inflight is None
             idle = idle + 1 if stalled else 0
             if idle > 100:  # a scheduler bug, never a user error: fail loudly, never hang
                 raise RuntimeError("the scheduler made no progress in 100 steps")

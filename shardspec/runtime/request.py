@@ -24,6 +24,7 @@ class Request:
     sampling: SamplingParams = SamplingParams()
     ignore_eos: bool = False
     stop_token_ids: tuple[int, ...] = ()
+    stop: tuple[str, ...] = ()  # stop strings: the output text ends before the first one found
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,6 +58,13 @@ def make_request(
     given = {k: fields[k] for k in _REQUEST_FIELDS if k in fields}
     if "stop_token_ids" in given:
         given["stop_token_ids"] = tuple(given["stop_token_ids"])
+    if "stop" in fields:
+        stop = fields["stop"]
+        given["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+        if tokenizer is None:
+            problems.append(
+                where.problem("stop", "stop strings need a model with a tokenizer", "use stop_token_ids instead")
+            )
     sampling = SamplingParams(**{k: _SAMPLING_FIELDS[k](fields[k]) for k in _SAMPLING_FIELDS if k in fields})
     request = Request(str(fields.get("id", default_id)), prompt, sampling=sampling, **given)
     if too_long := limits.request_len_problem(len(prompt), request.max_tokens):

@@ -78,6 +78,8 @@ class DPScheduler:
         self._outstanding: collections.deque[int] = collections.deque()  # non-empty steps not yet updated
         self.preemptions = 0
         self.spills = 0
+        self.record_tokens = False  # keep each update()'s (request id, token) pairs for streaming
+        self._new_tokens: list[tuple[str, int]] = []
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -94,20 +96,28 @@ class DPScheduler:
         self.waiting.push(rank, seq)
         return seq_id
 
-    def abort(self, request_id: str) -> bool:
-        """Finish an unfinished request as "abort" (its tokens so far kept); False if unknown or finished."""
+    def abort(self, request_id: str, reason: FinishReason = "abort") -> bool:
+        """Finish an unfinished request now (its tokens so far kept), as "abort" or, for a stop
+        string the engine found, "stop"; False if unknown or finished."""
         seq = self._by_request.get(request_id)
         if seq is None:
             return False
-        self._finish(seq, "abort")
+        self._finish(seq, reason)
         return True
+
+    def take_new_tokens(self) -> list[tuple[str, int]]:
+        """(request id, token) of every token `update()` took since the last call, in order
+        (kept only while `record_tokens` is set)."""
+        out, self._new_tokens = self._new_tokens, []
+        return out
 
     def take_finished(self) -> list[Output]:
         out, self._finished = self._finished, []
         return out
 
     def has_unfinished(self) -> bool:
-        return bool(self._seqs)
+        """Requests still running or waiting, or finished with their Output not yet taken."""
+        return bool(self._seqs) or bool(self._finished)
 
     def stats(self) -> dict:
         """Per-rank lists `running`, `waiting`, `pages_used`, `load` (tokens still to run, see
@@ -193,6 +203,8 @@ class DPScheduler:
         sl.tokens[gs, sl.prompt_len[gs] + sl.received[gs]] = tok
         sl.received[gs] += 1
         sl.pending[gs] -= 1
+        if self.record_tokens:
+            self._new_tokens += zip([sl.seq[slot].request.id for slot in gs.tolist()], tok.tolist())
         stopped = (sl.stops[gs] == tok[:, None]).any(axis=1)
         done = stopped | (sl.received[gs] >= sl.max_tokens[gs])
         for slot, stop in zip(gs[done].tolist(), stopped[done].tolist()):

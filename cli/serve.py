@@ -1,0 +1,45 @@
+"""`shardspec serve`: the OpenAI-compatible HTTP server (`shardspec/server/`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._common import echo_notes, load_strategy
+from ._options import ModelOpt, SetOpt, StrategyArg
+
+
+def serve(
+    ctx: typer.Context,
+    strategy: StrategyArg,
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free one).")] = 8000,
+    served_model_name: Annotated[
+        str | None, typer.Option("--served-model-name", help="The model name clients ask for (default: the model's).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the parameters of a preset (no checkpoint).")] = 0,
+    overrides: SetOpt = None,
+):
+    """Serve the strategy's model over HTTP: /v1/completions, /v1/chat/completions (streamed
+    with `stream: true`), /v1/models, /health and /metrics.
+
+    Compiles every token bucket before it listens; SIGTERM or Ctrl-C stops accepting,
+    aborts what is still running and exits 0.
+    """
+    import uvicorn
+
+    from shardspec.devices import compile_on_devices
+    from shardspec.plan import compile
+    from shardspec.runtime.engine import Engine
+    from shardspec.server.app import build_app
+
+    loaded = load_strategy(strategy, model, overrides)
+    compile(loaded, abstract_mesh=True)  # every user error before any device work
+    plan, notes = compile_on_devices(loaded, None, None, None)
+    echo_notes(notes)
+    engine = Engine(plan, seed=seed)
+    name = served_model_name or plan.model.name
+    typer.echo(f"serving {name} ({loaded.name}, {plan.dp_ranks} DP ranks) on http://{host}:{port}", err=True)
+    uvicorn.run(build_app(engine, name), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

@@ -1,0 +1,1 @@
+"""`shardspec serve`: an OpenAI-compatible HTTP server over the engine (`app.build_app`)."""
