@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
 import typer
@@ -42,4 +43,7 @@ def serve(
     engine = Engine(plan, seed=seed)
     name = served_model_name or plan.model.name
     typer.echo(f"serving {name} ({loaded.name}, {plan.dp_ranks} DP ranks) on http://{host}:{port}", err=True)
+    # uvicorn shuts down gracefully on SIGTERM, then raises it again under the handler found
+    # at start: a no-op one makes that a clean exit 0, as a service manager expects.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(build_app(engine, name), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

@@ -220,7 +220,7 @@ class Engine:
         if self.tokenizer is None:
             return out
         text = self._texts.get(out.id)
-        return dataclasses.replace(out, text=text.text if text else decode(self.tokenizer, out.output_token_ids))
+        return dataclasses.replace(out, text=text.finish() if text else decode(self.tokenizer, out.output_token_ids))
 
     def _deltas(self, new: list[tuple[str, int]], outputs: list[Output]) -> list[TokenDelta]:
         """A step's tokens grouped by request (first-seen order), with their text; then finishes."""

@@ -36,6 +36,15 @@ class TextStream:
             self._tokens.append(int(token))
             self._decode_next()
 
+    def finish(self) -> str:
+        """The request ended: add what the last tokens decode to even if incomplete (as a whole
+        decode would show it); return the final text."""
+        if not self.stopped:
+            window = self._decode(self._tokens[self._prefix :])
+            self.text += window[len(self._decode(self._tokens[self._prefix : self._read])) :]
+            self._prefix = self._read = len(self._tokens)
+        return self.text
+
     def take(self, final: bool = False) -> str:
         """The text settled since the last take(); everything left when `final`."""
         upto = len(self.text) if final or self.stopped else max(self._sent, len(self.text) - self._hold)

@@ -1,0 +1,261 @@
+"""`shardspec serve` on 127.0.0.1, driven by the real `openai` client: the tokens `run` gives,
+streamed deltas equal to the whole, stop strings, bad requests, 429, disconnects, a load
+test, metrics and SIGTERM. One server process for the module (startup compiles)."""
+
+import concurrent.futures
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from shardspec import compile, load
+from shardspec.runtime.engine import Engine
+from shardspec.server.chat_template import load_chat_template
+
+from conftest import ROOT
+
+LLAMA = ROOT / "tests" / "fixtures" / "hf" / "llama"
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+STRATEGY = {"devices": 1, "runtime": {"max_num_seqs": 8, "max_num_batched_tokens": 64, "max_waiting": 16}}
+PROMPTS = ["Hello there", "One two three", "a b c d e f g"]
+
+
+def _checkpoint(tmp: Path) -> Path:
+    """The tiny llama checkpoint plus a chat template."""
+    ck = tmp / "llama-chat"
+    ck.mkdir()
+    for f in LLAMA.iterdir():
+        (ck / f.name).symlink_to(f)
+    (ck / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "chat_template": TEMPLATE}))
+    return ck
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    ck = _checkpoint(tmp)
+    (tmp / "s.yaml").write_text(json.dumps({"name": "serve-test", **STRATEGY}))
+    port = _free_port()
+    cmd = [sys.executable, "-m", "shardspec.cli.main", "serve", str(tmp / "s.yaml"), "--model", str(ck)]
+    log = open(tmp / "server.log", "w")  # noqa: SIM115 (closed at teardown)
+    proc = subprocess.Popen([*cmd, "--port", str(port), "--served-model-name", "tiny"], stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, (tmp / "server.log").read_text()
+        assert time.monotonic() < deadline, "the server did not come up"
+        time.sleep(0.5)
+    yield {"base": base, "proc": proc, "checkpoint": ck}
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def reference(server):
+    """What `shardspec run` computes for the same strategy and checkpoint: the Engine."""
+    return Engine(compile(load({**STRATEGY, "model": str(server["checkpoint"])})))
+
+
+def _client(server, **kwargs) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server["base"] + "/v1", api_key="none", **kwargs)
+
+
+def _greedy(reference, prompts, **fields):
+    requests = [{"prompt": p, "max_tokens": 10, "ignore_eos": True, **fields} for p in prompts]
+    return reference.generate(requests)
+
+
+def test_completions_give_the_tokens_run_gives_and_streams_add_up(server, reference):
+    client = _client(server)
+    want = _greedy(reference, PROMPTS)
+    got = client.completions.create(
+        model="tiny", prompt=PROMPTS, max_tokens=10, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert [c.token_ids for c in got.choices] == [list(o.output_token_ids) for o in want]
+    assert [c.text for c in got.choices] == [o.text for o in want]
+    assert got.usage.completion_tokens == 30
+    text, tokens, reasons = {}, {}, {}
+    for chunk in client.completions.create(
+        model="tiny", prompt=PROMPTS, max_tokens=10, temperature=0, stream=True, extra_body={"ignore_eos": True}
+    ):
+        for c in chunk.choices:
+            text[c.index] = text.get(c.index, "") + c.text
+            tokens[c.index] = tokens.get(c.index, []) + c.token_ids
+            if c.finish_reason:
+                reasons[c.index] = c.finish_reason
+    assert [text[i] for i in range(3)] == [c.text for c in got.choices]
+    assert [tokens[i] for i in range(3)] == [c.token_ids for c in got.choices]
+    assert reasons == {0: "length", 1: "length", 2: "length"}
+
+
+def test_chat_applies_the_template_and_streams_the_same_content(server, reference):
+    client = _client(server)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    template = load_chat_template(str(server["checkpoint"]))
+    ids = reference.tokenizer.encode(template.render(messages), add_special_tokens=False).ids
+    want = reference.generate([{"prompt_token_ids": ids, "max_tokens": 8, "ignore_eos": True}])[0]
+    got = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=8, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert got.choices[0].token_ids == list(want.output_token_ids)
+    assert got.choices[0].message.content == want.text and got.choices[0].message.role == "assistant"
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=8, temperature=0, stream=True, extra_body={"ignore_eos": True}
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == want.text
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_a_stop_string_ends_the_completion_before_it(server, reference):
+    full = _greedy(reference, PROMPTS[1:2])[0]
+    stop = full.text[2:4]
+    got = _client(server).completions.create(
+        model="tiny", prompt=PROMPTS[1], max_tokens=10, temperature=0, stop=stop, extra_body={"ignore_eos": True}
+    )
+    assert got.choices[0].finish_reason == "stop" and got.choices[0].text == full.text[: full.text.index(stop)]
+
+
+@pytest.mark.parametrize(
+    "fields, status, param",
+    [
+        ({"max_tokens": 0}, 400, "max_tokens"),
+        ({"colour": "red"}, 400, "colour"),
+        ({"temperature": -1}, 400, "temperature"),
+        ({"max_tokens": 100_000}, 400, "max_tokens"),  # beyond max_model_len
+        ({"prompt": [10**7]}, 400, "prompt_token_ids"),  # outside the vocabulary
+        ({"logprobs": 2}, 400, "logprobs"),
+        ({"model": "gpt-9"}, 404, "model"),
+    ],
+)
+def test_bad_requests_are_openai_errors_naming_the_field(server, fields, status, param):
+    body = {"model": "tiny", "prompt": "hello", **fields}
+    response = httpx.post(server["base"] + "/v1/completions", json=body, timeout=30)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["message"]
+
+
+def test_the_openai_client_sees_its_error_types(server):
+    client = _client(server, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="other", prompt="x")
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model="tiny", prompt="x", max_tokens=0)
+
+
+def _metric(server, name: str) -> float:
+    text = httpx.get(server["base"] + "/metrics", timeout=10).text
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def _wait_idle(server, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while _metric(server, "shardspec_requests_running") or _metric(server, "shardspec_requests_waiting"):
+        assert time.monotonic() < deadline, "requests still running"
+        time.sleep(0.2)
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_request(server):
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 200, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", server["base"] + "/v1/completions", json=body, timeout=30) as response:
+        next(response.iter_lines())  # the first chunk: it runs
+    _wait_idle(server)
+    assert _metric(server, 'shardspec_rank_kv_usage{rank="0"}') == 0.0  # every page back
+
+
+def test_a_full_waiting_queue_answers_429_with_retry_after(server):
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 60, "ignore_eos": True}
+    with concurrent.futures.ThreadPoolExecutor(40) as pool:
+        responses = list(
+            pool.map(lambda _: httpx.post(server["base"] + "/v1/completions", json=body, timeout=120), range(40))
+        )
+    full = [r for r in responses if r.status_code == 429]
+    assert full and all(
+        r.headers["retry-after"] == "1" and r.json()["error"]["type"] == "rate_limit_error" for r in full
+    )
+    assert all(r.status_code in (200, 429) for r in responses)
+    _wait_idle(server)
+
+
+def test_hundreds_of_concurrent_streams_each_get_one_complete_response(server):
+    client = _client(server, max_retries=30)  # the client backs off on 429 as Retry-After says
+
+    def one(i):
+        finishes, tokens = [], 0
+        for chunk in client.completions.create(
+            model="tiny",
+            prompt=f"request {i}",
+            max_tokens=1 + i % 7,
+            stream=True,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+        ):
+            for c in chunk.choices:
+                tokens += len(c.token_ids)
+                if c.finish_reason:
+                    finishes.append(c.finish_reason)
+        return finishes, tokens, 1 + i % 7
+
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(one, range(200)))
+    assert all(finishes == ["length"] and tokens == want for finishes, tokens, want in results)
+    _wait_idle(server)
+    assert _metric(server, 'shardspec_rank_kv_usage{rank="0"}') == 0.0
+
+
+def test_metrics_name_what_a_serving_dashboard_needs(server):
+    text = httpx.get(server["base"] + "/metrics", timeout=10).text
+    for name in (
+        "shardspec_requests_running",
+        "shardspec_requests_waiting",
+        "shardspec_kv_usage_max",
+        "shardspec_padding_efficiency",
+        "shardspec_preemptions_total",
+        "shardspec_generated_tokens_total",
+        "shardspec_time_to_first_token_seconds_bucket",
+        "shardspec_time_per_output_token_seconds_bucket",
+        "shardspec_e2e_request_latency_seconds_bucket",
+        'shardspec_rank_requests_running{rank="0"}',
+    ):
+        assert name in text, name
+    models = _client(server).models.list()
+    assert [m.id for m in models.data] == ["tiny"]
+
+
+def test_sigterm_ends_streams_and_exits_0(server):
+    proc = server["proc"]
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 240, "stream": True, "ignore_eos": True}
+    lines = []
+    with httpx.stream("POST", server["base"] + "/v1/completions", json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if not lines:
+                proc.send_signal(signal.SIGTERM)
+            lines.append(line)
+    assert [line for line in lines if line][-1] == "data: [DONE]"  # finished or aborted, never cut
+    assert proc.wait(timeout=30) == 0
