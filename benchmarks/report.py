@@ -376,6 +376,25 @@ def _e2e(r: dict) -> list[str]:
     ]
 
 
+def _serve_http(r: dict) -> list[str]:
+    rows = [
+        [n, v["tokens_per_s"], f"{v['http_over_offline']}×", v["ttft_p50_ms"], v["ttft_p99_ms"], v["tpot_p50_ms"]]
+        for n, v in r["clients"].items()
+    ]
+    return [
+        "## The HTTP path: shardspec serve against the engine offline",
+        "",
+        f"llama3-tiny on one CPU device, {r['requests']} requests of {r['prompt_tokens']} prompt tokens and "
+        f"{r['output_tokens']} out, streamed by N concurrent `openai` clients over loopback, against the engine "
+        f"serving the same requests offline in the same run ({r['offline_tokens_per_s']} tokens/s, best of 3).",
+        "",
+        *_table(["clients", "tokens/s", "÷ offline", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms"], rows),
+        "",
+        "Command: `python benchmarks/serve_http.py`",
+        "",
+    ]
+
+
 def write_report(results: Path, target: Path) -> None:
     lines = [
         "# Benchmarks",
@@ -392,6 +411,7 @@ def write_report(results: Path, target: Path) -> None:
         ("vs_transformers", _vs_transformers),
         ("moe_flops", _moe_flops),
         ("e2e_tokens", _e2e),
+        ("serve_http", _serve_http),
         ("routing_trace", None),
         ("explain_latency", _explain),
         ("serve_strategies", _serve),

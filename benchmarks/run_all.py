@@ -23,6 +23,7 @@ BENCHMARKS = [
     "vs_transformers",
     "moe_flops",
     "e2e_tokens",
+    "serve_http",
     "routing_trace",
     "explain_latency",
     "serve_strategies",

@@ -149,7 +149,7 @@ def test_a_stop_string_ends_the_completion_before_it(server, reference):
         ({"temperature": -1}, 400, "temperature"),
         ({"max_tokens": 100_000}, 400, "max_tokens"),  # beyond max_model_len
         ({"prompt": [10**7]}, 400, "prompt_token_ids"),  # outside the vocabulary
-        ({"logprobs": 2}, 400, "logprobs"),
+        ({"logprobs": 6}, 400, "logprobs"),  # OpenAI's completions allow at most 5
         ({"model": "gpt-9"}, 404, "model"),
     ],
 )
@@ -167,6 +167,43 @@ def test_the_openai_client_sees_its_error_types(server):
         client.completions.create(model="other", prompt="x")
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         client.completions.create(model="tiny", prompt="x", max_tokens=0)
+
+
+def test_logprobs_are_the_engines_in_openai_shapes(server, reference):
+    client = _client(server)
+    want = _greedy(reference, PROMPTS[:1], logprobs=2)[0].logprobs
+    got = client.completions.create(
+        model="tiny", prompt=PROMPTS[0], max_tokens=10, temperature=0, logprobs=2, extra_body={"ignore_eos": True}
+    )
+    lp = got.choices[0].logprobs
+    assert lp.token_logprobs == pytest.approx([t.logprob for t in want], abs=1e-5)
+    # OpenAI's shape is a dict by token text: two ids that decode alike (byte pieces) share a key.
+    assert len(lp.top_logprobs) == 10 and all(1 <= len(top) <= 2 for top in lp.top_logprobs)
+    streamed = []
+    for chunk in client.completions.create(
+        model="tiny",
+        prompt=PROMPTS[0],
+        max_tokens=10,
+        temperature=0,
+        logprobs=2,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    ):
+        if chunk.choices[0].logprobs:
+            streamed += chunk.choices[0].logprobs.token_logprobs
+    assert streamed == pytest.approx(lp.token_logprobs, abs=1e-5)
+    chat = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+        extra_body={"ignore_eos": True},
+    )
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 4 and all(len(c.top_logprobs) == 3 for c in content)
+    assert all(c.top_logprobs[0].logprob >= c.logprob - 1e-6 for c in content)  # greedy: the top one
 
 
 def _metric(server, name: str) -> float:

@@ -110,3 +110,37 @@ def test_an_abort_is_delivered_by_the_step_loop(async_scheduling):
     while engine.has_unfinished():
         outputs += engine.step()
     assert sorted((o.id, o.finish_reason) for o in outputs) == [("a", "abort"), ("b", "abort")]
+
+
+@pytest.mark.parametrize("path", ["tp.yaml", "attention_dp.yaml"])
+def test_logprobs_are_the_log_softmax_of_the_reference_logits(path):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from shardspec import apply
+
+    plan = compile(load(ROOT / "strategies" / path, overrides={"kv_cache.dtype": "float32"}))
+    engine = Engine(plan)
+    rng = np.random.default_rng(0)
+    requests = [
+        {"prompt_token_ids": rng.integers(0, 512, n).tolist(), "max_tokens": 6, "ignore_eos": True, "logprobs": k}
+        for n, k in [(5, 3), (17, 0), (9, 20)]
+    ] + [{"prompt_token_ids": [1, 2, 3], "max_tokens": 4, "ignore_eos": True}]  # asks for none
+    outputs = engine.generate(requests)
+    assert outputs[3].logprobs is None
+    reference = apply(plan)
+    for request, out in zip(requests[:3], outputs[:3]):
+        tokens = list(request["prompt_token_ids"]) + list(out.output_token_ids)
+        logits = reference(jnp.asarray([tokens]))[0, len(request["prompt_token_ids"]) - 1 : -1]
+        want = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
+        assert [t.token_id for t in out.logprobs] == list(out.output_token_ids)
+        for i, t in enumerate(out.logprobs):
+            assert abs(t.logprob - want[i, t.token_id]) < 1e-4
+            assert len(t.top) == request["logprobs"]
+            assert [tok for tok, _ in t.top] == np.argsort(-want[i])[: len(t.top)].tolist()
+            np.testing.assert_allclose([lp for _, lp in t.top], np.sort(want[i])[::-1][: len(t.top)], atol=1e-4)
+    streamed = [d for d in engine.stream([dict(requests[0], id="s")], tokens=True)]
+    alone = sum((d.logprobs or () for d in streamed), ())  # another batch: the same within float rounding
+    assert [t.token_id for t in alone] == [t.token_id for t in outputs[0].logprobs]
+    np.testing.assert_allclose([t.logprob for t in alone], [t.logprob for t in outputs[0].logprobs], atol=1e-5)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import jax
+import numpy as np
 
 from ..distributed import fetch
 from ..errors import ShardspecError
@@ -26,7 +27,7 @@ from ..protocol import ServableModel
 from ..tokenizer import decode, load_tokenizer
 from .metrics import Metrics
 from .packer import PackedStep, pack
-from .request import Output, Request
+from .request import Output, Request, TokenLogprob
 from .requests_io import make_request
 from .schedule import StepSchedule
 from .scheduler import DPScheduler
@@ -43,6 +44,7 @@ class TokenDelta:
     token_ids: tuple[int, ...]
     text: str | None = None
     output: Output | None = None  # set once: the request finished
+    logprobs: tuple[TokenLogprob, ...] | None = None  # one per new token, when the request asked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +96,10 @@ class Engine:
         self.metrics = Metrics(self.sizes.dp_ranks)
         self._texts: dict[str, TextStream] = {}  # requests whose text is followed: stop strings, streaming
         self.follow_text = False  # set by step_deltas(): stream every request's text
-        # add_request / abort may come from other threads while one thread steps the engine.
-        self._lock = threading.RLock()
+        self._logprobs: dict[str, tuple[int, list[TokenLogprob]]] = {}  # request -> (top N, one per token)
+        # Held by every step, add_request and abort: other threads may add and abort while one
+        # thread steps; hold it to read the scheduler's state consistently (the server's metrics).
+        self.lock = threading.RLock()
 
     @classmethod
     def from_strategy(
@@ -111,7 +115,7 @@ class Engine:
 
         Raises ShardspecError for a bad request; an accepted one always finishes.
         """
-        with self._lock:
+        with self.lock:
             if request is None:
                 request = self._validate(fields, str(self._next_id))
             elif fields:
@@ -127,6 +131,8 @@ class Engine:
                 raise ShardspecError(str(e)) from None
             if request.stop or (self.follow_text and self.tokenizer is not None):
                 self._texts[request.id] = TextStream(self.tokenizer, request.stop)
+            if request.logprobs is not None:
+                self._logprobs[request.id] = (request.logprobs, [])
             return request.id
 
     def _validate(self, fields: Mapping, default_id: str) -> Request:
@@ -140,11 +146,11 @@ class Engine:
 
     def abort(self, request_id: str) -> bool:
         """Finish a request now as "abort" (its pages return); False if unknown or finished."""
-        with self._lock:
+        with self.lock:
             return self.scheduler.abort(request_id)
 
     def has_unfinished(self) -> bool:
-        with self._lock:
+        with self.lock:
             return self.scheduler.has_unfinished() or self._inflight is not None
 
     # -- stepping ---------------------------------------------------------------------------
@@ -153,13 +159,13 @@ class Engine:
         """Compile every token bucket now, with padding-only steps that change nothing."""
         for stride in self.sizes.token_buckets:
             sampled, self._caches = self._step(self._caches, padding_batch(self.sizes, stride), self._samples)
-            sampled.block_until_ready()
+            sampled.tokens.block_until_ready()
         self.metrics.compiles = self._step.traces
 
     def step(self) -> list[Output]:
         """Run one step; return the requests that finished."""
-        with self._lock:
-            self.scheduler.record_tokens = bool(self._texts) or self.follow_text
+        with self.lock:
+            self.scheduler.record_tokens = bool(self._texts or self._logprobs) or self.follow_text
             outputs, _ = self._step_once()
             for out in outputs:
                 self._texts.pop(out.id, None)
@@ -167,14 +173,14 @@ class Engine:
 
     def step_deltas(self) -> list[TokenDelta]:
         """Run one step; return every request's progress in it (see TokenDelta)."""
-        with self._lock:
+        with self.lock:
             self.follow_text = True  # from now on every request's text is followed (with a tokenizer)
             self.scheduler.record_tokens = True
             outputs, new = self._step_once()
             return self._deltas(new, outputs)
 
-    def _step_once(self) -> tuple[list[Output], list[tuple[str, int]]]:
-        """One step: (finished outputs with their text, the (request id, token) pairs it took)."""
+    def _step_once(self) -> tuple[list[Output], list[tuple[str, int, TokenLogprob | None]]]:
+        """One step: (finished outputs, complete, and the (request id, token, logprob) it took)."""
         start = time.perf_counter()
         schedule = self.scheduler.schedule()
         launched = None
@@ -182,8 +188,9 @@ class Engine:
             prev = local_rows(self._inflight.packed) if self._inflight else None
             packed = pack(schedule, self.sizes, prev_rows=prev)
             host = time.perf_counter() - start  # scheduling and packing, before the dispatch
-            samples = self._inflight.sampled if self._inflight else self._samples
-            sampled, self._caches = self._step(self._caches, device_batch(packed), samples)
+            samples = self._inflight.sampled.tokens if self._inflight else self._samples
+            batch = device_batch(packed, self._logprob_rows(packed))
+            sampled, self._caches = self._step(self._caches, batch, samples)
             launched = _InFlight(schedule, packed, sampled)
             self.metrics.record_step(
                 packed.real_tokens, packed.padded_tokens, schedule.tokens_per_rank(self.sizes.dp_ranks)
@@ -195,16 +202,44 @@ class Engine:
         collect = launched if not self.async_scheduling else self._inflight
         self._inflight = launched if self.async_scheduling else None
         outputs = self._collect(collect) if collect else self.scheduler.take_finished()
-        new = self.scheduler.take_new_tokens()
+        new = self._with_logprobs(self.scheduler.take_new_tokens(), collect)
         outputs += self._stop_strings(new)
         self.metrics.generated_tokens += sum(len(o.output_token_ids) for o in outputs)
         self._record(start, host)
-        return [self._with_text(o) for o in outputs], new
+        return [self._complete(o) for o in outputs], new
 
-    def _stop_strings(self, new: list[tuple[str, int]]) -> list[Output]:
+    def _logprob_rows(self, packed: PackedStep) -> np.ndarray | None:
+        """Each request row's top logprobs wanted (-1: none) for the step's device batch."""
+        if not self._logprobs:
+            return None
+        rows = np.full(len(packed.seq_lens), -1, np.int32)
+        for row, seq_id in zip(packed.selector.tolist(), packed.sampled_seq_ids.tolist()):
+            wanted = self._logprobs.get(self.scheduler.request_id(seq_id))
+            if wanted is not None:
+                rows[row] = wanted[0]
+        return rows
+
+    def _with_logprobs(self, new, done: _InFlight | None) -> list[tuple[str, int, TokenLogprob | None]]:
+        """The step's (request id, token, sample index) as (request id, token, its logprob if asked)."""
+        if not self._logprobs or done is None or not any(rid in self._logprobs for rid, _, _ in new):
+            return [(rid, token, None) for rid, token, _ in new]
+        rows = self._step.output_rows(done.packed)
+        lp, top, ids = (fetch(x)[rows] for x in (done.sampled.logprob, done.sampled.top_logprobs, done.sampled.top_ids))
+        out = []
+        for rid, token, k in new:
+            entry = None
+            if rid in self._logprobs:
+                n, log = self._logprobs[rid]
+                pairs = tuple(zip(ids[k, :n].tolist(), top[k, :n].tolist()))
+                entry = TokenLogprob(token, float(lp[k]), pairs)
+                log.append(entry)
+            out.append((rid, token, entry))
+        return out
+
+    def _stop_strings(self, new) -> list[Output]:
         """Push new tokens into the requests' TextStreams; finish those a stop string ended."""
         stopped = False
-        for rid, token in new:
+        for rid, token, _ in new:
             text = self._texts.get(rid)
             if text is None:
                 if not self.follow_text or self.tokenizer is None:
@@ -216,29 +251,36 @@ class Engine:
                     stopped |= self.scheduler.abort(rid, reason="stop")
         return self.scheduler.take_finished() if stopped else []
 
-    def _with_text(self, out: Output) -> Output:
+    def _complete(self, out: Output) -> Output:
+        """A finished request's Output with its text and logprobs."""
+        if out.id in self._logprobs:
+            out = dataclasses.replace(out, logprobs=tuple(self._logprobs.pop(out.id)[1]))
         if self.tokenizer is None:
             return out
-        text = self._texts.get(out.id)
+        text = self._texts.get(out.id)  # kept for the request's last delta; let go by step() / _deltas()
         return dataclasses.replace(out, text=text.finish() if text else decode(self.tokenizer, out.output_token_ids))
 
-    def _deltas(self, new: list[tuple[str, int]], outputs: list[Output]) -> list[TokenDelta]:
+    def _deltas(self, new, outputs: list[Output]) -> list[TokenDelta]:
         """A step's tokens grouped by request (first-seen order), with their text; then finishes."""
         tokens: dict[str, list[int]] = {}
-        for rid, token in new:
+        logprobs: dict[str, list[TokenLogprob]] = {}
+        for rid, token, entry in new:
             tokens.setdefault(rid, []).append(token)
+            if entry is not None:
+                logprobs.setdefault(rid, []).append(entry)
         finished = {o.id: o for o in outputs}
         deltas = []
         for rid in list(tokens) + [o.id for o in outputs if o.id not in tokens]:
             out, text = finished.get(rid), self._texts.get(rid)
             piece = text.take(final=out is not None) if text is not None else None
-            deltas.append(TokenDelta(rid, tuple(tokens.get(rid, ())), piece, out))
+            lp = tuple(logprobs[rid]) if rid in logprobs else None
+            deltas.append(TokenDelta(rid, tuple(tokens.get(rid, ())), piece, out, lp))
         for rid in finished:
             self._texts.pop(rid, None)
         return deltas
 
     def _collect(self, done: _InFlight) -> list[Output]:
-        tokens = fetch(done.sampled)[self._step.output_rows(done.packed)]
+        tokens = fetch(done.sampled.tokens)[self._step.output_rows(done.packed)]
         t0 = time.perf_counter()
         outputs = self.scheduler.update(done.schedule, tokens)  # one token per sampled chunk, schedule order
         self.metrics.host_seconds += time.perf_counter() - t0

@@ -25,6 +25,19 @@ class Request:
     ignore_eos: bool = False
     stop_token_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = ()  # stop strings: the output text ends before the first one found
+    logprobs: int | None = None  # each output token's log-probability and the top N; None: none
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLogprob:
+    """An output token's log-probability under the model, and the top N tokens' (most likely first)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+    def to_json(self) -> dict:
+        return {"token_id": self.token_id, "logprob": self.logprob, "top": [list(t) for t in self.top]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +47,7 @@ class Output:
     output_token_ids: tuple[int, ...]
     finish_reason: FinishReason
     text: str | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None  # one per output token, when the request asked
 
     def to_json(self) -> dict:
         out = {
@@ -44,4 +58,6 @@ class Output:
         }
         if self.text is not None:
             out["text"] = self.text
+        if self.logprobs is not None:
+            out["logprobs"] = [t.to_json() for t in self.logprobs]
         return out

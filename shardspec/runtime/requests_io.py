@@ -11,7 +11,7 @@ from ..errors import Problem, ShardspecError, Source, raise_all
 from ..sizes import RuntimeSizes
 from .request import Output, Request, SamplingParams
 
-_REQUEST_FIELDS = ("max_tokens", "ignore_eos", "stop_token_ids")  # as Request takes them
+_REQUEST_FIELDS = ("max_tokens", "ignore_eos", "stop_token_ids", "logprobs")  # as Request takes them
 _SAMPLING_FIELDS = {"temperature": float, "top_k": int, "top_p": float, "seed": int}  # SamplingParams'
 _SCHEMA = json.loads(Path(__file__).with_name("request.schema.json").read_text(encoding="utf-8"))
 

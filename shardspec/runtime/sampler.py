@@ -59,3 +59,30 @@ def sample(logits, temperature, top_k, top_p, seeds, output_index):
 
     drawn = jax.lax.cond(jnp.any(cuts), draw(True), draw(False))  # the cut only where asked for
     return jax.lax.cond(jnp.any(random), lambda: jnp.where(random, drawn, greedy), lambda: greedy)
+
+
+MAX_LOGPROBS = 20  # the most top alternatives a request may ask for (OpenAI's limit)
+
+
+def logprobs(logits, tokens, wanted):
+    """Log-probabilities of the logits the sampler used (the model's, before temperature or
+    a top-k / top-p cut): each row's sampled token's [N] and its MAX_LOGPROBS most likely
+    tokens' (values [N, K], ids [N, K]). Computed only when some row asks (`wanted` >= 0)."""
+    N = logits.shape[0]
+
+    def compute():
+        lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        top, ids = jax.lax.top_k(lp, min(MAX_LOGPROBS, lp.shape[-1]))
+        return jnp.take_along_axis(lp, tokens[:, None], axis=1)[:, 0], top, ids.astype(jnp.int32)
+
+    def skip():
+        k = min(MAX_LOGPROBS, logits.shape[-1])
+        return jnp.zeros(N, jnp.float32), jnp.zeros((N, k), jnp.float32), jnp.zeros((N, k), jnp.int32)
+
+    return jax.lax.cond(jnp.any(wanted >= 0), compute, skip)
+
+
+def sample_with_logprobs(logits, temperature, top_k, top_p, seeds, output_index, wanted):
+    """`sample`, then `logprobs` of what it drew: (tokens, token logprob, top values, top ids)."""
+    tokens = sample(logits, temperature, top_k, top_p, seeds, output_index)
+    return (tokens, *logprobs(logits, tokens, wanted))

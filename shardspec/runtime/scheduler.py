@@ -79,7 +79,7 @@ class DPScheduler:
         self.preemptions = 0
         self.spills = 0
         self.record_tokens = False  # keep each update()'s (request id, token) pairs for streaming
-        self._new_tokens: list[tuple[str, int]] = []
+        self._new_tokens: list[tuple[str, int, int]] = []
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -105,15 +105,20 @@ class DPScheduler:
         self._finish(seq, reason)
         return True
 
-    def take_new_tokens(self) -> list[tuple[str, int]]:
-        """(request id, token) of every token `update()` took since the last call, in order
-        (kept only while `record_tokens` is set)."""
+    def take_new_tokens(self) -> list[tuple[str, int, int]]:
+        """(request id, token, index among its step's samples) of every token `update()` took
+        since the last call, in order (kept only while `record_tokens` is set)."""
         out, self._new_tokens = self._new_tokens, []
         return out
 
     def take_finished(self) -> list[Output]:
         out, self._finished = self._finished, []
         return out
+
+    def request_id(self, seq_id: int) -> str | None:
+        """The request of an unfinished sequence."""
+        seq = self._seqs.get(seq_id)
+        return seq.request.id if seq is not None else None
 
     def has_unfinished(self) -> bool:
         """Requests still running or waiting, or finished with their Output not yet taken."""
@@ -203,8 +208,9 @@ class DPScheduler:
         sl.tokens[gs, sl.prompt_len[gs] + sl.received[gs]] = tok
         sl.received[gs] += 1
         sl.pending[gs] -= 1
-        if self.record_tokens:
-            self._new_tokens += zip([sl.seq[slot].request.id for slot in gs.tolist()], tok.tolist())
+        if self.record_tokens:  # (request id, token, its index among the step's samples)
+            ids = [sl.seq[slot].request.id for slot in gs.tolist()]
+            self._new_tokens += zip(ids, tok.tolist(), np.flatnonzero(got).tolist())
         stopped = (sl.stops[gs] == tok[:, None]).any(axis=1)
         done = stopped | (sl.received[gs] >= sl.max_tokens[gs])
         for slot, stop in zip(gs[done].tolist(), stopped[done].tolist()):

@@ -10,6 +10,8 @@ serving share one compiled program per bucket and steady state never compiles.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,12 +25,29 @@ from ..protocol import ServableModel
 from ..sizes import RuntimeSizes
 from .packer import PackedStep, pack
 from .paged_attention import PagedBatch, attend_rank, make_attend
-from .sampler import sample
+from .sampler import sample_with_logprobs
 from .schedule import StepSchedule
 
 # Packer fields the device needs, and whether each is per token or per request row.
 TOKEN_FIELDS = ("token_ids", "prev_rows", "positions", "slot_mapping", "token_rows")
 ROW_FIELDS = ("block_tables", "seq_lens", "logits_indices", "temperature", "top_k", "top_p", "seeds", "output_index")
+# Per request row, filled by the engine: top logprobs wanted (-1: none), not part of the packer's step.
+LOGPROBS = "logprobs"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSamples:
+    """What a step returns per request row r*Q_max + i (rank r's row i), on that rank."""
+
+    tokens: jax.Array  # int32 [R*Q_max]
+    logprob: jax.Array  # float32 [R*Q_max]: the sampled token's (0 unless its row asked)
+    top_logprobs: jax.Array  # float32 [R*Q_max, K], most likely first
+    top_ids: jax.Array  # int32 [R*Q_max, K]
+
+
+jax.tree_util.register_dataclass(
+    StepSamples, data_fields=[f.name for f in dataclasses.fields(StepSamples)], meta_fields=[]
+)
 
 
 def allocate_kv_cache(plan: ShardingPlan) -> list[tuple[jax.Array, jax.Array]]:
@@ -40,9 +59,12 @@ def allocate_kv_cache(plan: ShardingPlan) -> list[tuple[jax.Array, jax.Array]]:
     return [(zeros(), zeros()) for _ in range(kv.num_layers)]
 
 
-def device_batch(packed: PackedStep) -> dict[str, np.ndarray]:
-    """The packer's arrays the device step takes."""
-    return {f: getattr(packed, f) for f in TOKEN_FIELDS + ROW_FIELDS}
+def device_batch(packed: PackedStep, logprobs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The packer's arrays the device step takes, and each request row's logprobs wanted
+    (default: none)."""
+    batch = {f: getattr(packed, f) for f in TOKEN_FIELDS + ROW_FIELDS}
+    batch[LOGPROBS] = np.full(len(packed.seq_lens), -1, np.int32) if logprobs is None else logprobs
+    return batch
 
 
 def padding_batch(sizes: RuntimeSizes, stride: int) -> dict[str, np.ndarray]:
@@ -79,7 +101,7 @@ class Step:
             rank_attention,
         )
         per_token = NamedSharding(plan.mesh, P(token_axes))
-        batch = {f: per_token for f in TOKEN_FIELDS + ROW_FIELDS}
+        batch = {f: per_token for f in TOKEN_FIELDS + ROW_FIELDS + (LOGPROBS,)}
         batch["block_tables"] = NamedSharding(plan.mesh, P(token_axes, None))
         cache = plan.sharding(plan.kv_cache.spec)
         # Logit rows stay where the FFN layout put them (over `data`): moving them
@@ -88,27 +110,29 @@ class Step:
         # ...but once the vocab is gathered, each rank's rows are a local slice.
         self._sample_rows = NamedSharding(plan.mesh, P(token_axes, None))
         # Each rank samples its own rows: its lax.cond (greedy or not) decides for them alone.
+        rows2d = P(token_axes, None)
         self._sample = jax.shard_map(
-            sample,
+            sample_with_logprobs,
             mesh=plan.mesh,
             check_vma=False,
-            in_specs=(P(token_axes, None),) + (P(token_axes),) * 5,
-            out_specs=P(token_axes),
+            in_specs=(rows2d,) + (P(token_axes),) * 6,
+            out_specs=(P(token_axes), P(token_axes), rows2d, rows2d),
         )
         caches = [(cache, cache)] * plan.kv_cache.num_layers
         self._batch_shardings = batch
         # Sampled ids stay on their rank: the host reads them (no device collective),
         # and the next step's decodes read their own rank's rows (async scheduling).
         self._samples = per_token
+        samples = StepSamples(per_token, per_token, NamedSharding(plan.mesh, rows2d), NamedSharding(plan.mesh, rows2d))
         self._jitted = jax.jit(
             self._step,
             donate_argnums=(1,),
             in_shardings=(plan.param_shardings(), caches, batch, per_token),
-            out_shardings=(per_token, caches),
+            out_shardings=(samples, caches),
         )
 
     def __call__(self, caches, batch: dict[str, np.ndarray], prev_sampled: jax.Array):
-        """Dispatch one step (asynchronously); returns (sampled [R*Q_max], new caches).
+        """Dispatch one step (asynchronously); returns (StepSamples, new caches).
 
         Row r*Q_max + i of `sampled` is rank r's request row i; `batch["prev_rows"]`
         holds rank-local rows of `prev_sampled` (-1: the token is in `token_ids`).
@@ -156,8 +180,18 @@ class Step:
         # replicated over attn_dp made GSPMD all-gather a [rows, vocab] iota in argmax.
         logits = jax.lax.with_sharding_constraint(logits, self._rows)
         logits = jax.lax.with_sharding_constraint(logits, self._sample_rows)
-        sampled = self._sample(
-            logits, batch["temperature"], batch["top_k"], batch["top_p"], batch["seeds"], batch["output_index"]
+        drawn = self._sample(
+            logits,
+            batch["temperature"],
+            batch["top_k"],
+            batch["top_p"],
+            batch["seeds"],
+            batch["output_index"],
+            batch[LOGPROBS],
         )
-        out = jnp.zeros((R, self.q_max), jnp.int32).at[:, : rows // R].set(sampled.reshape(R, -1))
-        return out.reshape(-1), caches
+
+        def per_row(x):  # [R*Q, ...] -> [R*Q_max, ...]: each rank's rows at its own offset
+            full = jnp.zeros((R, self.q_max, *x.shape[1:]), x.dtype)
+            return full.at[:, : rows // R].set(x.reshape(R, rows // R, *x.shape[1:])).reshape(-1, *x.shape[1:])
+
+        return StepSamples(*(per_row(x) for x in drawn)), caches

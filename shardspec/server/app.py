@@ -110,9 +110,12 @@ def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True) ->
         return submitted
 
     def sampling_fields(body: api._Sampling, max_tokens_default: int | None) -> dict:
-        if getattr(body, "logprobs", None):
-            raise HTTPError(400, "logprobs are not supported yet", "logprobs")
         return body.engine_fields(max_tokens_default)
+
+    def token_text(token_id: int) -> str:
+        if engine.tokenizer is None:
+            return f"token_id:{token_id}"
+        return engine.tokenizer.decode([token_id], skip_special_tokens=False)
 
     @app.post("/v1/completions")
     async def completions(body: api.CompletionRequest, request: Request):
@@ -139,6 +142,13 @@ def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True) ->
             fields["max_tokens"] = max(1, engine.sizes.max_model_len - len(ids))
         return await respond(body, request, [{"prompt_token_ids": ids}], fields, "chatcmpl", chat=True)
 
+    def choice(i, text, token_ids, finish, entries, chat: bool, *, delta: bool = False, offset: int = 0) -> dict:
+        if chat:
+            lp = None if entries is None else api.chat_logprobs(entries, token_text)
+            return api.chat_choice(i, text, token_ids, finish, delta=delta, logprobs=lp)
+        lp = None if entries is None else api.completion_logprobs(entries, token_text, offset)
+        return api.completion_choice(i, text, token_ids, finish, lp)
+
     async def respond(body, request: Request, prompts, fields, prefix: str, *, chat: bool):
         submitted = submit(prompts, fields)
         arrival = time.monotonic()
@@ -155,9 +165,7 @@ def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True) ->
             for r, _ in submitted:
                 loop.abort(r)  # a no-op for finished requests; frees an abandoned one
         choices = [
-            (api.chat_choice if chat else api.completion_choice)(
-                i, out.text or "", out.output_token_ids, out.finish_reason, **({"delta": False} if chat else {})
-            )
+            choice(i, out.text or "", out.output_token_ids, out.finish_reason, out.logprobs, chat)
             for i, out in enumerate(finals)
         ]
         n_prompt = sum(len(o.prompt_token_ids) for o in finals)
@@ -179,6 +187,7 @@ def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True) ->
     async def stream(submitted, rid, kind, chat: bool, include_usage: bool, arrival) -> AsyncIterator[str]:
         pending = {i: q for i, (_, q) in enumerate(submitted)}
         firsts: dict[int, float] = {}
+        offsets: dict[int, int] = {}  # completions' text_offset: token text streamed so far
         usage = [0, 0]
         getters: dict[asyncio.Task, int] = {}
         try:
@@ -205,12 +214,18 @@ def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True) ->
                         firsts[i] = time.monotonic()
                     finish = item.output.finish_reason if item.output is not None else None
                     if item.token_ids or item.text or finish:
-                        choice = (
-                            api.chat_choice(i, item.text or "", item.token_ids, finish, delta=True)
-                            if chat
-                            else api.completion_choice(i, item.text or "", item.token_ids, finish)
+                        piece = choice(
+                            i,
+                            item.text or "",
+                            item.token_ids,
+                            finish,
+                            item.logprobs,
+                            chat,
+                            delta=True,
+                            offset=offsets.get(i, 0),
                         )
-                        yield _sse(api.envelope(rid, kind, served_model_name, [choice]))
+                        offsets[i] = offsets.get(i, 0) + sum(len(token_text(t)) for t in item.token_ids)
+                        yield _sse(api.envelope(rid, kind, served_model_name, [piece]))
                     if item.output is not None:
                         out = item.output
                         usage[0] += len(out.prompt_token_ids)

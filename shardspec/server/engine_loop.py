@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-import time
 from collections.abc import Mapping
 
 from ..errors import ShardspecError
@@ -41,7 +40,6 @@ class EngineLoop:
         self._closing = False
         self._ids = itertools.count()
         self.error: BaseException | None = None  # what stopped the thread, if anything did
-        self.finished: list[tuple[float, TokenDelta]] = []  # for metrics: (time, final delta)
         self._thread = threading.Thread(target=self._run, name="shardspec-engine", daemon=True)
 
     def start(self) -> None:
@@ -52,7 +50,7 @@ class EngineLoop:
         """Validate and add a request (ShardspecError if bad); its deltas arrive on the queue."""
         if self._closing:
             raise Closed("the server is shutting down")
-        with self.engine._lock:
+        with self.engine.lock:
             if sum(self.engine.scheduler.stats()["waiting"]) >= self.max_waiting:
                 raise QueueFull(f"{self.max_waiting} requests are waiting (runtime.max_waiting)")
             rid = f"req-{next(self._ids)}"
@@ -73,7 +71,7 @@ class EngineLoop:
 
     def close(self, timeout: float = 10.0) -> None:
         self._closing = True
-        with self.engine._lock:
+        with self.engine.lock:
             for rid in list(self._queues):
                 self.engine.abort(rid)
         self._work.set()
@@ -98,8 +96,6 @@ class EngineLoop:
     def _deliver(self, delta: TokenDelta, error: BaseException | None = None) -> None:
         if delta.output is not None or error is not None:
             target = self._queues.pop(delta.id, None)
-            if delta.output is not None:
-                self.finished.append((time.monotonic(), delta))
         else:
             target = self._queues.get(delta.id)
         if target is not None:

@@ -18,7 +18,7 @@ class _EngineCollector:
         self.engine = engine
 
     def collect(self):
-        with self.engine._lock:
+        with self.engine.lock:
             stats = self.engine.scheduler.stats()
             m = self.engine.metrics
             padding, preemptions, generated = m.padding_efficiency, stats["preemptions"], m.generated_tokens

@@ -50,7 +50,13 @@ class _Sampling(_Strict):
             fields["stop"] = [self.stop] if isinstance(self.stop, str) else self.stop
         if self.stop_token_ids:
             fields["stop_token_ids"] = self.stop_token_ids
+        if self.top_logprobs_wanted is not None:
+            fields["logprobs"] = self.top_logprobs_wanted
         return fields
+
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        return None
 
     @property
     def include_usage(self) -> bool:
@@ -61,6 +67,10 @@ class CompletionRequest(_Sampling):
     prompt: str | list[int] | list[str] | list[list[int]]
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: Literal[False] = False
+
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
     def prompts(self) -> list[dict]:
         """Each prompt as engine fields: `prompt` text or `prompt_token_ids`."""
@@ -83,6 +93,10 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def engine_fields(self, max_tokens_default: int | None) -> dict:
         fields = super().engine_fields(max_tokens_default)
@@ -111,30 +125,53 @@ def envelope(rid: str, kind: str, model: str, choices: list[dict], **extra) -> d
     return {"id": rid, "object": kind, "created": int(time.time()), "model": model, "choices": choices, **extra}
 
 
-def completion_choice(index: int, text: str, token_ids, finish_reason) -> dict:
+def completion_choice(index: int, text: str, token_ids, finish_reason, logprobs=None) -> dict:
     return {
         "index": index,
         "text": text,
-        "logprobs": None,
+        "logprobs": logprobs,
         "finish_reason": finish_reason,
         "token_ids": list(token_ids),
     }
 
 
-def chat_choice(index: int, text: str, token_ids, finish_reason, *, delta: bool, first: bool = False) -> dict:
+def chat_choice(index: int, text: str, token_ids, finish_reason, *, delta: bool, first=False, logprobs=None) -> dict:
     if delta:
         message = ({"role": "assistant"} if first else {}) | ({"content": text} if text or first else {})
-        return {
-            "index": index,
-            "delta": message,
-            "logprobs": None,
-            "finish_reason": finish_reason,
-            "token_ids": list(token_ids),
-        }
+        key = "delta"
+    else:
+        message, key = {"role": "assistant", "content": text}, "message"
     return {
         "index": index,
-        "message": {"role": "assistant", "content": text},
-        "logprobs": None,
+        key: message,
+        "logprobs": logprobs,
         "finish_reason": finish_reason,
         "token_ids": list(token_ids),
+    }
+
+
+def completion_logprobs(entries, token_text, offset: int = 0) -> dict:
+    """OpenAI's completions `logprobs`: tokens, their logprobs, the top ones, text offsets."""
+    tokens = [token_text(e.token_id) for e in entries]
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{token_text(i): lp for i, lp in e.top} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def chat_logprobs(entries, token_text) -> dict:
+    """OpenAI's chat `logprobs`: one entry a token, each with its top alternatives."""
+
+    def one(token_id: int, logprob: float) -> dict:
+        text = token_text(token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return {
+        "content": [one(e.token_id, e.logprob) | {"top_logprobs": [one(i, lp) for i, lp in e.top]} for e in entries]
     }
