@@ -25,7 +25,7 @@ import typer
 
 from shardspec.errors import Problem, ShardspecError
 
-COMMANDS = ("run", "check", "explain")  # the commands that join a cluster
+COMMANDS = ("run", "check", "explain", "serve")  # the commands that join a cluster
 CLUSTER_FLAGS = ("--coordinator", "--num-processes", "--process-id")
 STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this long (JAX catches SIGTERM to note preemption)
 POLL_S = 0.05

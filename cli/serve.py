@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ._common import echo_notes, load_strategy
-from ._options import ModelOpt, SetOpt, StrategyArg
+from ._options import CoordinatorOpt, ModelOpt, NumProcessesOpt, ProcessIdOpt, SetOpt, StrategyArg
 
 
 def serve(
@@ -22,28 +22,51 @@ def serve(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the parameters of a preset (no checkpoint).")] = 0,
     overrides: SetOpt = None,
+    coordinator: CoordinatorOpt = None,
+    num_processes: NumProcessesOpt = None,
+    process_id: ProcessIdOpt = None,
 ):
     """Serve the strategy's model over HTTP: /v1/completions, /v1/chat/completions (streamed
     with `stream: true`), /v1/models, /health and /metrics.
 
     Compiles every token bucket before it listens; SIGTERM or Ctrl-C stops accepting,
-    aborts what is still running and exits 0.
+    aborts what is still running and exits 0. In a cluster process 0 takes HTTP and
+    every process steps the same engine (README "Many hosts").
     """
-    import uvicorn
-
+    from shardspec import distributed
     from shardspec.devices import compile_on_devices
     from shardspec.plan import compile
     from shardspec.runtime.engine import Engine
-    from shardspec.server.app import build_app
+    from shardspec.server.engine_loop import EngineLoop
 
     loaded = load_strategy(strategy, model, overrides)
     compile(loaded, abstract_mesh=True)  # every user error before any device work
-    plan, notes = compile_on_devices(loaded, None, None, None)
+    plan, notes = compile_on_devices(loaded, coordinator, num_processes, process_id)
     echo_notes(notes)
     engine = Engine(plan, seed=seed)
-    name = served_model_name or plan.model.name
-    typer.echo(f"serving {name} ({loaded.name}, {plan.dp_ranks} DP ranks) on http://{host}:{port}", err=True)
     # uvicorn shuts down gracefully on SIGTERM, then raises it again under the handler found
-    # at start: a no-op one makes that a clean exit 0, as a service manager expects.
+    # at start: a no-op one makes that a clean exit 0. The other processes of a cluster
+    # ignore it too: they stop when process 0 tells them, never halfway through a step.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.run(build_app(engine, name), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    if distributed.is_main():
+        _listen(engine, served_model_name or plan.model.name, host, port, loaded.name, plan.dp_ranks)
+    else:
+        engine.warmup()
+        EngineLoop(engine, loaded.runtime.max_waiting).run()
+    distributed.leave()
+
+
+def _listen(engine, name: str, host: str, port: int, strategy_name: str, dp_ranks: int) -> None:
+    import uvicorn
+
+    from shardspec.server.app import build_app
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # SIGTERM / Ctrl-C: end every stream now, then shut down
+            app.state.engine_loop.drain()
+            super().handle_exit(sig, frame)
+
+    app = build_app(engine, name)
+    typer.echo(f"serving {name} ({strategy_name}, {dp_ranks} DP ranks) on http://{host}:{port}", err=True)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    Server(config).run()

@@ -166,3 +166,20 @@ def leave() -> None:
     exits while another still needs the coordinator (process 0 hosts it)."""
     if jax.distributed.is_initialized():
         jax.distributed.shutdown()
+
+
+def broadcast_text(text: str) -> str:
+    """Process 0's `text` on every process; every process must call it at the same point.
+
+    Two broadcasts: the length, then the bytes padded to a power of two (few shapes,
+    so few compiles of the collective)."""
+    if jax.process_count() == 1:
+        return text
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(text.encode(), np.uint8)
+    n = int(multihost_utils.broadcast_one_to_all(np.int32(len(data))))
+    buf = np.zeros(max(64, 1 << max(0, n - 1).bit_length()), np.uint8)
+    if is_main():
+        buf[:n] = data
+    return bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))[:n]).decode()

@@ -117,7 +117,7 @@ class Engine:
         """
         with self.lock:
             if request is None:
-                request = self._validate(fields, str(self._next_id))
+                request = self.validate(fields, str(self._next_id))
             elif fields:
                 raise TypeError("pass a Request or fields, not both")
             if request.stop and self.tokenizer is None:
@@ -135,7 +135,8 @@ class Engine:
                 self._logprobs[request.id] = (request.logprobs, [])
             return request.id
 
-    def _validate(self, fields: Mapping, default_id: str) -> Request:
+    def validate(self, fields: Mapping, default_id: str) -> Request:
+        """A Request from request-file fields, checked against this engine (ShardspecError if bad)."""
         return make_request(
             fields,
             default_id=default_id,
@@ -318,7 +319,7 @@ class Engine:
         self, requests: Iterable[Request | Mapping], on_output: Callable[[Output], None] | None = None
     ) -> list[Output]:
         """Serve `requests` to the end; outputs in input order. `on_output` sees each as it finishes."""
-        requests = [r if isinstance(r, Request) else self._validate(r, str(i)) for i, r in enumerate(requests)]
+        requests = [r if isinstance(r, Request) else self.validate(r, str(i)) for i, r in enumerate(requests)]
         order = {r.id: i for i, r in enumerate(requests)}
         if len(order) != len(requests):
             raise ShardspecError("request ids must be unique")

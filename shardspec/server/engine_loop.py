@@ -1,26 +1,36 @@
 """The engine on its own thread, with asyncio on the other side: what the HTTP server drives.
 
-One thread steps the engine (`Engine.step_deltas`) while it has work and sleeps
-on an event when it has none. Each request's deltas go to its own
-`asyncio.Queue` through the event loop (`call_soon_threadsafe`); the last one
-carries its Output. Submitting and aborting take the engine's lock, so they
-are safe from the event loop's thread while a step runs.
+Submitting a request validates it at once (a bad one is the caller's error)
+and puts it in an inbox; aborts go there too. The engine thread, each turn,
+takes the inbox, applies it, and steps (`Engine.step_deltas`) while there is
+work, sleeping on an event when there is none. Each request's deltas go to its
+own `asyncio.Queue` through its event loop (`call_soon_threadsafe`); the last
+one carries its Output.
+
+Across processes (`jax.distributed`) every process runs this loop and only
+process 0 takes HTTP. Each turn process 0 broadcasts its inbox (and, at the
+end, "stop") before anyone applies it, so every process adds and aborts the
+same requests at the same step and its deterministic scheduler stays in step
+with the others: the collectives inside the step then match.
 
 The waiting queue is bounded (`runtime.max_waiting`): a submit beyond it
 raises `QueueFull` at once, never a hang. `close()` stops accepting, aborts
-what is still in flight (each request still gets its one final delta) and
-joins the thread.
+what is still in flight (each request still gets its one final delta), tells
+the other processes to stop and joins the thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import threading
 from collections.abc import Mapping
 
-from ..errors import ShardspecError
+from .. import distributed
 from ..runtime.engine import Engine, TokenDelta
+
+IDLE_WAIT_S = 0.5  # an idle turn: how long process 0 waits for work before its next (empty) broadcast
 
 
 class QueueFull(Exception):
@@ -36,68 +46,94 @@ class EngineLoop:
         self.engine = engine
         self.max_waiting = max_waiting
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._inbox: list[list] = []  # ["add", fields] and ["abort", id], in arrival order
+        self._inbox_lock = threading.Lock()
         self._work = threading.Event()
         self._closing = False
         self._ids = itertools.count()
         self.error: BaseException | None = None  # what stopped the thread, if anything did
-        self._thread = threading.Thread(target=self._run, name="shardspec-engine", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="shardspec-engine", daemon=True)
 
     def start(self) -> None:
         self.engine.follow_text = True
         self._thread.start()
 
     def submit(self, fields: Mapping) -> tuple[str, asyncio.Queue]:
-        """Validate and add a request (ShardspecError if bad); its deltas arrive on the queue."""
+        """Validate a request (ShardspecError if bad) and queue it; its deltas arrive on the queue."""
         if self._closing:
             raise Closed("the server is shutting down")
-        with self.engine.lock:
-            if sum(self.engine.scheduler.stats()["waiting"]) >= self.max_waiting:
+        rid = f"req-{next(self._ids)}"
+        fields = {**fields, "id": rid}
+        self.engine.validate(fields, rid)
+        with self._inbox_lock:
+            queued = sum(1 for kind, _ in self._inbox if kind == "add")
+            with self.engine.lock:
+                waiting = sum(self.engine.scheduler.stats()["waiting"])
+            if waiting + queued >= self.max_waiting:
                 raise QueueFull(f"{self.max_waiting} requests are waiting (runtime.max_waiting)")
-            rid = f"req-{next(self._ids)}"
             queue: asyncio.Queue = asyncio.Queue()
             self._queues[rid] = (asyncio.get_running_loop(), queue)
-            try:
-                self.engine.add_request(**{**fields, "id": rid})
-            except ShardspecError:
-                del self._queues[rid]
-                raise
+            self._inbox.append(["add", fields])
         self._work.set()
         return rid, queue
 
     def abort(self, rid: str) -> None:
         """Finish a request early (a client went away); its final delta still arrives."""
-        if self.engine.abort(rid):
-            self._work.set()
+        with self._inbox_lock:
+            if rid in self._queues:
+                self._inbox.append(["abort", rid])
+        self._work.set()
+
+    def drain(self) -> None:
+        """Stop accepting and abort everything in flight: each request ends with its final delta."""
+        self._closing = True
+        with self._inbox_lock:
+            self._inbox += [["abort", rid] for rid in self._queues]
+        self._work.set()
 
     def close(self, timeout: float = 10.0) -> None:
-        self._closing = True
-        with self.engine.lock:
-            for rid in list(self._queues):
-                self.engine.abort(rid)
-        self._work.set()
+        """`drain()`, then stop the loop (on every process) and join its thread."""
+        self.drain()
         self._thread.join(timeout)
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The loop: the engine thread on process 0, the main thread on every other process."""
         try:
             while True:
-                if not self.engine.has_unfinished():
-                    if self._closing:
-                        return
-                    self._work.wait(0.5)
-                    self._work.clear()
-                    continue
-                for delta in self.engine.step_deltas():
-                    self._deliver(delta)
+                stop = self._turn()
+                if stop:
+                    return
         except BaseException as e:  # the engine broke: fail every waiting client rather than hang them
             self.error = e
             for rid in list(self._queues):
                 self._deliver(TokenDelta(rid, (), None, None), error=e)
 
+    def _turn(self) -> bool:
+        """Take the inbox (process 0's, on every process), apply it, step once; True: stop."""
+        busy = self.engine.has_unfinished()
+        if not busy and distributed.is_main() and not self._closing:
+            self._work.wait(IDLE_WAIT_S)
+            self._work.clear()
+        with self._inbox_lock:
+            events, self._inbox = self._inbox, []
+            stop = self._closing and not events and not busy
+        message = json.loads(distributed.broadcast_text(json.dumps({"events": events, "stop": stop})))
+        for kind, value in message["events"]:
+            if kind == "add":
+                self.engine.add_request(**value)  # validated by process 0's submit
+            else:
+                self.engine.abort(value)
+        if message["stop"]:
+            return True
+        if self.engine.has_unfinished():
+            for delta in self.engine.step_deltas():
+                self._deliver(delta)
+        return False
+
     def _deliver(self, delta: TokenDelta, error: BaseException | None = None) -> None:
-        if delta.output is not None or error is not None:
-            target = self._queues.pop(delta.id, None)
-        else:
-            target = self._queues.get(delta.id)
-        if target is not None:
+        with self._inbox_lock:
+            target = self._queues.pop(delta.id, None) if delta.output is not None or error else None
+            target = target or self._queues.get(delta.id)
+        if target is not None:  # process 0 only: the others serve no client
             loop, queue = target
             loop.call_soon_threadsafe(queue.put_nowait, error if error is not None else delta)
