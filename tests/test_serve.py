@@ -260,7 +260,7 @@ def test_hundreds_of_concurrent_streams_each_get_one_complete_response(server):
         return finishes, tokens, 1 + i % 7
 
     with concurrent.futures.ThreadPoolExecutor(64) as pool:
-        results = list(pool.map(one, range(200)))
+        results = list(pool.map(one, range(300)))
     assert all(finishes == ["length"] and tokens == want for finishes, tokens, want in results)
     _wait_idle(server)
     assert _metric(server, 'shardspec_rank_kv_usage{rank="0"}') == 0.0
@@ -296,3 +296,17 @@ def test_sigterm_ends_streams_and_exits_0(server):
             lines.append(line)
     assert [line for line in lines if line][-1] == "data: [DONE]"  # finished or aborted, never cut
     assert proc.wait(timeout=30) == 0
+
+
+def test_chat_without_a_template_is_a_400_saying_so():
+    from fastapi.testclient import TestClient
+
+    from shardspec.server.app import build_app
+
+    engine = Engine(compile(load({"model": "llama3-tiny", "devices": 1})))  # a preset: no tokenizer, no template
+    client = TestClient(build_app(engine, "tiny", warmup=False))  # no lifespan: nothing is served
+    response = client.post(
+        "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages" and "no chat template" in response.json()["error"]["message"]
