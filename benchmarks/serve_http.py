@@ -4,7 +4,8 @@ the engine serving the same requests offline (what `shardspec run` does).
 llama3-tiny on one simulated CPU device (max_num_seqs 64, max_num_batched_tokens
 256), 128 requests of 16 prompt tokens and 32 tokens out (EOS ignored). The
 server runs in its own process on 127.0.0.1; clients are threads of the real
-`openai` client, each streaming its requests one after another. Reported per
+load generator (`httpx` streams, one connection a client), each streaming its
+requests one after another. Reported per
 client count: throughput (generated tokens/s over the whole run), time to first
 token p50/p99 and time per output token p50 as the clients saw them; and the
 offline engine's tokens/s on the same requests, measured in the same run. The
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -79,26 +81,37 @@ def start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
 
 
 def drive(base: str, clients: int) -> dict:
-    import openai
+    """N client threads, each streaming its share of the requests over one keep-alive
+    connection and reading the SSE lines with `httpx` (json.loads a chunk): a load
+    generator light enough to leave the two cores to the server."""
+    import httpx
 
-    client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=30)
     work = prompts()
+    local = threading.local()
 
     def one(prompt):
+        client = getattr(local, "client", None) or setattr(local, "client", httpx.Client(timeout=300)) or local.client
+        body = {
+            "model": "llama3-tiny",
+            "prompt": prompt,
+            "max_tokens": OUT,
+            "temperature": 0,
+            "stream": True,
+            "ignore_eos": True,
+        }
         sent = time.perf_counter()
         stamps = []
-        for chunk in client.completions.create(
-            model="llama3-tiny",
-            prompt=prompt,
-            max_tokens=OUT,
-            temperature=0,
-            stream=True,
-            extra_body={"ignore_eos": True},
-        ):
-            stamps += [time.perf_counter()] * sum(len(c.token_ids) for c in chunk.choices)
-        ttft = stamps[0] - sent
-        tpot = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
-        return ttft, tpot, len(stamps)
+        while True:
+            with client.stream("POST", base + "/v1/completions", json=body) as response:
+                if response.status_code == 429:  # the queue is full: back off as Retry-After says
+                    time.sleep(float(response.headers["retry-after"]))
+                    continue
+                for line in response.iter_lines():
+                    if line.startswith("data: {"):
+                        n = len(json.loads(line[6:])["choices"][0]["token_ids"])
+                        stamps += [time.perf_counter()] * n
+                break
+        return stamps[0] - sent, (stamps[-1] - stamps[0]) / (len(stamps) - 1), len(stamps)
 
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
@@ -107,7 +120,7 @@ def drive(base: str, clients: int) -> dict:
     ttft, tpot, tokens = (np.array(x) for x in zip(*results))
     assert (tokens == OUT).all()
     return {
-        "tokens_per_s": round(tokens.sum() / wall, 1),
+        "tokens_per_s": round(float(tokens.sum() / wall), 1),
         "ttft_p50_ms": round(float(np.percentile(ttft, 50)) * 1e3, 1),
         "ttft_p99_ms": round(float(np.percentile(ttft, 99)) * 1e3, 1),
         "tpot_p50_ms": round(float(np.percentile(tpot, 50)) * 1e3, 2),

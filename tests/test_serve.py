@@ -5,9 +5,6 @@ test, metrics and SIGTERM. One server process for the module (startup compiles).
 import concurrent.futures
 import json
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from shardspec.runtime.engine import Engine
 from shardspec.server.chat_template import load_chat_template
 
 from conftest import ROOT
+from helpers import serving
 
 LLAMA = ROOT / "tests" / "fixtures" / "hf" / "llama"
 TEMPLATE = (
@@ -40,37 +38,14 @@ def _checkpoint(tmp: Path) -> Path:
     return ck
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     ck = _checkpoint(tmp)
     (tmp / "s.yaml").write_text(json.dumps({"name": "serve-test", **STRATEGY}))
-    port = _free_port()
-    cmd = [sys.executable, "-m", "shardspec.cli.main", "serve", str(tmp / "s.yaml"), "--model", str(ck)]
-    log = open(tmp / "server.log", "w")  # noqa: SIM115 (closed at teardown)
-    proc = subprocess.Popen([*cmd, "--port", str(port), "--served-model-name", "tiny"], stderr=log)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, (tmp / "server.log").read_text()
-        assert time.monotonic() < deadline, "the server did not come up"
-        time.sleep(0.5)
-    yield {"base": base, "proc": proc, "checkpoint": ck}
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    log.close()
+    args = ["serve", str(tmp / "s.yaml"), "--model", str(ck), "--served-model-name", "tiny"]
+    with serving(args, tmp / "server.log", timeout=180) as (base, proc):
+        yield {"base": base, "proc": proc, "checkpoint": ck}
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,6 @@
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import numpy as np
@@ -15,34 +11,16 @@ from shardspec import compile, load
 from shardspec.runtime.engine import Engine
 
 from conftest import ROOT
+from helpers import serving
 
 STRATEGY = ROOT / "strategies" / "multihost_dp.yaml"  # data 2 across 2 processes
 SMALL = ["--set", "runtime.max_num_batched_tokens=64"]
 
 
 def test_two_process_serve_gives_the_tokens_of_one_process_and_stops_on_sigterm(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve = ["serve", str(STRATEGY), "--port", str(port), "--served-model-name", "tiny", *SMALL]
-    log = open(tmp_path / "launch.log", "w")  # noqa: SIM115 (closed below)
-    launch = subprocess.Popen(
-        [sys.executable, "-m", "shardspec.cli.main", "launch", "--local", "2", "--", *serve],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert launch.poll() is None, (tmp_path / "launch.log").read_text()
-            assert time.monotonic() < deadline, "the cluster did not come up"
-            time.sleep(0.5)
+    serve = ["serve", str(STRATEGY), "--served-model-name", "tiny", *SMALL]
+    log = tmp_path / "launch.log"
+    with serving(["launch", "--local", "2", "--", *serve], log) as (base, launch):
         rng = np.random.default_rng(0)
         prompts = [rng.integers(0, 512, n).tolist() for n in (3, 17, 40, 9)]
         body = {"model": "tiny", "prompt": prompts, "max_tokens": 8, "temperature": 0, "ignore_eos": True}
@@ -56,17 +34,11 @@ def test_two_process_serve_gives_the_tokens_of_one_process_and_stops_on_sigterm(
         with httpx.stream("POST", base + "/v1/completions", json=stream, timeout=60) as response:
             for line in response.iter_lines():
                 if line and not lines:
-                    pid = _process_0_pid(tmp_path / "launch.log")
-                    os.kill(pid, signal.SIGTERM)  # as a service manager stops process 0
+                    os.kill(_process_0_pid(log), signal.SIGTERM)  # as a service manager stops process 0
                 if line:
                     lines.append(line)
         assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["choices"][0]["finish_reason"] == "abort"
-        assert launch.wait(timeout=60) == 0, (tmp_path / "launch.log").read_text()
-    finally:
-        if launch.poll() is None:
-            launch.kill()
-            launch.wait()
-        log.close()
+        assert launch.wait(timeout=60) == 0, log.read_text()
 
 
 def _process_0_pid(log) -> int:

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import ShardspecError
-from ..runtime.engine import Engine, TokenDelta
+from ..runtime.engine import Engine
 from . import openai_api as api
 from .chat_template import load_chat_template
 from .engine_loop import Closed, EngineLoop, QueueFull
@@ -92,13 +92,15 @@ def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True) ->
                 code="model_not_found",
             )
 
-    def submit(prompts: list[dict], fields: dict) -> list[tuple[str, asyncio.Queue]]:
+    def submit(prompts: list[dict], fields: dict) -> tuple[list[str], asyncio.Queue]:
+        """Every prompt as an engine request; their deltas all arrive on one queue."""
+        queue: asyncio.Queue = asyncio.Queue()
         submitted = []
         try:
             for prompt in prompts:
-                submitted.append(loop.submit({**fields, **prompt}))
+                submitted.append(loop.submit({**fields, **prompt}, queue))
         except (ShardspecError, QueueFull, Closed) as e:
-            for rid, _ in submitted:
+            for rid in submitted:
                 loop.abort(rid)
             if isinstance(e, QueueFull):
                 raise HTTPError(429, str(e), kind="rate_limit_error", **{"Retry-After": "1"}) from None
@@ -107,7 +109,7 @@ def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True) ->
             problem = e.problems[0]
             param = problem.path or None
             raise HTTPError(400, problem.message + (f"; {problem.hint}" if problem.hint else ""), param) from None
-        return submitted
+        return submitted, queue
 
     def sampling_fields(body: api._Sampling, max_tokens_default: int | None) -> dict:
         return body.engine_fields(max_tokens_default)
@@ -150,19 +152,20 @@ def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True) ->
         return api.completion_choice(i, text, token_ids, finish, lp)
 
     async def respond(body, request: Request, prompts, fields, prefix: str, *, chat: bool):
-        submitted = submit(prompts, fields)
+        rids, queue = submit(prompts, fields)
+        index = {r: i for i, r in enumerate(rids)}  # request id -> its choice
         arrival = time.monotonic()
         rid = api.new_id(prefix)
         kind = "chat.completion" if chat else "text_completion"
         if body.stream:
             return StreamingResponse(
-                stream(submitted, rid, kind + (".chunk" if chat else ""), chat, body.include_usage, arrival),
+                stream(index, queue, rid, kind + (".chunk" if chat else ""), chat, body.include_usage, arrival),
                 media_type="text/event-stream",
             )
         try:
-            finals = await asyncio.gather(*(collect(q, arrival) for _, q in submitted))
+            finals = await collect(index, queue, arrival)
         finally:
-            for r, _ in submitted:
+            for r in rids:
                 loop.abort(r)  # a no-op for finished requests; frees an abandoned one
         choices = [
             choice(i, out.text or "", out.output_token_ids, out.finish_reason, out.logprobs, chat)
@@ -172,46 +175,39 @@ def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True) ->
         n_out = sum(len(o.output_token_ids) for o in finals)
         return api.envelope(rid, kind, served_model_name, choices, usage=api.usage(n_prompt, n_out))
 
-    async def collect(queue: asyncio.Queue, arrival: float):
-        first = None
-        while True:
+    async def deltas(index: dict[str, int], queue: asyncio.Queue, arrival: float):
+        """(choice index, delta) until every request of the HTTP request has finished."""
+        first: dict[int, float] = {}
+        left = len(index)
+        while left:
             item = await queue.get()
             if isinstance(item, BaseException):
                 raise HTTPError(500, f"the engine failed: {item}", kind="server_error")
-            if item.token_ids and first is None:
-                first = time.monotonic()
+            i = index[item.id]
+            if item.token_ids and i not in first:
+                first[i] = time.monotonic()
             if item.output is not None:
-                metrics.observe(arrival, first, time.monotonic(), len(item.output.output_token_ids))
-                return item.output
+                left -= 1
+                metrics.observe(arrival, first.get(i), time.monotonic(), len(item.output.output_token_ids))
+            yield i, item
 
-    async def stream(submitted, rid, kind, chat: bool, include_usage: bool, arrival) -> AsyncIterator[str]:
-        pending = {i: q for i, (_, q) in enumerate(submitted)}
-        firsts: dict[int, float] = {}
-        offsets: dict[int, int] = {}  # completions' text_offset: token text streamed so far
+    async def collect(index, queue, arrival) -> list:
+        finals = [None] * len(index)
+        async for i, item in deltas(index, queue, arrival):
+            if item.output is not None:
+                finals[i] = item.output
+        return finals
+
+    async def stream(index, queue, rid, kind, chat: bool, include_usage: bool, arrival) -> AsyncIterator[str]:
+        offsets = [0] * len(index)  # completions' text_offset: token text streamed so far
         usage = [0, 0]
-        getters: dict[asyncio.Task, int] = {}
         try:
             if chat:  # the role first, as OpenAI's stream does
-                for i in pending:
-                    yield _sse(
-                        api.envelope(
-                            rid, kind, served_model_name, [api.chat_choice(i, "", (), None, delta=True, first=True)]
-                        )
-                    )
-            while pending:
-                for i, q in pending.items():
-                    if i not in getters.values():
-                        getters[asyncio.ensure_future(q.get())] = i
-                done, _ = await asyncio.wait(getters, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    i = getters.pop(task)
-                    item: TokenDelta | BaseException = task.result()
-                    if isinstance(item, BaseException):
-                        yield _sse(api.error_body(f"the engine failed: {item}", "server_error"))
-                        pending.pop(i)
-                        continue
-                    if item.token_ids and i not in firsts:
-                        firsts[i] = time.monotonic()
+                for i in range(len(index)):
+                    first = api.chat_choice(i, "", (), None, delta=True, first=True)
+                    yield _sse(api.envelope(rid, kind, served_model_name, [first]))
+            try:
+                async for i, item in deltas(index, queue, arrival):
                     finish = item.output.finish_reason if item.output is not None else None
                     if item.token_ids or item.text or finish:
                         piece = choice(
@@ -222,23 +218,20 @@ def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True) ->
                             item.logprobs,
                             chat,
                             delta=True,
-                            offset=offsets.get(i, 0),
+                            offset=offsets[i],
                         )
-                        offsets[i] = offsets.get(i, 0) + sum(len(token_text(t)) for t in item.token_ids)
+                        offsets[i] += sum(len(token_text(t)) for t in item.token_ids)
                         yield _sse(api.envelope(rid, kind, served_model_name, [piece]))
                     if item.output is not None:
-                        out = item.output
-                        usage[0] += len(out.prompt_token_ids)
-                        usage[1] += len(out.output_token_ids)
-                        metrics.observe(arrival, firsts.get(i), time.monotonic(), len(out.output_token_ids))
-                        pending.pop(i)
+                        usage[0] += len(item.output.prompt_token_ids)
+                        usage[1] += len(item.output.output_token_ids)
+            except HTTPError as e:
+                yield _sse(api.error_body(e.message, e.kind))
             if include_usage:
                 yield _sse(api.envelope(rid, kind, served_model_name, [], usage=api.usage(*usage)))
             yield "data: [DONE]\n\n"
         finally:  # finished, or the client went away: free whatever still runs
-            for task in getters:
-                task.cancel()
-            for r, _ in submitted:
+            for r in index:
                 loop.abort(r)
 
     return app

@@ -3,9 +3,10 @@
 Submitting a request validates it at once (a bad one is the caller's error)
 and puts it in an inbox; aborts go there too. The engine thread, each turn,
 takes the inbox, applies it, and steps (`Engine.step_deltas`) while there is
-work, sleeping on an event when there is none. Each request's deltas go to its
-own `asyncio.Queue` through its event loop (`call_soon_threadsafe`); the last
-one carries its Output.
+work, sleeping on an event when there is none. Each request's deltas go to the
+`asyncio.Queue` its caller gave (one per HTTP request, shared by its prompts),
+all of a step's in one hand-over to the event loop (`call_soon_threadsafe`);
+a request's last delta carries its Output.
 
 Across processes (`jax.distributed`) every process runs this loop and only
 process 0 takes HTTP. Each turn process 0 broadcasts its inbox (and, at the
@@ -58,8 +59,9 @@ class EngineLoop:
         self.engine.follow_text = True
         self._thread.start()
 
-    def submit(self, fields: Mapping) -> tuple[str, asyncio.Queue]:
-        """Validate a request (ShardspecError if bad) and queue it; its deltas arrive on the queue."""
+    def submit(self, fields: Mapping, queue: asyncio.Queue) -> str:
+        """Validate a request (ShardspecError if bad) and queue it; its deltas arrive on `queue`
+        (of the running event loop). Returns its id."""
         if self._closing:
             raise Closed("the server is shutting down")
         rid = f"req-{next(self._ids)}"
@@ -71,11 +73,10 @@ class EngineLoop:
                 waiting = sum(self.engine.scheduler.stats()["waiting"])
             if waiting + queued >= self.max_waiting:
                 raise QueueFull(f"{self.max_waiting} requests are waiting (runtime.max_waiting)")
-            queue: asyncio.Queue = asyncio.Queue()
             self._queues[rid] = (asyncio.get_running_loop(), queue)
             self._inbox.append(["add", fields])
         self._work.set()
-        return rid, queue
+        return rid
 
     def abort(self, rid: str) -> None:
         """Finish a request early (a client went away); its final delta still arrives."""
@@ -105,8 +106,7 @@ class EngineLoop:
                     return
         except BaseException as e:  # the engine broke: fail every waiting client rather than hang them
             self.error = e
-            for rid in list(self._queues):
-                self._deliver(TokenDelta(rid, (), None, None), error=e)
+            self._deliver([TokenDelta(rid, (), None, None) for rid in list(self._queues)], error=e)
 
     def _turn(self) -> bool:
         """Take the inbox (process 0's, on every process), apply it, step once; True: stop."""
@@ -126,14 +126,23 @@ class EngineLoop:
         if message["stop"]:
             return True
         if self.engine.has_unfinished():
-            for delta in self.engine.step_deltas():
-                self._deliver(delta)
+            self._deliver(self.engine.step_deltas())
         return False
 
-    def _deliver(self, delta: TokenDelta, error: BaseException | None = None) -> None:
+    def _deliver(self, deltas: list[TokenDelta], error: BaseException | None = None) -> None:
+        """Hand a step's deltas to their queues: one wake-up of each event loop, not one a delta."""
+        batches: dict[asyncio.AbstractEventLoop, list] = {}
         with self._inbox_lock:
-            target = self._queues.pop(delta.id, None) if delta.output is not None or error else None
-            target = target or self._queues.get(delta.id)
-        if target is not None:  # process 0 only: the others serve no client
-            loop, queue = target
-            loop.call_soon_threadsafe(queue.put_nowait, error if error is not None else delta)
+            for delta in deltas:
+                last = delta.output is not None or error is not None
+                target = self._queues.pop(delta.id, None) if last else self._queues.get(delta.id)
+                if target is not None:  # process 0 only: the others serve no client
+                    loop, queue = target
+                    batches.setdefault(loop, []).append((queue, error if error is not None else delta))
+        for loop, items in batches.items():
+            loop.call_soon_threadsafe(_put_all, items)
+
+
+def _put_all(items) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
