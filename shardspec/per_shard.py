@@ -62,11 +62,12 @@ def per_shard(plan, fn: Callable, in_axes: Sequence[Axes], out_axes: Axes, sum_o
         wanted = tuple(plan.activation_spec(out_axes))
         # fn's result is laid out as `wanted` without the reduced axes; a reduced
         # axis `wanted` splits a dimension by is scattered there (if it divides).
-        # A mesh axis that splits no argument (it did not divide) cannot split the result.
+        # A mesh axis that splits no argument (it did not divide) cannot split the result,
+        # and there is nothing to sum over it: every device along it computed the same.
         split = {a for s in in_specs for e in s for a in _entry_axes(e)}
         base = [[a for a in _entry_axes(e) if a not in reduce and a in split] for e in wanted]
         scatter, total = {}, []
-        for a in reduce:
+        for a in (a for a in reduce if a in split):
             dim = next((d for d, e in enumerate(wanted) if a in _entry_axes(e)), None)
             if dim is not None and out_local[dim] % (mesh_shape[a] * scatter.get(dim, 1)) == 0:
                 scatter[dim] = scatter.get(dim, 1) * mesh_shape[a]

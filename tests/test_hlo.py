@@ -19,7 +19,7 @@ from shardspec.explanation import hlo_lines
 from shardspec.hlo import KINDS, batch_structs, budget_problems, budget_summary, collectives, hlo_report
 from shardspec.runtime.packer import pack
 from shardspec.runtime.schedule import StepSchedule
-from shardspec.runtime.step import ROW_FIELDS, TOKEN_FIELDS
+from shardspec.runtime.step import ROW_FIELDS, TOKEN_FIELDS, device_batch
 
 from conftest import ROOT
 
@@ -71,8 +71,9 @@ def test_batch_structs_are_what_the_packer_makes():
     packed = pack(StepSchedule.empty(0), plan.runtime)  # no work: the smallest bucket
     structs = batch_structs(plan, packed.token_stride)
     assert {f: (s.shape, s.dtype) for f, s in structs.items()} == {
-        f: (getattr(packed, f).shape, getattr(packed, f).dtype) for f in TOKEN_FIELDS + ROW_FIELDS
+        f: (x.shape, x.dtype) for f, x in device_batch(packed).items()
     }
+    assert set(TOKEN_FIELDS + ROW_FIELDS) < set(structs)  # and the engine's logprobs wanted
 
 
 def test_the_report_needs_devices():

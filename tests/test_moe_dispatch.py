@@ -139,3 +139,15 @@ def test_sparse_dispatch_reduce_scatters_where_tokens_split_next_and_costs_less(
     assert sparse["flops"] < dense["flops"] / 2  # one tile counted, against every expert on every token
     # The ideal counts the sparse loop as XLA does (one tile a device), so the ratio stays meaningful.
     assert 1.0 <= sparse["flops_over_ideal"] < dense["flops_over_ideal"]
+
+
+def test_experts_replicated_where_the_expert_axis_does_not_divide_them():
+    # 8 experts over expert 3 with policy.indivisible: replicate: every device holds every
+    # expert, so the sparse layer must not sum the same result three times.
+    from shardspec.check import check
+
+    plan = compile(
+        strategy(parallelism={"expert": 3}, devices=3, model="mixtral-tiny", policy={"indivisible": "replicate"})
+    )
+    result = check(plan)
+    assert result.passed and result.max_abs_diff < 1e-4, result.summary()
