@@ -134,6 +134,7 @@ def test_bad_requests_are_openai_errors_naming_the_field(server, fields, status,
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["param"] == param and error["message"]
+    assert error["code"] == ("model_not_found" if status == 404 else None)
 
 
 def test_the_openai_client_sees_its_error_types(server):

@@ -31,9 +31,20 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's completions default
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, kind="invalid_request_error", **headers):
+    """An answer in OpenAI's error shape: status, message, the request field at fault."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        kind="invalid_request_error",
+        code: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
-        self.status, self.message, self.param, self.kind, self.headers = status, message, param, kind, headers
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+        self.code, self.headers = code, headers
 
 
 def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True) -> FastAPI:
@@ -55,7 +66,8 @@ def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True) ->
 
     @app.exception_handler(HTTPError)
     async def _http_error(request: Request, e: HTTPError):
-        return JSONResponse(api.error_body(e.message, e.kind, e.param), status_code=e.status, headers=e.headers)
+        body = api.error_body(e.message, e.kind, e.param, e.code)
+        return JSONResponse(body, status_code=e.status, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
@@ -103,16 +115,13 @@ def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True) ->
             for rid in submitted:
                 loop.abort(rid)
             if isinstance(e, QueueFull):
-                raise HTTPError(429, str(e), kind="rate_limit_error", **{"Retry-After": "1"}) from None
+                raise HTTPError(429, str(e), kind="rate_limit_error", headers={"Retry-After": "1"}) from None
             if isinstance(e, Closed):
                 raise HTTPError(503, str(e), kind="server_error") from None
             problem = e.problems[0]
             param = problem.path or None
             raise HTTPError(400, problem.message + (f"; {problem.hint}" if problem.hint else ""), param) from None
         return submitted, queue
-
-    def sampling_fields(body: api._Sampling, max_tokens_default: int | None) -> dict:
-        return body.engine_fields(max_tokens_default)
 
     def token_text(token_id: int) -> str:
         if engine.tokenizer is None:
@@ -122,7 +131,7 @@ def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True) ->
     @app.post("/v1/completions")
     async def completions(body: api.CompletionRequest, request: Request):
         check_model(body.model)
-        fields = sampling_fields(body, DEFAULT_MAX_TOKENS)
+        fields = body.engine_fields(DEFAULT_MAX_TOKENS)
         return await respond(body, request, body.prompts(), fields, "cmpl", chat=False)
 
     @app.post("/v1/chat/completions")
@@ -134,7 +143,7 @@ def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True) ->
                 "this model has no chat template (tokenizer_config.json or chat_template.jinja); use /v1/completions",
                 "messages",
             )
-        fields = sampling_fields(body, None)  # no max_tokens: as long as the context allows
+        fields = body.engine_fields(None)  # no max_tokens: as long as the context allows
         try:
             text = chat_template.render([m.model_dump(exclude_none=True) for m in body.messages])
         except ShardspecError as e:
