@@ -12,11 +12,14 @@ import sys
 import threading
 import time
 
+import pytest
 from typer.testing import CliRunner
 
 from shardspec.cli.main import app
 
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # every test starts a cluster of processes
 
 runner = CliRunner()
 MULTIHOST = str(ROOT / "strategies" / "multihost_dp.yaml")

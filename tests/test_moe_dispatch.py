@@ -95,6 +95,7 @@ def _requests(vocab: int) -> list[Request]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "path,overrides",
     [

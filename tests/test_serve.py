@@ -19,6 +19,8 @@ from shardspec.server.chat_template import load_chat_template
 from conftest import ROOT
 from helpers import serving
 
+pytestmark = pytest.mark.slow  # a real server or cluster per test module
+
 LLAMA = ROOT / "tests" / "fixtures" / "hf" / "llama"
 TEMPLATE = (
     "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"

@@ -6,12 +6,15 @@ import signal
 
 import httpx
 import numpy as np
+import pytest
 
 from shardspec import compile, load
 from shardspec.runtime.engine import Engine
 
 from conftest import ROOT
 from helpers import serving
+
+pytestmark = pytest.mark.slow  # a real server or cluster per test module
 
 STRATEGY = ROOT / "strategies" / "multihost_dp.yaml"  # data 2 across 2 processes
 SMALL = ["--set", "runtime.max_num_batched_tokens=64"]
