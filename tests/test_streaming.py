@@ -112,15 +112,15 @@ def test_an_abort_is_delivered_by_the_step_loop(async_scheduling):
     assert sorted((o.id, o.finish_reason) for o in outputs) == [("a", "abort"), ("b", "abort")]
 
 
-@pytest.mark.parametrize("path", ["tp.yaml", "attention_dp.yaml"])
-def test_logprobs_are_the_log_softmax_of_the_reference_logits(path):
+def test_logprobs_are_the_log_softmax_of_the_reference_logits():
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from shardspec import apply
 
-    plan = compile(load(ROOT / "strategies" / path, overrides={"kv_cache.dtype": "float32"}))
+    small = {"runtime.max_num_batched_tokens": "32", "runtime.max_num_seqs": "4"}  # few buckets to compile
+    plan = compile(load(ROOT / "strategies" / "attention_dp.yaml", overrides=small))  # 4 ranks, sharded vocab
     engine = Engine(plan)
     rng = np.random.default_rng(0)
     requests = [
