@@ -144,3 +144,16 @@ def test_logprobs_are_the_log_softmax_of_the_reference_logits():
     alone = sum((d.logprobs or () for d in streamed), ())  # another batch: the same within float rounding
     assert [t.token_id for t in alone] == [t.token_id for t in outputs[0].logprobs]
     np.testing.assert_allclose([t.logprob for t in alone], [t.logprob for t in outputs[0].logprobs], atol=1e-5)
+
+
+def test_streaming_begun_mid_request_still_gives_its_whole_text():
+    strategy = load({"model": str(LLAMA), "devices": 1, "runtime": {"max_num_batched_tokens": 32, "max_num_seqs": 4}})
+    engine = Engine(compile(strategy))
+    want = engine.generate([{"prompt": PROMPTS[1], "max_tokens": 12, "ignore_eos": True}])[0]
+    engine.add_request(id="m", prompt=PROMPTS[1], max_tokens=12, ignore_eos=True)
+    for _ in range(4):  # some tokens come out before anyone streams
+        engine.step()
+    deltas = list(engine.stream(tokens=True))
+    assert deltas[-1].output.output_token_ids == want.output_token_ids
+    assert deltas[-1].output.text == want.text
+    assert "".join(d.text for d in deltas) == want.text  # the earlier tokens' text comes in the first delta

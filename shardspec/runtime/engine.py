@@ -95,7 +95,7 @@ class Engine:
         self._next_id = 0
         self.metrics = Metrics(self.sizes.dp_ranks)
         self._texts: dict[str, TextStream] = {}  # requests whose text is followed: stop strings, streaming
-        self.follow_text = False  # set by step_deltas(): stream every request's text
+        self.follow_text = False  # set by follow_all_text(): stream every request's text
         self._logprobs: dict[str, tuple[int, list[TokenLogprob]]] = {}  # request -> (top N, one per token)
         # Held by every step, add_request and abort: other threads may add and abort while one
         # thread steps; hold it to read the scheduler's state consistently (the server's metrics).
@@ -175,10 +175,24 @@ class Engine:
     def step_deltas(self) -> list[TokenDelta]:
         """Run one step; return every request's progress in it (see TokenDelta)."""
         with self.lock:
-            self.follow_text = True  # from now on every request's text is followed (with a tokenizer)
+            self.follow_all_text()
             self.scheduler.record_tokens = True
             outputs, new = self._step_once()
             return self._deltas(new, outputs)
+
+    def follow_all_text(self) -> None:
+        """From now on follow every request's text (with a tokenizer), for text deltas; a
+        request already running starts from the outputs it has, so its text stays whole."""
+        with self.lock:
+            if self.follow_text:
+                return
+            self.follow_text = True
+            if self.tokenizer is None:
+                return
+            for rid, outputs in self.scheduler.outputs_so_far().items():
+                if rid not in self._texts:
+                    self._texts[rid] = TextStream(self.tokenizer)
+                    self._texts[rid].push(outputs)
 
     def _step_once(self) -> tuple[list[Output], list[tuple[str, int, TokenLogprob | None]]]:
         """One step: (finished outputs, complete, and the (request id, token, logprob) it took)."""
@@ -242,11 +256,7 @@ class Engine:
         stopped = False
         for rid, token, _ in new:
             text = self._texts.get(rid)
-            if text is None:
-                if not self.follow_text or self.tokenizer is None:
-                    continue
-                text = self._texts[rid] = TextStream(self.tokenizer)  # added before streaming began
-            if not text.stopped:
+            if text is not None and not text.stopped:
                 text.push((token,))
                 if text.stopped:
                     stopped |= self.scheduler.abort(rid, reason="stop")
@@ -302,7 +312,7 @@ class Engine:
         """Add `requests`, then yield every Output as it finishes until none is left; with
         `tokens=True`, every TokenDelta as steps produce them (a request's last carries its Output)."""
         if tokens:
-            self.follow_text = True  # before the requests are added: each one's text is followed
+            self.follow_all_text()  # before the requests are added: each one's text is followed
         for r in requests:
             self.add_request(r) if isinstance(r, Request) else self.add_request(**r)
         idle = 0

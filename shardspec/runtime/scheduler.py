@@ -115,6 +115,17 @@ class DPScheduler:
         out, self._finished = self._finished, []
         return out
 
+    def outputs_so_far(self) -> dict[str, tuple[int, ...]]:
+        """Every unfinished request's output tokens taken by `update()` so far."""
+        sl, out = self.slots, {}
+        for rid, seq in self._by_request.items():
+            if seq.status is Status.RUNNING:
+                g = seq.slot
+                out[rid] = tuple(sl.tokens[g, sl.prompt_len[g] : sl.prompt_len[g] + sl.received[g]].tolist())
+            else:
+                out[rid] = seq.outputs
+        return out
+
     def request_id(self, seq_id: int) -> str | None:
         """The request of an unfinished sequence."""
         seq = self._seqs.get(seq_id)

@@ -56,7 +56,7 @@ class EngineLoop:
         self._thread = threading.Thread(target=self.run, name="shardspec-engine", daemon=True)
 
     def start(self) -> None:
-        self.engine.follow_text = True
+        self.engine.follow_all_text()
         self._thread.start()
 
     def submit(self, fields: Mapping, queue: asyncio.Queue) -> str:
