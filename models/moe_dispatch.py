@@ -48,17 +48,24 @@ def tile_rows(tokens: int, experts_per_token: int, num_experts: int) -> int:
     return int(min(MAX_TILE, 1 << max(0, half_share.bit_length() - 1)))
 
 
+def _assignments(w, experts_per_token: int):
+    """Routing weights w [T, X'] -> (weights [T, k], experts [T*k], assignments per expert [X']),
+    k = the most of this device's experts one token uses; unrouted and padding: expert X', never run."""
+    X = w.shape[1]
+    top_w, top_x = jax.lax.top_k(w, min(experts_per_token, X))  # [T, k]
+    expert = jnp.where(top_w > 0, top_x, X).reshape(-1)
+    return top_w, expert, jnp.bincount(expert, length=X + 1)[:X]
+
+
 def sparse_experts(x, w, gate, up, down, *, experts_per_token: int, tile: int):
     """x [T, E], w [T, X'] -> [T, E]: each token through its routed experts only."""
     T, E = x.shape
     X = w.shape[1]
-    k = min(experts_per_token, X)  # the most of this device's experts one token uses
-    top_w, top_x = jax.lax.top_k(w, k)  # [T, k]
-    expert = jnp.where(top_w > 0, top_x, X).reshape(-1)  # unrouted and padding: group X, never computed
+    top_w, expert, sizes = _assignments(w, experts_per_token)
+    k = top_w.shape[1]
     order = jnp.argsort(expert, stable=True)
     token = (jnp.arange(T * k) // k)[order]  # assignments sorted by expert
     weight = top_w.reshape(-1)[order]
-    sizes = jnp.bincount(expert, length=X + 1)[:X]  # assignments per expert
     starts = jnp.cumsum(sizes) - sizes  # each expert's first sorted assignment
     busy = jnp.nonzero(sizes, size=X, fill_value=0)[0]  # experts with assignments, first
 
@@ -84,7 +91,5 @@ def sparse_experts(x, w, gate, up, down, *, experts_per_token: int, tile: int):
 
 def tiles_used(w, *, experts_per_token: int, tile: int):
     """Tiles `sparse_experts` runs for routing weights w [T, X'] (for FLOP counts)."""
-    k = min(experts_per_token, w.shape[1])
-    top_w, top_x = jax.lax.top_k(w, k)
-    sizes = jnp.bincount(jnp.where(top_w > 0, top_x, w.shape[1]).reshape(-1), length=w.shape[1] + 1)[:-1]
+    _, _, sizes = _assignments(w, experts_per_token)
     return jnp.sum((sizes + tile - 1) // tile)

@@ -229,7 +229,8 @@ def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True) ->
                             delta=True,
                             offset=offsets[i],
                         )
-                        offsets[i] += sum(len(token_text(t)) for t in item.token_ids)
+                        if item.logprobs is not None:  # text_offset is a logprobs field: no decode otherwise
+                            offsets[i] += sum(len(token_text(t)) for t in item.token_ids)
                         yield _sse(api.envelope(rid, kind, served_model_name, [piece]))
                     if item.output is not None:
                         usage[0] += len(item.output.prompt_token_ids)
