@@ -32,13 +32,6 @@ def _filter_row(logits, temperature, top_k, top_p):
     return jnp.where(scaled >= threshold, scaled, -jnp.inf)
 
 
-def _sample_row(logits, temperature, top_k, top_p, seed, output_index):
-    greedy = jnp.argmax(logits).astype(jnp.int32)
-    key = jax.random.fold_in(jax.random.key(seed), output_index)
-    drawn = jax.random.categorical(key, _filter_row(logits, temperature, top_k, top_p)).astype(jnp.int32)
-    return jnp.where(temperature <= 0, greedy, drawn)
-
-
 def _draw_row(logits, temperature, top_k, top_p, seed, output_index, cut: bool):
     key = jax.random.fold_in(jax.random.key(seed), output_index)
     scaled = _filter_row(logits, temperature, top_k, top_p) if cut else logits / jnp.maximum(temperature, 1e-6)
