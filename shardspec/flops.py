@@ -15,10 +15,11 @@ from __future__ import annotations
 from .models.config import LlamaConfig, MoEConfig
 
 
-def _moe_layers(config: LlamaConfig) -> int:
+def moe_layers(config: LlamaConfig) -> list[int]:
+    """The layers whose FFN is a MoE (none for a dense model)."""
     if not isinstance(config, MoEConfig):
-        return 0
-    return sum(1 for layer in range(config.num_layers) if layer not in config.dense_layers)
+        return []
+    return [layer for layer in range(config.num_layers) if layer not in config.dense_layers]
 
 
 def touched_per_token(config: LlamaConfig, experts: int | None = None) -> int:
@@ -26,11 +27,12 @@ def touched_per_token(config: LlamaConfig, experts: int | None = None) -> int:
     layer's experts (default: the `experts_per_token` it is routed to)."""
     E, H, K, D = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
     attention = E * (H + 2 * K) * D + H * D * E  # q, k, v projections; o_proj
-    total = (attention + 3 * E * config.mlp_size) * (config.num_layers - _moe_layers(config))  # SwiGLU
-    if _moe_layers(config):
+    n_moe = len(moe_layers(config))
+    total = (attention + 3 * E * config.mlp_size) * (config.num_layers - n_moe)  # SwiGLU
+    if n_moe:
         experts = config.experts_per_token if experts is None else experts
         per_layer = attention + E * config.num_experts + experts * 3 * E * config.expert_mlp_size  # + router
-        total += per_layer * _moe_layers(config)
+        total += per_layer * n_moe
     return total
 
 
@@ -45,5 +47,5 @@ def step_flops(
     lm_head = config.hidden_size * config.vocab_size
     flops = 2.0 * touched_per_token(config, experts=0 if expert_rows is not None else None) * tokens
     if expert_rows is not None:
-        flops += 2.0 * expert_rows * 3 * config.hidden_size * config.expert_mlp_size * _moe_layers(config)
+        flops += 2.0 * expert_rows * 3 * config.hidden_size * config.expert_mlp_size * len(moe_layers(config))
     return flops + 2.0 * lm_head * sampled_rows + attention * tokens

@@ -35,7 +35,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from .errors import Problem, ShardspecError, raise_all
-from .flops import step_flops
+from .flops import moe_layers, step_flops
 from .model_info import own_model
 from .models.config import MoEConfig
 from .models.moe_dispatch import tile_rows
@@ -147,10 +147,10 @@ def _one_tile_rows(plan: ShardingPlan, tokens: int) -> float | None:
     cfg = plan.model.config
     if not isinstance(cfg, MoEConfig) or plan.strategy.runtime.moe_dispatch != "sparse":
         return None
-    moe_layers = sorted(set(range(cfg.num_layers)) - set(cfg.dense_layers))
-    if not moe_layers:
+    layers = moe_layers(cfg)
+    if not layers:
         return None
-    gate = next(p for p in plan.params if p.path == f"layers.{moe_layers[0]}.mlp.gate_proj")
+    gate = next(p for p in plan.params if p.path == f"layers.{layers[0]}.mlp.gate_proj")
     experts_local, _, f_local = local_shape(gate.stored_shape, gate.spec, plan.mesh_shape)
     (tokens_local,) = local_shape((tokens,), P(plan.activations["mlp_in"][0]), plan.mesh_shape)
     tile = tile_rows(tokens_local, cfg.experts_per_token, cfg.num_experts)
