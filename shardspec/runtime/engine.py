@@ -27,6 +27,7 @@ from ..protocol import ServableModel
 from ..tokenizer import decode, load_tokenizer
 from .metrics import Metrics
 from .packer import PackedStep, pack
+from .paged_attention import attend_rank
 from .request import Output, Request, TokenLogprob
 from .requests_io import make_request
 from .schedule import StepSchedule
@@ -64,7 +65,7 @@ class Engine:
         *,
         seed: int = 0,
         eos_token_id: int | None = None,
-        rank_attention=None,
+        rank_attention=attend_rank,
     ):
         """Serve `model` (an NNX module implementing `shardspec.protocol.ServableModel`,
         the one the plan was compiled from; placed into the plan's shardings here), or
@@ -88,7 +89,7 @@ class Engine:
             eos_token_ids=eos,
             async_scheduling=runtime.async_scheduling,
         )
-        self._step = Step(plan, self.model, **({"rank_attention": rank_attention} if rank_attention else {}))
+        self._step = Step(plan, self.model, rank_attention)
         self._caches = allocate_kv_cache(plan)
         self._inflight: _InFlight | None = None
         self._samples = self._step.initial_samples()
