@@ -31,7 +31,7 @@ def parse_sets(sets: list[str] | None) -> dict[str, str]:
 
 def load_strategy(path: str, model: str | None, sets: list[str] | None) -> Strategy:
     strategy = load(path, overrides=parse_sets(sets))
-    return strategy.with_model(model) if model else strategy
+    return strategy.with_model(model) if model is not None else strategy
 
 
 def cluster_given(*flags) -> bool:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from shardspec.errors import ShardspecError, did_you_mean
+from shardspec.errors import ShardspecError, Source, clip, did_you_mean
 
 from .config import LlamaConfig, MoEConfig
 from .llama import Llama
@@ -17,8 +17,12 @@ from .moe import MoE
 from .presets import PRESETS
 
 
-def resolve_config(model: str | os.PathLike | LlamaConfig) -> LlamaConfig:
-    """A config object, a preset name, or a Hugging Face checkpoint directory."""
+def resolve_config(model: str | os.PathLike | LlamaConfig, where: Source | None = None) -> LlamaConfig:
+    """A config object, a preset name, or a Hugging Face checkpoint directory.
+
+    `where`: the strategy naming `model`, whose `model:` line (or `--model`) an
+    unknown name is reported at.
+    """
     if isinstance(model, LlamaConfig):
         return model
     if model in PRESETS:
@@ -27,11 +31,11 @@ def resolve_config(model: str | os.PathLike | LlamaConfig) -> LlamaConfig:
         from .hf import config_from_dir
 
         return config_from_dir(model)
-    raise ShardspecError(
-        f"unknown model {os.fspath(model)!r}",
-        path="model",
-        hint=did_you_mean(model, PRESETS) or "see `shardspec models`, or give a checkpoint directory",
-    )
+    message = f"unknown model {clip(os.fspath(model))}"
+    hint = did_you_mean(model, PRESETS) or "see `shardspec models`, or give a checkpoint directory"
+    if where is not None:
+        raise where.error("model", message, hint)
+    raise ShardspecError(message, path="model", hint=hint)
 
 
 def model_class(config: LlamaConfig) -> type[Llama]:

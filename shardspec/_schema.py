@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 
 from . import _yaml
-from .errors import Problem, Source, did_you_mean, one_of
+from .errors import Problem, Source, clip, did_you_mean, one_of
 
 SCHEMA_FILE = Path(__file__).with_name("strategy.schema.json")
 
@@ -71,6 +71,8 @@ def _message(e: jsonschema.ValidationError) -> tuple[str, str | None]:
         return f"{show(value)} is above the maximum {arg}", None
     if e.validator in ("minLength", "minItems"):
         return "must not be empty", None
+    if e.validator in ("maxLength", "maxItems"):
+        return f"{show(value)} is longer than {arg}", None
     if e.validator == "exclusiveMinimum":
         return f"{show(value)} is not above {arg}", None
     if e.validator == "required":
@@ -112,7 +114,11 @@ def show(value: object) -> str:
         return "true" if value else "false"
     if value is None:
         return "null"
-    if isinstance(value, (str, int, float)):
+    if isinstance(value, str):
+        return clip(value)
+    if isinstance(value, int) and abs(value) >= 10**40:  # repr of a 5,000-digit int raises
+        return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "a list"

@@ -11,15 +11,20 @@ recorded, and only then turned into plain data by SafeLoader's own constructor.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import yaml
 
-from .errors import Problem, ShardspecError, raise_all
+from .errors import Problem, ShardspecError, clip, raise_all
 
 # Expanded node count above which a document is rejected. A strategy is a few
 # hundred nodes; anchors and aliases can make a 1 kB file expand to billions.
 MAX_NODES = 10_000
+# Largest integer a strategy may hold: every size shardspec stores fits in int64.
+MAX_INT = 2**63 - 1
+MAX_DEPTH = 50  # nesting levels; a strategy has four
+_MAX_INT_TEXT = 80  # characters: more than any spelling of MAX_INT (0b + 63 digits, underscores)
 
 _STD = "tag:yaml.org,2002:"
 _MERGE = _STD + "merge"  # `<<: *base`
@@ -46,7 +51,7 @@ def parse_document(text: str | bytes, file: str) -> tuple[dict, dict[str, int]]:
                 line=_line(root),
             )
         lines: dict[str, int] = {}
-        raise_all(list(_walk(root, "", file, lines)))
+        raise_all(list(_walk(loader, root, "", file, lines)))
         return _construct(loader, root, file), lines
     finally:
         loader.dispose()
@@ -59,7 +64,7 @@ def parse_value(text: str, file: str) -> object:
         if root is None:
             return None
         _check_size(root, file)
-        raise_all(list(_walk(root, "", file, {})))
+        raise_all(list(_walk(loader, root, "", file, {})))
         return _construct(loader, root, file)
     finally:
         loader.dispose()
@@ -91,7 +96,28 @@ def _compose(text: str | bytes, file: str) -> tuple[yaml.SafeLoader, yaml.Node |
         line = text.count("\n", 0, e.position) + 1
         raise ShardspecError(f"invalid YAML: character #x{e.character:04x}: {e.reason}", file=file, line=line) from None
     except RecursionError:
-        raise ShardspecError("invalid YAML: nested too deeply", file=file) from None
+        raise ShardspecError(f"nested more than {MAX_DEPTH} levels deep", file=file, line=_deepest_line(text)) from None
+
+
+def _deepest_line(text: str) -> int | None:
+    """Line where nesting first passes MAX_DEPTH, found by PyYAML's scanner (which,
+    unlike its composer, does not recurse)."""
+    depth = 0
+    opening = (
+        yaml.BlockMappingStartToken,
+        yaml.BlockSequenceStartToken,
+        yaml.FlowMappingStartToken,
+        yaml.FlowSequenceStartToken,
+    )
+    closing = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            depth += isinstance(token, opening) - isinstance(token, closing)
+            if depth > MAX_DEPTH:
+                return token.start_mark.line + 1
+    except yaml.YAMLError:
+        pass
+    return None
 
 
 def _decode(data: bytes, file: str) -> str:
@@ -122,12 +148,17 @@ def _check_size(root: yaml.Node, file: str) -> None:
     """
     counts: dict[int, int] = {}
     active: set[int] = set()  # nodes on the current path: an alias to one is a cycle
+    aliased = False  # whether any node was reached twice: then the expansion, not the text, is too big
 
     def count(node: yaml.Node) -> int:
+        nonlocal aliased
         if id(node) in counts:
+            aliased = True
             return counts[id(node)]
         if id(node) in active:
             raise ShardspecError("an anchor is used inside itself (recursive alias)", file=file, line=_line(node))
+        if len(active) > MAX_DEPTH:
+            raise ShardspecError(f"nested more than {MAX_DEPTH} levels deep", file=file, line=_line(node))
         active.add(id(node))
         total = 1
         if isinstance(node, yaml.SequenceNode):
@@ -136,10 +167,9 @@ def _check_size(root: yaml.Node, file: str) -> None:
             total += sum(count(k) + count(v) for k, v in node.value)
         active.discard(id(node))
         if total > MAX_NODES:
+            why = " (anchors and aliases nested too deeply)" if aliased else "; a strategy has a few hundred"
             raise ShardspecError(
-                f"the document expands to more than {MAX_NODES} values (anchors and aliases nested too deeply)",
-                file=file,
-                line=_line(node),
+                f"the document expands to more than {MAX_NODES} values{why}", file=file, line=_line(node)
             )
         counts[id(node)] = total
         return total
@@ -147,7 +177,7 @@ def _check_size(root: yaml.Node, file: str) -> None:
     count(root)
 
 
-def _walk(node: yaml.Node, path: str, file: str, lines: dict[str, int]) -> Iterable[Problem]:
+def _walk(loader: yaml.SafeLoader, node: yaml.Node, path: str, file: str, lines: dict[str, int]) -> Iterable[Problem]:
     """Problems of `node` and below; records the line of every key and list item.
 
     Lines are only set once (`setdefault`), and a mapping's own keys are visited
@@ -162,15 +192,44 @@ def _walk(node: yaml.Node, path: str, file: str, lines: dict[str, int]) -> Itera
             hint="a strategy is plain data: values, lists and mappings",
         )
         return  # never look inside (or construct) an untrusted tag
-    if isinstance(node, yaml.SequenceNode):
+    if isinstance(node, yaml.ScalarNode):
+        message = _scalar_problem(loader, node)
+        if message:
+            yield Problem(message, path=path, file=file, line=_line(node), hint="quote it if it is meant as text")
+    elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines.setdefault(_child(path, i), _line(item))
-            yield from _walk(item, _child(path, i), file, lines)
+            yield from _walk(loader, item, _child(path, i), file, lines)
     elif isinstance(node, yaml.MappingNode):
-        yield from _walk_mapping(node, path, file, lines)
+        yield from _walk_mapping(loader, node, path, file, lines)
 
 
-def _walk_mapping(node: yaml.MappingNode, path: str, file: str, lines: dict[str, int]) -> Iterable[Problem]:
+def _scalar_problem(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str | None:
+    """Why SafeLoader cannot make a value of `node` that shardspec can use, if it cannot.
+
+    SafeLoader's scalar constructors raise plain ValueError / KeyError without a
+    line (`2020-02-30` resolves as a date, `!!int a`, `!!bool maybe`), and Python
+    refuses to convert an integer of more than 4300 digits; constructing each
+    scalar here, where its line is known, turns those into located problems.
+    """
+    if node.tag == _STD + "int" and len(node.value) > _MAX_INT_TEXT:
+        return f"integer {node.value[:20]}... ({len(node.value)} characters) is out of range (at most {MAX_INT:,})"
+    try:
+        value = loader.yaml_constructors[node.tag](loader, node)
+    except yaml.MarkedYAMLError:
+        return None  # reported with its own mark when the document is constructed
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+        return f"{_short_tag(node.tag)} {clip(node.value)} is not a valid {_short_tag(node.tag)[2:]}"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        return f"integer {clip(node.value)} is out of range (at most {MAX_INT:,})"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{node.value} is not a finite number"
+    return None
+
+
+def _walk_mapping(
+    loader: yaml.SafeLoader, node: yaml.MappingNode, path: str, file: str, lines: dict[str, int]
+) -> Iterable[Problem]:
     seen: dict[str, int] = {}
     merges = []
     for key, value in node.value:
@@ -194,13 +253,13 @@ def _walk_mapping(node: yaml.MappingNode, path: str, file: str, lines: dict[str,
             continue
         seen[key.value] = _line(key)
         lines.setdefault(child, _line(key))
-        yield from _walk(value, child, file, lines)
+        yield from _walk(loader, value, child, file, lines)
     for merged in merges:  # `<<: *base` or `<<: [*base, *other]`
         if isinstance(merged, yaml.SequenceNode) and merged.tag == _STD + "seq":
             for item in merged.value:
-                yield from _walk(item, path, file, lines)
+                yield from _walk(loader, item, path, file, lines)
         else:
-            yield from _walk(merged, path, file, lines)
+            yield from _walk(loader, merged, path, file, lines)
 
 
 def _construct(loader: yaml.SafeLoader, root: yaml.Node, file: str) -> object:
@@ -208,6 +267,8 @@ def _construct(loader: yaml.SafeLoader, root: yaml.Node, file: str) -> object:
         return loader.construct_document(root)
     except yaml.MarkedYAMLError as e:  # e.g. a bad !!binary or an unhashable set item
         raise _syntax_error(e, file) from None
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # _walk has checked every scalar: not expected
+        raise ShardspecError(f"invalid YAML value: {e}", file=file) from None
 
 
 def _line(node: yaml.Node) -> int:

@@ -50,6 +50,13 @@ class ShardspecError(Exception):
         return "\n".join(p.format() for p in self.problems)
 
 
+def clip(text: str, limit: int = 40) -> str:
+    """`text` quoted and cut to `limit` characters: a message shows the value, not all of a megabyte of it."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 def did_you_mean(word: object, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)'-style suffix text, or '' when nothing is close."""
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
@@ -70,11 +77,12 @@ SET_FILE = "--set"  # the "file" of problems caused by an override
 @dataclasses.dataclass(frozen=True)
 class Source:
     """Where a strategy came from: its file name, the line of each YAML path, and the
-    paths `--set` overrode (a problem at one of them, or under one, blames `--set`)."""
+    paths a flag set instead (`--set` or `--model`): a problem at one of them, or
+    under one, blames that flag."""
 
     file: str = "<strategy>"
     lines: Mapping[str, int] = dataclasses.field(default_factory=dict, repr=False)
-    overridden: tuple[str, ...] = ()
+    overridden: Mapping[str, str] = dataclasses.field(default_factory=dict)  # YAML path -> flag that set it
 
     def line(self, path: str) -> int | None:
         """Line of `path`, else of its nearest ancestor that has one."""
@@ -85,18 +93,28 @@ class Source:
                 return None
             path = _parent(path)
 
+    def overriding(self, path: str, flag: str) -> Source:
+        """This source with `path` set by `flag` (its line in the file no longer applies)."""
+        lines = {p: n for p, n in self.lines.items() if not under_any(p, (path,))}
+        return dataclasses.replace(self, lines=lines, overridden={**self.overridden, path: flag})
+
     def problem(self, path: str, message: str, hint: str | None = None, at: str | None = None) -> Problem:
         """A problem at YAML `path`, shown at the line of `at` (default: `path`).
 
-        Overridden by `--set`: located at `--set`. A problem about a whole section
-        one of whose keys `--set` changed keeps the file's line and says so.
+        Under an overridden path: located at its flag (`--model` alone names what it
+        set, so the path is dropped). A section the file has, one of whose keys a
+        flag changed, keeps the file's line and says so; a section only a flag made
+        (`--set new.key=1`) blames the flag.
         """
         at = path if at is None else at
-        if under_any(at, self.overridden):
-            return Problem(message, path=path, file=SET_FILE, hint=hint or None)
+        flag = next((f for p, f in self.overridden.items() if under_any(at, (p,))), None)
         inside = [p for p in self.overridden if under_any(p, (at,))] if at else []
+        if flag is None and inside and at not in self.lines:
+            flag = self.overridden[inside[0]]
+        if flag is not None:
+            return Problem(message, path=path if flag == SET_FILE else "", file=flag, hint=hint or None)
         if inside:
-            message += f" (after --set {', '.join(inside)})"
+            message += f" (after {', '.join(f'{self.overridden[p]} {p}' for p in inside)})"
         return Problem(message, path=path, file=self.file, line=self.line(at), hint=hint or None)
 
     def error(self, path: str, message: str, hint: str | None = None) -> ShardspecError:

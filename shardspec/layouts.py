@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Mapping
 
 import jax.numpy as jnp
@@ -20,6 +19,7 @@ from . import sizes
 from .errors import Problem, did_you_mean, one_of
 from .model_info import ModelInfo
 from .models import axes as ax
+from .path_regex import compile_match
 from .protocol import DecoderGeometry
 from .strategy import Strategy
 
@@ -73,7 +73,7 @@ def param_layouts(
     """Every parameter's layout; `params:` overrides first (the first match wins)."""
     tree = model.tree
     paths = tree.paths
-    overrides = [(o, re.compile(o.match)) for o in strategy.params]
+    overrides = [(o, compile_match(o.match)) for o in strategy.params]
     used_override = [False] * len(overrides)
     layouts, problems = [], []
     for leaf, path in zip(tree.leaves, paths):

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from . import _yaml
 from ._overrides import apply_overrides
 from ._schema import schema_problems
-from .errors import Problem, ShardspecError, Source, did_you_mean, one_of, raise_all, under_any
+from .errors import SET_FILE, Problem, Source, clip, did_you_mean, one_of, raise_all
+from .files import MAX_STRATEGY_BYTES, read_bytes
 from .models import presets as _presets
-from .sizes import divisors, multihost_problem
+from .path_regex import PatternError, compile_match
+from .sizes import MAX_DEVICES, divisors, multihost_problem
 from .strategy import MESH_AXES, KVCacheConfig, Parallelism, ParamOverride, Policy, RuntimeConfig, Strategy
 
 
@@ -36,10 +37,9 @@ def load(source: str | os.PathLike | Mapping, overrides: Mapping[str, object] | 
     Raises `ShardspecError` holding every problem found.
     """
     raw, src, name = _read(source)
-    overridden = tuple(overrides or ())
     raise_all(apply_overrides(raw, overrides or {}))
-    # Problems at overridden paths blame --set; their (stale) lines in the file are dropped.
-    src = Source(src.file, {p: n for p, n in src.lines.items() if not under_any(p, overridden)}, overridden)
+    for path in overrides or ():  # problems there blame --set; their (stale) lines in the file are dropped
+        src = src.overriding(path, SET_FILE)
     raise_all(schema_problems(raw, src))
     raise_all(_semantic_problems(raw, src))
     return _build(raw, src, name)
@@ -55,16 +55,8 @@ def _read(source) -> tuple[dict, Source, str]:
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"load() takes a path, YAML text or a dict, not {type(source).__name__}")
     file = os.fspath(source)
-    try:
-        data, lines = _yaml.parse_document(Path(file).read_bytes(), file)
-    except FileNotFoundError:
-        raise ShardspecError(
-            "file not found", file=file, hint="check the path; it is relative to the working directory"
-        ) from None
-    except IsADirectoryError:
-        raise ShardspecError("is a directory, not a strategy file", file=file) from None
-    except OSError as e:
-        raise ShardspecError(f"cannot read: {e.strerror}", file=file) from None
+    text = read_bytes(file, MAX_STRATEGY_BYTES, "check the path; it is relative to the working directory")
+    data, lines = _yaml.parse_document(text, file)
     return data, Source(file, lines), Path(file).stem
 
 
@@ -90,6 +82,15 @@ def _semantic_problems(raw: dict, where: Source) -> list[Problem]:
 
 def _check_devices(devices: int | None, par: Parallelism, where: Source) -> list[Problem]:
     product = par.product
+    if product > MAX_DEVICES:
+        return [
+            where.problem(
+                "parallelism",
+                f"data {par.data} x tensor {par.tensor} x expert {par.expert} = {product:,} devices, "
+                f"more than the {MAX_DEVICES:,} shardspec lays out",
+                "use smaller degrees of parallelism",
+            )
+        ]
     if devices is None or devices == product:
         return []
     return [
@@ -150,9 +151,9 @@ def _check_params(params: list, where: Source) -> list[Problem]:
     problems = []
     for i, entry in enumerate(params):
         try:
-            re.compile(entry["match"])
-        except re.error as e:
-            problems.append(where.problem(f"params[{i}].match", f"invalid regex {entry['match']!r}: {e}"))
+            compile_match(entry["match"])
+        except PatternError as e:
+            problems.append(where.problem(f"params[{i}].match", f"invalid regex {clip(entry['match'])}: {e}", e.hint))
     return problems
 
 

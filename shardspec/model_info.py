@@ -16,7 +16,7 @@ from typing import Any
 from flax import nnx
 
 from . import param_tree
-from .errors import ShardspecError
+from .errors import ShardspecError, Source
 from .models.axes import ZERO_PADDABLE
 from .models.config import LlamaConfig, MoEConfig
 from .protocol import DecoderGeometry, ServableModel
@@ -53,10 +53,11 @@ def is_own_model(model: Any) -> bool:
     return isinstance(model, (str, os.PathLike, LlamaConfig))
 
 
-def own_model(model: str | os.PathLike | LlamaConfig, dtype) -> ModelInfo:
+def own_model(model: str | os.PathLike | LlamaConfig, dtype, where: Source | None = None) -> ModelInfo:
+    """`where`: the strategy that names `model`, to locate an unknown name at its `model:` (or `--model`)."""
     from .models.registry import abstract, resolve_config
 
-    config = resolve_config(model)
+    config = resolve_config(model, where)
     module = abstract(config, dtype=dtype)
     name = (
         model

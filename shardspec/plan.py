@@ -198,12 +198,12 @@ def compile(
             file=strategy.source.file,
             hint="set model: in the strategy or pass --model (see `shardspec models`)",
         )
-    return build_plan(
-        strategy, _model_info(strategy, source, axes, kv_heads, paddable), devices=devices, abstract_mesh=abstract_mesh
-    )
+    where = strategy.source if model is None else None  # the strategy's model: its problems are located there
+    info = _model_info(strategy, source, where, axes, kv_heads, paddable)
+    return build_plan(strategy, info, devices=devices, abstract_mesh=abstract_mesh)
 
 
-def _model_info(strategy: Strategy, source, axes, kv_heads, paddable) -> ModelInfo:
+def _model_info(strategy: Strategy, source, where, axes, kv_heads, paddable) -> ModelInfo:
     if not is_own_model(source):
         return outside_model(source, axes=axes, kv_heads=kv_heads, paddable=tuple(paddable))
     given = [name for name, v in (("axes", axes), ("kv_heads", kv_heads), ("paddable", paddable)) if v]
@@ -213,7 +213,7 @@ def _model_info(strategy: Strategy, source, axes, kv_heads, paddable) -> ModelIn
             "one of shardspec's, which knows its own",
             path=given[0],
         )
-    info = own_model(source, _DTYPES[strategy.runtime.dtype])
+    info = own_model(source, _DTYPES[strategy.runtime.dtype], where)
     if info.checkpoint:  # file headers only: every tensor there, with its shape, before any device work
         from .checkpoint import check as check_checkpoint
 

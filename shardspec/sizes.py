@@ -19,6 +19,11 @@ import dataclasses
 import math
 from collections.abc import Mapping
 
+# The most devices a strategy may span (and so the schema's maximum of each axis):
+# explain and check lay out one entry per device, so an unbounded product would
+# allocate without limit.
+MAX_DEVICES = 65_536
+
 
 def device_count(mesh_shape: Mapping[str, int]) -> int:
     """Devices a mesh of this shape spans."""

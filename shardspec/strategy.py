@@ -145,4 +145,5 @@ class Strategy:
         return auto, f"attention_data = {auto}: tensor {tensor} / gcd({tensor}, kv_heads {kv_heads})"
 
     def with_model(self, model: str) -> Strategy:
-        return dataclasses.replace(self, model=model)
+        """This strategy on `model` (`--model`): a problem with it is located at `--model`."""
+        return dataclasses.replace(self, model=model, source=self.source.overriding("model", "--model"))

@@ -170,7 +170,7 @@ _keys = st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), m
 # Control and line-separator characters are left out: YAML counts U+0085,
 # U+2028 and U+2029 as line breaks, which would shift the line numbers checked.
 _text = st.text(st.characters(exclude_categories=["Cs", "Cc", "Zl", "Zp"]), max_size=8)
-_scalars = st.none() | st.booleans() | st.integers() | _text
+_scalars = st.none() | st.booleans() | st.integers(-_yaml.MAX_INT, _yaml.MAX_INT) | _text
 _data = st.dictionaries(
     _keys,
     st.recursive(

@@ -107,7 +107,7 @@ class Engine:
         cls, path: str | os.PathLike, model: str | None = None, overrides: Mapping[str, str] | None = None, **kwargs
     ) -> Engine:
         strategy = load(path, overrides=overrides)
-        return cls(compile(strategy.with_model(model) if model else strategy), **kwargs)
+        return cls(compile(strategy.with_model(model) if model is not None else strategy), **kwargs)
 
     # -- requests ---------------------------------------------------------------------------
 

@@ -1,0 +1,73 @@
+"""Reading a user's file: a regular file only, its size checked before reading.
+
+A strategy path can be a FIFO (the read blocks forever), `/dev/zero` (never
+ends), a directory, a symlink loop or a 50 MB file; each is a user error here,
+with the limit stated, before a byte is read. Every file shardspec reads from a
+user goes through `read_bytes` with its own cap:
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from .errors import ShardspecError
+
+MiB = 1 << 20
+MAX_STRATEGY_BYTES = 1 * MiB  # a strategy is a few kB
+MAX_CONFIG_BYTES = 4 * MiB  # config.json, generation_config.json, tokenizer_config.json
+MAX_INDEX_BYTES = 64 * MiB  # model.safetensors.index.json: one line per tensor
+MAX_TOKENIZER_BYTES = 256 * MiB  # tokenizer.json: tens of MB for large vocabularies
+MAX_REQUESTS_BYTES = 1024 * MiB  # a request file: one JSON line per request
+
+
+def read_bytes(path: str | os.PathLike, limit: int, hint: str | None = None) -> bytes:
+    """The bytes of the regular file at `path`, at most `limit` of them; else ShardspecError.
+
+    `hint` says how to fix a path that does not exist (e.g. which flag gave it).
+    """
+    file = os.fspath(path)
+    info = _stat(file, hint)
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a pipe, socket or device)"
+        raise ShardspecError(f"is {kind}", file=file, hint="give a file")
+    if info.st_size > limit:
+        raise ShardspecError(_too_big(info.st_size, limit), file=file)
+    try:
+        with open(file, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise ShardspecError(f"cannot read: {e.strerror}", file=file) from None
+    if len(data) > limit:  # it grew since stat
+        raise ShardspecError(_too_big(len(data), limit), file=file)
+    return data
+
+
+def read_text(path: str | os.PathLike, limit: int, hint: str | None = None) -> str:
+    """`read_bytes` decoded as UTF-8 (a leading byte-order mark is dropped), with the line of a bad byte."""
+    data = read_bytes(path, limit, hint)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ShardspecError(
+            f"not UTF-8 text (byte 0x{data[e.start]:02x})", file=os.fspath(path), line=line, hint="save it as UTF-8"
+        ) from None
+
+
+def _stat(file: str, hint: str | None) -> os.stat_result:
+    if "\0" in file:
+        raise ShardspecError("a path cannot contain a NUL character", file=repr(file)[1:-1])
+    try:
+        return os.stat(file)
+    except FileNotFoundError:
+        raise ShardspecError("file not found", file=file, hint=hint or "check the path") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ShardspecError("symbolic link loop", file=file) from None
+        raise ShardspecError(f"cannot read: {e.strerror}", file=file) from None
+
+
+def _too_big(size: int, limit: int) -> str:
+    return f"is {size / MiB:,.1f} MiB, more than the {limit // MiB:,} MiB this file may be"
