@@ -28,7 +28,7 @@ def resolve_config(model: str | os.PathLike | LlamaConfig, where: Source | None 
     if model in PRESETS:
         return PRESETS[model]
     if os.path.isdir(model):
-        from .hf import config_from_dir
+        from .hf_config import config_from_dir
 
         return config_from_dir(model)
     message = f"unknown model {clip(os.fspath(model))}"

@@ -17,8 +17,8 @@ shard is read.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
+import os
 from pathlib import Path
 
 import jax
@@ -28,11 +28,19 @@ import numpy as np
 from flax import nnx
 from safetensors import SafetensorError, safe_open
 
-from .errors import Problem, ShardspecError, raise_all
+from ._schema import schema_problems
+from .errors import Problem, ShardspecError, Source, clip, raise_all
+from .files import MAX_INDEX_BYTES, read_json, regular_file_size
 from .models import hf
 from .models.config import LlamaConfig
 
 INDEX = "model.safetensors.index.json"
+# What shardspec reads of the index: tensor name -> file name.
+_INDEX_SCHEMA = {
+    "type": "object",
+    "required": ["weight_map"],
+    "properties": {"weight_map": {"type": "object", "additionalProperties": {"type": "string", "minLength": 1}}},
+}
 DTYPES = frozenset({"BF16", "F16", "F32"})  # checkpoint dtypes, converted to the runtime dtype on reading
 MAX_PROBLEMS = 12  # a wrong config.json disagrees with every tensor: show the first few
 # A larger shard is read and converted in blocks of about this size, straight into
@@ -64,21 +72,31 @@ class Checkpoint:
 
     def _files(self) -> tuple[list[Path], list[Problem]]:
         index = self.directory / INDEX
-        if not index.exists():
+        if not os.path.lexists(index):
             files = sorted(self.directory.glob("*.safetensors"))
             return files, [] if files else [Problem("no *.safetensors file", file=str(self.directory))]
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ShardspecError(f"not a safetensors index (needs weight_map): {e}", file=str(index)) from None
-        files = [self.directory / f for f in sorted(set(weight_map.values()))]
-        return files, [Problem(f"missing file (listed in {INDEX})", file=str(f)) for f in files if not f.is_file()]
+        data = read_json(index, MAX_INDEX_BYTES)
+        raise_all(schema_problems(data, Source(str(index)), _INDEX_SCHEMA))
+        names = sorted(set(data["weight_map"].values()))
+        raise_all(
+            [  # a file beside the index: a checkpoint cannot point outside its own directory
+                Problem(f"{clip(name)} is not a file name", file=str(index), path="weight_map", hint="no directories")
+                for name in names
+                if Path(name).name != name or name in (".", "..")
+            ]
+        )
+        files = [self.directory / f for f in names]
+        return files, [Problem(f"missing file (listed in {INDEX})", file=str(f)) for f in files if not f.exists()]
 
     def _open(self, files: list[Path]) -> list[Problem]:
         problems = []
         for path in files:
             try:
+                regular_file_size(path)  # never hand safetensors a FIFO or a device
                 handle = self._stack.enter_context(safe_open(str(path), framework="numpy"))
+            except ShardspecError as e:
+                problems += e.problems
+                continue
             except (SafetensorError, OSError) as e:
                 problems.append(
                     Problem(f"cannot read: {e}", file=str(path), hint="the file is truncated or not safetensors")

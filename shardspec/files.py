@@ -9,6 +9,7 @@ user goes through `read_bytes` with its own cap:
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 
@@ -28,12 +29,9 @@ def read_bytes(path: str | os.PathLike, limit: int, hint: str | None = None) -> 
     `hint` says how to fix a path that does not exist (e.g. which flag gave it).
     """
     file = os.fspath(path)
-    info = _stat(file, hint)
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a pipe, socket or device)"
-        raise ShardspecError(f"is {kind}", file=file, hint="give a file")
-    if info.st_size > limit:
-        raise ShardspecError(_too_big(info.st_size, limit), file=file)
+    size = regular_file_size(file, hint)
+    if size > limit:
+        raise ShardspecError(_too_big(size, limit), file=file)
     try:
         with open(file, "rb") as f:
             data = f.read(limit + 1)
@@ -54,6 +52,38 @@ def read_text(path: str | os.PathLike, limit: int, hint: str | None = None) -> s
         raise ShardspecError(
             f"not UTF-8 text (byte 0x{data[e.start]:02x})", file=os.fspath(path), line=line, hint="save it as UTF-8"
         ) from None
+
+
+def read_json(path: str | os.PathLike, limit: int, hint: str | None = None) -> object:
+    """`read_text` parsed as JSON (`parse_json`), a syntax error located at its line."""
+    text = read_text(path, limit, hint)
+    try:
+        return parse_json(text)
+    except json.JSONDecodeError as e:
+        raise ShardspecError(
+            f"not valid JSON: {e.msg} (column {e.colno})", file=os.fspath(path), line=e.lineno
+        ) from None
+    except ValueError as e:  # NaN, or an integer of thousands of digits
+        raise ShardspecError(f"not valid JSON: {e}", file=os.fspath(path)) from None
+
+
+def parse_json(text: str) -> object:
+    """`json.loads`, less the NaN and Infinity that Python's json accepts and JSON does not (ValueError)."""
+    return json.loads(text, parse_constant=_not_a_number)
+
+
+def _not_a_number(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def regular_file_size(path: str | os.PathLike, hint: str | None = None) -> int:
+    """Bytes in the regular file at `path`; ShardspecError for anything else (nothing is opened)."""
+    file = os.fspath(path)
+    info = _stat(file, hint)
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a pipe, socket or device)"
+        raise ShardspecError(f"is {kind}", file=file, hint="give a file")
+    return info.st_size
 
 
 def _stat(file: str, hint: str | None) -> os.stat_result:

@@ -168,7 +168,7 @@ def test_config_json_problems_exit_2(tmp_path, change, message):
 def test_a_directory_without_config_json_exits_2(tmp_path):
     code, err = _validate(tmp_path)
     assert code == 2 and err == (
-        f"error: {tmp_path / 'config.json'}: not found: a Hugging Face checkpoint directory needs config.json\n"
+        f"error: {tmp_path / 'config.json'}: file not found (a Hugging Face checkpoint directory needs config.json)\n"
     )
 
 

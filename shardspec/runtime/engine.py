@@ -29,7 +29,7 @@ from .metrics import Metrics
 from .packer import PackedStep, pack
 from .paged_attention import attend_rank
 from .request import Output, Request, TokenLogprob
-from .requests_io import make_request
+from .requests_io import make_request, request_fields
 from .schedule import StepSchedule
 from .scheduler import DPScheduler
 from .step import Step, allocate_kv_cache, device_batch, local_rows, padding_batch
@@ -117,14 +117,11 @@ class Engine:
         Raises ShardspecError for a bad request; an accepted one always finishes.
         """
         with self.lock:
-            if request is None:
-                request = self.validate(fields, str(self._next_id))
-            elif fields:
-                raise TypeError("pass a Request or fields, not both")
-            if request.stop and self.tokenizer is None:
-                raise ShardspecError(
-                    "stop strings need a model with a tokenizer", path="stop", hint="use stop_token_ids instead"
-                )
+            if request is not None:
+                if fields or not isinstance(request, Request):
+                    raise TypeError("add_request takes a Request or request fields, not both")
+                fields = request_fields(request)  # a Request is checked by the same path as fields
+            request = self.validate(fields, str(self._next_id))
             self._next_id += 1
             try:
                 self.scheduler.add_request(request)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .._schema import schema_problems
 from ..errors import Problem, ShardspecError, Source, raise_all
+from ..files import MAX_REQUESTS_BYTES, parse_json, read_text
 from ..sizes import RuntimeSizes
 from .request import Output, Request, SamplingParams
 
@@ -32,6 +34,7 @@ def make_request(
     left out takes `Request`'s (and `SamplingParams`') default, their one owner.
     """
     where = where or Source("<request>", {})
+    raise_all(_non_finite(fields, where))  # JSON Schema's bounds let NaN through
     raise_all(schema_problems(dict(fields), where, _SCHEMA))
     problems: list[Problem] = []
     if "prompt" in fields and "prompt_token_ids" in fields:
@@ -73,24 +76,49 @@ def make_request(
     return request
 
 
+def request_fields(request: Request) -> dict:
+    """A Request as request-file fields: Request objects are checked by the same path as lines."""
+    sampling = request.sampling
+    fields = {
+        "id": request.id,
+        "prompt_token_ids": list(request.prompt_token_ids),
+        "max_tokens": request.max_tokens,
+        "ignore_eos": request.ignore_eos,
+        "stop_token_ids": list(request.stop_token_ids),
+        **{k: getattr(sampling, k) for k in _SAMPLING_FIELDS},
+    }
+    if request.stop:
+        fields["stop"] = list(request.stop)
+    if request.logprobs is not None:
+        fields["logprobs"] = request.logprobs
+    return fields
+
+
+def _non_finite(fields: Mapping, where: Source) -> list[Problem]:
+    return [
+        where.problem(key, f"{value} is not a finite number", "give a number")
+        for key, value in fields.items()
+        if isinstance(value, float) and not math.isfinite(value)
+    ]
+
+
 def read_requests(path: str | Path, *, vocab_size: int, limits: RuntimeSizes, tokenizer=None) -> list[Request]:
     """Every line of a JSONL file as a Request; all bad lines reported at once, nothing run."""
     file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ShardspecError("file not found", file=file, hint="check the --prompts path") from None
-    except UnicodeDecodeError as e:
-        raise ShardspecError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=file) from None
+    text = read_text(path, MAX_REQUESTS_BYTES, hint="check the --prompts path")
     requests, problems, ids = [], [], set()
-    for number, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" alone: str.splitlines() would also split at U+2028 or \x0c inside a JSON string.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         where = Source(file, {"": number})
         try:
-            fields = json.loads(line)
+            fields = parse_json(line)
         except json.JSONDecodeError as e:
             problems.append(Problem(f"not JSON: {e.msg} (column {e.colno})", file=file, line=number))
+            continue
+        except ValueError as e:  # NaN / Infinity, or an integer of thousands of digits
+            problems.append(Problem(f"not JSON: {e}", file=file, line=number))
             continue
         if not isinstance(fields, dict):
             problems.append(Problem("each line must be a JSON object", file=file, line=number))

@@ -9,10 +9,11 @@ the tokenizer's own special tokens: the template has placed them.
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 from ..errors import ShardspecError
+from ..files import MAX_CONFIG_BYTES, read_json, read_text
 
 
 class ChatTemplate:
@@ -39,11 +40,13 @@ def load_chat_template(checkpoint: str | None) -> ChatTemplate | None:
         return None
     root = Path(checkpoint)
     config = {}
-    if (root / "tokenizer_config.json").is_file():
-        config = json.loads((root / "tokenizer_config.json").read_text(encoding="utf-8"))
+    if os.path.lexists(root / "tokenizer_config.json"):
+        config = read_json(root / "tokenizer_config.json", MAX_CONFIG_BYTES)
+        if not isinstance(config, dict):
+            raise ShardspecError("must hold a JSON object", file=str(root / "tokenizer_config.json"))
     source = config.get("chat_template")
-    if (root / "chat_template.jinja").is_file():
-        source = (root / "chat_template.jinja").read_text(encoding="utf-8")
+    if os.path.lexists(root / "chat_template.jinja"):
+        source = read_text(root / "chat_template.jinja", MAX_CONFIG_BYTES)
     if not isinstance(source, str):
         return None
     special = {k: _token_text(config.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
