@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import jax
-import numpy as np
 
 from ..distributed import fetch
 from ..errors import ShardspecError
@@ -25,6 +24,7 @@ from ..placement import apply
 from ..plan import ShardingPlan, compile
 from ..protocol import ServableModel
 from ..tokenizer import decode, load_tokenizer
+from .logprob_log import LogprobLog
 from .metrics import Metrics
 from .packer import PackedStep, pack
 from .paged_attention import attend_rank
@@ -92,12 +92,13 @@ class Engine:
         self._step = Step(plan, self.model, rank_attention)
         self._caches = allocate_kv_cache(plan)
         self._inflight: _InFlight | None = None
+        self._kv_suspect = False  # a step failed: check that the KV cache survived it
         self._samples = self._step.initial_samples()
         self._next_id = 0
         self.metrics = Metrics(self.sizes.dp_ranks)
         self._texts: dict[str, TextStream] = {}  # requests whose text is followed: stop strings, streaming
         self.follow_text = False  # set by follow_all_text(): stream every request's text
-        self._logprobs: dict[str, tuple[int, list[TokenLogprob]]] = {}  # request -> (top N, one per token)
+        self._logprobs = LogprobLog()
         # Held by every step, add_request and abort: other threads may add and abort while one
         # thread steps; hold it to read the scheduler's state consistently (the server's metrics).
         self.lock = threading.RLock()
@@ -130,7 +131,7 @@ class Engine:
             if request.stop or (self.follow_text and self.tokenizer is not None):
                 self._texts[request.id] = TextStream(self.tokenizer, request.stop)
             if request.logprobs is not None:
-                self._logprobs[request.id] = (request.logprobs, [])
+                self._logprobs.follow(request.id, request.logprobs)
             return request.id
 
     def validate(self, fields: Mapping, default_id: str) -> Request:
@@ -193,61 +194,74 @@ class Engine:
                     self._texts[rid].push(outputs)
 
     def _step_once(self) -> tuple[list[Output], list[tuple[str, int, TokenLogprob | None]]]:
-        """One step: (finished outputs, complete, and the (request id, token, logprob) it took)."""
+        """One step: (finished outputs, complete, and the (request id, token, logprob) it took).
+
+        A step that raises (packing, the device, reading its samples) fails only the
+        requests in it (finish_reason "error"); when it took the KV cache with it, the
+        cache is rebuilt and every running request recomputes.
+        """
         start = time.perf_counter()
         schedule = self.scheduler.schedule()
-        launched = None
-        if len(schedule):
-            prev = local_rows(self._inflight.packed) if self._inflight else None
-            packed = pack(schedule, self.sizes, prev_rows=prev)
-            host = time.perf_counter() - start  # scheduling and packing, before the dispatch
-            samples = self._inflight.sampled.tokens if self._inflight else self._samples
-            batch = device_batch(packed, self._logprob_rows(packed))
-            sampled, self._caches = self._step(self._caches, batch, samples)
-            launched = _InFlight(schedule, packed, sampled)
-            self.metrics.record_step(
-                packed.real_tokens, packed.padded_tokens, schedule.tokens_per_rank(self.sizes.dp_ranks)
-            )
-        else:
-            host = time.perf_counter() - start
+        launched = self._launch(schedule) if len(schedule) else None
+        host = time.perf_counter() - start  # scheduling and packing, before the dispatch
         # Sync: collect what was just launched. Async: collect the step before it,
         # which ran on the device while the host planned this one.
         collect = launched if not self.async_scheduling else self._inflight
         self._inflight = launched if self.async_scheduling else None
-        outputs = self._collect(collect) if collect else self.scheduler.take_finished()
-        new = self._with_logprobs(self.scheduler.take_new_tokens(), collect)
+        outputs, new = self._collect(collect) if collect else ([], [])
+        if self._kv_suspect:
+            self._recover_kv()
+        outputs += self.scheduler.take_finished()
         outputs += self._stop_strings(new)
         self.metrics.generated_tokens += sum(len(o.output_token_ids) for o in outputs)
         self._record(start, host)
         return [self._complete(o) for o in outputs], new
 
-    def _logprob_rows(self, packed: PackedStep) -> np.ndarray | None:
-        """Each request row's top logprobs wanted (-1: none) for the step's device batch."""
-        if not self._logprobs:
+    def _launch(self, schedule: StepSchedule) -> _InFlight | None:
+        """Pack `schedule` and dispatch it to the device; None if that failed (its requests did)."""
+        try:
+            prev = local_rows(self._inflight.packed) if self._inflight else None
+            packed = pack(schedule, self.sizes, prev_rows=prev)
+            samples = self._inflight.sampled.tokens if self._inflight else self._samples
+            batch = device_batch(packed, self._logprobs.rows(packed, self.scheduler.request_id))
+            sampled, self._caches = self._step(self._caches, batch, samples)
+        except Exception as e:  # any failure is this step's, never the engine's
+            self._fail(schedule, e)
             return None
-        rows = np.full(len(packed.seq_lens), -1, np.int32)
-        for row, seq_id in zip(packed.selector.tolist(), packed.sampled_seq_ids.tolist()):
-            wanted = self._logprobs.get(self.scheduler.request_id(seq_id))
-            if wanted is not None:
-                rows[row] = wanted[0]
-        return rows
+        self.metrics.record_step(
+            packed.real_tokens, packed.padded_tokens, schedule.tokens_per_rank(self.sizes.dp_ranks)
+        )
+        return _InFlight(schedule, packed, sampled)
 
-    def _with_logprobs(self, new, done: _InFlight | None) -> list[tuple[str, int, TokenLogprob | None]]:
-        """The step's (request id, token, sample index) as (request id, token, its logprob if asked)."""
-        if not self._logprobs or done is None or not any(rid in self._logprobs for rid, _, _ in new):
-            return [(rid, token, None) for rid, token, _ in new]
-        rows = self._step.output_rows(done.packed)
-        lp, top, ids = (fetch(x)[rows] for x in (done.sampled.logprob, done.sampled.top_logprobs, done.sampled.top_ids))
-        out = []
-        for rid, token, k in new:
-            entry = None
-            if rid in self._logprobs:
-                n, log = self._logprobs[rid]
-                pairs = tuple(zip(ids[k, :n].tolist(), top[k, :n].tolist()))
-                entry = TokenLogprob(token, float(lp[k]), pairs)
-                log.append(entry)
-            out.append((rid, token, entry))
-        return out
+    def _collect(self, done: _InFlight) -> tuple[list[Output], list[tuple[str, int, TokenLogprob | None]]]:
+        """A launched step's samples into the scheduler: (outputs, new tokens with logprobs)."""
+        try:
+            rows = self._step.output_rows(done.packed)
+            tokens = fetch(done.sampled.tokens)[rows]
+            t0 = time.perf_counter()
+            outputs = self.scheduler.update(done.schedule, tokens)  # one token per sampled chunk, schedule order
+            self.metrics.host_seconds += time.perf_counter() - t0
+            new = self.scheduler.take_new_tokens()
+            return outputs, self._logprobs.attach(new, done.sampled, rows)
+        except Exception as e:  # the device run (or reading it back) failed
+            self._fail(done.schedule, e)
+            return [], [(rid, token, None) for rid, token, _ in self.scheduler.take_new_tokens()]
+
+    def _fail(self, schedule: StepSchedule, error: Exception) -> None:
+        self.scheduler.fail(schedule, clip_error(error))
+        self.metrics.failed_steps += 1
+        self._kv_suspect = True  # the step may have consumed (donated) the cache
+
+    def _recover_kv(self) -> None:
+        """After a failed step: if the KV cache did not survive it, allocate a new one and
+        have every running request recompute (the step in flight read the lost cache too)."""
+        self._kv_suspect = False
+        if _alive(self._caches):
+            return
+        abandoned, self._inflight = self._inflight, None
+        self.scheduler.kv_lost(abandoned.schedule if abandoned else None)
+        self._caches = allocate_kv_cache(self.plan)
+        self._samples = self._step.initial_samples()
 
     def _stop_strings(self, new) -> list[Output]:
         """Push new tokens into the requests' TextStreams; finish those a stop string ended."""
@@ -262,8 +276,9 @@ class Engine:
 
     def _complete(self, out: Output) -> Output:
         """A finished request's Output with its text and logprobs."""
-        if out.id in self._logprobs:
-            out = dataclasses.replace(out, logprobs=tuple(self._logprobs.pop(out.id)[1]))
+        logprobs = self._logprobs.take(out.id)
+        if logprobs is not None:
+            out = dataclasses.replace(out, logprobs=logprobs)
         if self.tokenizer is None:
             return out
         text = self._texts.get(out.id)  # kept for the request's last delta; let go by step() / _deltas()
@@ -287,13 +302,6 @@ class Engine:
         for rid in finished:
             self._texts.pop(rid, None)
         return deltas
-
-    def _collect(self, done: _InFlight) -> list[Output]:
-        tokens = fetch(done.sampled.tokens)[self._step.output_rows(done.packed)]
-        t0 = time.perf_counter()
-        outputs = self.scheduler.update(done.schedule, tokens)  # one token per sampled chunk, schedule order
-        self.metrics.host_seconds += time.perf_counter() - t0
-        return outputs
 
     def _record(self, start: float, host: float) -> None:
         m = self.metrics
@@ -339,6 +347,24 @@ class Engine:
         outputs.sort(key=lambda o: order[o.id])
         assert len(outputs) == len(requests), "a request finished more or less than once"
         return outputs
+
+
+def clip_error(error: Exception, limit: int = 500) -> str:
+    """What an Output with finish_reason "error" says: the exception, cut to `limit` characters."""
+    text = f"the step failed: {type(error).__name__}: {error}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _alive(caches) -> bool:
+    """Whether every KV cache array is still usable: not donated to a step that failed, not an error value."""
+    try:
+        leaves = jax.tree.leaves(caches)
+        if any(x.is_deleted() for x in leaves):
+            return False
+        jax.block_until_ready(leaves)
+    except Exception:  # the array holds the failed computation's error
+        return False
+    return True
 
 
 def _placed(plan: ShardingPlan, model) -> ServableModel:

@@ -19,6 +19,7 @@ class Metrics:
     compiles: int = 0
     max_kv_usage: float = 0.0  # the fullest rank's page pool, at its fullest
     preemptions: int = 0
+    failed_steps: int = 0  # steps that raised: their requests finished as "error"
     rank_tokens: np.ndarray | None = None  # tokens each rank computed, summed over steps
 
     def __post_init__(self):
@@ -50,6 +51,7 @@ class Metrics:
             "per_rank_tokens": self.rank_tokens.tolist(),
             "max_kv_usage": round(self.max_kv_usage, 4),
             "preemptions": self.preemptions,
+            "failed_steps": self.failed_steps,
             "compiles": self.compiles,
             "steps": self.steps,
             "host_overhead_fraction": round(self.host_seconds / self.wall_seconds, 4) if self.wall_seconds else 0.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-FinishReason = Literal["stop", "length", "abort"]
+FinishReason = Literal["stop", "length", "abort", "error"]  # error: a step it was in failed (Output.error says why)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +48,7 @@ class Output:
     finish_reason: FinishReason
     text: str | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None  # one per output token, when the request asked
+    error: str | None = None  # finish_reason "error": what failed
 
     def to_json(self) -> dict:
         out = {
@@ -60,4 +61,6 @@ class Output:
             out["text"] = self.text
         if self.logprobs is not None:
             out["logprobs"] = [t.to_json() for t in self.logprobs]
+        if self.error is not None:
+            out["error"] = self.error
         return out

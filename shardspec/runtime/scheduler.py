@@ -48,8 +48,9 @@ class DPScheduler:
     The engine calls `add_request` / `abort` at any time, then per step
     `schedule()` -> run the model -> `update(schedule, sampled)`; with
     `async_scheduling` it calls `schedule()` for step t+1 before `update()` of
-    step t. Every added request finishes exactly once (stop / length / abort)
-    and its `Output` comes back from `update()` or `take_finished()`.
+    step t. Every added request finishes exactly once (stop / length / abort / error)
+    and its `Output` comes back from `update()` or `take_finished()`; a step that
+    fails is handed to `fail()` (or, with its KV cache lost, `kv_lost()`) instead.
     """
 
     def __init__(
@@ -104,6 +105,25 @@ class DPScheduler:
             return False
         self._finish(seq, reason)
         return True
+
+    def fail(self, schedule: StepSchedule, error: str) -> None:
+        """Step `schedule` failed and never reaches `update()`: the requests in it finish as
+        "error" with `error` (their pages return); every other request runs on."""
+        if len(schedule) and schedule.step in self._outstanding:
+            self._outstanding.remove(schedule.step)
+        live = schedule.seq_ids[self.slots.seq_id[schedule.slots] == schedule.seq_ids]
+        for seq_id in np.unique(live).tolist():
+            self._finish(self._seqs[seq_id], "error", error)
+
+    def kv_lost(self, abandoned: StepSchedule | None = None) -> None:
+        """The KV cache is gone (a failed step consumed it): every running sequence waits
+        again and recomputes, as after a preemption. `abandoned`: a step in flight that read
+        the lost cache; it never reaches `update()`."""
+        if abandoned is not None and abandoned.step in self._outstanding:
+            self._outstanding.remove(abandoned.step)
+        for g in self.slots.in_order().tolist():
+            self.slots.in_flight[g] = 0
+            self.preempt(g)
 
     def take_new_tokens(self) -> list[tuple[str, int, int]]:
         """(request id, token, index among its step's samples) of every token `update()` took
@@ -240,7 +260,7 @@ class DPScheduler:
             raise ValueError(f"update(): no sampled token for sequences {missing}")
         return np.array([int(sampled.get(i, 0)) for i in ids], np.int64)
 
-    def _finish(self, seq: Seq, reason: FinishReason) -> None:
+    def _finish(self, seq: Seq, reason: FinishReason, error: str | None = None) -> None:
         sl = self.slots
         if seq.status is Status.RUNNING:
             g = seq.slot
@@ -252,4 +272,4 @@ class DPScheduler:
         self.counters.left(seq.rank, uncomputed, tokens)
         del self._seqs[seq.id], self._by_request[seq.request.id]
         seq.status = Status.FINISHED
-        self._finished.append(Output(seq.request.id, seq.request.prompt_token_ids, seq.outputs, reason))
+        self._finished.append(Output(seq.request.id, seq.request.prompt_token_ids, seq.outputs, reason, error=error))
