@@ -41,12 +41,15 @@ def run(
     """
     from shardspec import distributed
     from shardspec.devices import compile_on_devices
+    from shardspec.files import check_writable
     from shardspec.plan import compile
     from shardspec.runtime.offline import serve
     from shardspec.runtime.requests_io import write_outputs
     from shardspec.runtime.workload import Synthetic, requests_for
 
     loaded = load_strategy(strategy, model, overrides)
+    if output:
+        check_writable(output, "--output")
     plan = compile(loaded, abstract_mesh=True)  # every user error before any device work
     synthetic = Synthetic(num_requests, _span(input_len, "--input-len"), _span(output_len, "--output-len"), seed)
     requests = requests_for(plan, prompts=prompts, synthetic=synthetic)
@@ -69,17 +72,14 @@ def run(
 
 
 def _span(text: str, flag: str) -> tuple[int, int]:
-    """'16:96' or '32' -> (low, high)."""
+    """'16:96' or '32' -> (low, high); `Synthetic.check` checks the range."""
+    low, _, high = text.partition(":")
     try:
-        low, _, high = text.partition(":")
-        span = (int(low), int(high or low))
+        return int(low), int(high or low)
     except ValueError:
-        span = (0, -1)
-    if not 1 <= span[0] <= span[1]:
         raise ShardspecError(
             Problem(f"{text!r} is not a length or a range LOW:HIGH", path=flag, hint="e.g. 16:96, both at least 1")
-        )
-    return span
+        ) from None
 
 
 def _summary(name, plan, served) -> Table:

@@ -86,6 +86,21 @@ def regular_file_size(path: str | os.PathLike, hint: str | None = None) -> int:
     return info.st_size
 
 
+def check_writable(path: str | os.PathLike, flag: str) -> None:
+    """ShardspecError unless a file can be written at `path` (given by `flag`): checked
+    before any work, so a typo in an output path never costs a whole run."""
+    file = os.fspath(path)
+    if "\0" in file:
+        raise ShardspecError("a path cannot contain a NUL character", path=flag)
+    parent = os.path.dirname(file) or "."
+    if os.path.isdir(file):
+        raise ShardspecError("is a directory", file=file, hint=f"give {flag} a file name")
+    if not os.path.isdir(parent):
+        raise ShardspecError(f"no directory {parent!r} to write into", file=file, hint=f"create it, or fix {flag}")
+    if not os.access(parent, os.W_OK) or (os.path.exists(file) and not os.access(file, os.W_OK)):
+        raise ShardspecError("cannot be written", file=file, hint=f"check the permissions, or fix {flag}")
+
+
 def _stat(file: str, hint: str | None) -> os.stat_result:
     if "\0" in file:
         raise ShardspecError("a path cannot contain a NUL character", file=repr(file)[1:-1])

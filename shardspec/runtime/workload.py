@@ -6,20 +6,49 @@ import dataclasses
 
 import numpy as np
 
+from ..errors import Problem, ShardspecError, raise_all
 from ..plan import ShardingPlan
+from ..sizes import RuntimeSizes
 from ..tokenizer import load_tokenizer
 from .request import Request
 from .requests_io import make_request, read_requests
 
+MAX_SYNTHETIC_REQUESTS = 1_000_000
+
 
 @dataclasses.dataclass(frozen=True)
 class Synthetic:
-    """`num` requests with uniform random prompt and output lengths (inclusive spans) and tokens."""
+    """`num` requests with uniform random prompt and output lengths (inclusive spans) and tokens.
+
+    The fields are `shardspec run`'s flags (--num-requests, --input-len, --output-len,
+    --seed), and problems with them are reported there.
+    """
 
     num: int
     input_len: tuple[int, int]
     output_len: tuple[int, int]
     seed: int = 0
+
+    def check(self, limits: RuntimeSizes) -> None:
+        """ShardspecError (at the flag) for a workload the plan cannot serve, before any is built."""
+        problems = []
+        if not 1 <= self.num <= MAX_SYNTHETIC_REQUESTS:
+            problems.append(
+                Problem(f"{self.num} requests", path="--num-requests", hint=f"use 1 to {MAX_SYNTHETIC_REQUESTS:,}")
+            )
+        for flag, (low, high) in (("--input-len", self.input_len), ("--output-len", self.output_len)):
+            if not 1 <= low <= high:
+                given = f"{low}:{high}" if low != high else str(low)
+                message = f"{given!r} is not a length or a range LOW:HIGH"
+                problems.append(Problem(message, path=flag, hint="e.g. 16:96, both at least 1"))
+        raise_all(problems)
+        prompt, output = self.input_len[1], self.output_len[1]
+        if too_long := limits.request_len_problem(prompt, output):
+            room = limits.max_request_len - output  # for the prompt, beside the longest output
+            flag, hint = (
+                ("--input-len", f"make it at most {room}") if room >= 1 else ("--output-len", "make it shorter")
+            )
+            raise ShardspecError(f"the longest request: {too_long[0]}", path=flag, hint=hint)
 
 
 def synthetic_requests(workload: Synthetic, vocab: int) -> list[dict]:
@@ -52,6 +81,7 @@ def requests_for(
         return read_requests(prompts, vocab_size=vocab, limits=limits, tokenizer=tokenizer)
     if synthetic is None:
         raise ValueError("requests_for: give prompts or synthetic")
+    synthetic.check(limits)
     return [
         make_request(r, default_id=r["id"], vocab_size=vocab, limits=limits)
         for r in synthetic_requests(synthetic, vocab)
