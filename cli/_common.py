@@ -44,6 +44,16 @@ def echo_notes(notes: Iterable[str]) -> None:
         typer.echo(note, err=True)
 
 
+def _where(err: BaseException) -> str:
+    """The innermost shardspec function an exception passed through: `shardspec.layouts.param_layouts (line 88)`."""
+    where = "shardspec"
+    for frame, line in traceback.walk_tb(err.__traceback__):
+        module = frame.f_globals.get("__name__", "")
+        if module.split(".")[0] == "shardspec":
+            where = f"{module}.{frame.f_code.co_name} (line {line})"
+    return where
+
+
 def handle_errors(command: Callable) -> Callable:
     """ShardspecError -> exit 2 with its lines; anything else -> exit 1.
 
@@ -66,7 +76,11 @@ def handle_errors(command: Callable) -> Callable:
         except Exception as err:  # an internal error: ours, not the user's
             if debug:
                 traceback.print_exc()
-            typer.echo(f"internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", err=True)
+            typer.echo(
+                f"internal error in {_where(err)}: {type(err).__name__}: {err} "
+                "(rerun with --debug for the traceback, and please report it)",
+                err=True,
+            )
             raise typer.Exit(INTERNAL_ERROR) from None
 
     return wrapper

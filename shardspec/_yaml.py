@@ -213,7 +213,7 @@ def _scalar_problem(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str | Non
     scalar here, where its line is known, turns those into located problems.
     """
     if node.tag == _STD + "int" and len(node.value) > _MAX_INT_TEXT:
-        return f"integer {node.value[:20]}... ({len(node.value)} characters) is out of range (at most {MAX_INT:,})"
+        return f"integer {clip(node.value, 20)} is out of range (at most {MAX_INT:,})"
     try:
         value = loader.yaml_constructors[node.tag](loader, node)
     except yaml.MarkedYAMLError:

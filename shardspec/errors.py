@@ -102,19 +102,18 @@ class Source:
         """A problem at YAML `path`, shown at the line of `at` (default: `path`).
 
         Under an overridden path: located at its flag (`--model` alone names what it
-        set, so the path is dropped). A section the file has, one of whose keys a
-        flag changed, keeps the file's line and says so; a section only a flag made
-        (`--set new.key=1`) blames the flag.
+        set, so the path is dropped). A section one of whose keys a flag changed is
+        located at the flag too, naming the file's line of the rest of it.
         """
         at = path if at is None else at
         flag = next((f for p, f in self.overridden.items() if under_any(at, (p,))), None)
         inside = [p for p in self.overridden if under_any(p, (at,))] if at else []
-        if flag is None and inside and at not in self.lines:
+        if flag is None and inside:  # a section a flag changed: the change is the likely cause
             flag = self.overridden[inside[0]]
+            if at in self.lines:
+                message += f" ({', '.join(inside)} from {flag}, the rest from {self.file}:{self.lines[at]})"
         if flag is not None:
             return Problem(message, path=path if flag == SET_FILE else "", file=flag, hint=hint or None)
-        if inside:
-            message += f" (after {', '.join(f'{self.overridden[p]} {p}' for p in inside)})"
         return Problem(message, path=path, file=self.file, line=self.line(at), hint=hint or None)
 
     def error(self, path: str, message: str, hint: str | None = None) -> ShardspecError:

@@ -93,12 +93,16 @@ def check_step(schedule, sz: RuntimeSizes, async_scheduling: bool) -> None:
             assert async_scheduling and c.num_tokens == 1 and c.sample
 
 
-def serve(sched: DPScheduler, arrivals: dict[int, list[Request]], aborts=None, max_steps=2000):
+def serve(sched: DPScheduler, arrivals: dict[int, list[Request]], aborts=None, max_steps=2000, failures=None):
     """A fake engine loop (sync, or async: schedule t+1 before update t). Returns
-    {request id: Output}, the ids aborted while unfinished, and the schedules."""
-    model, aborts = FakeModel(sched.sizes), aborts or {}
+    {request id: Output}, the ids aborted while unfinished, and the schedules.
+
+    `failures`: {step: "fail" | "lose_kv"}: that step raises before it runs (its requests
+    fail), and with "lose_kv" the KV cache goes with it, as the engine handles both.
+    """
+    model, aborts, failures = FakeModel(sched.sizes), aborts or {}, failures or {}
     outputs, aborted, schedules, in_flight = {}, set(), [], None
-    last_arrival = max(arrivals, default=0)
+    last_arrival = max([*arrivals, *failures], default=0)
     for step in range(max_steps):
         for r in arrivals.get(step, []):
             sched.add_request(r)
@@ -110,12 +114,20 @@ def serve(sched: DPScheduler, arrivals: dict[int, list[Request]], aborts=None, m
         schedule = sched.schedule()
         check_step(schedule, sched.sizes, sched.async_scheduling)
         schedules.append(schedule)
-        sampled = model.run(schedule)
+        failed = step in failures and len(schedule)
+        if failed:
+            sched.fail(schedule, "injected")
+        launched = (schedule, model.run(schedule)) if not failed and len(schedule) else None
         if sched.async_scheduling:
             done = sched.update(*in_flight) if in_flight else sched.take_finished()
-            in_flight = (schedule, sampled) if schedule.chunks else None
+            in_flight = launched
         else:
-            done = sched.update(schedule, sampled)
+            done = sched.update(*launched) if launched else sched.take_finished()
+        if failed and failures[step] == "lose_kv":
+            model.kv[:] = -7  # every page's contents gone: only a recompute gives the right tokens
+            sched.kv_lost(in_flight[0] if in_flight else None)
+            in_flight = None
+            done += sched.take_finished()
         for out in done:
             assert out.id not in outputs, f"{out.id} finished twice"
             outputs[out.id] = out
@@ -132,6 +144,8 @@ def check_outputs(sched, requests, outputs, aborted, eos=EOS):
         got = outputs[r.id]
         if r.id in aborted:
             assert got.finish_reason == "abort" and want[: len(got.output_token_ids)] == got.output_token_ids
+        elif got.finish_reason == "error":  # in a step that failed: what it had is kept
+            assert got.error == "injected" and want[: len(got.output_token_ids)] == got.output_token_ids
         else:
             assert (got.output_token_ids, got.finish_reason) == (want, reason)
     stats = sched.stats()
@@ -525,4 +539,17 @@ def test_every_request_finishes_once_with_the_right_tokens_and_all_pages_return(
     sz, requests, arrivals, aborts = workload
     sched = DPScheduler(sz, routing=routing, eos_token_ids=(EOS,), async_scheduling=async_scheduling)
     outputs, aborted, _ = serve(sched, arrivals, aborts)
+    check_outputs(sched, requests, outputs, aborted)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    workloads(),
+    st.booleans(),
+    st.dictionaries(st.integers(0, 30), st.sampled_from(["fail", "lose_kv"]), min_size=1, max_size=3),
+)
+def test_failing_steps_fail_only_their_requests_and_a_lost_cache_is_recomputed(workload, async_scheduling, failures):
+    sz, requests, arrivals, aborts = workload
+    sched = DPScheduler(sz, eos_token_ids=(EOS,), async_scheduling=async_scheduling)
+    outputs, aborted, _ = serve(sched, arrivals, aborts, failures=failures)
     check_outputs(sched, requests, outputs, aborted)
