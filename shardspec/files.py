@@ -34,11 +34,11 @@ def read_bytes(path: str | os.PathLike, limit: int, hint: str | None = None) -> 
         raise ShardspecError(_too_big(size, limit), file=file)
     try:
         with open(file, "rb") as f:
-            data = f.read(limit + 1)
+            data = f.read(size + 1)  # not limit + 1: read() allocates what it is asked for
     except OSError as e:
         raise ShardspecError(f"cannot read: {e.strerror}", file=file) from None
-    if len(data) > limit:  # it grew since stat
-        raise ShardspecError(_too_big(len(data), limit), file=file)
+    if len(data) > size:  # it grew since stat (or, like /proc files, has no size)
+        raise ShardspecError("changed while it was read", file=file, hint="give a file that is not being written")
     return data
 
 
