@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import traceback
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import typer
 
@@ -30,7 +31,9 @@ def parse_sets(sets: list[str] | None) -> dict[str, str]:
 
 
 def load_strategy(path: str, model: str | None, sets: list[str] | None) -> Strategy:
-    strategy = load(path, overrides=parse_sets(sets))
+    if not path.strip():  # else load() would read '' as YAML text: "the file is empty"
+        raise ShardspecError("the strategy path is empty", path="STRATEGY", hint="give a strategy file")
+    strategy = load(Path(path), overrides=parse_sets(sets))  # a path, even one load() could read as YAML
     return strategy.with_model(model) if model is not None else strategy
 
 

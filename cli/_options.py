@@ -8,6 +8,8 @@ import typer
 
 from shardspec.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 
+MAX_SEED = 2**32 - 1  # a uint32: what jax's PRNG keys and numpy's generators take
+
 StrategyArg = Annotated[str, typer.Argument(help="Strategy YAML file.", show_default=False)]
 ModelOpt = Annotated[
     str | None, typer.Option("--model", "-m", help="Model preset or checkpoint directory; overrides `model:`.")

@@ -3,17 +3,43 @@
 from __future__ import annotations
 
 import enum
+import sys
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from ._common import cluster_given, echo_notes, handle_errors, load_strategy
-from ._options import CoordinatorOpt, ModelOpt, NumProcessesOpt, ProcessIdOpt, SetOpt, StrategyArg
+from ._options import MAX_SEED, CoordinatorOpt, ModelOpt, NumProcessesOpt, ProcessIdOpt, SetOpt, StrategyArg
 from .launch import launch
 from .run import run
 from .serve import serve
 
+
+class _OneLineUsageErrors(TyperGroup):
+    """Usage errors (a bad flag value, a missing argument, an unknown command) as one
+    `error:` line with exit code 2, like every other user error, instead of click's box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as e:  # click's errors (typer carries its own click)
+            if getattr(e, "exit_code", 1) != 2:
+                raise
+            ctx = getattr(e, "ctx", None)
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            typer.echo(f"error: {e.format_message()}{where}", err=True)
+            sys.exit(2)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -99,7 +125,7 @@ def check(
     strategy: StrategyArg,
     model: ModelOpt = None,
     overrides: SetOpt = None,
-    seed: Annotated[int, typer.Option(help="Seed of the parameters and the batch.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the parameters and the batch.")] = 0,
     coordinator: CoordinatorOpt = None,
     num_processes: NumProcessesOpt = None,
     process_id: ProcessIdOpt = None,

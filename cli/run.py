@@ -13,7 +13,7 @@ from rich.table import Table
 from shardspec.errors import Problem, ShardspecError
 
 from ._common import echo_notes, load_strategy
-from ._options import CoordinatorOpt, ModelOpt, NumProcessesOpt, ProcessIdOpt, SetOpt, StrategyArg
+from ._options import MAX_SEED, CoordinatorOpt, ModelOpt, NumProcessesOpt, ProcessIdOpt, SetOpt, StrategyArg
 
 
 def run(
@@ -27,7 +27,9 @@ def run(
     num_requests: Annotated[int, typer.Option("--num-requests", "-n", min=1, help="Synthetic requests.")] = 32,
     input_len: Annotated[str, typer.Option("--input-len", help="Synthetic prompt length or LOW:HIGH.")] = "16:96",
     output_len: Annotated[str, typer.Option("--output-len", help="Synthetic output length or LOW:HIGH.")] = "16:32",
-    seed: Annotated[int, typer.Option(help="Seed of the parameters and the synthetic workload.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Seed of the parameters and the synthetic workload.")
+    ] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object on stdout.")] = False,
     overrides: SetOpt = None,
     coordinator: CoordinatorOpt = None,

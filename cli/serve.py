@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ._common import echo_notes, load_strategy
-from ._options import CoordinatorOpt, ModelOpt, NumProcessesOpt, ProcessIdOpt, SetOpt, StrategyArg
+from ._options import MAX_SEED, CoordinatorOpt, ModelOpt, NumProcessesOpt, ProcessIdOpt, SetOpt, StrategyArg
 
 
 def serve(
@@ -20,7 +20,9 @@ def serve(
     served_model_name: Annotated[
         str | None, typer.Option("--served-model-name", help="The model name clients ask for (default: the model's).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the parameters of a preset (no checkpoint).")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Seed of the parameters of a preset (no checkpoint).")
+    ] = 0,
     overrides: SetOpt = None,
     coordinator: CoordinatorOpt = None,
     num_processes: NumProcessesOpt = None,

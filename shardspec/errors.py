@@ -30,7 +30,12 @@ class Problem:
             where += ": "
         path = f"{self.path}: " if self.path else ""
         hint = f" ({self.hint})" if self.hint else ""
-        return f"error: {where}{path}{self.message}{hint}"
+        return f"error: {where}{path}{self.message}{hint}".translate(_ONE_LINE)
+
+
+# Line breaks and control characters (in a file name or a value) shown escaped:
+# a problem is always one line.
+_ONE_LINE = {c: repr(chr(c))[1:-1] for c in [*range(32), 127, 0x85, 0x2028, 0x2029]}
 
 
 class ShardspecError(Exception):

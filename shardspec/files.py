@@ -68,8 +68,12 @@ def read_json(path: str | os.PathLike, limit: int, hint: str | None = None) -> o
 
 
 def parse_json(text: str) -> object:
-    """`json.loads`, less the NaN and Infinity that Python's json accepts and JSON does not (ValueError)."""
-    return json.loads(text, parse_constant=_not_a_number)
+    """`json.loads`, less the NaN and Infinity that Python's json accepts and JSON does not;
+    ValueError for those and for nesting deeper than Python's recursion allows."""
+    try:
+        return json.loads(text, parse_constant=_not_a_number)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def _not_a_number(name: str) -> None:
@@ -84,6 +88,15 @@ def regular_file_size(path: str | os.PathLike, hint: str | None = None) -> int:
         kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a pipe, socket or device)"
         raise ShardspecError(f"is {kind}", file=file, hint="give a file")
     return info.st_size
+
+
+def write_text(path: str | os.PathLike, text: str, flag: str) -> None:
+    """Write `text` to `path` (given by `flag`); ShardspecError if the system refuses (a full disk)."""
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise ShardspecError(f"cannot write: {e.strerror}", file=os.fspath(path), hint=f"check {flag}") from None
 
 
 def check_writable(path: str | os.PathLike, flag: str) -> None:

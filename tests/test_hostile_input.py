@@ -221,6 +221,26 @@ def test_flags_are_checked_before_any_work_and_blamed_by_name(args, expected):
     assert _exit_2("run", TP, *args).startswith(expected)
 
 
+def test_usage_errors_and_odd_paths_are_one_error_line():
+    assert _exit_2("run", TP, "-n", "0").startswith("error: Invalid value for '--num-requests' / '-n'")
+    assert _exit_2("run", TP, "--seed", "-1").startswith("error: Invalid value for '--seed'")
+    assert _exit_2("explain").startswith("error: Missing argument 'strategy'.")
+    assert _exit_2("explain", "") == "error: STRATEGY: the strategy path is empty (give a strategy file)\n"
+    assert (
+        _exit_2("validate", "a\nb.yaml")
+        == "error: a\\nb.yaml: file not found (check the path; it is relative to the working directory)\n"
+    )
+
+
+def test_a_config_json_nested_past_python_recursion_is_a_user_error(tmp_path):
+    directory = tmp_path / "deep"
+    directory.mkdir()
+    (directory / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert _exit_2("validate", TP, "--model", str(directory)).startswith(
+        f"error: {directory / 'config.json'}: not valid JSON: nested too deeply"
+    )
+
+
 def test_a_request_object_is_checked_like_a_request_line():
     engine = Engine(compile(load(TP, overrides={"parallelism.tensor": "1", "devices": "1"})))
     bad = [

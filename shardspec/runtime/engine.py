@@ -126,8 +126,8 @@ class Engine:
             self._next_id += 1
             try:
                 self.scheduler.add_request(request)
-            except ValueError as e:  # a duplicate id, or a request longer than a rank's pages
-                raise ShardspecError(str(e)) from None
+            except ValueError as e:  # validated above: only a duplicate id is left
+                raise ShardspecError(str(e), path="id", hint="ids must be unique among unfinished requests") from None
             if request.stop or (self.follow_text and self.tokenizer is not None):
                 self._texts[request.id] = TextStream(self.tokenizer, request.stop)
             if request.logprobs is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .._schema import schema_problems
 from ..errors import Problem, ShardspecError, Source, raise_all
-from ..files import MAX_REQUESTS_BYTES, parse_json, read_text
+from ..files import MAX_REQUESTS_BYTES, parse_json, read_text, write_text
 from ..sizes import RuntimeSizes
 from .request import Output, Request, SamplingParams
 
@@ -146,6 +146,5 @@ def read_requests(path: str | Path, *, vocab_size: int, limits: RuntimeSizes, to
 
 
 def write_outputs(path: str | Path, outputs: Iterable[Output]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for out in outputs:
-            f.write(json.dumps(out.to_json()) + "\n")
+    """Outputs as JSONL (`--output`); ShardspecError if the file cannot be written."""
+    write_text(path, "".join(json.dumps(out.to_json()) + "\n" for out in outputs), "--output")
