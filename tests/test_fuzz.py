@@ -6,7 +6,7 @@ PyYAML cannot construct, 5,000-digit integers, NaN, catastrophic regexes,
 sizes beyond any device count, wrong types). Each case asserts that only a
 ShardspecError escapes and that every problem names where it is. The engine's
 exactly-once property under add / abort / step and failing steps is here too.
-Example counts are kept small so the suite stays fast; `tools/fuzz.py` runs the
+Example counts are kept small so the suite stays fast; `python -m tools.fuzz` runs the
 same kind of attack for as long as you like.
 """
 
