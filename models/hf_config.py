@@ -59,7 +59,7 @@ def config_from_dir(directory: str | os.PathLike) -> LlamaConfig:
         head_dim=head_dim,
         mlp_size=raw["intermediate_size"],
         rope_theta=float(_rope(raw).get("rope_theta") or 10000.0),
-        rms_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        rms_eps=float(raw.get("rms_norm_eps") or 1e-6),
         tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
         max_seq_len=_max_seq_len(raw),
         family=model_type,
@@ -113,7 +113,7 @@ def _family_config(raw: dict, fields: dict) -> LlamaConfig:
             norm_topk_prob=True,
         )
     if model_type == "qwen3_moe":
-        step, only = raw.get("decoder_sparse_step", 1), set(raw.get("mlp_only_layers") or ())
+        step, only = raw.get("decoder_sparse_step") or 1, set(raw.get("mlp_only_layers") or ())
         dense = tuple(i for i in range(raw["num_hidden_layers"]) if i in only or (i + 1) % step)
         return MoEConfig(
             **fields,
@@ -164,7 +164,7 @@ def _unsupported(raw: dict, file: str) -> list[Problem]:
     for key in ("attention_bias", "mlp_bias"):  # Llama / Qwen3 options that add an o_proj or MLP bias
         if raw.get(key) and raw.get("model_type") != "qwen2":
             problems.append(Problem(f"{key}: true is not supported", file=file, path=key))
-    if raw.get("partial_rotary_factor", 1.0) != 1.0:
+    if (raw.get("partial_rotary_factor") or 1.0) != 1.0:
         problems.append(Problem("partial_rotary_factor is not supported", file=file, path="partial_rotary_factor"))
     return problems
 
