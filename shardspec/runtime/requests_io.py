@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .._schema import schema_problems
-from ..errors import Problem, ShardspecError, Source, raise_all
+from ..errors import Problem, ShardspecError, Source, clip, raise_all
 from ..files import MAX_REQUESTS_BYTES, parse_json, read_text, write_text
 from ..sizes import RuntimeSizes
 from .request import Output, Request, SamplingParams
@@ -102,47 +103,49 @@ def _non_finite(fields: Mapping, where: Source) -> list[Problem]:
     ]
 
 
+MAX_PROBLEMS = 20  # bad lines reported from one file: a file of junk stops here, not after a million
+
+
 def read_requests(path: str | Path, *, vocab_size: int, limits: RuntimeSizes, tokenizer=None) -> list[Request]:
-    """Every line of a JSONL file as a Request; all bad lines reported at once, nothing run."""
+    """Every line of a JSONL file as a Request; the bad lines (up to MAX_PROBLEMS) reported at once, nothing run."""
     file = str(path)
     text = read_text(path, MAX_REQUESTS_BYTES, hint="check the --prompts path")
     requests, problems, ids = [], [], set()
     # Lines end at "\n" alone: str.splitlines() would also split at U+2028 or \x0c inside a JSON string.
-    for number, line in enumerate(text.split("\n"), 1):
+    for number, line in enumerate(io.StringIO(text, newline="\n"), 1):
         if not line.strip():
             continue
         where = Source(file, {"": number})
         try:
-            fields = parse_json(line)
-        except json.JSONDecodeError as e:
-            problems.append(Problem(f"not JSON: {e.msg} (column {e.colno})", file=file, line=number))
-            continue
-        except ValueError as e:  # NaN / Infinity, or an integer of thousands of digits
-            problems.append(Problem(f"not JSON: {e}", file=file, line=number))
-            continue
-        if not isinstance(fields, dict):
-            problems.append(Problem("each line must be a JSON object", file=file, line=number))
-            continue
-        try:
-            request = make_request(
-                fields,
-                default_id=str(number),
-                vocab_size=vocab_size,
-                limits=limits,
-                where=where,
-                tokenizer=tokenizer,
-            )
+            request = _request_line(line, where, vocab_size=vocab_size, limits=limits, tokenizer=tokenizer)
         except ShardspecError as e:
             problems += e.problems
-            continue
-        if request.id in ids:
-            problems.append(where.problem("id", f"duplicate id {request.id!r}", "ids must be unique"))
-        ids.add(request.id)
-        requests.append(request)
+        else:
+            if request.id in ids:
+                problems.append(where.problem("id", f"duplicate id {clip(request.id)}", "ids must be unique"))
+            ids.add(request.id)
+            requests.append(request)
+        if len(problems) >= MAX_PROBLEMS:
+            problems.append(Problem(f"stopped after {len(problems)} problems", file=file, line=number))
+            break
     raise_all(problems)
     if not requests:
         raise ShardspecError("no requests in the file", file=file)
     return requests
+
+
+def _request_line(line: str, where: Source, **limits) -> Request:
+    """One JSONL line as a Request (its number is `where`'s line); ShardspecError if bad."""
+    number = where.lines[""]
+    try:
+        fields = parse_json(line)
+    except json.JSONDecodeError as e:
+        raise ShardspecError(f"not JSON: {e.msg} (column {e.colno})", file=where.file, line=number) from None
+    except ValueError as e:  # NaN / Infinity, an integer of thousands of digits, nesting too deep
+        raise ShardspecError(f"not JSON: {e}", file=where.file, line=number) from None
+    if not isinstance(fields, dict):
+        raise ShardspecError("each line must be a JSON object", file=where.file, line=number)
+    return make_request(fields, default_id=str(number), where=where, **limits)
 
 
 def write_outputs(path: str | Path, outputs: Iterable[Output]) -> None:

@@ -14,6 +14,10 @@ def located(line: str, paths: list[str]) -> bool:
     if _AT_LINE.match(line) or _FLAG.search(line):
         return True
     body = line.removeprefix("error: ")
+    if body.startswith("STRATEGY: "):  # the strategy argument itself, by its name in --help
+        return True
+    # A path is shown with its control characters escaped (`abc\x00`), as every error line is.
+    paths = [p for path in paths for p in (path, repr(path)[1:-1])]
     for path in sorted(paths, key=len, reverse=True):
         if path and body.startswith(path.rstrip("/") + "/"):  # a file inside a given directory (a checkpoint's)
             return True

@@ -26,6 +26,15 @@ def _valid_request(rng, i: int) -> dict:
     return req
 
 
+def _stored(field: str, value) -> bool:
+    """Whether the runtime can hold `value`: top_k an int32, an id at most 256 characters or an int64."""
+    if field == "top_k":
+        return value < 2**31
+    if field == "id":
+        return len(value) <= 256 if isinstance(value, str) else abs(value) < 2**63
+    return True
+
+
 def gen_requests(rng, seeds: Seeds) -> dict:
     reqs = [_valid_request(rng, i) for i in range(rng.randint(1, 4))]
     valid, content, desc, kind = _mutate(rng, reqs)
@@ -67,6 +76,8 @@ def _mutate(rng, reqs: list[dict]) -> tuple[bool, str | bytes | None, str, str]:
         reqs[j][field] = value
         desc, kind = f"line {j + 1}: {field} = {brief(value)} (schema-valid)", f"edge {field}"
         if field == "id" and len({str(r["id"]) for r in reqs}) < len(reqs):
+            valid = False
+        if not _stored(field, value):  # allowed by the old schema, refused where the runtime stores it
             valid = False
     elif op == 6:
         reqs[j]["id"] = rng.choice(["a\u2028b", "a\x85b", "a\u2029b", "line\u2028sep"])
