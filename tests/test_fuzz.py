@@ -206,21 +206,8 @@ def test_any_config_json_reads_or_is_a_located_error(checkpoint_copies, family, 
         (directory / "config.json").write_text(json.dumps(config))
 
 
-_REQUEST_KEYS = [
-    "id",
-    "prompt_token_ids",
-    "prompt",
-    "max_tokens",
-    "temperature",
-    "top_k",
-    "top_p",
-    "seed",
-    "ignore_eos",
-    "stop_token_ids",
-    "logprobs",
-    "stop",
-    "junk",
-]
+# Every field a request line may have (from its schema), and one it may not.
+_REQUEST_KEYS = [*json.loads((ROOT / "shardspec/runtime/request.schema.json").read_text())["properties"], "junk"]
 
 
 @settings(max_examples=200, deadline=None)
