@@ -3,7 +3,7 @@
 A strategy path can be a FIFO (the read blocks forever), `/dev/zero` (never
 ends), a directory, a symlink loop or a 50 MB file; each is a user error here,
 with the limit stated, before a byte is read. Every file shardspec reads from a
-user goes through `read_bytes` with its own cap:
+user goes through `read_bytes`, with its kind's cap below.
 """
 
 from __future__ import annotations

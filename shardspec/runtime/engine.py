@@ -248,7 +248,8 @@ class Engine:
             return [], [(rid, token, None) for rid, token, _ in self.scheduler.take_new_tokens()]
 
     def _fail(self, schedule: StepSchedule, error: Exception) -> None:
-        self.scheduler.fail(schedule, clip_error(error))
+        """`schedule` raised `error`: its requests finish as "error"; check the KV cache after the step."""
+        self.scheduler.fail(schedule, _error_text(error))
         self.metrics.failed_steps += 1
         self._kv_suspect = True  # the step may have consumed (donated) the cache
 
@@ -349,7 +350,7 @@ class Engine:
         return outputs
 
 
-def clip_error(error: Exception, limit: int = 500) -> str:
+def _error_text(error: Exception, limit: int = 500) -> str:
     """What an Output with finish_reason "error" says: the exception, cut to `limit` characters."""
     text = f"the step failed: {type(error).__name__}: {error}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
