@@ -20,7 +20,7 @@ from pathlib import Path
 
 from shardspec._schema import schema_problems
 from shardspec.errors import Problem, ShardspecError, Source, one_of, raise_all
-from shardspec.files import MAX_CONFIG_BYTES, read_json
+from shardspec.files import MAX_CONFIG_BYTES, read_json_object
 
 from .config import LlamaConfig, MoEConfig, RopeScaling
 
@@ -143,10 +143,7 @@ def _read_json(path: Path, required: bool = False) -> dict:
     """A JSON object file of the checkpoint; {} for an optional one that is not there."""
     if not required and not os.path.lexists(path):
         return {}
-    data = read_json(path, MAX_CONFIG_BYTES, hint="a Hugging Face checkpoint directory needs config.json")
-    if not isinstance(data, dict):
-        raise ShardspecError("must hold a JSON object", file=str(path))
-    return data
+    return read_json_object(path, MAX_CONFIG_BYTES, hint="a Hugging Face checkpoint directory needs config.json")
 
 
 def _unsupported(raw: dict, file: str) -> list[Problem]:

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import yaml
 
 from .errors import Problem, ShardspecError, clip, raise_all
+from .files import decode
 
 # Expanded node count above which a document is rejected. A strategy is a few
 # hundred nodes; anchors and aliases can make a 1 kB file expand to billions.
@@ -86,7 +87,7 @@ def _child(path: str, part: str | int) -> str:
 
 def _compose(text: str | bytes, file: str) -> tuple[yaml.SafeLoader, yaml.Node | None]:
     if isinstance(text, bytes):
-        text = _decode(text, file)
+        text = decode(text, file)
     try:
         loader = yaml.SafeLoader(text)  # the reader already rejects control characters
         return loader, loader.get_single_node()
@@ -118,16 +119,6 @@ def _deepest_line(text: str) -> int | None:
     except yaml.YAMLError:
         pass
     return None
-
-
-def _decode(data: bytes, file: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ShardspecError(
-            f"not UTF-8 text (byte 0x{data[e.start]:02x})", file=file, line=line, hint="save the file as UTF-8"
-        ) from None
 
 
 def _syntax_error(e: yaml.MarkedYAMLError, file: str) -> ShardspecError:

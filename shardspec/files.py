@@ -43,14 +43,18 @@ def read_bytes(path: str | os.PathLike, limit: int, hint: str | None = None) -> 
 
 
 def read_text(path: str | os.PathLike, limit: int, hint: str | None = None) -> str:
-    """`read_bytes` decoded as UTF-8 (a leading byte-order mark is dropped), with the line of a bad byte."""
-    data = read_bytes(path, limit, hint)
+    """`read_bytes` decoded as UTF-8 (`decode`)."""
+    return decode(read_bytes(path, limit, hint), os.fspath(path))
+
+
+def decode(data: bytes, file: str) -> str:
+    """UTF-8 text (a leading byte-order mark dropped); a bad byte is a problem at its line."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise ShardspecError(
-            f"not UTF-8 text (byte 0x{data[e.start]:02x})", file=os.fspath(path), line=line, hint="save it as UTF-8"
+            f"not UTF-8 text (byte 0x{data[e.start]:02x})", file=file, line=line, hint="save the file as UTF-8"
         ) from None
 
 
@@ -65,6 +69,14 @@ def read_json(path: str | os.PathLike, limit: int, hint: str | None = None) -> o
         ) from None
     except ValueError as e:  # NaN, or an integer of thousands of digits
         raise ShardspecError(f"not valid JSON: {e}", file=os.fspath(path)) from None
+
+
+def read_json_object(path: str | os.PathLike, limit: int, hint: str | None = None) -> dict:
+    """`read_json` of a file that must hold one JSON object (a config file)."""
+    data = read_json(path, limit, hint)
+    if not isinstance(data, dict):
+        raise ShardspecError("must hold a JSON object", file=os.fspath(path))
+    return data
 
 
 def parse_json(text: str) -> object:

@@ -124,6 +124,11 @@ class Engine:
                 fields = request_fields(request)  # a Request is checked by the same path as fields
             request = self.validate(fields, str(self._next_id))
             self._next_id += 1
+            return self._accept(request)
+
+    def _accept(self, request: Request) -> str:
+        """A validated request into the scheduler, its text and logprobs followed if it asks."""
+        with self.lock:
             try:
                 self.scheduler.add_request(request)
             except ValueError as e:  # validated above: only a duplicate id is left
@@ -336,12 +341,16 @@ class Engine:
         self, requests: Iterable[Request | Mapping], on_output: Callable[[Output], None] | None = None
     ) -> list[Output]:
         """Serve `requests` to the end; outputs in input order. `on_output` sees each as it finishes."""
-        requests = [r if isinstance(r, Request) else self.validate(r, str(i)) for i, r in enumerate(requests)]
+        requests = [  # each checked once, Requests by the same path as fields
+            self.validate(request_fields(r) if isinstance(r, Request) else r, str(i)) for i, r in enumerate(requests)
+        ]
         order = {r.id: i for i, r in enumerate(requests)}
         if len(order) != len(requests):
             raise ShardspecError("request ids must be unique")
+        for request in requests:
+            self._accept(request)
         outputs = []
-        for out in self.stream(requests):
+        for out in self.stream():
             outputs.append(out)
             if on_output is not None:
                 on_output(out)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from ..errors import ShardspecError
-from ..files import MAX_CONFIG_BYTES, read_json, read_text
+from ..files import MAX_CONFIG_BYTES, read_json_object, read_text
 
 
 class ChatTemplate:
@@ -41,9 +41,7 @@ def load_chat_template(checkpoint: str | None) -> ChatTemplate | None:
     root = Path(checkpoint)
     config = {}
     if os.path.lexists(root / "tokenizer_config.json"):
-        config = read_json(root / "tokenizer_config.json", MAX_CONFIG_BYTES)
-        if not isinstance(config, dict):
-            raise ShardspecError("must hold a JSON object", file=str(root / "tokenizer_config.json"))
+        config = read_json_object(root / "tokenizer_config.json", MAX_CONFIG_BYTES)
     source = config.get("chat_template")
     if os.path.lexists(root / "chat_template.jinja"):
         source = read_text(root / "chat_template.jinja", MAX_CONFIG_BYTES)
