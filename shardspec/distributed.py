@@ -21,7 +21,10 @@ How a process finds its cluster, first match wins:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
+import sys
 
 import jax
 import numpy as np
@@ -68,6 +71,7 @@ def join(
             )
         return jax.process_count()
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    _native_stdout_to_stderr()
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id)
     except ValueError as e:  # JAX found no cluster to fill in what was not given
@@ -75,6 +79,26 @@ def join(
             return 1
         raise ShardspecError(f"cannot join the cluster: {e}", hint=JOIN_HINT) from None
     return _state().num_processes
+
+
+def _native_stdout_to_stderr() -> None:
+    """Point the C-level stdout at stderr; Python's own stdout keeps the real one.
+
+    gloo's C++ prints "Expected number of connected peer ranks ..." on the C
+    stdout, now and then split over lines of its own, in the middle of what the
+    program writes there (a JSON line, a report). Only when sys.stdout is the
+    process's own fd 1 (not a test's capture).
+    """
+    try:
+        if sys.stdout.fileno() != 1:
+            return
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return
+    sys.stdout.flush()
+    own = os.dup(1)
+    os.dup2(2, 1)
+    encoding, errors = sys.stdout.encoding, sys.stdout.errors
+    sys.stdout = io.TextIOWrapper(io.FileIO(own, "w"), encoding=encoding, errors=errors, line_buffering=True)
 
 
 def _check_args(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
