@@ -77,6 +77,7 @@ class KVCacheConfig:
     dtype: str = AUTO  # auto: the runtime dtype (resolved by compile())
     page_size: int = 16
     num_pages: int | Literal["auto"] = AUTO
+    prefix_caching: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,7 @@ class RuntimeConfig:
     max_model_len: int | None = None  # longest prompt + output; None: the model's maximum
     max_num_seqs: int = 64  # per DP rank
     max_num_batched_tokens: int = 512  # per DP rank, per step
-    routing: Literal["balanced", "least_tokens", "round_robin"] = "balanced"
+    routing: Literal["balanced", "least_load", "cache_first", "least_tokens", "round_robin"] = "balanced"
     max_waiting: int = 1024  # the server's queue bound: requests waiting over all DP ranks
     moe_dispatch: Literal["sparse", "dense"] = "sparse"  # sparse: each token meets its chosen experts only
     async_scheduling: bool = True

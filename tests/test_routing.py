@@ -11,7 +11,7 @@ def assign(policy, prompts, ranks=2, counters=None):
     out = []
     for n in prompts:
         rank = router.pick(counters, n)
-        counters.arrived(rank, n)
+        counters.arrived(rank, n, n)
         out.append(rank)
     return out
 
@@ -30,9 +30,9 @@ def test_balanced_counts_what_is_left_to_compute_least_tokens_counts_everything(
     # rank 1 has a 4-token prompt waiting (load 4, 4 tokens).
     def counters():
         c = RankCounters(2)
-        c.arrived(0, 10)
+        c.arrived(0, 10, 10)
         c.stepped(computed=[10, 0], sampled=[1, 0])  # the prompt ran; its first sample is pending
-        c.arrived(1, 4)
+        c.arrived(1, 4, 4)
         return c
 
     assert assign("least_tokens", [4], counters=counters()) == [1]  # 11 vs 4 tokens
@@ -50,9 +50,9 @@ def test_candidates_restrict_the_choice():
     assert Router("balanced", 3).pick(counters, 4, candidates=[2, 1]) == 1
     assert Router("least_tokens", 3).pick(counters, 4, candidates=[2]) == 2
     rr = Router("round_robin", 3)
-    assert [rr.pick(counters, 1, [0, 2]), rr.pick(counters, 1, [0, 2]), rr.pick(counters, 1)] == [0, 2, 0]
+    assert [rr.pick(counters, 1, candidates=[0, 2]), rr.pick(counters, 1, candidates=[0, 2]), rr.pick(counters, 1)] == [0, 2, 0]
 
 
 def test_unknown_policy_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown policy 'random' .use one of balanced, least_tokens, round_robin"):
+    with pytest.raises(ValueError, match="unknown policy 'random' .use one of balanced, least_load, cache_first, least_tokens, round_robin"):
         Router("random", 2)

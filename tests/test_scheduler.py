@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardspec.runtime.request import Request
+from shardspec.runtime.routing import POLICIES
 from shardspec.runtime.schedule import FROM_PREVIOUS_STEP, StepSchedule
 from shardspec.runtime.scheduler import DPScheduler
 from shardspec.sizes import RuntimeSizes, pages_for
@@ -85,8 +86,12 @@ def check_step(schedule, sz: RuntimeSizes, async_scheduling: bool) -> None:
     for r in range(sz.dp_ranks):
         mine = [c for c in schedule.chunks if c.rank == r]
         assert len(mine) <= sz.max_num_seqs
-        pages = np.concatenate([c.block_table for c in mine] + [np.zeros(0, np.int32)])
-        assert len(set(pages.tolist())) == len(pages), "a page in two block tables"
+        # Prefix caching shares pages, read-only: the pages a chunk writes are in no other
+        # chunk's block table.
+        for c in mine:
+            written = set(c.block_table[np.arange(c.start_pos, c.start_pos + c.num_tokens) // sz.page_size].tolist())
+            others = {p for o in mine if o is not c for p in o.block_table.tolist()}
+            assert not written & others, "a page written while another sequence holds it"
     for c in schedule.chunks:
         assert c.num_tokens >= 1 and c.token_ids.dtype == np.int32
         if (c.token_ids == FROM_PREVIOUS_STEP).any():
@@ -151,6 +156,8 @@ def check_outputs(sched, requests, outputs, aborted, eos=EOS):
     stats = sched.stats()
     assert stats["pages_used"] == [0] * sched.sizes.dp_ranks and stats["max_kv_usage"] == 0
     assert stats["running"] == stats["waiting"] == stats["load"] == [0] * sched.sizes.dp_ranks
+    for pool in sched.slots.pools:  # every page back: free, or cached and held by nobody
+        assert pool.num_free == pool.num_pages and not pool.refs(np.arange(pool.num_pages)).any()
 
 
 def chunks_of(schedule):
@@ -299,7 +306,7 @@ def test_an_abort_output_comes_with_the_next_update():
 def test_preemption_recomputes_the_newest_sequence_and_keeps_its_tokens():
     # 6 pages of 2 tokens: each request needs up to 5 pages, both at once do not fit.
     sz = sizes(page_size=2, pages_per_rank=6, max_model_len=12, max_num_batched_tokens=16)
-    sched = DPScheduler(sz, eos_token_ids=())
+    sched = DPScheduler(sz, eos_token_ids=(), prefix_caching=False)  # with it, see test_prefix_cache.py
     requests = [req("old", 4, max_tokens=6), req("new", [5, 6, 7, 1], max_tokens=6)]
     outputs, aborted, schedules = serve(sched, {0: requests})
     check_outputs(sched, requests, outputs, aborted, eos=None)
@@ -515,12 +522,17 @@ def workloads(draw):
         max_num_batched_tokens=draw(st.integers(1, 12)),
     )
     requests, arrivals = [], {}
+    # Prompts start with one of a few shared prefixes (a system prompt, one prompt's
+    # samples), so that prefix caching shares pages, then go their own way.
+    token = st.integers(0, VOCAB - 1)
+    prefixes = draw(st.lists(st.lists(token, min_size=1, max_size=12), min_size=1, max_size=3))
     for i in range(draw(st.integers(1, 12))):
         n = draw(st.integers(1, 12))
         stop = tuple(draw(st.sets(st.integers(0, VOCAB - 1), max_size=2)))
+        shared = draw(st.sampled_from(prefixes))[: draw(st.integers(0, n))]
         r = req(
             i,
-            [draw(st.integers(0, VOCAB - 1)) for _ in range(n)],
+            shared + [draw(token) for _ in range(n - len(shared))],
             max_tokens=draw(st.integers(1, 16 - n)),
             ignore_eos=draw(st.booleans()),
             stop_token_ids=stop,
@@ -534,10 +546,14 @@ def workloads(draw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(workloads(), st.booleans(), st.sampled_from(["balanced", "least_tokens", "round_robin"]))
-def test_every_request_finishes_once_with_the_right_tokens_and_all_pages_return(workload, async_scheduling, routing):
+@given(workloads(), st.booleans(), st.sampled_from(POLICIES), st.booleans())
+def test_every_request_finishes_once_with_the_right_tokens_and_all_pages_return(
+    workload, async_scheduling, routing, prefix_caching
+):
     sz, requests, arrivals, aborts = workload
-    sched = DPScheduler(sz, routing=routing, eos_token_ids=(EOS,), async_scheduling=async_scheduling)
+    sched = DPScheduler(
+        sz, routing=routing, eos_token_ids=(EOS,), async_scheduling=async_scheduling, prefix_caching=prefix_caching
+    )
     outputs, aborted, _ = serve(sched, arrivals, aborts)
     check_outputs(sched, requests, outputs, aborted)
 

@@ -88,6 +88,7 @@ class Engine:
             routing=runtime.routing,
             eos_token_ids=eos,
             async_scheduling=runtime.async_scheduling,
+            prefix_caching=plan.strategy.kv_cache.prefix_caching,
         )
         self._step = Step(plan, self.model, rank_attention)
         self._caches = allocate_kv_cache(plan)

@@ -4,7 +4,9 @@
                   (chunked prefill: with a budget of 8, a 20-token prompt runs as 8 + 8 + 4),
                   in admission order under the rank's token budget; pages for them,
                   preempting the newest sequences when a rank runs short
-    admit         waiting sequences, oldest first, while seats, budget and pages allow
+    admit         waiting sequences, oldest first, while seats, budget and pages allow, each
+                  from its longest cached prefix; one whose next page another sequence is
+                  computing waits for it (bounded, see prefix_cache.py) while younger ones go
     spill         a blocked rank's waiting sequences move to a rank that can start them now
                   (running sequences never move: their KV pages live on their rank)
     emit          the plan as a StepSchedule (columns), every planned sequence advanced
@@ -38,6 +40,7 @@ class RunningPlan(NamedTuple):
 class Admission(NamedTuple):
     budget_left: list[int]  # per rank, after admissions
     blocked: list[bool]  # per rank: its oldest waiting sequence could not start there
+    held: list[list[Seq]]  # per rank: sequences off the queue this step, waiting for a prefix
 
 
 def plan_running(s: DPScheduler, step: int, budget: int) -> RunningPlan:
@@ -84,22 +87,21 @@ def plan_running(s: DPScheduler, step: int, budget: int) -> RunningPlan:
 
 
 def _make_room(s: DPScheduler, rank: int, need: int, tokens: np.ndarray) -> None:
-    """Preempt the newest sequences with no work in flight until `need` pages fit."""
-    sl = s.slots
-    free = sl.pools[rank].num_free
+    """Preempt the newest sequences with no work in flight until `need` pages fit (a page
+    another sequence shares stays held, so the pool is asked what is free each time)."""
+    sl, pool = s.slots, s.slots.pools[rank]
     for g in sl.by_admission(rank)[::-1]:
-        if need <= free:
+        if need <= pool.num_free:
             return
         if sl.in_flight[g]:
             continue
         need -= int(sl.pages_needed(np.array([g]), tokens[[g]])[0])
-        free += int(sl.n_pages[g])
         tokens[g] = 0
         s.preempt(int(g))
     # Async only: every sequence left has work in flight. Skip the newest plans
     # that need pages; they can be preempted once their work lands.
     for g in sl.by_admission(rank)[::-1]:
-        if need <= free:
+        if need <= pool.num_free:
             return
         k = int(sl.pages_needed(np.array([g]), tokens[[g]])[0])
         if k:
@@ -108,17 +110,23 @@ def _make_room(s: DPScheduler, rank: int, need: int, tokens: np.ndarray) -> None
 
 def admit(s: DPScheduler, plan: RunningPlan) -> Admission:
     """Start waiting sequences, oldest first, with their first chunk."""
-    left, blocked = list(plan.budget_left), [False] * s.sizes.dp_ranks
-    for rank in range(s.sizes.dp_ranks):
+    R = s.sizes.dp_ranks
+    left, blocked, held = list(plan.budget_left), [False] * R, [[] for _ in range(R)]
+    for rank in range(R):
         while (seq := s.waiting.front(rank)) is not None:
-            if plan.pressed[rank] or not s.slots.has_seat(rank) or (left[rank] and not _fits(s, rank, seq, left[rank])):
+            hit = s.prefix.hit(rank, seq)
+            if left[rank] and s.prefix.should_wait(rank, seq, len(hit)):
+                seq.prefix_waits += 1
+                held[rank].append(s.waiting.pop_front(rank))  # back on the queue after spill()
+                continue
+            if plan.pressed[rank] or not s.slots.has_seat(rank) or (left[rank] and not _fits(s, rank, seq, left[rank], hit)):
                 blocked[rank] = True
                 break
             if not left[rank]:
                 break
             s.waiting.pop_front(rank)
-            left[rank] -= _start(s, rank, seq, left[rank], plan.tokens)
-    return Admission(left, blocked)
+            left[rank] -= _start(s, rank, seq, left[rank], plan.tokens, hit)
+    return Admission(left, blocked, held)
 
 
 def spill(s: DPScheduler, plan: RunningPlan, admission: Admission) -> None:
@@ -126,35 +134,49 @@ def spill(s: DPScheduler, plan: RunningPlan, admission: Admission) -> None:
 
     A target needs a free seat, budget left and pages for the first chunk; a
     sequence moved there may start before the target's own waiting ones if
-    those need more pages than it does."""
+    those need more pages than it does. Then the held sequences queue again."""
     left = list(admission.budget_left)
     for src in range(s.sizes.dp_ranks):
         while admission.blocked[src] and (seq := s.waiting.front(src)) is not None:
+            hits = {r: s.prefix.hit(r, seq) for r in range(s.sizes.dp_ranks) if r != src}
             targets = [
                 r
-                for r in range(s.sizes.dp_ranks)
-                if r != src and not plan.pressed[r] and left[r] and s.slots.has_seat(r) and _fits(s, r, seq, left[r])
+                for r, hit in hits.items()
+                if not plan.pressed[r] and left[r] and s.slots.has_seat(r) and _fits(s, r, seq, left[r], hit)
             ]
             if not targets:
                 break
-            dst = s.router.pick(s.counters, seq.total, targets)
+            dst = s.route(seq, targets)
             s.waiting.pop_front(src)
-            s.counters.left(src, seq.total, seq.total)
-            s.counters.arrived(dst, seq.total)
-            left[dst] -= _start(s, dst, seq, left[dst], plan.tokens)
+            s.leave_rank(seq)
+            s.join_rank(dst, seq)
+            left[dst] -= _start(s, dst, seq, left[dst], plan.tokens, s.prefix.hit(dst, seq))
             s.spills += 1
+    for rank, seqs in enumerate(admission.held):
+        for seq in seqs:
+            s.waiting.push(rank, seq)
 
 
-def _fits(s: DPScheduler, rank: int, seq: Seq, budget: int) -> bool:
-    """Whether `rank` has the pages for `seq`'s first chunk under `budget`."""
-    return pages_for(min(seq.total, budget), s.sizes.page_size) <= s.slots.pools[rank].num_free
+def _fits(s: DPScheduler, rank: int, seq: Seq, budget: int, hit: list[int]) -> bool:
+    """Whether `rank` has the pages for `seq`'s first chunk under `budget`, starting from
+    the cached pages `hit` (an idle one taken is a free one fewer)."""
+    pool, cached = s.slots.pools[rank], len(hit) * s.sizes.page_size
+    new = pages_for(cached + min(seq.total - cached, budget), s.sizes.page_size) - len(hit)
+    return new + pool.idle_count(hit) <= pool.num_free
 
 
-def _start(s: DPScheduler, rank: int, seq: Seq, budget: int, tokens: np.ndarray) -> int:
-    """Admit a waiting sequence (already off its queue) with its first chunk; its size."""
-    n = min(seq.total, budget)
-    g = s.slots.start(seq, rank, n)
-    seq.rank, seq.status = rank, Status.RUNNING
+def _start(s: DPScheduler, rank: int, seq: Seq, budget: int, tokens: np.ndarray, hit: list[int]) -> int:
+    """Admit a waiting sequence (already off its queue) from its cached pages `hit`, with
+    its first chunk; that chunk's size."""
+    cached = len(hit) * s.sizes.page_size
+    n = min(seq.total - cached, budget)
+    s.slots.pools[rank].acquire(hit)
+    g = s.slots.start(seq, rank, n, hit)
+    s.counters.started(rank, cached - seq.credit)
+    s.prefix.started(rank, seq, len(hit))
+    s.cached_tokens[rank] += cached
+    s.prefill_tokens[rank] += seq.total - cached
+    seq.rank, seq.status, seq.credit, seq.prefix_waits = rank, Status.RUNNING, 0, 0
     tokens[g] = n
     return n
 

@@ -10,13 +10,26 @@ requests:
 - `tokens`: all tokens (prompt + output) of its running and waiting sequences;
 - `seqs`: its running and waiting sequences.
 
-Policies (`runtime.routing`):
+With prefix caching a waiting sequence counts on its rank's `load` only with
+the tokens it will still compute there (`Seq.credit`: the tokens its rank holds
+or will hold, see prefix_cache.py); admission settles the difference with what
+the cache really held then.
+
+Policies (`runtime.routing`); `cached[r]`: the request's tokens rank r holds:
 
 - `balanced` (default): the rank that minimises the largest per-rank `load`
-  after the assignment; ties -> fewest `seqs`, then lowest rank. Counting
-  pending prefill tokens keeps one long prompt from landing on a rank that
-  already has one (the reference system's lockstep padding made every rank
-  wait for the busiest);
+  after the assignment, counting only the request's uncached tokens there;
+  ties -> fewest tokens to compute (the cache hit), fewest `seqs`, lowest
+  rank. A hit wins only when it does not make its rank the busiest, so one
+  prompt's samples (a GRPO group) share a rank only while the others are as
+  busy; counting pending prefill tokens keeps one long prompt from landing on
+  a rank that already has one (the reference system's lockstep padding made
+  every rank wait for the busiest);
+- `least_load`: the rank with the least `load` + uncached tokens (the
+  reference system's formula with a prefix cache); ties -> lowest rank;
+- `cache_first`: the longest hit wins outright (the reference system's first
+  rule, which pinned whole GRPO groups to one rank); without a hit, as
+  `least_tokens`;
 - `least_tokens`: the rank with the fewest `tokens` (the reference system's
   rule without a prefix cache); ties -> lowest rank;
 - `round_robin`: ranks in turn.
@@ -28,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-POLICIES = ("balanced", "least_tokens", "round_robin")
+POLICIES = ("balanced", "least_load", "cache_first", "least_tokens", "round_robin")
 
 
 class RankCounters:
@@ -45,11 +58,16 @@ class RankCounters:
         self.tokens = [0] * dp_ranks
         self.seqs = [0] * dp_ranks
 
-    def arrived(self, rank: int, tokens: int) -> None:
-        """A sequence of `tokens` known tokens, none computed, joins `rank`."""
-        self.load[rank] += tokens
+    def arrived(self, rank: int, tokens: int, uncached: int) -> None:
+        """A sequence of `tokens` known tokens, `uncached` of them to compute there, joins `rank`."""
+        self.load[rank] += uncached
         self.tokens[rank] += tokens
         self.seqs[rank] += 1
+
+    def started(self, rank: int, skipped: int) -> None:
+        """A sequence started with `skipped` more cached tokens than its rank's load expected
+        (fewer when negative: its expected pages were gone)."""
+        self.load[rank] -= skipped
 
     def left(self, rank: int, uncomputed: int, tokens: int) -> None:
         """A sequence leaves `rank` (finished, or moved away) with `uncomputed` of its `tokens` not run."""
@@ -57,9 +75,9 @@ class RankCounters:
         self.tokens[rank] -= tokens
         self.seqs[rank] -= 1
 
-    def preempted(self, rank: int, computed: int) -> None:
-        """A sequence dropped its `computed` tokens from the cache: they will be run again."""
-        self.load[rank] += computed
+    def preempted(self, rank: int, rerun: int) -> None:
+        """A sequence dropped its pages: `rerun` of its computed tokens will be run again."""
+        self.load[rank] += rerun
 
     def stepped(self, computed: Sequence[int], sampled: Sequence[int]) -> None:
         """A step ran `computed[r]` tokens and scheduled `sampled[r]` samples (new tokens) per rank."""
@@ -69,7 +87,7 @@ class RankCounters:
 
 
 class Router:
-    """Picks a rank for a sequence of `new_load` tokens among `candidates` (default: all)."""
+    """Picks a rank for a sequence of `tokens` tokens among `candidates` (default: all)."""
 
     def __init__(self, policy: str, dp_ranks: int):
         if policy not in POLICIES:
@@ -78,11 +96,28 @@ class Router:
         self.dp_ranks = dp_ranks
         self._next = 0  # round_robin cursor
 
-    def pick(self, counters: RankCounters, new_load: int, candidates: Sequence[int] | None = None) -> int:
+    @property
+    def uses_cache(self) -> bool:
+        """Whether `pick` reads `cached` (the scheduler probes the ranks only then)."""
+        return self.policy in ("balanced", "least_load", "cache_first")
+
+    def pick(
+        self,
+        counters: RankCounters,
+        tokens: int,
+        cached: Sequence[int] | None = None,
+        candidates: Sequence[int] | None = None,
+    ) -> int:
+        """`cached[r]`: the sequence's tokens rank r holds or will hold (default none)."""
         ranks = range(self.dp_ranks) if candidates is None else candidates
+        hit = cached if cached is not None else [0] * self.dp_ranks
         if self.policy == "balanced":
-            return _balanced(counters, new_load, ranks)
-        if self.policy == "least_tokens":
+            return _balanced(counters, [tokens - h for h in hit], ranks)
+        if self.policy == "least_load":
+            return min(ranks, key=lambda r: (counters.load[r] + tokens - hit[r], r))
+        if self.policy == "cache_first" and max(hit[r] for r in ranks) > 0:
+            return min(ranks, key=lambda r: (-hit[r], counters.tokens[r], r))
+        if self.policy in ("least_tokens", "cache_first"):
             return min(ranks, key=lambda r: (counters.tokens[r], r))
         return self._round_robin(ranks)
 
@@ -93,15 +128,15 @@ class Router:
         return rank
 
 
-def _balanced(counters: RankCounters, new_load: int, ranks: Sequence[int]) -> int:
+def _balanced(counters: RankCounters, uncached: Sequence[int], ranks: Sequence[int]) -> int:
     load = counters.load
     # The largest load among the *other* ranks: the top one, or the second
     # when the top one is the rank being tried.
     top = max(range(len(load)), key=lambda r: (load[r], -r))
     second = max((load[r] for r in range(len(load)) if r != top), default=0)
 
-    def key(r: int) -> tuple[int, int, int]:
+    def key(r: int) -> tuple[int, int, int, int]:
         others = second if r == top else load[top]
-        return max(load[r] + new_load, others), counters.seqs[r], r
+        return max(load[r] + uncached[r], others), uncached[r], counters.seqs[r], r
 
     return min(ranks, key=key)

@@ -6,8 +6,10 @@ Each request is routed to one DP rank (`routing.py`) and waits there. Every
 sequences first, then admissions, then spill-over of waiting sequences to
 ranks that can take them.
 
-Pages are allocated as chunks need them, `page_size` tokens at a time. When a
-rank runs short, the most recently admitted running sequence is preempted by
+Pages are allocated as chunks need them, `page_size` tokens at a time. With
+prefix caching (`prefix_cache.py`) a sequence starts from the longest run of
+full pages its rank has cached for its tokens, and `update()` caches every page
+a finished step filled. When a rank runs short, the most recently admitted running sequence is preempted by
 recompute: its pages are freed and it waits again with prompt + the tokens it
 has generated, which the next prefill recomputes (its output so far is kept).
 
@@ -37,6 +39,7 @@ from .request import FinishReason, Output, Request
 from .routing import RankCounters, Router
 from .schedule import StepSchedule
 from .sequence import Seq, Status
+from .prefix_cache import PrefixCache
 from .slots import Slots
 from .step_budget import balanced_budget
 from .waiting import WaitingQueues
@@ -60,6 +63,7 @@ class DPScheduler:
         eos_token_ids: Iterable[int] = (),
         async_scheduling: bool = False,
         balance_steps: bool | None = None,
+        prefix_caching: bool = True,
     ):
         self.sizes = sizes
         self.async_scheduling = async_scheduling
@@ -70,6 +74,7 @@ class DPScheduler:
         self.router = Router(routing, sizes.dp_ranks)
         self.counters = RankCounters(sizes.dp_ranks)
         self.slots = Slots(sizes)
+        self.prefix = PrefixCache(self.slots.pools, sizes.page_size, enabled=prefix_caching)
         self._seqs: dict[int, Seq] = {}  # unfinished
         self._by_request: dict[str, Seq] = {}  # unfinished, by request id
         self.waiting = WaitingQueues(sizes.dp_ranks, self._seqs)
@@ -79,6 +84,10 @@ class DPScheduler:
         self._outstanding: collections.deque[int] = collections.deque()  # non-empty steps not yet updated
         self.preemptions = 0
         self.spills = 0
+        # Per rank, over admissions: tokens taken from the prefix cache, and tokens left to
+        # compute (prompt, and what a preempted sequence recomputes).
+        self.cached_tokens = [0] * sizes.dp_ranks
+        self.prefill_tokens = [0] * sizes.dp_ranks
         self.record_tokens = False  # keep each update()'s (request id, token) pairs for streaming
         self._new_tokens: list[tuple[str, int, int]] = []
 
@@ -90,12 +99,28 @@ class DPScheduler:
         # The one stop set: the request's own stop ids, and EOS unless it is ignored.
         stop = frozenset(request.stop_token_ids) | (frozenset() if request.ignore_eos else self._eos)
         seq_id, self._next_seq_id = self._next_seq_id, self._next_seq_id + 1
-        n = len(request.prompt_token_ids)
-        rank = self.router.pick(self.counters, n)
-        seq = self._seqs[seq_id] = self._by_request[request.id] = Seq(seq_id, request, rank, stop)
-        self.counters.arrived(rank, n)
-        self.waiting.push(rank, seq)
+        seq = self._seqs[seq_id] = self._by_request[request.id] = Seq(seq_id, request, -1, stop)
+        self.join_rank(self.route(seq), seq)
+        self.waiting.push(seq.rank, seq)
         return seq_id
+
+    def route(self, seq: Seq, candidates: list[int] | None = None) -> int:
+        """The rank waiting `seq` should go to (see routing.py), among `candidates` (default: all)."""
+        cached = None
+        if self.router.uses_cache and self.prefix.enabled:
+            cached = [self.prefix.expected_hit(r, seq) for r in range(self.sizes.dp_ranks)]
+        return self.router.pick(self.counters, seq.total, cached, candidates)
+
+    def join_rank(self, rank: int, seq: Seq) -> None:
+        """Waiting `seq` belongs to `rank` now: its load there is what it will still compute."""
+        seq.rank, seq.credit = rank, self.prefix.expected_hit(rank, seq)
+        self.counters.arrived(rank, seq.total, seq.total - seq.credit)
+        self.prefix.claim(rank, seq)
+
+    def leave_rank(self, seq: Seq) -> None:
+        """Waiting `seq` leaves its rank (finished, or moving)."""
+        self.counters.left(seq.rank, seq.total - seq.credit, seq.total)
+        self.prefix.unclaim(seq.rank, seq)
 
     def abort(self, request_id: str, reason: FinishReason = "abort") -> bool:
         """Finish an unfinished request now (its tokens so far kept), as "abort" or, for a stop
@@ -121,6 +146,7 @@ class DPScheduler:
         the lost cache; it never reaches `update()`."""
         if abandoned is not None and abandoned.step in self._outstanding:
             self._outstanding.remove(abandoned.step)
+        self.prefix.lost()
         for g in self.slots.in_order().tolist():
             self.slots.in_flight[g] = 0
             self.preempt(g)
@@ -156,16 +182,21 @@ class DPScheduler:
         return bool(self._seqs) or bool(self._finished)
 
     def stats(self) -> dict:
-        """Per-rank lists `running`, `waiting`, `pages_used`, `load` (tokens still to run, see
-        routing.py); `max_kv_usage`: the MAX over ranks of pages used / pages per rank (a mean
-        hides one full rank); cumulative `preemptions` and `spills`."""
+        """Per-rank lists `running`, `waiting`, `pages_used` (held), `pages_cached` (holding a
+        prefix key, held or idle), `load` (tokens still to run, see routing.py),
+        `cached_tokens` and `prefill_tokens` (see __init__); `max_kv_usage`: the MAX over
+        ranks of pages held / pages per rank (a mean hides one full rank); cumulative
+        `preemptions` and `spills`."""
         R = self.sizes.dp_ranks
         used = [pool.num_used for pool in self.slots.pools]
         return {
             "running": [self.slots.running(r) for r in range(R)],
             "waiting": self.waiting.counts(),
             "pages_used": used,
+            "pages_cached": [pool.num_cached for pool in self.slots.pools],
             "load": list(self.counters.load),
+            "cached_tokens": list(self.cached_tokens),
+            "prefill_tokens": list(self.prefill_tokens),
             "max_kv_usage": max(used) / self.sizes.pages_per_rank,
             "preemptions": self.preemptions,
             "spills": self.spills,
@@ -207,7 +238,9 @@ class DPScheduler:
         """Recompute preemption of the sequence in slot g: its pages go, it waits again."""
         rank, computed = int(self.slots.rank_of(g)), int(self.slots.computed[g])
         seq = self.slots.release(g)
-        self.counters.preempted(rank, computed)  # to be run again
+        self.prefix.stopped(rank, seq)
+        seq.credit = self.prefix.expected_hit(rank, seq)  # its own pages, unless evicted meanwhile
+        self.counters.preempted(rank, computed - seq.credit)  # to be run again
         self.waiting.push(rank, seq)
         self.preemptions += 1
 
@@ -242,11 +275,22 @@ class DPScheduler:
         if self.record_tokens:  # (request id, token, its index among the step's samples)
             ids = [sl.seq[slot].request.id for slot in gs.tolist()]
             self._new_tokens += zip(ids, tok.tolist(), np.flatnonzero(got).tolist())
+        if self.prefix.enabled:
+            self._cache_full_pages(schedule, live)
         stopped = (sl.stops[gs] == tok[:, None]).any(axis=1)
         done = stopped | (sl.received[gs] >= sl.max_tokens[gs])
         for slot, stop in zip(gs[done].tolist(), stopped[done].tolist()):
             self._finish(sl.seq[slot], "stop" if stop else "length")
         return self.take_finished()
+
+    def _cache_full_pages(self, schedule: StepSchedule, live: np.ndarray) -> None:
+        """Register the pages `schedule` filled (it ran: their contents exist now)."""
+        sl, g = self.slots, schedule.slots[live]
+        full = (schedule.starts[live] + schedule.num_tokens[live]) // self.sizes.page_size
+        for slot, end in zip(g[full > sl.shared[g]].tolist(), full[full > sl.shared[g]].tolist()):
+            seq, rank = sl.seq[slot], int(sl.rank_of(slot))
+            self.prefix.register(rank, seq, sl.tokens[slot], sl.table[slot], int(sl.shared[slot]), end)
+            sl.shared[slot] = end
 
     def _sampled_tokens(self, schedule: StepSchedule, sample_rows: np.ndarray, sampled) -> np.ndarray:
         if not isinstance(sampled, Mapping):
@@ -264,12 +308,13 @@ class DPScheduler:
         sl = self.slots
         if seq.status is Status.RUNNING:
             g = seq.slot
-            uncomputed, tokens = int(sl.total[g] - sl.computed[g]), int(sl.total[g])
+            self.counters.left(seq.rank, int(sl.total[g] - sl.computed[g]), int(sl.total[g]))
             sl.release(g)
+            self.prefix.stopped(seq.rank, seq)
+            self.prefix.unclaim(seq.rank, seq)
         else:
             self.waiting.discard(seq)
-            uncomputed = tokens = seq.total
-        self.counters.left(seq.rank, uncomputed, tokens)
+            self.leave_rank(seq)
         del self._seqs[seq.id], self._by_request[seq.request.id]
         seq.status = Status.FINISHED
         self._finished.append(Output(seq.request.id, seq.request.prompt_token_ids, seq.outputs, reason, error=error))

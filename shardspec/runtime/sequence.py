@@ -26,7 +26,20 @@ class Status(enum.Enum):
 class Seq:
     """A request as the scheduler tracks it. Positions: [0, prompt_len) prompt, then outputs."""
 
-    __slots__ = ("id", "request", "rank", "status", "slot", "stop", "tokens", "prompt_len")
+    __slots__ = (
+        "id",
+        "request",
+        "rank",
+        "status",
+        "slot",
+        "stop",
+        "tokens",
+        "prompt_len",
+        "keys",
+        "claimed",
+        "credit",
+        "prefix_waits",
+    )
 
     def __init__(self, seq_id: int, request: Request, rank: int, stop: frozenset[int]):
         self.id, self.request, self.rank, self.status = seq_id, request, rank, Status.WAITING
@@ -34,6 +47,13 @@ class Seq:
         self.stop = np.array(sorted(stop), np.int32)
         self.prompt_len = len(request.prompt_token_ids)
         self.tokens = np.array(request.prompt_token_ids, np.int32)  # while waiting: what it starts from
+        # Prefix caching (prefix_cache.py): the hash chain of its full pages so far, the keys
+        # it claims on its rank, the cached tokens its rank's load was told it would skip
+        # while it waits, and the steps it has waited for another sequence's prefix pages.
+        self.keys: list[bytes] = []
+        self.claimed: list[bytes] = []
+        self.credit = 0
+        self.prefix_waits = 0
 
     @property
     def total(self) -> int:

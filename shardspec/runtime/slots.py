@@ -16,6 +16,7 @@ Per slot, while a sequence runs (positions count tokens: prompt, then outputs):
     in_flight           chunks scheduled, not passed to update()
     last_sample_step    the step of its latest scheduled sample
     table[g, :n_pages]  its KV pages (rank-local ids), position order; zero beyond
+    shared              its leading pages in the prefix cache (hit at admission, or registered since)
     stamp               admission order (a global counter): chunks are emitted in it
 """
 
@@ -47,6 +48,7 @@ class Slots:
         self.last_sample_step = np.full(n, -2, np.int64)
         self.table = np.zeros((n, sizes.max_pages_per_seq), np.int32)
         self.n_pages = np.zeros(n, np.int64)
+        self.shared = np.zeros(n, np.int64)
         self.temperature = np.zeros(n, np.float32)
         self.top_k = np.zeros(n, np.int32)
         self.top_p = np.ones(n, np.float32)
@@ -84,8 +86,9 @@ class Slots:
 
     # -- a sequence enters or leaves a slot -------------------------------------------------
 
-    def start(self, seq: Seq, rank: int, first_chunk: int) -> int:
-        """Put a waiting sequence into a free slot of `rank` with pages for its first chunk."""
+    def start(self, seq: Seq, rank: int, first_chunk: int, hit: list[int]) -> int:
+        """Put a waiting sequence into a free slot of `rank`, starting from the cached pages
+        `hit` (held for it already), with pages for its first chunk."""
         g = self._free[rank].pop()
         self._order = None
         request, n = seq.request, seq.total
@@ -94,7 +97,8 @@ class Slots:
         self.tokens[g, :n] = seq.tokens
         self.prompt_len[g], self.max_tokens[g] = seq.prompt_len, request.max_tokens
         self.received[g], self.total[g] = n - seq.prompt_len, n
-        self.computed[g] = self.pending[g] = self.in_flight[g] = 0
+        self.computed[g] = len(hit) * self.sizes.page_size
+        self.pending[g] = self.in_flight[g] = 0
         self.last_sample_step[g] = -2
         sampling = request.sampling
         self.temperature[g], self.top_k[g], self.top_p[g] = sampling.temperature, sampling.top_k, sampling.top_p
@@ -105,7 +109,8 @@ class Slots:
             self.stops = wider
         self.stops[g] = -1
         self.stops[g, : len(seq.stop)] = seq.stop
-        self.n_pages[g] = 0
+        self.table[g, : len(hit)] = hit
+        self.n_pages[g] = self.shared[g] = len(hit)
         self.grow(np.array([g]), np.array([first_chunk]))
         seq.slot = g
         return g
@@ -117,7 +122,7 @@ class Slots:
         seq.tokens = self.tokens[g, :known].copy()
         self.pools[self.rank_of(g)].free(self.table[g, : self.n_pages[g]])
         self.table[g] = 0
-        self.n_pages[g] = 0
+        self.n_pages[g] = self.shared[g] = 0
         self.seq[g], self.seq_id[g], seq.slot = None, -1, -1
         self._free[self.rank_of(g)].append(g)
         self._order = None

@@ -1,0 +1,141 @@
+"""Prefix caching per DP rank: a request skips the KV pages another one computed.
+
+A full page of known tokens is named by a hash chain: page i's key covers the
+tokens 0 … (i+1)·page_size, so equal keys mean equal prefixes, and a lookup is
+the longest leading run of a sequence's keys that its rank's pool holds
+(`kv_pages.PagePool`). The keys are blake2b digests: the same on every process,
+as the multi-host design needs.
+
+What this module keeps beside the pools, per rank:
+
+- claims: the keys of the full pages of every sequence on the rank (waiting or
+  running). Routing counts a claimed page as good as cached there: requests
+  that arrive together and share a prefix (a GRPO group) see each other before
+  any of them has run;
+- computing: keys being computed now by an admitted sequence, not yet
+  registered. A waiting sequence whose next page is being computed waits for it
+  (at most `PREFIX_WAIT_STEPS` steps) instead of computing it too.
+
+Pages are registered by the scheduler's `update()`, once the step that wrote
+them came back: a page is never shared before its contents exist. Only pages
+a sequence will not write again are shared: the hit stops short of the last
+known token, which is always computed (the step needs its logit).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+
+import numpy as np
+
+from .kv_pages import PagePool
+from .sequence import Seq
+
+PREFIX_WAIT_STEPS = 16  # longest a waiting sequence waits for another's prefix pages
+
+
+def extend_keys(keys: list[bytes], tokens: np.ndarray, page_size: int) -> list[bytes]:
+    """Extend the hash chain `keys` (of tokens' first len(keys) pages) to every full page of `tokens`."""
+    for i in range(len(keys), len(tokens) // page_size):
+        page = np.ascontiguousarray(tokens[i * page_size : (i + 1) * page_size], np.int32)
+        keys.append(hashlib.blake2b((keys[-1] if keys else b"") + page.tobytes(), digest_size=16).digest())
+    return keys
+
+
+def shareable_pages(known_tokens: int, page_size: int) -> int:
+    """Leading pages a sequence of `known_tokens` may take from the cache: full ones
+    that leave its last token to compute."""
+    return (known_tokens - 1) // page_size
+
+
+class PrefixCache:
+    """The keys of every rank: what its pool caches, what its sequences claim and compute."""
+
+    def __init__(self, pools: list[PagePool], page_size: int, enabled: bool = True):
+        self.pools, self.page_size, self.enabled = pools, page_size, enabled
+        ranks = range(len(pools))
+        self._claims: list[collections.Counter[bytes]] = [collections.Counter() for _ in ranks]
+        self._computing: list[dict[bytes, int]] = [{} for _ in ranks]  # key -> the seq id computing it
+
+    def keys(self, seq: Seq) -> list[bytes]:
+        """A waiting sequence's page keys, up to the pages it may share."""
+        extend_keys(seq.keys, seq.tokens, self.page_size)
+        return seq.keys[: shareable_pages(seq.total, self.page_size)]
+
+    # -- routing ---------------------------------------------------------------------------------
+
+    def expected_hit(self, rank: int, seq: Seq) -> int:
+        """Tokens of waiting `seq` that `rank` holds or will hold (cached, or claimed there)."""
+        if not self.enabled:
+            return 0
+        pool, claims, n = self.pools[rank], self._claims[rank], 0
+        for key in self.keys(seq):
+            if not (pool.holds(key) or key in claims):
+                break
+            n += 1
+        return n * self.page_size
+
+    def claim(self, rank: int, seq: Seq) -> None:
+        """`seq` joins `rank` (arrives, or moves there)."""
+        if self.enabled:
+            seq.claimed = list(self.keys(seq))
+            self._claims[rank].update(seq.claimed)
+
+    def unclaim(self, rank: int, seq: Seq) -> None:
+        """`seq` leaves `rank` (finishes, or moves away)."""
+        if self.enabled:
+            claims = self._claims[rank]
+            claims.subtract(seq.claimed)
+            for key in seq.claimed:
+                if claims.get(key, 0) <= 0:
+                    claims.pop(key, None)
+            seq.claimed = []
+
+    # -- admission -------------------------------------------------------------------------------
+
+    def hit(self, rank: int, seq: Seq) -> list[int]:
+        """The cached pages waiting `seq` can start from on `rank`."""
+        return self.pools[rank].lookup(self.keys(seq)) if self.enabled else []
+
+    def should_wait(self, rank: int, seq: Seq, hit_pages: int) -> bool:
+        """Whether `seq` waits: the page after its hit is being computed on `rank` by
+        another sequence, and it has not waited `PREFIX_WAIT_STEPS` steps for it yet."""
+        if not self.enabled or seq.prefix_waits >= PREFIX_WAIT_STEPS:
+            return False
+        keys = self.keys(seq)
+        return hit_pages < len(keys) and keys[hit_pages] in self._computing[rank]
+
+    def started(self, rank: int, seq: Seq, hit_pages: int) -> None:
+        """`seq` was admitted on `rank` with `hit_pages` cached pages: it computes the rest."""
+        if self.enabled:
+            computing = self._computing[rank]
+            for key in self.keys(seq)[hit_pages:]:
+                computing.setdefault(key, seq.id)
+
+    def stopped(self, rank: int, seq: Seq) -> None:
+        """`seq` left its slot: what it was computing is nobody's now."""
+        if self.enabled:
+            computing = self._computing[rank]
+            for key in seq.keys:
+                if computing.get(key) == seq.id:
+                    del computing[key]
+
+    # -- registration ----------------------------------------------------------------------------
+
+    def register(self, rank: int, seq: Seq, tokens: np.ndarray, table: np.ndarray, first: int, end: int) -> None:
+        """Pages first … end-1 of running `seq` (its row `table`, its known `tokens`) are
+        full and written: cache them."""
+        extend_keys(seq.keys, tokens[: end * self.page_size], self.page_size)
+        pool, computing = self.pools[rank], self._computing[rank]
+        for i in range(first, end):
+            key = seq.keys[i]
+            pool.register(int(table[i]), key)
+            if computing.get(key) == seq.id:
+                del computing[key]
+
+    def lost(self) -> None:
+        """The KV cache's contents are gone: forget every cached page (none is held now)."""
+        for pool, computing in zip(self.pools, self._computing):
+            pool.forget_cache()
+            computing.clear()
