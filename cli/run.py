@@ -97,6 +97,12 @@ def _summary(name, plan, served) -> Table:
         ("per-rank tokens", " ".join(map(str, metrics["per_rank_tokens"]))),
         ("max KV usage", f"{metrics['max_kv_usage']:.1%} (fullest rank)"),
         ("preemptions", str(metrics["preemptions"])),
+        (
+            "prefix cache",
+            f"{metrics['prefix_hit_rate']:.1%} of prompt tokens cached "
+            f"({metrics['cached_prompt_tokens']} cached, {metrics['computed_prompt_tokens']} computed; "
+            f"per rank {' '.join(f'{r:.0%}' for r in metrics['per_rank_prefix_hit_rate'])})",
+        ),
         ("steps / compiles", f"{metrics['steps']} / {metrics['compiles']}"),
         ("host overhead", f"{metrics['host_overhead_fraction']:.1%}"),
         ("finish reasons", ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))),

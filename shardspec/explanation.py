@@ -15,6 +15,7 @@ import numpy as np
 from . import mesh as mesh_lib
 from .plan import ShardingPlan
 from .rules import shard_count
+from .runtime import step_costs
 from .runtime.paged_attention import IMPLEMENTATION as ATTENTION
 from .strategy import MESH_AXES
 
@@ -195,6 +196,8 @@ def _text_lines(plan: ShardingPlan) -> list[str]:
     lines += ["  " + "  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4].rjust(10) for r in rows]
     lines += expert_lines(plan)
     lines += ["", "kv cache:"] + _kv_lines(plan)
+    if plan.kv_cache is not None:
+        lines += ["", "serving:"] + _serving_lines(plan)
     t = totals(plan)
     lines += [
         "",
@@ -208,6 +211,9 @@ def _text_lines(plan: ShardingPlan) -> list[str]:
     if warns:
         lines += ["", "warnings:"] + [f"  {w}" for w in warns]
     return lines
+
+
+PREFIX_CACHING = "on: full pages shared by prefix per DP rank, least recently used reclaimed first"
 
 
 def _kv_lines(plan: ShardingPlan) -> list[str]:
@@ -226,7 +232,34 @@ def _kv_lines(plan: ShardingPlan) -> list[str]:
         f"{fmt_bytes(kv.bytes_per_device(1000))} per 1,000 pages, "
         f"{fmt_bytes(kv.bytes_per_device())} for {kv.pages_per_rank} pages",
         f"  max_model_len: {longest} ({whose}) · attention: {ATTENTION}",
+        "  prefix caching: "
+        + (PREFIX_CACHING if plan.strategy.kv_cache.prefix_caching else "off (kv_cache.prefix_caching: false)"),
     ]
+
+
+def _serving_lines(plan: ShardingPlan) -> list[str]:
+    rt, serving = plan.strategy.runtime, _serving_json(plan)
+    if serving["step_costs_ms"] is None:
+        costs = "auto: measured at warm-up (`run --json` reports them)"
+    else:
+        costs = "from the strategy: " + ", ".join(f"{b} {ms:g}" for b, ms in serving["step_costs_ms"].items())
+    return [
+        f"  routing: {rt.routing} · async scheduling: {'on' if rt.async_scheduling else 'off'}",
+        f"  token buckets per DP rank: {' '.join(map(str, plan.runtime.token_buckets))}",
+        f"  step costs (ms per step by bucket): {costs}",
+    ]
+
+
+def _serving_json(plan: ShardingPlan) -> dict[str, Any]:
+    rt, buckets = plan.strategy.runtime, plan.runtime.token_buckets
+    given = rt.step_costs != "auto"
+    return {
+        "routing": rt.routing,
+        "async_scheduling": rt.async_scheduling,
+        "token_buckets": list(buckets),
+        "step_costs": "strategy" if given else "auto",
+        "step_costs_ms": step_costs.interpolated(rt.step_costs, buckets) if given else None,
+    }
 
 
 def _kv_json(plan: ShardingPlan) -> dict[str, Any] | None:
@@ -244,6 +277,7 @@ def _kv_json(plan: ShardingPlan) -> dict[str, Any] | None:
         "dtype": kv.dtype,
         "max_model_len": plan.runtime.max_model_len,
         "attention": ATTENTION,
+        "prefix_caching": plan.strategy.kv_cache.prefix_caching,
     }
 
 
@@ -274,6 +308,7 @@ def explain_dict(plan: ShardingPlan) -> dict[str, Any]:
             for p in plan.params
         ],
         "kv_cache": _kv_json(plan),
+        "serving": _serving_json(plan) if kv is not None else None,
         "totals": totals(plan),
         "warnings": warnings(plan),
         **({"experts": e} if (e := experts(plan)) else {}),

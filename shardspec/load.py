@@ -175,6 +175,13 @@ def _unknown(where: Source, path: str, kind: str, name: str, valid: Iterable[str
     return where.problem(path, f"unknown {kind} {name!r}", did_you_mean(name, valid) or f"use {one_of(valid)}")
 
 
+def _runtime(raw: dict) -> RuntimeConfig:
+    costs = raw.get("step_costs", "auto")
+    if costs != "auto":  # [{tokens, ms}, ...] -> ((tokens, ms), ...): hashable, like every other key
+        raw = {**raw, "step_costs": tuple((point["tokens"], float(point["ms"])) for point in costs)}
+    return RuntimeConfig(**raw)
+
+
 def _build(raw: dict, source: Source, default_name: str) -> Strategy:
     """Dataclasses with their own defaults for every key the file leaves out."""
     rules = {k: (v,) if isinstance(v, str) else tuple(v or ()) for k, v in raw.get("rules", {}).items()}
@@ -190,7 +197,7 @@ def _build(raw: dict, source: Source, default_name: str) -> Strategy:
         params=params,
         policy=Policy(**raw.get("policy", {})),
         kv_cache=KVCacheConfig(**raw.get("kv_cache", {})),
-        runtime=RuntimeConfig(**raw.get("runtime", {})),
+        runtime=_runtime(raw.get("runtime", {})),
         expect=expect,
         source=source,
     )

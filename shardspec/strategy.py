@@ -90,6 +90,7 @@ class RuntimeConfig:
     max_waiting: int = 1024  # the server's queue bound: requests waiting over all DP ranks
     moe_dispatch: Literal["sparse", "dense"] = "sparse"  # sparse: each token meets its chosen experts only
     async_scheduling: bool = True
+    step_costs: Literal["auto"] | tuple[tuple[int, float], ...] = AUTO  # (tokens, ms) points; auto: measured
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_scheduler import check_outputs, reference, req, serve, sizes, step
 
 from shardspec.runtime import prefix_cache
 from shardspec.runtime.kv_pages import PagePool
 from shardspec.runtime.routing import RankCounters, Router
 from shardspec.runtime.scheduler import DPScheduler
-
-from test_scheduler import check_outputs, reference, req, serve, sizes, step
 
 # ------------------------------------------------------------------ the pool
 
@@ -143,7 +142,9 @@ def test_a_preempted_sequence_resumes_from_its_own_cached_pages():
     requests = [req("old", 4, max_tokens=6), req("new", [5, 6, 7, 1], max_tokens=6)]
     outputs, schedules = run_all(sched, {0: requests})
     assert sched.stats()["preemptions"] >= 1
-    restarts = [c for s in schedules[1:] for c in s.chunks if c.seq_id == 1 and c.start_pos % 2 == 0 and c.num_tokens > 1]
+    restarts = [
+        c for s in schedules[1:] for c in s.chunks if c.seq_id == 1 and c.start_pos % 2 == 0 and c.num_tokens > 1
+    ]
     assert restarts and restarts[0].start_pos > 0
 
 

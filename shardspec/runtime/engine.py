@@ -24,6 +24,7 @@ from ..placement import apply
 from ..plan import ShardingPlan, compile
 from ..protocol import ServableModel
 from ..tokenizer import decode, load_tokenizer
+from . import step_costs
 from .logprob_log import LogprobLog
 from .metrics import Metrics
 from .packer import PackedStep, pack
@@ -100,6 +101,8 @@ class Engine:
         self._texts: dict[str, TextStream] = {}  # requests whose text is followed: stop strings, streaming
         self.follow_text = False  # set by follow_all_text(): stream every request's text
         self._logprobs = LogprobLog()
+        if runtime.step_costs != "auto":
+            self._use_step_costs(step_costs.interpolated(runtime.step_costs, self.sizes.token_buckets), "strategy")
         # Held by every step, add_request and abort: other threads may add and abort while one
         # thread steps; hold it to read the scheduler's state consistently (the server's metrics).
         self.lock = threading.RLock()
@@ -162,11 +165,22 @@ class Engine:
     # -- stepping ---------------------------------------------------------------------------
 
     def warmup(self) -> None:
-        """Compile every token bucket now, with padding-only steps that change nothing."""
+        """Compile every token bucket now, with padding-only steps that change nothing; with
+        `runtime.step_costs: auto`, time them too (step_costs.py)."""
         for stride in self.sizes.token_buckets:
-            sampled, self._caches = self._step(self._caches, padding_batch(self.sizes, stride), self._samples)
-            sampled.tokens.block_until_ready()
+            self._padding_step(stride)
+        if self.plan.strategy.runtime.step_costs == "auto":
+            self._use_step_costs(step_costs.measure(self._padding_step, self.sizes.token_buckets), "measured")
         self.metrics.compiles = self._step.traces
+
+    def _padding_step(self, stride: int) -> None:
+        sampled, self._caches = self._step(self._caches, padding_batch(self.sizes, stride), self._samples)
+        sampled.tokens.block_until_ready()
+
+    def _use_step_costs(self, table: dict[int, float], source: str) -> None:
+        """Form `balanced` steps by `table` ({bucket: ms}) from now on; report it."""
+        self.scheduler.step_costs_ms = table
+        self.metrics.step_costs_ms, self.metrics.step_costs_source = table, source
 
     def step(self) -> list[Output]:
         """Run one step; return the requests that finished."""
@@ -318,6 +332,8 @@ class Engine:
         stats = self.scheduler.stats()
         m.max_kv_usage = max(m.max_kv_usage, stats["max_kv_usage"])
         m.preemptions = stats["preemptions"]
+        m.rank_cached_prompt_tokens = tuple(stats["cached_tokens"])
+        m.rank_computed_prompt_tokens = tuple(stats["prefill_tokens"])
 
     # -- whole workloads --------------------------------------------------------------------
 

@@ -119,7 +119,11 @@ def admit(s: DPScheduler, plan: RunningPlan) -> Admission:
                 seq.prefix_waits += 1
                 held[rank].append(s.waiting.pop_front(rank))  # back on the queue after spill()
                 continue
-            if plan.pressed[rank] or not s.slots.has_seat(rank) or (left[rank] and not _fits(s, rank, seq, left[rank], hit)):
+            if (
+                plan.pressed[rank]
+                or not s.slots.has_seat(rank)
+                or (left[rank] and not _fits(s, rank, seq, left[rank], hit))
+            ):
                 blocked[rank] = True
                 break
             if not left[rank]:

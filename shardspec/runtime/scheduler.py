@@ -35,13 +35,13 @@ import numpy as np
 
 from ..sizes import RuntimeSizes
 from . import planning
+from .prefix_cache import PrefixCache
 from .request import FinishReason, Output, Request
 from .routing import RankCounters, Router
 from .schedule import StepSchedule
 from .sequence import Seq, Status
-from .prefix_cache import PrefixCache
 from .slots import Slots
-from .step_budget import balanced_budget
+from .step_budget import balanced_budget, timed_budget
 from .waiting import WaitingQueues
 
 
@@ -72,6 +72,9 @@ class DPScheduler:
         self.balance_steps = routing == "balanced" if balance_steps is None else balance_steps
         self._eos = frozenset(eos_token_ids)
         self.router = Router(routing, sizes.dp_ranks)
+        # {bucket: ms} a step costs (step_costs.py), set by the engine once known: `balanced`
+        # steps then minimise modelled time per real token instead of padding.
+        self.step_costs_ms: Mapping[int, float] | None = None
         self.counters = RankCounters(sizes.dp_ranks)
         self.slots = Slots(sizes)
         self.prefix = PrefixCache(self.slots.pools, sizes.page_size, enabled=prefix_caching)
@@ -227,11 +230,13 @@ class DPScheduler:
         return schedule
 
     def _step_budget(self) -> int:
-        """Tokens each rank may run this step (see `step_budget.balanced_budget`)."""
+        """Tokens each rank may run this step (see step_budget.py)."""
         cap = self.sizes.max_num_batched_tokens
         if not self.balance_steps:
             return cap  # the reference system's lockstep steps: every rank its full budget
         running = [self.slots.running(r) for r in range(self.sizes.dp_ranks)]
+        if self.step_costs_ms:
+            return timed_budget(self.counters.load, running, self.sizes.token_buckets, cap, self.step_costs_ms)
         return balanced_budget(self.counters.load, running, self.sizes.token_buckets, cap)
 
     def preempt(self, g: int) -> None:
