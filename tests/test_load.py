@@ -188,7 +188,8 @@ def test_sizes_out_of_range(path, value, message):
 
 def test_enum_with_did_you_mean(in_tmp):
     assert errors("parallelism: {tensor: 8}\nruntime:\n  routing: fast\npolicy: {unmatched: replicat}\n") == [
-        "error: s.yaml:3: runtime.routing: 'fast' is not one of balanced, least_load, cache_first, least_tokens or round_robin",
+        "error: s.yaml:3: runtime.routing: 'fast' is not one of balanced, least_load, cache_first, least_tokens "
+        "or round_robin",
         "error: s.yaml:4: policy.unmatched: 'replicat' is not one of error or replicate (did you mean 'replicate'?)",
     ]
 
@@ -343,7 +344,8 @@ def test_all_schema_errors_at_once_in_file_order(in_tmp):
         paralelism: {}
         """)
     assert errors(text) == [
-        "error: s.yaml:2: runtime.routing: 'fastest' is not one of balanced, least_load, cache_first, least_tokens or round_robin",
+        "error: s.yaml:2: runtime.routing: 'fastest' is not one of balanced, least_load, cache_first, least_tokens "
+        "or round_robin",
         "error: s.yaml:4: parallelism.tensor: 0 is below the minimum 1",
         "error: s.yaml:5: parallelism.data: expected an integer, got 'two'",
         "error: s.yaml:6: unknown key 'paralelism' (did you mean 'parallelism'?)",
@@ -396,7 +398,8 @@ def test_bad_overrides_are_reported_at_set(in_tmp):
     with pytest.raises(ShardspecError) as info:
         load("s.yaml", {"runtime.routing": "fastest"})
     assert str(info.value) == (
-        "error: --set: runtime.routing: 'fastest' is not one of balanced, least_load, cache_first, least_tokens or round_robin"
+        "error: --set: runtime.routing: 'fastest' is not one of balanced, least_load, cache_first, least_tokens "
+        "or round_robin"
     )
     with pytest.raises(ShardspecError) as info:
         load("s.yaml", {"parallelism.attention_data": "3"})
