@@ -545,15 +545,24 @@ def workloads(draw):
     return sz, requests, arrivals, aborts
 
 
+STEP_COSTS = {  # none (padding-balanced steps), or a table: all fixed cost, or all per token
+    "none": None,
+    "fixed": lambda buckets: {b: 10.0 for b in buckets},
+    "per token": lambda buckets: {b: 0.01 * b for b in buckets},
+}
+
+
 @settings(max_examples=300, deadline=None)
-@given(workloads(), st.booleans(), st.sampled_from(POLICIES), st.booleans())
+@given(workloads(), st.booleans(), st.sampled_from(POLICIES), st.booleans(), st.sampled_from(sorted(STEP_COSTS)))
 def test_every_request_finishes_once_with_the_right_tokens_and_all_pages_return(
-    workload, async_scheduling, routing, prefix_caching
+    workload, async_scheduling, routing, prefix_caching, step_costs
 ):
     sz, requests, arrivals, aborts = workload
     sched = DPScheduler(
         sz, routing=routing, eos_token_ids=(EOS,), async_scheduling=async_scheduling, prefix_caching=prefix_caching
     )
+    if STEP_COSTS[step_costs]:
+        sched.step_costs_ms = STEP_COSTS[step_costs](sz.token_buckets)
     outputs, aborted, _ = serve(sched, arrivals, aborts)
     check_outputs(sched, requests, outputs, aborted)
 

@@ -173,6 +173,12 @@ class Engine:
             self._use_step_costs(step_costs.measure(self._padding_step, self.sizes.token_buckets), "measured")
         self.metrics.compiles = self._step.traces
 
+    def padding_step(self, stride: int) -> None:
+        """Run one padding-only step of `stride` tokens per DP rank (it changes nothing) and
+        wait for it: the warm-up's compile and timing, and benchmarks' replay of a schedule."""
+        with self.lock:
+            self._padding_step(stride)
+
     def _padding_step(self, stride: int) -> None:
         sampled, self._caches = self._step(self._caches, padding_batch(self.sizes, stride), self._samples)
         sampled.tokens.block_until_ready()

@@ -17,14 +17,16 @@ the cache really held then.
 
 Policies (`runtime.routing`); `cached[r]`: the request's tokens rank r holds:
 
-- `balanced` (default): the rank that minimises the largest per-rank `load`
-  after the assignment, counting only the request's uncached tokens there;
-  ties -> fewest tokens to compute (the cache hit), fewest `seqs`, lowest
-  rank. A hit wins only when it does not make its rank the busiest, so one
-  prompt's samples (a GRPO group) share a rank only while the others are as
-  busy; counting pending prefill tokens keeps one long prompt from landing on
-  a rank that already has one (the reference system's lockstep padding made
-  every rank wait for the busiest);
+- `balanced` (default): the rank that keeps the busiest rank's `load` after
+  the assignment lowest, counting only the request's uncached tokens there,
+  in steps (load ÷ the per-step token budget, rounded up); ties -> fewest
+  tokens to compute (the cache hit), then the lowest load exactly, fewest
+  `seqs`, lowest rank. A hit wins unless it costs the busiest rank another
+  step, so one prompt's samples (a GRPO group) share a rank and its cached
+  prompt until that rank is a step busier than the rest; counting pending
+  prefill tokens keeps one long prompt from landing on a rank that already has
+  one (the reference system's lockstep padding made every rank wait for the
+  busiest);
 - `least_load`: the rank with the least `load` + uncached tokens (the
   reference system's formula with a prefix cache); ties -> lowest rank;
 - `cache_first`: the longest hit wins outright (the reference system's first
@@ -89,11 +91,13 @@ class RankCounters:
 class Router:
     """Picks a rank for a sequence of `tokens` tokens among `candidates` (default: all)."""
 
-    def __init__(self, policy: str, dp_ranks: int):
+    def __init__(self, policy: str, dp_ranks: int, step_tokens: int = 1):
+        """`step_tokens`: tokens a rank runs per step (`balanced` counts load in steps)."""
         if policy not in POLICIES:
             raise ValueError(f"routing: unknown policy {policy!r} (use one of {', '.join(POLICIES)})")
         self.policy = policy
         self.dp_ranks = dp_ranks
+        self.step_tokens = step_tokens
         self._next = 0  # round_robin cursor
 
     @property
@@ -112,9 +116,9 @@ class Router:
         ranks = range(self.dp_ranks) if candidates is None else candidates
         hit = cached if cached is not None else [0] * self.dp_ranks
         if self.policy == "balanced":
-            return _balanced(counters, [tokens - h for h in hit], ranks)
+            return _balanced(counters, [tokens - h for h in hit], ranks, self.step_tokens)
         if self.policy == "least_load":
-            return min(ranks, key=lambda r: (counters.load[r] + tokens - hit[r], r))
+            return min(ranks, key=lambda r: (counters.tokens[r] + tokens - hit[r], r))
         if self.policy == "cache_first" and max(hit[r] for r in ranks) > 0:
             return min(ranks, key=lambda r: (-hit[r], counters.tokens[r], r))
         if self.policy in ("least_tokens", "cache_first"):
@@ -128,15 +132,15 @@ class Router:
         return rank
 
 
-def _balanced(counters: RankCounters, uncached: Sequence[int], ranks: Sequence[int]) -> int:
+def _balanced(counters: RankCounters, uncached: Sequence[int], ranks: Sequence[int], step_tokens: int) -> int:
     load = counters.load
     # The largest load among the *other* ranks: the top one, or the second
     # when the top one is the rank being tried.
     top = max(range(len(load)), key=lambda r: (load[r], -r))
     second = max((load[r] for r in range(len(load)) if r != top), default=0)
 
-    def key(r: int) -> tuple[int, int, int, int]:
-        others = second if r == top else load[top]
-        return max(load[r] + uncached[r], others), uncached[r], counters.seqs[r], r
+    def key(r: int) -> tuple[int, ...]:
+        busiest = max(load[r] + uncached[r], second if r == top else load[top])
+        return -(-busiest // step_tokens), load[r] + uncached[r], busiest, counters.seqs[r], r
 
     return min(ranks, key=key)

@@ -1,9 +1,7 @@
 """How many tokens each DP rank may run in a step: `balanced`'s step forming.
 
-With a step-cost table (`step_costs.py`), `timed_budget` picks the budget that
-minimises the modelled time per real token of the step: the busiest rank's
-tokens set the stride every rank is padded to, the table says what that
-stride costs. Without one, `balanced_budget` keeps padding low:
+With a step-cost table (`step_costs.py`) the budget is formed for time
+(`step_time.timed_budget`); without one, `balanced_budget` keeps padding low:
 
 Every rank of an SPMD step is padded to one stride, so a rank that runs 512
 tokens while the others have 30 each wastes 7 × 482 tokens. The `balanced`
@@ -17,7 +15,7 @@ the budget never drops below one token per running sequence.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 STEP_EFFICIENCY = 0.9  # balance a step aims for
 
@@ -42,35 +40,3 @@ def balanced_budget(loads: Sequence[int], running: Sequence[int], buckets: Seque
     balance = {b: sum(min(d, b) for d in demand) / (len(demand) * min(b, busiest)) for b in candidates}
     goal = min(STEP_EFFICIENCY, max(balance.values()) - 1e-9)
     return max(b for b in candidates if balance[b] >= goal)
-
-
-def timed_budget(
-    loads: Sequence[int], running: Sequence[int], buckets: Sequence[int], cap: int, costs_ms: Mapping[int, float]
-) -> int:
-    """Per-rank token budget for one step: the least modelled time per real token
-    (ties -> the larger budget, which finishes sooner). Arguments as `balanced_budget`;
-    `costs_ms`: a step's time at each bucket's stride.
-
-    A step whose cost is all fixed fills up; one whose cost is all per token stays even:
-
-    >>> b = (8, 16, 32, 64, 128, 256, 512)
-    >>> timed_budget([2000, 30, 30, 30], [1, 4, 4, 4], b, 512, {x: 10.0 for x in b})
-    512
-    >>> timed_budget([2000, 30, 30, 30], [1, 4, 4, 4], b, 512, {x: 0.01 * x for x in b})
-    16
-    """
-    demand = [min(load, cap) for load in loads]
-    floor = max(min(n, d) for n, d in zip(running, demand))
-    candidates = [b for b in buckets if b >= floor] or [cap]
-
-    def ms_per_token(budget: int) -> float:
-        tokens = [min(d, budget) for d in demand]
-        real = sum(tokens)
-        if not real:
-            return 0.0
-        stride = next((b for b in buckets if b >= max(tokens)), cap)
-        return costs_ms[stride] / real
-
-    cost = {b: ms_per_token(b) for b in candidates}
-    best = min(cost.values())
-    return max(b for b in candidates if cost[b] <= best * (1 + 1e-9))

@@ -1,0 +1,129 @@
+"""Routing for throughput: modelled time, steps, padding and measured time per policy.
+
+Two traces at DP = 8, side by side in one run: the lockstep-hostile trace of
+routing_trace.py (a few 1,500–3,000-token prompts among ~1,000 short
+requests, 8 arriving at a time) and a steady stream (800 requests, 1 in 16
+prompts long, 8 arriving in the time of one full step). The scheduler and packer run for
+real on a clock of modelled step times (serving_sim.py); the per-bucket table
+is measured at warm-up of strategies/dp.yaml (llama3-tiny, 8 simulated CPU
+devices), or read from --costs. Measured time: every step of a policy's
+schedule replayed as the engine's compiled step of the same stride.
+
+    python benchmarks/routing_time.py [--seeds 3] [--costs table.json] [--no-replay]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_num_cpu_devices", 8)
+
+import numpy as np  # noqa: E402
+from routing_trace import trace as lockstep_trace  # noqa: E402
+from serving_sim import Config, replay, simulate  # noqa: E402
+
+from shardspec import compile, load  # noqa: E402
+from shardspec.runtime.engine import Engine  # noqa: E402
+from shardspec.runtime.request import Request  # noqa: E402
+from shardspec.sizes import RuntimeSizes  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = RuntimeSizes(
+    dp_ranks=8, page_size=16, pages_per_rank=2048, max_model_len=4096, max_num_seqs=64, max_num_batched_tokens=512
+)
+CONFIGS = {
+    "balanced": Config("balanced"),
+    "least_load": Config("least_load"),
+    "cache_first": Config("cache_first"),
+    "least_tokens": Config("least_tokens"),
+    "round_robin": Config("round_robin"),
+    # Ablations: balanced routing with lockstep steps, and with the previous step
+    # forming (padding, not time).
+    "balanced, lockstep steps": Config("balanced", timed_steps=False, balance_steps=False),
+    "balanced, padding-balanced steps": Config("balanced", timed_steps=False),
+}
+BASELINES = ("least_load", "cache_first", "least_tokens", "round_robin")
+
+
+def steady_stream(n: int, every_ms: float, seed: int) -> list[tuple[float, Request]]:
+    """`n` requests, one every `every_ms`; every 16th a long prompt."""
+    rng = np.random.default_rng(1000 + seed)
+    out = []
+    for i in range(n):
+        long = rng.random() < 1 / 16
+        prompt = int(rng.integers(1000, 2000)) if long else int(rng.integers(16, 128))
+        out.append(
+            (
+                i * every_ms,
+                Request(
+                    f"s{i}",
+                    tuple(rng.integers(0, 1000, prompt).tolist()),
+                    max_tokens=int(rng.integers(16, 96)),
+                    ignore_eos=True,
+                ),
+            )
+        )
+    return out
+
+
+def traces(seed: int, costs: dict[int, float]) -> dict[str, list[tuple[float, Request]]]:
+    step_ms = costs[SIZES.token_buckets[0]]  # the cheapest step: 8 requests arrive per one of them
+    lockstep = [(arrival * step_ms, r) for arrival, r in lockstep_trace(8, 1016, seed)]
+    return {"lockstep-hostile": lockstep, "steady stream": steady_stream(800, costs[512] / 8, seed)}
+
+
+def measured_costs() -> tuple[dict[int, float], Engine]:
+    engine = Engine(compile(load(ROOT / "strategies" / "dp.yaml")))
+    engine.warmup()
+    return dict(engine.metrics.step_costs_ms), engine
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--costs", type=Path, help="a {bucket: ms} JSON table instead of measuring one")
+    parser.add_argument("--no-replay", action="store_true", help="skip the measured replay")
+    args = parser.parse_args(argv)
+    engine = None
+    if args.costs:
+        costs = {int(k): float(v) for k, v in json.loads(args.costs.read_text()).items()}
+    else:
+        costs, engine = measured_costs()
+    results: dict[str, dict[str, list]] = {}
+    for seed in range(args.seeds):
+        for trace_name, arrivals in traces(seed, costs).items():
+            for name, config in CONFIGS.items():
+                r = simulate(SIZES, arrivals, config, costs)
+                if seed == 0 and engine is not None and not args.no_replay:
+                    r["replayed_s"] = round(replay(engine, r["strides"]), 3)
+                del r["strides"]
+                for key, value in r.items():
+                    results.setdefault(trace_name, {}).setdefault(name, {}).setdefault(key, []).append(value)
+                print(f"seed {seed} {trace_name:>17} {name:>34}: {r}", file=sys.stderr)
+    speedup = {
+        trace_name: [
+            round(min(runs[b]["modelled_s"][i] for b in BASELINES) / runs["balanced"]["modelled_s"][i], 3)
+            for i in range(args.seeds)
+        ]
+        for trace_name, runs in results.items()
+    }
+    out = {
+        "benchmark": "routing_time",
+        "dp_ranks": SIZES.dp_ranks,
+        "seeds": args.seeds,
+        "step_costs_ms": {str(k): v for k, v in costs.items()},
+        "step_costs": "given" if args.costs else "measured at warm-up of strategies/dp.yaml",
+        "results": results,
+        "balanced_speedup_vs_best_baseline": speedup,
+    }
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
