@@ -9,11 +9,11 @@ Three traces at DP = 8, side by side in one run:
 Columns: no cache (`balanced`, kv_cache.prefix_caching off), and with the cache
 the reference system's `cache_first` and `least_load`, and `balanced`. The
 scheduler and packer run for real on a clock of modelled step times
-(serving_sim.py; the table as routing_time.py measures it, or --costs).
+(serving_sim.py), under each table routing_time.py measures (or --costs).
 Counts are exact: prompt tokens computed and taken from the cache, steps,
-padding efficiency.
+padding efficiency; times are modelled from the table.
 
-    python benchmarks/prefix_cache.py [--costs table.json]
+    python benchmarks/prefix_cache.py [--models llama3-tiny,llama3-small] [--costs table.json]
 """
 
 from __future__ import annotations
@@ -23,11 +23,16 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-from serving_sim import Config, simulate
+import jax
 
-from shardspec.runtime.request import Output, Request
-from shardspec.sizes import RuntimeSizes
+jax.config.update("jax_num_cpu_devices", 8)
+
+import numpy as np  # noqa: E402
+from routing_time import tables  # noqa: E402
+from serving_sim import Config, simulate  # noqa: E402
+
+from shardspec.runtime.request import Output, Request  # noqa: E402
+from shardspec.sizes import RuntimeSizes  # noqa: E402
 
 SIZES = RuntimeSizes(
     dp_ranks=8, page_size=16, pages_per_rank=2048, max_model_len=8192, max_num_seqs=64, max_num_batched_tokens=512
@@ -37,6 +42,8 @@ CONFIGS = {
     "cache_first": Config("cache_first"),
     "least_load": Config("least_load"),
     "balanced": Config("balanced"),
+    # Ablation: balanced routing with the baselines' full-budget lockstep steps.
+    "balanced, lockstep steps": Config("balanced", timed_steps=False, balance_steps=False),
 }
 
 
@@ -83,16 +90,7 @@ def grpo(rng, costs):
 TRACES = {"shared system prompt": system_prompt, "multi-turn chats": multi_turn, "GRPO groups": grpo}
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--costs", type=Path, help="a {bucket: ms} JSON table instead of measuring one")
-    args = parser.parse_args(argv)
-    if args.costs:
-        costs = {int(k): float(v) for k, v in json.loads(args.costs.read_text()).items()}
-    else:
-        from routing_time import measured_costs
-
-        costs, _ = measured_costs()
+def run_table(costs: dict[int, float]) -> dict:
     results: dict[str, dict] = {}
     for trace_name, make in TRACES.items():
         for name, config in CONFIGS.items():
@@ -101,15 +99,27 @@ def main(argv=None) -> dict:
             del r["strides"]
             results.setdefault(trace_name, {})[name] = r
             print(f"{trace_name:>22} {name:>12}: {r}", file=sys.stderr)
-    out = {
-        "benchmark": "prefix_cache",
-        "dp_ranks": SIZES.dp_ranks,
+    return {
         "step_costs_ms": {str(k): v for k, v in costs.items()},
         "results": results,
         "computed_prompt_tokens_no_cache_over_balanced": {
             t: round(runs["no cache"]["computed_prompt_tokens"] / runs["balanced"]["computed_prompt_tokens"], 2)
             for t, runs in results.items()
         },
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="llama3-tiny,llama3-small")
+    parser.add_argument("--costs", type=Path, help="a {bucket: ms} JSON table instead of measuring")
+    args = parser.parse_args(argv)
+    args.no_replay = True
+    out = {
+        "benchmark": "prefix_cache",
+        "dp_ranks": SIZES.dp_ranks,
+        "step_costs": "given" if args.costs else "measured at warm-up of strategies/dp.yaml",
+        "tables": {name: run_table(costs) for name, (costs, _) in tables(args).items()},
     }
     print(json.dumps(out))
     return out

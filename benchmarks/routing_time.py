@@ -4,12 +4,15 @@ Two traces at DP = 8, side by side in one run: the lockstep-hostile trace of
 routing_trace.py (a few 1,500–3,000-token prompts among ~1,000 short
 requests, 8 arriving at a time) and a steady stream (800 requests, 1 in 16
 prompts long, 8 arriving in the time of one full step). The scheduler and packer run for
-real on a clock of modelled step times (serving_sim.py); the per-bucket table
-is measured at warm-up of strategies/dp.yaml (llama3-tiny, 8 simulated CPU
-devices), or read from --costs. Measured time: every step of a policy's
-schedule replayed as the engine's compiled step of the same stride.
+real on a clock of modelled step times (serving_sim.py), under each
+per-bucket table: measured at warm-up of strategies/dp.yaml (8 simulated CPU
+devices) with each model of --models, whose steps range from mostly fixed
+cost (llama3-tiny) to mostly per token (llama3-small), or read from --costs.
+Measured time: every step of a policy's schedule (seed 0) replayed as the
+compiled step of the same stride, on the first model's engine.
 
-    python benchmarks/routing_time.py [--seeds 3] [--costs table.json] [--no-replay]
+    python benchmarks/routing_time.py [--seeds 3] [--models llama3-tiny,llama3-small]
+                                      [--costs table.json] [--no-replay]
 """
 
 from __future__ import annotations
@@ -77,49 +80,65 @@ def traces(seed: int, costs: dict[int, float]) -> dict[str, list[tuple[float, Re
     return {"lockstep-hostile": lockstep, "steady stream": steady_stream(800, costs[512] / 8, seed)}
 
 
-def measured_costs() -> tuple[dict[int, float], Engine]:
-    engine = Engine(compile(load(ROOT / "strategies" / "dp.yaml")))
+def measured_costs(model: str) -> tuple[dict[int, float], Engine]:
+    """`model`'s step-cost table under strategies/dp.yaml, measured at warm-up, and its engine."""
+    engine = Engine(compile(load(ROOT / "strategies" / "dp.yaml").with_model(model)))
     engine.warmup()
     return dict(engine.metrics.step_costs_ms), engine
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--costs", type=Path, help="a {bucket: ms} JSON table instead of measuring one")
-    parser.add_argument("--no-replay", action="store_true", help="skip the measured replay")
-    args = parser.parse_args(argv)
-    engine = None
+def tables(args) -> dict[str, tuple[dict[int, float], Engine | None]]:
+    """{table name: (costs, engine to replay on or None)}."""
     if args.costs:
-        costs = {int(k): float(v) for k, v in json.loads(args.costs.read_text()).items()}
-    else:
-        costs, engine = measured_costs()
-    results: dict[str, dict[str, list]] = {}
-    for seed in range(args.seeds):
+        return {args.costs.stem: ({int(k): float(v) for k, v in json.loads(args.costs.read_text()).items()}, None)}
+    out = {}
+    for i, model in enumerate(args.models.split(",")):
+        costs, engine = measured_costs(model)
+        out[model] = (costs, engine if i == 0 and not args.no_replay else None)
+    return out
+
+
+def run_table(costs: dict[int, float], engine: Engine | None, seeds: int) -> dict:
+    results: dict[str, dict[str, dict[str, list]]] = {}
+    for seed in range(seeds):
         for trace_name, arrivals in traces(seed, costs).items():
             for name, config in CONFIGS.items():
                 r = simulate(SIZES, arrivals, config, costs)
-                if seed == 0 and engine is not None and not args.no_replay:
+                if seed == 0 and engine is not None:
                     r["replayed_s"] = round(replay(engine, r["strides"]), 3)
                 del r["strides"]
                 for key, value in r.items():
                     results.setdefault(trace_name, {}).setdefault(name, {}).setdefault(key, []).append(value)
                 print(f"seed {seed} {trace_name:>17} {name:>34}: {r}", file=sys.stderr)
     speedup = {
-        trace_name: [
-            round(min(runs[b]["modelled_s"][i] for b in BASELINES) / runs["balanced"]["modelled_s"][i], 3)
-            for i in range(args.seeds)
-        ]
+        trace_name: {
+            metric: [
+                round(min(runs[b][metric][i] for b in BASELINES) / runs["balanced"][metric][i], 3) for i in range(seeds)
+            ]
+            for metric in ("modelled_s", "mean_latency_s")
+        }
         for trace_name, runs in results.items()
     }
+    return {
+        "step_costs_ms": {str(k): v for k, v in costs.items()},
+        "results": results,
+        "balanced_speedup_vs_best_baseline": speedup,
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--models", default="llama3-tiny,llama3-small")
+    parser.add_argument("--costs", type=Path, help="a {bucket: ms} JSON table instead of measuring")
+    parser.add_argument("--no-replay", action="store_true", help="skip the measured replay")
+    args = parser.parse_args(argv)
     out = {
         "benchmark": "routing_time",
         "dp_ranks": SIZES.dp_ranks,
         "seeds": args.seeds,
-        "step_costs_ms": {str(k): v for k, v in costs.items()},
         "step_costs": "given" if args.costs else "measured at warm-up of strategies/dp.yaml",
-        "results": results,
-        "balanced_speedup_vs_best_baseline": speedup,
+        "tables": {name: run_table(costs, engine, args.seeds) for name, (costs, engine) in tables(args).items()},
     }
     print(json.dumps(out))
     return out

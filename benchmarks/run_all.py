@@ -25,6 +25,8 @@ BENCHMARKS = [
     "e2e_tokens",
     "serve_http",
     "routing_trace",
+    "routing_time",
+    "prefix_cache",
     "explain_latency",
     "serve_strategies",
     "memory_per_device",

@@ -39,6 +39,8 @@ def _sort_key(parts) -> tuple:
 
 
 def _friendly(e: jsonschema.ValidationError, where: Source) -> list[Problem]:
+    if e.validator == "anyOf" and (inner := _inner(e)) is not None:
+        return _friendly(inner, where)  # located at the key inside the alternative that fits
     path = _yaml.join_path(e.absolute_path)
     if e.validator == "additionalProperties":
         allowed = list(e.schema.get("properties", {}))
@@ -83,11 +85,14 @@ def _message(e: jsonschema.ValidationError) -> tuple[str, str | None]:
     return e.message, None
 
 
+def _inner(e: jsonschema.ValidationError) -> jsonschema.ValidationError | None:
+    """`int | "auto"`, `"auto" | [{...}]`: the error inside the alternative of the value's
+    kind (a range, a key), or None when the value is of no alternative's kind."""
+    return next((sub for sub in e.context if sub.validator not in ("type", "const")), None)
+
+
 def _any_of_message(e: jsonschema.ValidationError) -> tuple[str, str | None]:
-    """`int | "auto"`: a range error for an int, else what the alternatives are."""
-    for sub in e.context:
-        if sub.validator not in ("type", "const"):
-            return _message(sub)
+    """What the alternatives are (a value of none of their kinds)."""
     wanted = [_type_names(s["type"]) if "type" in s else show(s["const"]) for s in e.validator_value]
     return f"expected {' or '.join(wanted)}, got {show(e.instance)}", None
 

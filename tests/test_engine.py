@@ -81,8 +81,21 @@ def test_warmup_compiles_every_bucket_and_serving_compiles_nothing():
     engine.warmup()
     compiled = engine.metrics.compiles
     assert compiled == len(engine.sizes.token_buckets)
+    # runtime.step_costs: auto: the warm-up timed every bucket, and balanced steps use the table.
+    assert set(engine.metrics.step_costs_ms) == set(engine.sizes.token_buckets)
+    assert engine.scheduler.step_costs_ms == engine.metrics.step_costs_ms
+    assert all(ms > 0 for ms in engine.metrics.step_costs_ms.values())
     engine.generate(_requests())
     assert engine.metrics.compiles == compiled
+
+
+def test_step_costs_given_in_the_strategy_are_interpolated_to_every_bucket_and_not_measured():
+    costs = "[{tokens: 8, ms: 2}, {tokens: 64, ms: 9}]"
+    engine = _engine(ROOT / "strategies" / "dp_tp.yaml", **{"runtime.step_costs": costs})
+    assert engine.metrics.step_costs_ms == {8: 2.0, 16: 3.0, 32: 5.0, 64: 9.0}
+    engine.warmup()
+    assert engine.metrics.step_costs_ms == {8: 2.0, 16: 3.0, 32: 5.0, 64: 9.0}
+    assert engine.metrics.to_json()["step_costs"] == "strategy"
 
 
 def test_abort_finishes_a_request_once_with_its_tokens_so_far():

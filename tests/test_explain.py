@@ -38,8 +38,29 @@ def test_json_has_the_documented_fields():
         "bytes_per_device": 128 * 1 * 16 * 4,
         "notes": [],
     }
-    assert out["kv_cache"]["kv_head_replication"] == 4
+    assert out["kv_cache"]["kv_head_replication"] == 4 and out["kv_cache"]["prefix_caching"] is True
     assert out["totals"]["params_bytes_per_device"] == sum(p["bytes_per_device"] for p in out["params"])
+    assert out["serving"] == {
+        "routing": "balanced",
+        "async_scheduling": True,
+        "token_buckets": [8, 16, 32, 64, 128, 256, 512],
+        "step_costs": "auto",
+        "step_costs_ms": None,
+    }
+
+
+def test_explain_shows_prefix_caching_and_given_step_costs():
+    overrides = {
+        "kv_cache.prefix_caching": "false",
+        "runtime.step_costs": "[{tokens: 8, ms: 1}, {tokens: 512, ms: 64}]",
+    }
+    plan = compile(load(ROOT / "strategies" / "tp.yaml", overrides=overrides), abstract_mesh=True)
+    text = explain(plan)
+    assert "prefix caching: off (kv_cache.prefix_caching: false)" in text
+    assert (
+        "step costs (ms per step by bucket): from the strategy: 8 1, 16 2, 32 4, 64 8, 128 16, 256 32, 512 64" in text
+    )
+    assert json.loads(explain(plan, format="json"))["serving"]["step_costs_ms"]["512"] == 64
 
 
 def test_warnings_name_every_policy_fallback_and_large_replicated_tensor():

@@ -498,3 +498,21 @@ def test_a_compile_time_problem_under_a_set_key_blames_set():
     with pytest.raises(ShardspecError) as err:
         compile(st, abstract_mesh=True)
     assert all(line.startswith("error: --set: parallelism.tensor: ") for line in str(err.value).splitlines())
+
+
+def test_step_costs_are_auto_or_points_of_tokens_and_ms():
+    assert load(MINIMAL).runtime.step_costs == "auto"
+    given = load(MINIMAL, {"runtime.step_costs": "[{tokens: 8, ms: 2}, {tokens: 512, ms: 9.5}]"})
+    assert given.runtime.step_costs == ((8, 2.0), (512, 9.5))
+    assert load(MINIMAL, {"kv_cache.prefix_caching": "false"}).kv_cache.prefix_caching is False
+
+
+@pytest.mark.parametrize(
+    "value, wrong",
+    [("fast", "'fast'"), ("[{tokens: 0, ms: 1}]", "tokens"), ("[{tokens: 8, ms: -1}]", "ms"), ("[{tokens: 8}]", "ms")],
+)
+def test_bad_step_costs_are_located(value, wrong):
+    with pytest.raises(ShardspecError) as info:
+        load(MINIMAL, {"runtime.step_costs": value})
+    text = str(info.value)
+    assert text.startswith("error: --set: runtime.step_costs") and wrong in text and "\n" not in text.strip(), text
