@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_scheduler import check_outputs, reference, req, serve, sizes, step
+from test_scheduler import FakeModel, check_outputs, reference, req, serve, sizes, step
 
 from shardspec.runtime import prefix_cache
 from shardspec.runtime.kv_pages import PagePool
@@ -194,3 +194,24 @@ def test_least_load_is_pending_plus_uncached_tokens():
     router = Router("least_load", 3)
     assert router.pick(counters([50, 10, 0]), 100, cached=[96, 0, 0]) == 0  # 54 < 100 on rank 2
     assert router.pick(counters([50, 10, 0]), 100, cached=[0, 95, 0]) == 1  # 15
+
+
+def test_a_lost_kv_cache_with_a_sample_in_flight_leaves_no_load_behind():
+    # Collecting step 0 fails and takes the cache; step 1, in flight, held b's first sample.
+    sched = DPScheduler(sizes(max_num_batched_tokens=8), async_scheduling=True)
+    model = FakeModel(sched.sizes)
+    sched.add_request(req("a", 4, max_tokens=8, ignore_eos=True))
+    t0 = sched.schedule()
+    model.run(t0)
+    b = req("b", 3, max_tokens=8, ignore_eos=True)
+    sched.add_request(b)
+    model.run(t1 := sched.schedule())
+    sched.fail(t0, "injected")
+    sched.kv_lost(t1)
+    model, outputs = FakeModel(sched.sizes), {}
+    while sched.has_unfinished():
+        schedule = sched.schedule()
+        outputs |= {o.id: o for o in sched.update(schedule, model.run(schedule))}
+    assert outputs["a"].finish_reason == "error" and outputs["b"].output_token_ids == reference(b)[0]
+    assert sched.counters.load == sched.counters.tokens == sched.counters.seqs == [0]
+    assert not sched.prefix._claims[0] and not sched.prefix._computing[0]

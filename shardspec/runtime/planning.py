@@ -114,19 +114,18 @@ def admit(s: DPScheduler, plan: RunningPlan) -> Admission:
     left, blocked, held = list(plan.budget_left), [False] * R, [[] for _ in range(R)]
     for rank in range(R):
         while (seq := s.waiting.front(rank)) is not None:
-            hit = s.prefix.hit(rank, seq)
-            if left[rank] and s.prefix.should_wait(rank, seq, len(hit)):
-                seq.prefix_waits += 1
-                held[rank].append(s.waiting.pop_front(rank))  # back on the queue after spill()
-                continue
-            if (
-                plan.pressed[rank]
-                or not s.slots.has_seat(rank)
-                or (left[rank] and not _fits(s, rank, seq, left[rank], hit))
-            ):
+            if plan.pressed[rank] or not s.slots.has_seat(rank):
                 blocked[rank] = True
                 break
             if not left[rank]:
+                break
+            hit = s.prefix.hit(rank, seq)
+            if s.prefix.should_wait(rank, seq, len(hit)):  # it could start now, but would compute a page twice
+                seq.prefix_waits += 1
+                held[rank].append(s.waiting.pop_front(rank))  # back on the queue after spill()
+                continue
+            if not _fits(s, rank, seq, left[rank], hit):
+                blocked[rank] = True
                 break
             s.waiting.pop_front(rank)
             left[rank] -= _start(s, rank, seq, left[rank], plan.tokens, hit)

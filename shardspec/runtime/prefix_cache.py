@@ -135,7 +135,8 @@ class PrefixCache:
                 del computing[key]
 
     def lost(self) -> None:
-        """The KV cache's contents are gone: forget every cached page (none is held now)."""
+        """The KV cache's contents are gone: forget every key. Idle pages are free now; held
+        ones go back to the free stack when their holders, all about to be preempted, let go."""
         for pool, computing in zip(self.pools, self._computing):
             pool.forget_cache()
             computing.clear()

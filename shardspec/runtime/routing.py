@@ -77,9 +77,11 @@ class RankCounters:
         self.tokens[rank] -= tokens
         self.seqs[rank] -= 1
 
-    def preempted(self, rank: int, rerun: int) -> None:
-        """A sequence dropped its pages: `rerun` of its computed tokens will be run again."""
-        self.load[rank] += rerun
+    def preempted(self, rank: int, rerun: int, lost: int = 0) -> None:
+        """A sequence dropped its pages: `rerun` of its computed tokens will be run again, and
+        `lost` samples it had scheduled will never arrive (they are scheduled again)."""
+        self.load[rank] += rerun - lost
+        self.tokens[rank] -= lost
 
     def stepped(self, computed: Sequence[int], sampled: Sequence[int]) -> None:
         """A step ran `computed[r]` tokens and scheduled `sampled[r]` samples (new tokens) per rank."""

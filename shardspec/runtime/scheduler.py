@@ -269,11 +269,14 @@ class DPScheduler:
 
     def preempt(self, g: int) -> None:
         """Recompute preemption of the sequence in slot g: its pages go, it waits again."""
-        rank, computed = int(self.slots.rank_of(g)), int(self.slots.computed[g])
-        seq = self.slots.release(g)
+        sl = self.slots
+        rank, computed, lost = int(sl.rank_of(g)), int(sl.computed[g]), int(sl.pending[g])
+        seq = sl.release(g)  # samples not received (a lost KV cache's step in flight) are gone
         self.prefix.stopped(rank, seq)
-        seq.credit = self.prefix.expected_hit(rank, seq)  # its own pages, unless evicted meanwhile
-        self.counters.preempted(rank, computed - seq.credit)  # to be run again
+        self.prefix.unclaim(rank, seq)  # its credit is what the rank holds, not what it claimed itself
+        seq.credit = self.prefix.expected_hit(rank, seq)
+        self.prefix.claim(rank, seq)
+        self.counters.preempted(rank, computed - seq.credit, lost)
         self.waiting.push(rank, seq)
         self.preemptions += 1
 
