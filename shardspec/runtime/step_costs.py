@@ -7,7 +7,7 @@ stride every rank is padded to), in milliseconds:
 
 - `runtime.step_costs: auto` (the default): measured at warm-up, which runs
   every bucket's step already to compile it: each bucket is timed over a few
-  more padding-only steps (the fastest kept: noise only adds). Across processes
+  more padding-only steps (their median). Across processes
   process 0's table is the one every process uses, so their schedulers stay
   identical;
 - `runtime.step_costs: [{tokens: 8, ms: 2.1}, {tokens: 512, ms: 9.5}]`: given,
@@ -21,6 +21,7 @@ Without a table (a scheduler used on its own, an engine not warmed up)
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Callable, Sequence
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from .. import distributed
 
-TIMED_RUNS = 3  # padding-only steps timed per bucket at warm-up
+TIMED_RUNS = 5  # padding-only steps timed per bucket at warm-up
 
 
 def interpolated(points: Sequence[tuple[int, float]], buckets: Sequence[int]) -> dict[int, float]:
@@ -39,8 +40,9 @@ def interpolated(points: Sequence[tuple[int, float]], buckets: Sequence[int]) ->
 
 
 def measure(run_bucket: Callable[[int], None], buckets: Sequence[int]) -> dict[int, float]:
-    """{bucket: ms}: the fastest of TIMED_RUNS calls of `run_bucket(stride)` (which blocks
-    until the step is done), process 0's on every process."""
+    """{bucket: ms}: the median of TIMED_RUNS calls of `run_bucket(stride)` (which blocks
+    until the step is done; the median, not the fastest: a schedule pays the typical
+    step, noise included), process 0's on every process."""
     table = {}
     for stride in buckets:
         runs = []
@@ -48,6 +50,6 @@ def measure(run_bucket: Callable[[int], None], buckets: Sequence[int]) -> dict[i
             start = time.perf_counter()
             run_bucket(stride)
             runs.append(time.perf_counter() - start)
-        table[stride] = round(min(runs) * 1e3, 4)
+        table[stride] = round(statistics.median(runs) * 1e3, 4)
     shared = json.loads(distributed.broadcast_text(json.dumps(table)))
     return {int(k): float(v) for k, v in shared.items()}
