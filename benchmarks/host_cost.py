@@ -4,7 +4,8 @@ Over 8 DP ranks, every request in decode (the steady state of a busy server).
 The host path of a step is `schedule()` + `pack()` + `update()`; `host_total`
 is their sum (medians) and `host_total_best` the fastest step's (the machine's
 noise removed), with `us_per_request` = host_total / running requests, which
-stays flat when the cost grows linearly. Also times the packer against the
+stays flat when the cost grows linearly; `host_total_no_prefix_cache` is the
+same measurement with prefix caching off. Also times the packer against the
 straightforward per-request Python packer (`packer_naive.py`) on the same
 schedules, as a ratio measured in the same run. Prints one JSON object; times
 are in ms.
@@ -41,7 +42,7 @@ def _ms(fn) -> tuple[float, object]:
     return (time.perf_counter() - start) * 1e3, out
 
 
-def measure(n: int, steps: int) -> dict:
+def measure(n: int, steps: int, prefix_caching: bool = True) -> dict:
     per_rank = n // RANKS
     sizes = RuntimeSizes(
         dp_ranks=RANKS,
@@ -51,7 +52,7 @@ def measure(n: int, steps: int) -> dict:
         max_num_seqs=per_rank,
         max_num_batched_tokens=max(per_rank, 512),
     )
-    scheduler = DPScheduler(sizes, routing="balanced")
+    scheduler = DPScheduler(sizes, routing="balanced", prefix_caching=prefix_caching)
     for i in range(n):
         scheduler.add_request(Request(str(i), (1 + i % 500,) * 16, max_tokens=512, ignore_eos=True))
     while True:  # prefill everything; stop once every step is a pure decode step
@@ -85,6 +86,8 @@ def main(argv=None) -> dict:
     results = {}
     for n in map(int, args.sizes.split(",")):
         results[str(n)] = r = measure(n, args.steps)
+        # The same steps without prefix caching (hashing and caching every page a step fills).
+        r["host_total_no_prefix_cache"] = measure(n, args.steps, prefix_caching=False)["host_total"]
         print(
             f"{n:>5} running: schedule {r['schedule']:.2f} ms, pack {r['pack']:.2f} ms "
             f"(naive {r['pack_naive']:.2f} ms, {r['naive_over_pack']}x), update {r['update']:.2f} ms, "

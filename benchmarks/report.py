@@ -28,6 +28,7 @@ def _host_cost(r: dict) -> list[str]:
             v["host_total"],
             v.get("host_total_best", "–"),
             v.get("us_per_request", "–"),
+            v.get("host_total_no_prefix_cache", "–"),
             v["pack_naive"],
             f"{v['naive_over_pack']}×",
         ]
@@ -60,6 +61,7 @@ def _host_cost(r: dict) -> list[str]:
                 "host total",
                 "fastest step",
                 "µs / request",
+                "host total, no prefix cache",
                 "naive packer",
                 "naive ÷ pack",
             ],

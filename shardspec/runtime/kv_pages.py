@@ -37,6 +37,7 @@ class PagePool:
         self._idle: collections.OrderedDict[int, None] = collections.OrderedDict()  # cached, unreferenced; LRU first
         self._key_of: dict[int, bytes] = {}  # every cached page (in use or idle) -> its key
         self._page_of: dict[bytes, int] = {}
+        self._cached = np.zeros(num_pages, bool)  # page holds a key (_key_of, as a mask for free())
 
     @property
     def num_free(self) -> int:
@@ -73,6 +74,7 @@ class PagePool:
     def _evict(self) -> int:
         page, _ = self._idle.popitem(last=False)
         del self._page_of[self._key_of.pop(page)]
+        self._cached[page] = False
         return page
 
     def free(self, pages) -> None:
@@ -87,9 +89,8 @@ class PagePool:
         self._refs[pages] -= 1
         unheld = pages[self._refs[pages] == 0]
         if self._key_of:
-            cached = np.array([p in self._key_of for p in unheld.tolist()], bool)
-            for p in unheld[cached][::-1].tolist():
-                self._idle[p] = None
+            cached = self._cached[unheld]
+            self._idle.update(dict.fromkeys(unheld[cached][::-1].tolist()))
             unheld = unheld[~cached]
         self._stack[self._top : self._top + len(unheld)] = unheld[::-1]  # the first one freed ends on top
         self._top += len(unheld)
@@ -104,6 +105,7 @@ class PagePool:
         if key in self._page_of or page in self._key_of:
             return False
         self._page_of[key], self._key_of[page] = page, key
+        self._cached[page] = True
         return True
 
     def lookup(self, keys) -> list[int]:
@@ -135,5 +137,6 @@ class PagePool:
         self._idle.clear()
         self._key_of.clear()
         self._page_of.clear()
+        self._cached[:] = False
         self._stack[self._top : self._top + len(idle)] = idle[::-1]
         self._top += len(idle)

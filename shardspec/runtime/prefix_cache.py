@@ -16,8 +16,11 @@ What this module keeps beside the pools, per rank:
   registered. A waiting sequence whose next page is being computed waits for it
   (at most `PREFIX_WAIT_STEPS` steps) instead of computing it too.
 
-Pages are registered by the scheduler's `update()`, once the step that wrote
-them came back: a page is never shared before its contents exist. Only pages
+Pages are registered by the scheduler once the step that wrote them came
+back, so a page is never shared before its contents exist: a prompt's pages by
+`update()` as its chunks land (requests arriving meanwhile share them), the
+pages of outputs when their sequence leaves its slot (finished, preempted,
+aborted: one call a sequence, not one a decode step). Only pages
 a sequence will not write again are shared: the hit stops short of the last
 known token, which is always computed (the step needs its logit).
 """
@@ -36,10 +39,16 @@ PREFIX_WAIT_STEPS = 16  # longest a waiting sequence waits for another's prefix 
 
 
 def extend_keys(keys: list[bytes], tokens: np.ndarray, page_size: int) -> list[bytes]:
-    """Extend the hash chain `keys` (of tokens' first len(keys) pages) to every full page of `tokens`."""
-    for i in range(len(keys), len(tokens) // page_size):
-        page = np.ascontiguousarray(tokens[i * page_size : (i + 1) * page_size], np.int32)
-        keys.append(hashlib.blake2b((keys[-1] if keys else b"") + page.tobytes(), digest_size=16).digest())
+    """Extend the hash chain `keys` (of tokens' first len(keys) pages) to every full page of
+    `tokens` (int32: a slot's row or a waiting sequence's tokens)."""
+    start, end = len(keys), len(tokens) // page_size
+    if end <= start:
+        return keys
+    data, step = tokens[start * page_size : end * page_size].tobytes(), page_size * tokens.itemsize
+    key = keys[-1] if keys else b""
+    for offset in range(0, len(data), step):  # one numpy read for every new page, then bytes
+        key = hashlib.blake2b(key + data[offset : offset + step], digest_size=16).digest()
+        keys.append(key)
     return keys
 
 
@@ -126,12 +135,11 @@ class PrefixCache:
     def register(self, rank: int, seq: Seq, tokens: np.ndarray, table: np.ndarray, first: int, end: int) -> None:
         """Pages first … end-1 of running `seq` (its row `table`, its known `tokens`) are
         full and written: cache them."""
-        extend_keys(seq.keys, tokens[: end * self.page_size], self.page_size)
-        pool, computing = self.pools[rank], self._computing[rank]
-        for i in range(first, end):
-            key = seq.keys[i]
-            pool.register(int(table[i]), key)
-            if computing.get(key) == seq.id:
+        keys = extend_keys(seq.keys, tokens[: end * self.page_size], self.page_size)
+        register, computing = self.pools[rank].register, self._computing[rank]
+        for page, key in zip(table[first:end].tolist(), keys[first:end]):
+            register(page, key)
+            if computing and computing.get(key) == seq.id:
                 del computing[key]
 
     def lost(self) -> None:

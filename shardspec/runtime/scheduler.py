@@ -8,8 +8,9 @@ ranks that can take them.
 
 Pages are allocated as chunks need them, `page_size` tokens at a time. With
 prefix caching (`prefix_cache.py`) a sequence starts from the longest run of
-full pages its rank has cached for its tokens, and `update()` caches every page
-a finished step filled. When a rank runs short, the most recently admitted running sequence is preempted by
+full pages its rank has cached for its tokens; the pages it fills are cached as
+the steps that wrote them come back (its prompt's) or as it leaves its slot
+(its outputs'). When a rank runs short, the most recently admitted running sequence is preempted by
 recompute: its pages are freed and it waits again with prompt + the tokens it
 has generated, which the next prefill recomputes (its output so far is kept).
 
@@ -155,6 +156,7 @@ class DPScheduler:
         if abandoned is not None and abandoned.step in self._outstanding:
             self._outstanding.remove(abandoned.step)
         self.prefix.lost()
+        self.slots.written[:] = 0  # what the lost cache held is not cached again
         for g in self.slots.in_order().tolist():
             self.slots.in_flight[g] = 0
             self.preempt(g)
@@ -271,8 +273,7 @@ class DPScheduler:
         """Recompute preemption of the sequence in slot g: its pages go, it waits again."""
         sl = self.slots
         rank, computed, lost = int(sl.rank_of(g)), int(sl.computed[g]), int(sl.pending[g])
-        seq = sl.release(g)  # samples not received (a lost KV cache's step in flight) are gone
-        self.prefix.stopped(rank, seq)
+        seq = self._release(g)  # samples not received (a lost KV cache's step in flight) are gone
         self.prefix.unclaim(rank, seq)  # its credit is what the rank holds, not what it claimed itself
         seq.credit = self.prefix.expected_hit(rank, seq)
         self.prefix.claim(rank, seq)
@@ -311,22 +312,42 @@ class DPScheduler:
         if self.record_tokens:  # (request id, token, its index among the step's samples)
             ids = [sl.seq[slot].request.id for slot in gs.tolist()]
             self._new_tokens += zip(ids, tok.tolist(), np.flatnonzero(got).tolist())
+        ends = (schedule.starts + schedule.num_tokens)[live]
+        sl.written[g[live]] = ends
         if self.prefix.enabled:
-            self._cache_full_pages(schedule, live)
+            self._cache_prompt_pages(g[live], ends)
         stopped = (sl.stops[gs] == tok[:, None]).any(axis=1)
         done = stopped | (sl.received[gs] >= sl.max_tokens[gs])
         for slot, stop in zip(gs[done].tolist(), stopped[done].tolist()):
             self._finish(sl.seq[slot], "stop" if stop else "length")
         return self.take_finished()
 
-    def _cache_full_pages(self, schedule: StepSchedule, live: np.ndarray) -> None:
-        """Register the pages `schedule` filled (it ran: their contents exist now)."""
-        sl, g = self.slots, schedule.slots[live]
-        full = (schedule.starts[live] + schedule.num_tokens[live]) // self.sizes.page_size
-        for slot, end in zip(g[full > sl.shared[g]].tolist(), full[full > sl.shared[g]].tolist()):
-            seq, rank = sl.seq[slot], int(sl.rank_of(slot))
-            self.prefix.register(rank, seq, sl.tokens[slot], sl.table[slot], int(sl.shared[slot]), end)
-            sl.shared[slot] = end
+    def _cache_prompt_pages(self, g: np.ndarray, ends: np.ndarray) -> None:
+        """Register the prompt pages that steps which came back have filled (their contents
+        exist now), so that requests arriving meanwhile share them. Pages of outputs are
+        registered when their sequence leaves its slot (`_release`): one call a sequence,
+        not one a decode step."""
+        sl = self.slots
+        full = np.minimum(ends, sl.prompt_len[g]) // self.sizes.page_size
+        new = full > sl.shared[g]
+        if new.any():
+            self._register(g[new], full[new])
+
+    def _register(self, g: np.ndarray, full: np.ndarray) -> None:
+        """Cache the pages of slots `g` from their last cached one up to page `full` (excluded)."""
+        sl, register, S = self.slots, self.prefix.register, self.sizes.max_num_seqs
+        for slot, first, end in zip(g.tolist(), sl.shared[g].tolist(), full.tolist()):
+            register(slot // S, sl.seq[slot], sl.tokens[slot], sl.table[slot], first, end)
+        sl.shared[g] = np.maximum(sl.shared[g], full)
+
+    def _release(self, g: int) -> Seq:
+        """Sequence in slot g leaves it: its written full pages stay cached, the rest are freed."""
+        sl = self.slots
+        if self.prefix.enabled and (full := int(sl.written[g]) // self.sizes.page_size) > sl.shared[g]:
+            self._register(np.array([g]), np.array([full]))
+        rank, seq = int(sl.rank_of(g)), sl.release(g)
+        self.prefix.stopped(rank, seq)
+        return seq
 
     def _sampled_tokens(self, schedule: StepSchedule, sample_rows: np.ndarray, sampled) -> np.ndarray:
         if not isinstance(sampled, Mapping):
@@ -345,8 +366,7 @@ class DPScheduler:
         if seq.status is Status.RUNNING:
             g = seq.slot
             self.counters.left(seq.rank, int(sl.total[g] - sl.computed[g]), int(sl.total[g]))
-            sl.release(g)
-            self.prefix.stopped(seq.rank, seq)
+            self._release(g)
             self.prefix.unclaim(seq.rank, seq)
         else:
             self.waiting.discard(seq)

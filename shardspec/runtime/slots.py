@@ -16,6 +16,7 @@ Per slot, while a sequence runs (positions count tokens: prompt, then outputs):
     in_flight           chunks scheduled, not passed to update()
     last_sample_step    the step of its latest scheduled sample
     table[g, :n_pages]  its KV pages (rank-local ids), position order; zero beyond
+    written             tokens in the KV cache from steps that came back (≤ computed)
     shared              its leading pages in the prefix cache (hit at admission, or registered since)
     stamp               admission order (a global counter): chunks are emitted in it
 """
@@ -43,6 +44,7 @@ class Slots:
         self.received = np.zeros(n, np.int64)  # outputs received by update()
         self.total = np.zeros(n, np.int64)
         self.computed = np.zeros(n, np.int64)
+        self.written = np.zeros(n, np.int64)
         self.pending = np.zeros(n, np.int64)
         self.in_flight = np.zeros(n, np.int64)
         self.last_sample_step = np.full(n, -2, np.int64)
@@ -97,7 +99,7 @@ class Slots:
         self.tokens[g, :n] = seq.tokens
         self.prompt_len[g], self.max_tokens[g] = seq.prompt_len, request.max_tokens
         self.received[g], self.total[g] = n - seq.prompt_len, n
-        self.computed[g] = len(hit) * self.sizes.page_size
+        self.computed[g] = self.written[g] = len(hit) * self.sizes.page_size
         self.pending[g] = self.in_flight[g] = 0
         self.last_sample_step[g] = -2
         sampling = request.sampling
