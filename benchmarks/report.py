@@ -107,96 +107,95 @@ def _costs_line(name: str, table: dict) -> str:
     return f"Step-cost table `{name}` (ms per step at each per-rank bucket, measured at warm-up): {costs}."
 
 
+def _per_table(r: dict, title: str, intro: str, trace_lines, command: str) -> list[str]:
+    """A benchmark run under several step-cost tables: per table, per trace, `trace_lines`."""
+    lines = [title, "", intro, ""]
+    for name, table in r["tables"].items():
+        lines += [f"### Table `{name}`", "", _costs_line(name, table), ""]
+        for trace, runs in table["results"].items():
+            lines += trace_lines(table, trace, runs)
+    return lines + [f"Command: `{command}`", ""]
+
+
 def _routing_time(r: dict) -> list[str]:
-    lines = [
-        "## 3b. Routing for throughput: modelled time per policy",
-        "",
+    def trace_lines(table: dict, trace: str, runs: dict) -> list[str]:
+        rows = [
+            [
+                policy,
+                _seeds(v["modelled_s"]),
+                _seeds(v["mean_latency_s"]),
+                _seeds(v["steps"]),
+                _seeds(v["padding_efficiency"]),
+                _seeds(v["replayed_s"]) if "replayed_s" in v else "-",
+            ]
+            for policy, v in runs.items()
+        ]
+        speed = table["balanced_speedup_vs_best_baseline"][trace]
+        return [
+            f"{trace}:",
+            "",
+            *_table(["policy", "modelled s", "mean latency s", "steps", "padding efficiency", "replayed s"], rows),
+            "",
+            f"balanced vs the best baseline: modelled time {_seeds(speed['modelled_s'])}×, "
+            f"mean latency {_seeds(speed['mean_latency_s'])}×",
+            "",
+        ]
+
+    intro = (
         f"DP = {r['dp_ranks']}. Two traces: lockstep-hostile (8 prompts of 1,500–3,000 tokens among 1,016 short "
         "requests, 8 arriving in the time of the cheapest step) and a steady stream (800 requests, 1 in 16 prompts "
         "of 1,000–2,000 tokens, 8 arriving in the time of a full step). The scheduler and packer run for real on a "
         "clock of modelled step times (`benchmarks/serving_sim.py`: each step costs what the table says its "
         "stride costs); the model is a deterministic token. Modelled s: the time to serve the whole trace; "
         "latency: arrival to last token, mean over requests; replayed s: every step of the schedule (seed 0) run "
-        "as the real compiled step of its stride on the first table's engine. One entry per trace seed. Baselines "
-        "keep the reference system's full-budget lockstep steps. Goal: balanced never slower in modelled time "
-        "than the best baseline, ≥ 1.15× faster on the lockstep-hostile trace.",
-        "",
-    ]
-    for name, table in r["tables"].items():
-        lines += [f"### Table `{name}`", "", _costs_line(name, table), ""]
-        for trace, runs in table["results"].items():
-            rows = [
-                [
-                    policy,
-                    _seeds(v["modelled_s"]),
-                    _seeds(v["mean_latency_s"]),
-                    _seeds(v["steps"]),
-                    _seeds(v["padding_efficiency"]),
-                    _seeds(v["replayed_s"]) if "replayed_s" in v else "-",
-                ]
-                for policy, v in runs.items()
-            ]
-            speed = table["balanced_speedup_vs_best_baseline"][trace]
-            lines += [
-                f"{trace}:",
-                "",
-                *_table(["policy", "modelled s", "mean latency s", "steps", "padding efficiency", "replayed s"], rows),
-                "",
-                f"balanced vs the best baseline: modelled time {_seeds(speed['modelled_s'])}×, "
-                f"mean latency {_seeds(speed['mean_latency_s'])}×",
-                "",
-            ]
-    return lines + ["Command: `python benchmarks/routing_time.py`", ""]
+        "as the real compiled step of its stride on the first table's engine, the policies in turn, median of 3 "
+        "rounds. One entry per trace seed. Baselines keep the reference system's full-budget lockstep steps. "
+        "Goal: balanced never slower in modelled time than the best baseline, ≥ 1.15× faster on the "
+        "lockstep-hostile trace."
+    )
+    title = "## 3b. Routing for throughput: modelled time per policy"
+    return _per_table(r, title, intro, trace_lines, "python benchmarks/routing_time.py")
 
 
 def _prefix_cache(r: dict) -> list[str]:
-    lines = [
-        "## 3c. Prefix caching: computed prompt tokens per policy",
-        "",
+    header = [
+        "policy",
+        "computed prompt tokens",
+        "cached prompt tokens",
+        "steps",
+        "padding efficiency",
+        "modelled s",
+        "mean latency s",
+        "preemptions",
+    ]
+
+    def trace_lines(table: dict, trace: str, runs: dict) -> list[str]:
+        rows = [
+            [
+                policy,
+                f"{v['computed_prompt_tokens']:,}",
+                f"{v['cached_prompt_tokens']:,}",
+                v["steps"],
+                f"{v['padding_efficiency']:.3f}",
+                f"{v['modelled_s']:g}",
+                f"{v['mean_latency_s']:g}",
+                v["preemptions"],
+            ]
+            for policy, v in runs.items()
+        ]
+        ratio = table["computed_prompt_tokens_no_cache_over_balanced"][trace]
+        return [f"{trace} (no cache ÷ balanced computed prompt tokens: {ratio}×):", "", *_table(header, rows), ""]
+
+    intro = (
         f"DP = {r['dp_ranks']}, three traces: a shared 1,024-token system prompt (640 requests); multi-turn "
         "chats (96 chats × 4 turns, each turn resending the conversation and its answers, a little after the "
         "last one finished); GRPO groups (48 prompts of 256–1,024 tokens, 8–16 samples each arriving together, a "
         "group every two full steps). Same simulation as 3b. Goals: on the shared-prefix traces ≥ 2× fewer "
         "computed prompt tokens than no cache; on the GRPO trace no more steps than without a cache and fewer "
-        "than cache_first.",
-        "",
-    ]
-    for name, table in r["tables"].items():
-        lines += [f"### Table `{name}`", "", _costs_line(name, table), ""]
-        for trace, runs in table["results"].items():
-            rows = [
-                [
-                    policy,
-                    f"{v['computed_prompt_tokens']:,}",
-                    f"{v['cached_prompt_tokens']:,}",
-                    v["steps"],
-                    f"{v['padding_efficiency']:.3f}",
-                    f"{v['modelled_s']:g}",
-                    f"{v['mean_latency_s']:g}",
-                    v["preemptions"],
-                ]
-                for policy, v in runs.items()
-            ]
-            ratio = table["computed_prompt_tokens_no_cache_over_balanced"][trace]
-            lines += [
-                f"{trace} (no cache ÷ balanced computed prompt tokens: {ratio}×):",
-                "",
-                *_table(
-                    [
-                        "policy",
-                        "computed prompt tokens",
-                        "cached prompt tokens",
-                        "steps",
-                        "padding efficiency",
-                        "modelled s",
-                        "mean latency s",
-                        "preemptions",
-                    ],
-                    rows,
-                ),
-                "",
-            ]
-    return lines + ["Command: `python benchmarks/prefix_cache.py`", ""]
+        "than cache_first."
+    )
+    title = "## 3c. Prefix caching: computed prompt tokens per policy"
+    return _per_table(r, title, intro, trace_lines, "python benchmarks/prefix_cache.py")
 
 
 def _explain(r: dict) -> list[str]:
