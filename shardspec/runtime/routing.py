@@ -143,6 +143,6 @@ def _balanced(counters: RankCounters, uncached: Sequence[int], ranks: Sequence[i
 
     def key(r: int) -> tuple[int, ...]:
         busiest = max(load[r] + uncached[r], second if r == top else load[top])
-        return -(-busiest // step_tokens), load[r] + uncached[r], busiest, counters.seqs[r], r
+        return -(-busiest // step_tokens), uncached[r], load[r] + uncached[r], busiest, counters.seqs[r], r
 
     return min(ranks, key=key)
