@@ -43,12 +43,8 @@ from .schedule import StepSchedule
 from .sequence import Seq, Status
 from .slots import Slots
 from .step_budget import balanced_budget
-from .step_time import WorkInHand, timed_budget
+from .step_time import timed_budget, work_in_hand
 from .waiting import WaitingQueues
-
-
-def remaining_by_rank(remaining: np.ndarray, rank: np.ndarray, ranks: int) -> np.ndarray:
-    return np.bincount(rank, weights=remaining, minlength=ranks).astype(np.int64)
 
 
 class DPScheduler:
@@ -242,32 +238,10 @@ class DPScheduler:
         if not self.balance_steps:
             return cap  # the reference system's lockstep steps: every rank its full budget
         if self.step_costs_ms:
-            return timed_budget(self._work_in_hand(), self.sizes.token_buckets, self.step_costs_ms)
+            work = work_in_hand(self.slots, self.waiting.counts(), self.counters.load)
+            return timed_budget(work, self.sizes.token_buckets, self.step_costs_ms)
         running = [self.slots.running(r) for r in range(self.sizes.dp_ranks)]
         return balanced_budget(self.counters.load, running, self.sizes.token_buckets, cap)
-
-    def _work_in_hand(self) -> WorkInHand:
-        """Every rank's decodes (outputs still to come), prompt tokens and their sequences."""
-        sl, R = self.slots, self.sizes.dp_ranks
-        active = sl.seq_id >= 0
-        remaining = np.where(active, sl.total - sl.computed, 0)
-        decoding = active & (remaining <= 1)
-        outputs_left = np.maximum(sl.max_tokens - (sl.total - sl.prompt_len) + (remaining == 1), 1)
-        prefilling = remaining > 1
-        rank = sl.rank_of(np.arange(len(sl.seq_id)))
-        run_prefill = np.bincount(rank, weights=np.where(prefilling, remaining, 0), minlength=R).astype(np.int64)
-        run_joiners = np.bincount(rank, weights=prefilling, minlength=R).astype(np.int64)
-        waiting = np.array(self.waiting.counts(), np.int64)
-        seats = np.array([self.sizes.max_num_seqs - sl.running(r) for r in range(R)], np.int64)
-        admissible = np.minimum(waiting, seats)
-        # The load counts every uncomputed token; what running sequences hold is not waiting.
-        waiting_tokens = np.maximum(np.array(self.counters.load, np.int64) - remaining_by_rank(remaining, rank, R), 0)
-        share = np.where(waiting > 0, admissible / np.maximum(waiting, 1), 0.0)
-        return WorkInHand(
-            decode_left=[outputs_left[sl.rank_slots(r)][decoding[sl.rank_slots(r)]] for r in range(R)],
-            prefill=run_prefill + np.round(waiting_tokens * share).astype(np.int64),
-            joiners=run_joiners + admissible,
-        )
 
     def preempt(self, g: int) -> None:
         """Recompute preemption of the sequence in slot g: its pages go, it waits again."""

@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .slots import Slots
+
 HORIZON_STEPS = 256  # the steps a drain is modelled over
 DEFAULT_DECODE_STEPS = 32  # a joining sequence's decode steps when no decode runs to learn from
 
@@ -50,6 +52,30 @@ class WorkInHand:
         """[R]: how long a joining sequence decodes: the rank's running decodes' mean."""
         means = [float(left.mean()) if len(left) else DEFAULT_DECODE_STEPS for left in self.decode_left]
         return np.maximum(np.round(means), 1).astype(np.int64)
+
+
+def work_in_hand(slots: Slots, waiting: Sequence[int], loads: Sequence[int]) -> WorkInHand:
+    """What every rank holds: its running decodes (outputs still to come), its prompt tokens
+    (running ones, then waiting ones with a seat) and their sequences. `waiting`: sequences
+    waiting per rank; `loads`: tokens still to run per rank (routing.RankCounters.load)."""
+    sl, R, S = slots, slots.sizes.dp_ranks, slots.sizes.max_num_seqs
+    active = sl.seq_id >= 0
+    remaining = np.where(active, sl.total - sl.computed, 0)
+    decoding = active & (remaining <= 1)
+    outputs_left = np.maximum(sl.max_tokens - (sl.total - sl.prompt_len) + (remaining == 1), 1)
+    prefilling = remaining > 1
+    rank = sl.rank_of(np.arange(len(sl.seq_id)))
+    running_prefill = np.bincount(rank, weights=np.where(prefilling, remaining, 0), minlength=R).astype(np.int64)
+    admissible = np.minimum(waiting, [S - sl.running(r) for r in range(R)])
+    # A rank's load counts every uncomputed token: what its running sequences hold is not waiting.
+    held = np.bincount(rank, weights=remaining, minlength=R).astype(np.int64)
+    waiting_tokens = np.maximum(np.asarray(loads, np.int64) - held, 0)
+    seated = np.where(np.asarray(waiting) > 0, admissible / np.maximum(waiting, 1), 0.0)  # their share with a seat
+    return WorkInHand(
+        decode_left=[outputs_left[sl.rank_slots(r)][decoding[sl.rank_slots(r)]] for r in range(R)],
+        prefill=running_prefill + np.round(waiting_tokens * seated).astype(np.int64),
+        joiners=np.bincount(rank, weights=prefilling, minlength=R).astype(np.int64) + admissible,
+    )
 
 
 def timed_budget(work: WorkInHand, buckets: Sequence[int], costs_ms: Mapping[int, float]) -> int:
