@@ -20,15 +20,16 @@ Policies (`runtime.routing`); `cached[r]`: the request's tokens rank r holds:
 - `balanced` (default): the rank that keeps the busiest rank's `load` after
   the assignment lowest, counting only the request's uncached tokens there,
   in steps (load ÷ the per-step token budget, rounded up); ties -> fewest
-  tokens to compute (the cache hit), then the lowest load exactly, fewest
-  `seqs`, lowest rank. A hit wins unless it costs the busiest rank another
-  step, so one prompt's samples (a GRPO group) share a rank and its cached
-  prompt until that rank is a step busier than the rest; counting pending
-  prefill tokens keeps one long prompt from landing on a rank that already has
-  one (the reference system's lockstep padding made every rank wait for the
-  busiest);
-- `least_load`: the rank with the least `load` + uncached tokens (the
-  reference system's formula with a prefix cache); ties -> lowest rank;
+  tokens to compute (the cache hit), then the least load on the rank after
+  it, the busiest load exactly, fewest `seqs`, lowest rank. A hit wins unless
+  it costs the busiest rank another step, so one prompt's samples (a GRPO
+  group) share a rank and its cached prompt until that rank is a step busier
+  than the rest; counting pending prefill tokens keeps one long prompt from
+  landing on a rank that already has one (the reference system's lockstep
+  padding made every rank wait for the busiest);
+- `least_load`: the rank with the fewest `tokens` (all it holds, computed or
+  not) + the request's uncached tokens: the reference system's formula with
+  a prefix cache; ties -> lowest rank;
 - `cache_first`: the longest hit wins outright (the reference system's first
   rule, which pinned whole GRPO groups to one rank); without a hit, as
   `least_tokens`;
