@@ -153,7 +153,7 @@ def spill(s: DPScheduler, plan: RunningPlan, admission: Admission) -> None:
             s.waiting.pop_front(src)
             s.leave_rank(seq)
             s.join_rank(dst, seq)
-            left[dst] -= _start(s, dst, seq, left[dst], plan.tokens, s.prefix.hit(dst, seq))
+            left[dst] -= _start(s, dst, seq, left[dst], plan.tokens, hits[dst])  # moving changed no pool
             s.spills += 1
     for rank, seqs in enumerate(admission.held):
         for seq in seqs:
