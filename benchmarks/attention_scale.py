@@ -28,7 +28,6 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
 
 from shardspec import compile, load  # noqa: E402
 from shardspec.hlo import _stored_state, batch_structs  # noqa: E402
@@ -36,7 +35,7 @@ from shardspec.models.presets import PRESETS  # noqa: E402
 from shardspec.runtime.engine import Engine  # noqa: E402
 from shardspec.runtime.paged_attention import attend_rank, attend_rank_reference  # noqa: E402
 from shardspec.runtime.request import Request  # noqa: E402
-from shardspec.runtime.step import Step, allocate_kv_cache  # noqa: E402
+from shardspec.runtime.step import Step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ATTENTION = {"blockwise": attend_rank, "exact gather": attend_rank_reference}
@@ -86,10 +85,11 @@ def prefill_temp(model: str, max_model_len: int, attention) -> dict:
     plan = compile(
         load(ROOT / "strategies" / "tp.yaml", overrides={"runtime.max_model_len": str(max_model_len)}), model
     )
-    step = Step(plan, nnx.merge(plan.model.tree.graphdef, _stored_state(plan)), rank_attention=attention)
-    caches = jax.eval_shape(lambda: allocate_kv_cache(plan))
+    step = Step(plan, plan.model.tree.graphdef, rank_attention=attention)
+    caches = jax.eval_shape(step.new_kv_cache)
     prev = jax.ShapeDtypeStruct((plan.runtime.sampled_rows,), jnp.int32)
-    compiled = step.lower(caches, batch_structs(plan, plan.runtime.token_buckets[-1]), prev).compile()
+    structs = batch_structs(plan, plan.runtime.token_buckets[-1])
+    compiled = step.lower(_stored_state(plan), caches, structs, prev).compile()
     params = sum(p.bytes_per_device for p in plan.params)
     return {"temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes), "param_bytes": params}
 

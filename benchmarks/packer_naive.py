@@ -28,7 +28,7 @@ def pack_naive(schedule: StepSchedule, sizes, prev_rows: Mapping[int, int] | Non
     block_tables = [[0] * sizes.max_pages_per_seq for _ in range(R * Q)]
     seq_lens, query_starts, query_lens, logits_indices = ([0] * (R * Q) for _ in range(4))
     temperature, top_k, top_p = [0.0] * (R * Q), [0] * (R * Q), [1.0] * (R * Q)
-    seeds, output_index = [0] * (R * Q), [0] * (R * Q)
+    seeds, output_index, logprobs = [0] * (R * Q), [0] * (R * Q), [-1] * (R * Q)
     row_of_chunk = {}
     for r, idx in enumerate(by_rank):
         if len(idx) > Q:
@@ -55,6 +55,7 @@ def pack_naive(schedule: StepSchedule, sizes, prev_rows: Mapping[int, int] | Non
             temperature[g], top_k[g], top_p[g] = c.sampling.temperature, c.sampling.top_k, c.sampling.top_p
             seeds[g] = c.sampling.seed % 2**32
             output_index[g] = c.output_index
+            logprobs[g] = c.logprobs
 
     sampled = [i for i, c in enumerate(schedule.chunks) if c.sample]
 
@@ -80,6 +81,7 @@ def pack_naive(schedule: StepSchedule, sizes, prev_rows: Mapping[int, int] | Non
         top_p=f32(top_p),
         seeds=np.array(seeds, np.uint32),
         output_index=i32(output_index),
+        logprobs=i32(logprobs),
         selector=i32([row_of_chunk[i] for i in sampled]),
         sampled_seq_ids=np.array([schedule.chunks[i].seq_id for i in sampled], np.int64),
         real_tokens=sum(c.num_tokens for c in schedule.chunks),

@@ -19,6 +19,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 BENCHMARKS = [
     "host_cost",
+    "request_check",
+    "compile_once",
     "attention_scale",
     "vs_transformers",
     "moe_flops",

@@ -47,8 +47,6 @@ def simulate(
     sched = DPScheduler(
         sizes, routing=config.routing, prefix_caching=config.prefix_caching, balance_steps=config.balance_steps
     )
-    if config.timed_steps:
-        sched.step_costs_ms = costs_ms
     queue = [(at, i, r) for i, (at, r) in enumerate(arrivals)]
     heapq.heapify(queue)
     arrived, latency = {}, []
@@ -58,7 +56,7 @@ def simulate(
             at, _, request = heapq.heappop(queue)
             arrived[request.id] = at
             sched.add_request(request)
-        schedule = sched.schedule()
+        schedule = sched.schedule(costs_ms if config.timed_steps else None)
         if not len(schedule):
             done = sched.take_finished()
             if not done and queue:

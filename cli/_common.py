@@ -37,6 +37,13 @@ def load_strategy(path: str, model: str | None, sets: list[str] | None) -> Strat
     return strategy.with_model(model) if model is not None else strategy
 
 
+def use_compilation_cache(ctx: typer.Context) -> None:
+    """Turn on JAX's persistent compilation cache as `--compilation-cache` says (commands that compile)."""
+    from shardspec.compilation_cache import enable_for_command
+
+    enable_for_command((ctx.obj or {}).get("compilation_cache"))
+
+
 def cluster_given(*flags) -> bool:
     """Whether any of --coordinator / --num-processes / --process-id (or their variables) is set."""
     return any(f is not None for f in flags)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from shardspec.compilation_cache import ENV as ENV_COMPILATION_CACHE
 from shardspec.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 
 MAX_SEED = 2**32 - 1  # a uint32: what jax's PRNG keys and numpy's generators take
@@ -34,4 +35,13 @@ NumProcessesOpt = Annotated[
 ]
 ProcessIdOpt = Annotated[
     int | None, typer.Option("--process-id", envvar=ENV_PROCESS_ID, min=0, help="This process's id, 0 to N-1.")
+]
+CompilationCacheOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--compilation-cache",
+        envvar=ENV_COMPILATION_CACHE,
+        metavar="DIR|off",
+        help="Where compiled programs are kept for the next command (default ~/.cache/shardspec/jax; off: nowhere).",
+    ),
 ]

@@ -9,8 +9,17 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from ._common import cluster_given, echo_notes, handle_errors, load_strategy
-from ._options import MAX_SEED, CoordinatorOpt, ModelOpt, NumProcessesOpt, ProcessIdOpt, SetOpt, StrategyArg
+from ._common import cluster_given, echo_notes, handle_errors, load_strategy, use_compilation_cache
+from ._options import (
+    MAX_SEED,
+    CompilationCacheOpt,
+    CoordinatorOpt,
+    ModelOpt,
+    NumProcessesOpt,
+    ProcessIdOpt,
+    SetOpt,
+    StrategyArg,
+)
 from .launch import launch
 from .run import run
 from .serve import serve
@@ -53,8 +62,12 @@ class Format(str, enum.Enum):
 
 
 @app.callback()
-def _main(ctx: typer.Context, debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False):
-    ctx.obj = {"debug": debug}
+def _main(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    compilation_cache: CompilationCacheOpt = None,
+):
+    ctx.obj = {"debug": debug, "compilation_cache": compilation_cache}
 
 
 @app.command()
@@ -100,6 +113,8 @@ def explain(
 
     loaded = load_strategy(strategy, model, overrides)
     cluster = cluster_given(coordinator, num_processes, process_id)
+    if hlo:
+        use_compilation_cache(ctx)
     if cluster or hlo:
         if cluster:  # every user error before joining: a bad file never waits for its peers
             compile(loaded, abstract_mesh=True)
@@ -142,6 +157,7 @@ def check(
     from shardspec.devices import compile_on_devices
 
     loaded = load_strategy(strategy, model, overrides)
+    use_compilation_cache(ctx)
     plan, notes = compile_on_devices(loaded, coordinator, num_processes, process_id)
     echo_notes(notes)
     budget = check_collectives(plan) if loaded.expect else None  # a blown budget: exit 2 first

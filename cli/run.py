@@ -12,7 +12,7 @@ from rich.table import Table
 
 from shardspec.errors import Problem, ShardspecError
 
-from ._common import echo_notes, load_strategy
+from ._common import echo_notes, load_strategy, use_compilation_cache
 from ._options import MAX_SEED, CoordinatorOpt, ModelOpt, NumProcessesOpt, ProcessIdOpt, SetOpt, StrategyArg
 
 
@@ -50,6 +50,7 @@ def run(
     from shardspec.runtime.workload import Synthetic, requests_for
 
     loaded = load_strategy(strategy, model, overrides)
+    use_compilation_cache(ctx)
     if output:
         check_writable(output, "--output")
     plan = compile(loaded, abstract_mesh=True)  # every user error before any device work
@@ -104,7 +105,11 @@ def _summary(name, plan, served) -> Table:
             f"per rank {' '.join(f'{r:.0%}' for r in metrics['per_rank_prefix_hit_rate'])})",
         ),
         ("steps / compiles", f"{metrics['steps']} / {metrics['compiles']}"),
-        ("host overhead", f"{metrics['host_overhead_fraction']:.1%}"),
+        (
+            "host overhead",
+            f"{metrics['host_overhead_fraction']:.1%} of the time the device waited for the host "
+            f"(host work {metrics['host_work_fraction']:.1%}, the rest overlapped)",
+        ),
         ("finish reasons", ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))),
     ]
     for key, value in rows:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import echo_notes, load_strategy
+from ._common import echo_notes, load_strategy, use_compilation_cache
 from ._options import MAX_SEED, CoordinatorOpt, ModelOpt, NumProcessesOpt, ProcessIdOpt, SetOpt, StrategyArg
 
 
@@ -42,6 +42,7 @@ def serve(
     from shardspec.server.engine_loop import EngineLoop
 
     loaded = load_strategy(strategy, model, overrides)
+    use_compilation_cache(ctx)
     compile(loaded, abstract_mesh=True)  # every user error before any device work
     plan, notes = compile_on_devices(loaded, coordinator, num_processes, process_id)
     echo_notes(notes)

@@ -12,6 +12,10 @@ that implements `ServableModel` (`shardspec.protocol`) is served by `Engine`.
 
 `load`, `Strategy` and the protocol types never import jax, so loading and
 validating a strategy is instant; the rest is imported on first use.
+
+Layout: this folder is the library. The top-level `models/` and `cli/`
+folders are installed as `shardspec.models` and `shardspec.cli`
+(`pyproject.toml` maps them), so `from .models import ...` here means `models/`.
 """
 
 from __future__ import annotations

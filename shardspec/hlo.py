@@ -42,7 +42,7 @@ from .models.moe_dispatch import tile_rows
 from .per_shard import local_shape
 from .plan import ShardingPlan, build_plan
 from .runtime.paged_attention import BLOCK_TOKENS
-from .runtime.step import Step, allocate_kv_cache, padding_batch
+from .runtime.step import padding_batch, shared_step
 
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 STEPS = ("decode", "prefill")
@@ -175,10 +175,10 @@ def _with_layers(plan: ShardingPlan, num_layers: int) -> ShardingPlan:
 
 def _measure(plan: ShardingPlan, stride: int):
     """Compile one step at `stride` tokens per rank -> (counts, bytes, memory, flops per device)."""
-    step = Step(plan, nnx.merge(plan.model.tree.graphdef, _stored_state(plan)))
-    caches = jax.eval_shape(lambda: allocate_kv_cache(plan))
+    step = shared_step(plan, plan.model.tree.graphdef)  # the program warm-up and serving run
+    caches = jax.eval_shape(step.new_kv_cache)
     prev = jax.ShapeDtypeStruct((plan.runtime.sampled_rows,), jnp.int32)
-    compiled = step.lower(caches, batch_structs(plan, stride), prev).compile()
+    compiled = step.lower(_stored_state(plan), caches, batch_structs(plan, stride), prev).compile()
     return (*collectives(compiled.as_text()), _memory(compiled), _flops(compiled))
 
 

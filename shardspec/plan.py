@@ -67,6 +67,15 @@ class ShardingPlan:
             )
         return self.kv_cache
 
+    @functools.cached_property
+    def program_key(self) -> tuple:
+        """What this plan's compiled programs depend on: equal keys, equal programs. The
+        plan is a function of the strategy, the model's parameters and the devices, and of
+        the device memory free when `num_pages: auto` sized the KV cache (hence its sizes)."""
+        model = self.model
+        view = self.strategy.program_view()
+        return view, self.mesh, self.params, model.geometry, model.paddable, self.kv_cache, self.runtime
+
     @property
     def device_count(self) -> int:
         return device_count(self.mesh_shape)

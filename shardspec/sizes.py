@@ -95,12 +95,16 @@ class RuntimeSizes:
         (+1: the last sampled token is never written to the cache)."""
         return min(self.max_model_len, self.pages_per_rank * self.page_size + 1)
 
+    def room_after(self, prompt_len: int) -> int:
+        """The most tokens a request with a prompt this long may generate (< 1: the prompt is too long)."""
+        return self.max_request_len - prompt_len
+
     def request_len_problem(self, prompt_len: int, max_tokens: int) -> tuple[str, str] | None:
         """(message, hint) when a request is longer than the plan serves: the one length check."""
-        if prompt_len + max_tokens <= self.max_request_len:
+        room = self.room_after(prompt_len)
+        if max_tokens <= room:
             return None
         longest = self.max_request_len
-        room = longest - prompt_len
         hint = f"use max_tokens <= {room}" if room >= 1 else f"shorten the prompt to under {longest} tokens"
         if longest == self.max_model_len:
             limit = f"the maximum length {longest}"

@@ -146,6 +146,18 @@ class Strategy:
         auto = tensor // math.gcd(tensor, kv_heads)
         return auto, f"attention_data = {auto}: tensor {tensor} / gcd({tensor}, kv_heads {kv_heads})"
 
+    def program_view(self) -> Strategy:
+        """This strategy as compiled programs see it: on equal models and devices, equal
+        views compile to equal programs. Left out: the name and the model's name (the plan
+        keys the model by its parameters), what only the host-side runtime reads (routing,
+        the queue bound, async scheduling, step costs, prefix caching) and the collective
+        budget."""
+        runtime = dataclasses.replace(
+            self.runtime, routing="balanced", max_waiting=0, async_scheduling=False, step_costs=AUTO
+        )
+        kv_cache = dataclasses.replace(self.kv_cache, prefix_caching=False)
+        return dataclasses.replace(self, name="", model=None, kv_cache=kv_cache, runtime=runtime, expect={})
+
     def with_model(self, model: str) -> Strategy:
         """This strategy on `model` (`--model`): a problem with it is located at `--model`."""
         return dataclasses.replace(self, model=model, source=self.source.overriding("model", "--model"))

@@ -81,9 +81,8 @@ def test_warmup_compiles_every_bucket_and_serving_compiles_nothing():
     engine.warmup()
     compiled = engine.metrics.compiles
     assert compiled == len(engine.sizes.token_buckets)
-    # runtime.step_costs: auto: the warm-up timed every bucket, and balanced steps use the table.
+    # runtime.step_costs: auto: the warm-up timed every bucket; balanced steps use this table (its one owner).
     assert set(engine.metrics.step_costs_ms) == set(engine.sizes.token_buckets)
-    assert engine.scheduler.step_costs_ms == engine.metrics.step_costs_ms
     assert all(ms > 0 for ms in engine.metrics.step_costs_ms.values())
     engine.generate(_requests())
     assert engine.metrics.compiles == compiled

@@ -7,6 +7,7 @@ import pytest
 from shardspec import compile, load
 from shardspec.runtime.engine import Engine
 from shardspec.runtime.request import Request
+from shardspec.runtime.step import shared_step
 
 from conftest import ROOT
 
@@ -30,9 +31,11 @@ def _requests():
     ]
 
 
-def _engine(async_scheduling: bool) -> Engine:
+def _engine(async_scheduling: bool, fail_at=(), consume: bool = False) -> Engine:
+    """An engine whose step raises at the calls in `fail_at` (see _FailingStep)."""
     overrides = {**SMALL, "runtime.async_scheduling": str(async_scheduling).lower()}
-    return Engine(compile(load(ROOT / "strategies" / "tp.yaml", overrides=overrides)))
+    plan = compile(load(ROOT / "strategies" / "tp.yaml", overrides=overrides))
+    return Engine(plan, step=_FailingStep(shared_step(plan, plan.model.tree.graphdef), fail_at, consume))
 
 
 class _FailingStep:
@@ -42,12 +45,12 @@ class _FailingStep:
     def __init__(self, step, fail_at, consume: bool):
         self._step, self.fail_at, self.consume, self.calls = step, set(fail_at), consume, 0
 
-    def __call__(self, caches, batch, samples):
+    def __call__(self, params, caches, batch, samples):
         call, self.calls = self.calls, self.calls + 1
         if call not in self.fail_at:
-            return self._step(caches, batch, samples)
+            return self._step(params, caches, batch, samples)
         if self.consume:
-            self._step(caches, batch, samples)  # the cache buffers are donated: gone now
+            self._step(params, caches, batch, samples)  # the cache buffers are donated: gone now
         raise RuntimeError("injected device failure")
 
     def __getattr__(self, name):
@@ -71,8 +74,7 @@ def _drain(engine: Engine) -> list:
 @pytest.mark.parametrize("consume", [False, True], ids=["before-device", "cache-consumed"])
 @pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
 def test_a_failing_step_fails_only_its_requests(clean_tokens, async_scheduling, consume):
-    engine = _engine(async_scheduling)
-    engine._step = _FailingStep(engine._step, fail_at={2}, consume=consume)
+    engine = _engine(async_scheduling, fail_at={2}, consume=consume)
     for r in _requests():
         engine.add_request(r)
     outputs = _drain(engine)
@@ -86,7 +88,7 @@ def test_a_failing_step_fails_only_its_requests(clean_tokens, async_scheduling, 
             assert out.finish_reason == "length" and out.output_token_ids == clean_tokens[out.id]
         else:  # what it had generated before the failure is kept
             assert out.output_token_ids == clean_tokens[out.id][: len(out.output_token_ids)]
-    assert all(pool.num_used == 0 for pool in engine.scheduler.slots.pools)
+    assert not any(engine.stats().pages_used)  # every page back
     assert engine.metrics.failed_steps == 1
     # ... and the engine serves on: a request after the failure gives the clean tokens.
     again = engine.generate([_requests()[3]])
@@ -94,10 +96,9 @@ def test_a_failing_step_fails_only_its_requests(clean_tokens, async_scheduling, 
 
 
 def test_every_step_failing_still_finishes_every_request_once():
-    engine = _engine(True)
-    engine._step = _FailingStep(engine._step, fail_at=range(1000), consume=True)
+    engine = _engine(True, fail_at=range(1000), consume=True)
     outputs = engine.generate(_requests())
     assert [o.id for o in outputs] == [r.id for r in _requests()]
     assert {o.finish_reason for o in outputs} == {"error"}
-    assert all(pool.num_used == 0 for pool in engine.scheduler.slots.pools)
+    assert not any(engine.stats().pages_used)
     assert not engine.has_unfinished()

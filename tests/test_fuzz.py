@@ -24,6 +24,7 @@ from shardspec import ShardspecError, compile, load
 from shardspec.models.hf_config import config_from_dir
 from shardspec.runtime.engine import Engine
 from shardspec.runtime.requests_io import make_request, read_requests
+from shardspec.runtime.step import shared_step
 from shardspec.sizes import RuntimeSizes
 
 from conftest import ROOT
@@ -253,7 +254,8 @@ def test_any_request_file_reads_or_names_each_bad_line(tmp_path, pieces):
 
 
 @pytest.fixture(scope="module")
-def tiny_engine():
+def tiny_engines():
+    """A sync and an async engine on one program, sharing one step whose failures each example sets."""
     overrides = {
         "parallelism.tensor": "1",
         "devices": "1",
@@ -262,7 +264,16 @@ def tiny_engine():
         "runtime.max_num_batched_tokens": "16",
         "kv_cache.dtype": "float32",
     }
-    return Engine(compile(load(ROOT / "strategies" / "tp.yaml", overrides=overrides)))
+    engines, failing = {}, None
+    for mode in (False, True):
+        plan = compile(
+            load(
+                ROOT / "strategies" / "tp.yaml", overrides={**overrides, "runtime.async_scheduling": str(mode).lower()}
+            )
+        )
+        failing = failing or _FailingStep(shared_step(plan, plan.model.tree.graphdef), (), consume=False)
+        engines[mode] = Engine(plan, step=failing)
+    return engines, failing
 
 
 _ops = st.lists(
@@ -278,10 +289,10 @@ _ops = st.lists(
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(_ops, st.sets(st.integers(0, 30), max_size=3), st.booleans())
-def test_engine_operations_finish_every_accepted_request_once(tiny_engine, ops, failing, consume):
-    engine = tiny_engine
-    real_step = engine._step
-    engine._step = _FailingStep(real_step, failing, consume)
+def test_engine_operations_finish_every_accepted_request_once(tiny_engines, ops, failing, consume):
+    engines, step = tiny_engines
+    step.fail_at, step.consume = set(failing), consume
+    engine = engines[True]
     accepted, outputs, n = [], [], 0
     try:
         for op in ops:
@@ -297,17 +308,17 @@ def test_engine_operations_finish_every_accepted_request_once(tiny_engine, ops, 
             elif op[0] == "step":
                 outputs += engine.step()
             elif op[0] == "async" and not engine.has_unfinished():
-                engine.async_scheduling = engine.scheduler.async_scheduling = op[1]
+                engine = engines[op[1]]  # the other scheduling mode from here on
         for _ in range(1000):
             if not engine.has_unfinished():
                 break
             outputs += engine.step()
     finally:
-        engine._step = real_step
-    assert not engine.has_unfinished()
+        step.fail_at = set()
+    assert not any(e.has_unfinished() for e in engines.values())
     assert sorted(o.id for o in outputs) == sorted(accepted)  # every accepted request exactly once
     assert all(o.finish_reason in ("length", "stop", "abort", "error") for o in outputs)
-    assert all(pool.num_used == 0 for pool in engine.scheduler.slots.pools)  # every page back
+    assert not any(any(e.stats().pages_used) for e in engines.values())  # every page back
 
 
 def test_hostile_yaml_values_are_all_exercised():

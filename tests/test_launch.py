@@ -1,8 +1,10 @@
 """`shardspec launch --local N`: real processes joined by jax.distributed on 127.0.0.1.
 
-Each test starts the launcher as a subprocess (JAX can join a cluster only
-before it starts its devices, which this test process has done already) and
-bounds every wait, so a hang fails the test instead of stalling CI.
+Each cluster test starts the launcher as a subprocess (JAX can join a cluster
+only before it starts its devices, which this test process has done already)
+and bounds every wait, so a hang fails the test instead of stalling CI. The
+library under it, `run_local_cluster`, is tested first with plain Python
+processes: no JAX, a second or so.
 """
 
 import os
@@ -16,10 +18,9 @@ import pytest
 from typer.testing import CliRunner
 
 from shardspec.cli.main import app
+from shardspec.local_cluster import ClusterResult, run_local_cluster
 
 from conftest import ROOT
-
-pytestmark = pytest.mark.slow  # every test starts a cluster of processes
 
 runner = CliRunner()
 MULTIHOST = str(ROOT / "strategies" / "multihost_dp.yaml")
@@ -40,6 +41,49 @@ def launch(*args: str, timeout: float = HANG_S) -> subprocess.CompletedProcess:
     )
 
 
+# Process 1 fails once its peers have written their lines and are waiting; they never end on their own.
+PEER = """
+import os, pathlib, sys, time
+i, ready = int(os.environ["SHARDSPEC_PROCESS_ID"]), pathlib.Path(sys.argv[1])
+print(f"up, {i} of {os.environ['SHARDSPEC_NUM_PROCESSES']}")
+print("Expected number of connected peer ranks is : 2")
+if i != 1:
+    (ready / str(i)).touch()
+    time.sleep(600)
+deadline = time.monotonic() + 60
+while len(list(ready.iterdir())) < 2 and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("failing", file=sys.stderr)
+sys.exit(3)
+"""
+
+
+def test_a_failing_process_stops_its_peers_and_names_them(tmp_path):
+    out: list[str] = []
+    err: list[str] = []
+    started = time.monotonic()
+    result = run_local_cluster(
+        [sys.executable, "-c", PEER, str(tmp_path)], 3, out=out.append, err=err.append, label="peers"
+    )
+    assert time.monotonic() - started < STOP_LIMIT_S
+    assert result == ClusterResult((-signal.SIGTERM, 3, -signal.SIGTERM), frozenset({0, 2}))
+    assert (result.failed, result.exit_code) == ((1,), 3)
+    assert result.summary == "process 1 exited with 3; stopped processes 0, 2"
+    assert sorted(out) == ["[0] up, 0 of 3", "[1] up, 1 of 3", "[2] up, 2 of 3"]  # gloo's line dropped
+    assert err[0].startswith("launch: 3 processes, coordinator 127.0.0.1:") and err[0].endswith(": peers")
+    assert [x.rsplit(" ", 1)[0] for x in err[1:4]] == [f"launch: process {i}: pid" for i in range(3)]
+    assert err[4:] == ["[1] failing"]
+
+
+def test_a_cluster_result_speaks_as_a_shell_would():
+    assert ClusterResult((0, 0)).summary == "" and ClusterResult((0, 0)).exit_code == 0
+    killed = ClusterResult((0, -signal.SIGKILL, 2), frozenset({0}))
+    assert killed.failed == (1, 2) and killed.exit_code == 128 + signal.SIGKILL
+    told = "process 1 was killed by SIGKILL (exit 137); process 2 exited with 2 (user error); stopped process 0"
+    assert killed.summary == told
+
+
+@pytest.mark.slow
 def test_two_processes_serve_what_one_process_serves(tmp_path):
     """CI's multi-host check: 2 processes × 4 devices == 1 process × 8 devices, token for token."""
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
@@ -58,6 +102,7 @@ def test_two_processes_serve_what_one_process_serves(tmp_path):
     assert "[0] note: using 8 simulated CPU devices (4 in each of 2 processes)" in done.stderr
 
 
+@pytest.mark.slow
 def test_check_passes_across_two_processes():
     done = launch("--local", "2", "check", MULTIHOST)  # `--` is optional
     assert done.returncode == 0, done.stderr
@@ -65,6 +110,7 @@ def test_check_passes_across_two_processes():
     assert "[1]" not in done.stdout
 
 
+@pytest.mark.slow
 def test_a_killed_process_ends_the_launch_with_a_clear_error():
     command = [
         sys.executable,
@@ -113,6 +159,7 @@ def test_a_killed_process_ends_the_launch_with_a_clear_error():
                     os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_every_process_reports_a_user_error_and_the_launch_exits_2():
     done = launch("--local", "3", "--", "check", MULTIHOST)
     assert done.returncode == 2, done.stderr

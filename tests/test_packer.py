@@ -32,6 +32,7 @@ PER_REQUEST = (
     "top_p",
     "seeds",
     "output_index",
+    "logprobs",
 )
 
 
@@ -47,7 +48,7 @@ def sizes(dp=2, page_size=4, max_num_seqs=4, pages_per_rank=8, max_pages_per_seq
     )
 
 
-def chunk(seq_id, rank, tokens, start, pages, sample=True, output_index=0, **sampling):
+def chunk(seq_id, rank, tokens, start, pages, sample=True, output_index=0, logprobs=-1, **sampling):
     return ScheduledChunk(
         seq_id=seq_id,
         rank=rank,
@@ -57,6 +58,7 @@ def chunk(seq_id, rank, tokens, start, pages, sample=True, output_index=0, **sam
         sample=sample,
         sampling=SamplingParams(**sampling),
         output_index=output_index,
+        logprobs=logprobs,
     )
 
 
@@ -88,7 +90,7 @@ def f32(*values):
 # A runs 2 tokens after 5 cached on rank 0 (positions 5, 6 -> page 1 of [3, 1]);
 # B runs 3 after 6 cached on rank 1 (positions 6, 7 -> page 5, 8 -> page 6).
 A = chunk(0, 0, [11, 12], start=5, pages=[3, 1], output_index=3, temperature=0.5, top_k=5, top_p=0.9, seed=7)
-B = chunk(1, 1, [21, 22, 23], start=6, pages=[2, 5, 6])
+B = chunk(1, 1, [21, 22, 23], start=6, pages=[2, 5, 6], logprobs=2)
 
 
 def test_design_example():
@@ -119,6 +121,7 @@ def test_design_example():
         top_p=f32(0.9, 1, 1, 1, 1, 1, 1, 1),
         seeds=np.array([7, 0, 0, 0, 0, 0, 0, 0], np.uint32),
         output_index=i32(3, 0, 0, 0, 0, 0, 0, 0),
+        logprobs=i32(-1, -1, -1, -1, 2, -1, -1, -1),  # padding -1: none
         selector=i32(0, 4),
         sampled_seq_ids=np.array([0, 1], np.int64),
         real_tokens=5,
@@ -148,6 +151,7 @@ def test_empty_rank_is_all_padding():
         top_p=f32(0.9, *[1] * 11),
         seeds=np.array([7, *[0] * 11], np.uint32),
         output_index=i32(3, *[0] * 11),
+        logprobs=i32(*[-1] * 8, 2, -1, -1, -1),
         selector=i32(0, 8),
         sampled_seq_ids=np.array([0, 1], np.int64),
         real_tokens=5,
@@ -160,10 +164,10 @@ def test_empty_rank_is_all_padding():
 def test_several_chunks_per_rank_prefill_and_decode():
     steps = schedule(
         # rank 0: a prefill chunk that is not the prompt's end (no sample), then a decode
-        chunk(10, 0, [1, 2, 3, 4], start=0, pages=[7], sample=False),
+        chunk(10, 0, [1, 2, 3, 4], start=0, pages=[7], sample=False, logprobs=3),  # no sample: none
         chunk(11, 0, [5], start=9, pages=[0, 1, 2], output_index=4, temperature=1.0, seed=-1),
         # rank 1: a decode, the last prefill chunk of a prompt, another decode
-        chunk(12, 1, [6], start=3, pages=[4], output_index=1, top_k=2),
+        chunk(12, 1, [6], start=3, pages=[4], output_index=1, top_k=2, logprobs=5),
         chunk(13, 1, [7, 8, 9, 10, 11], start=4, pages=[5, 6, 3], top_p=0.5, seed=9),
         chunk(14, 1, [12], start=0, pages=[1], sample=False),
     )
@@ -188,6 +192,7 @@ def test_several_chunks_per_rank_prefill_and_decode():
         top_p=f32(1, 1, 1, 1, 0.5, 1),
         seeds=np.array([0, 2**32 - 1, 0, 0, 9, 0], np.uint32),  # seed -1 as the sampler's uint32
         output_index=i32(0, 4, 0, 1, 0, 0),
+        logprobs=i32(-1, -1, -1, 5, -1, -1),
         selector=i32(1, 3, 4),
         sampled_seq_ids=np.array([11, 12, 13], np.int64),
         real_tokens=12,

@@ -129,11 +129,11 @@ def test_the_wait_for_a_shared_prefix_is_bounded(monkeypatch):
     sched.add_request(req("b", shared + [14], max_tokens=2))
     step(sched)
     schedule = sched.schedule()  # "a" computes page 2 and leaves budget: "b" waits for that page
-    b = sched._by_request["b"]
+    b = sched.sequence("b")
     assert [c.seq_id for c in schedule.chunks] == [0] and b.prefix_waits == 1
-    assert sched.prefix.should_wait(0, b, 2)
+    assert sched.ranks.prefix.should_wait(0, b, 2)
     monkeypatch.setattr(prefix_cache, "PREFIX_WAIT_STEPS", 1)
-    assert not sched.prefix.should_wait(0, b, 2)  # it has waited its steps: it computes the page itself
+    assert not sched.ranks.prefix.should_wait(0, b, 2)  # it has waited its steps: it computes the page itself
 
 
 def test_a_preempted_sequence_resumes_from_its_own_cached_pages():
@@ -213,5 +213,6 @@ def test_a_lost_kv_cache_with_a_sample_in_flight_leaves_no_load_behind():
         schedule = sched.schedule()
         outputs |= {o.id: o for o in sched.update(schedule, model.run(schedule))}
     assert outputs["a"].finish_reason == "error" and outputs["b"].output_token_ids == reference(b)[0]
-    assert sched.counters.load == sched.counters.tokens == sched.counters.seqs == [0]
-    assert not sched.prefix._claims[0] and not sched.prefix._computing[0]
+    counters = sched.ranks.counters
+    assert counters.load == counters.tokens == counters.seqs == [0]
+    assert sched.ranks.prefix.tracked_keys(0) == (0, 0)  # none claimed, none being computed

@@ -98,12 +98,15 @@ def check_step(schedule, sz: RuntimeSizes, async_scheduling: bool) -> None:
             assert async_scheduling and c.num_tokens == 1 and c.sample
 
 
-def serve(sched: DPScheduler, arrivals: dict[int, list[Request]], aborts=None, max_steps=2000, failures=None):
+def serve(
+    sched: DPScheduler, arrivals: dict[int, list[Request]], aborts=None, max_steps=2000, failures=None, step_costs=None
+):
     """A fake engine loop (sync, or async: schedule t+1 before update t). Returns
     {request id: Output}, the ids aborted while unfinished, and the schedules.
 
     `failures`: {step: "fail" | "lose_kv"}: that step raises before it runs (its requests
     fail), and with "lose_kv" the KV cache goes with it, as the engine handles both.
+    `step_costs`: the {bucket: ms} table each schedule() is given.
     """
     model, aborts, failures = FakeModel(sched.sizes), aborts or {}, failures or {}
     outputs, aborted, schedules, in_flight = {}, set(), [], None
@@ -116,7 +119,7 @@ def serve(sched: DPScheduler, arrivals: dict[int, list[Request]], aborts=None, m
                 aborted.add(rid)
         if step > last_arrival and not sched.has_unfinished() and in_flight is None:
             break
-        schedule = sched.schedule()
+        schedule = sched.schedule(step_costs)
         check_step(schedule, sched.sizes, sched.async_scheduling)
         schedules.append(schedule)
         failed = step in failures and len(schedule)
@@ -156,7 +159,7 @@ def check_outputs(sched, requests, outputs, aborted, eos=EOS):
     stats = sched.stats()
     assert stats["pages_used"] == [0] * sched.sizes.dp_ranks and stats["max_kv_usage"] == 0
     assert stats["running"] == stats["waiting"] == stats["load"] == [0] * sched.sizes.dp_ranks
-    for pool in sched.slots.pools:  # every page back: free, or cached and held by nobody
+    for pool in sched.ranks.slots.pools:  # every page back: free, or cached and held by nobody
         assert pool.num_free == pool.num_pages and not pool.refs(np.arange(pool.num_pages)).any()
 
 
@@ -561,9 +564,8 @@ def test_every_request_finishes_once_with_the_right_tokens_and_all_pages_return(
     sched = DPScheduler(
         sz, routing=routing, eos_token_ids=(EOS,), async_scheduling=async_scheduling, prefix_caching=prefix_caching
     )
-    if STEP_COSTS[step_costs]:
-        sched.step_costs_ms = STEP_COSTS[step_costs](sz.token_buckets)
-    outputs, aborted, _ = serve(sched, arrivals, aborts)
+    costs = STEP_COSTS[step_costs](sz.token_buckets) if STEP_COSTS[step_costs] else None
+    outputs, aborted, _ = serve(sched, arrivals, aborts, step_costs=costs)
     check_outputs(sched, requests, outputs, aborted)
 
 

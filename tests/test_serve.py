@@ -11,9 +11,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from fastapi.testclient import TestClient
 
 from shardspec import compile, load
 from shardspec.runtime.engine import Engine
+from shardspec.server.app import build_app
 from shardspec.server.chat_template import load_chat_template
 
 from conftest import ROOT
@@ -41,13 +43,17 @@ def _checkpoint(tmp: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def checkpoint(tmp_path_factory) -> Path:
+    return _checkpoint(tmp_path_factory.mktemp("checkpoint"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, checkpoint):
     tmp = tmp_path_factory.mktemp("serve")
-    ck = _checkpoint(tmp)
     (tmp / "s.yaml").write_text(json.dumps({"name": "serve-test", **STRATEGY}))
-    args = ["serve", str(tmp / "s.yaml"), "--model", str(ck), "--served-model-name", "tiny"]
+    args = ["serve", str(tmp / "s.yaml"), "--model", str(checkpoint), "--served-model-name", "tiny"]
     with serving(args, tmp / "server.log", timeout=180) as (base, proc):
-        yield {"base": base, "proc": proc, "checkpoint": ck}
+        yield {"base": base, "proc": proc, "checkpoint": checkpoint}
 
 
 @pytest.fixture(scope="module")
@@ -280,10 +286,6 @@ def test_sigterm_ends_streams_and_exits_0(server):
 
 
 def test_chat_without_a_template_is_a_400_saying_so():
-    from fastapi.testclient import TestClient
-
-    from shardspec.server.app import build_app
-
     engine = Engine(compile(load({"model": "llama3-tiny", "devices": 1})))  # a preset: no tokenizer, no template
     client = TestClient(build_app(engine, "tiny", warmup=False))  # no lifespan: nothing is served
     response = client.post(
@@ -291,3 +293,33 @@ def test_chat_without_a_template_is_a_400_saying_so():
     )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "messages" and "no chat template" in response.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def paged_engine(checkpoint):
+    """An engine whose KV pages bind before the model does: one rank's 4 pages of 16 hold
+    4 * 16 + 1 = 65 tokens (the last sampled one is never cached) of the 256 the model allows."""
+    engine = Engine(compile(load({**STRATEGY, "model": str(checkpoint), "kv_cache": {"num_pages": 4}})))
+    assert engine.sizes.max_request_len == 65 < engine.sizes.max_model_len
+    return engine
+
+
+def test_models_advertise_the_longest_request_served(paged_engine):
+    client = TestClient(build_app(paged_engine, "tiny", warmup=False))  # no lifespan: nothing is served
+    [card] = client.get("/v1/models").json()["data"]
+    assert card["max_model_len"] == paged_engine.sizes.max_request_len
+
+
+def test_chat_without_max_tokens_fills_the_room_the_pages_leave(paged_engine):
+    chat = {"model": "tiny", "temperature": 0, "ignore_eos": True}
+    with TestClient(build_app(paged_engine, "tiny", warmup=False)) as client:
+        response = client.post("/v1/chat/completions", json={**chat, "messages": [{"role": "user", "content": "hi"}]})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["choices"][0]["finish_reason"] == "length"
+        assert body["usage"]["total_tokens"] == paged_engine.sizes.max_request_len
+        too_long = [{"role": "user", "content": "a " * 100}]  # no room left: the request check's 400, not a crash
+        response = client.post("/v1/chat/completions", json={**chat, "messages": too_long})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "max_tokens" and "shorten the prompt" in error["message"]

@@ -1,42 +1,88 @@
-"""Run metrics (DESIGN §4): what a step cost and how well the DP ranks were used."""
+"""Run metrics (DESIGN §4): what the steps cost and how well the DP ranks were used.
+
+`Metrics` is a value: the step loop makes a new one after each step
+(`stepped`), and whoever reads it (`run --json`, `/metrics`, tests) holds a
+snapshot that no later step changes.
+
+Host time is split by what the device does meanwhile. `host_seconds` is the
+host's own work on steps (scheduling, packing, taking the samples), not the
+dispatch and not the time spent waiting for the device. `exposed_host_seconds`
+is the part of it the device did not overlap: all of it with synchronous
+steps; with async scheduling, the work done while the device had no step to
+run (it had finished the one in flight before the host handed it the next).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class StepRecord:
+    """What one step of the loop cost and did."""
+
+    real_tokens: int  # tokens that belonged to a request
+    computed_tokens: int  # tokens the device computed, padding included
+    rank_tokens: np.ndarray  # int [R] real tokens per rank
+    generated_tokens: int  # tokens of the requests that finished in it
+    host_seconds: float
+    exposed_host_seconds: float
+    wall_seconds: float
+    failed_steps: int  # steps that raised during it (one launched, or one collected)
+
+
+@dataclasses.dataclass(frozen=True)
 class Metrics:
     dp_ranks: int
     steps: int = 0
-    real_tokens: int = 0  # tokens that belonged to a request
-    computed_tokens: int = 0  # tokens the device computed, padding included
+    real_tokens: int = 0
+    computed_tokens: int = 0
     generated_tokens: int = 0
-    host_seconds: float = 0.0  # scheduling, packing and bookkeeping on the host
+    host_seconds: float = 0.0  # the host's work on steps (see the module doc)
+    exposed_host_seconds: float = 0.0  # ... that the device did not overlap
     wall_seconds: float = 0.0
-    compiles: int = 0
+    compiles: int = 0  # step programs compiled for this plan in this process (one per token bucket run)
     max_kv_usage: float = 0.0  # the fullest rank's page pool, at its fullest
     preemptions: int = 0
     failed_steps: int = 0  # steps that raised: their requests finished as "error"
-    rank_tokens: np.ndarray | None = None  # tokens each rank computed, summed over steps
+    rank_tokens: tuple[int, ...] = ()  # tokens each rank computed, summed over steps
     # Per rank, over admissions: prompt tokens taken from the prefix cache, and computed
     # (with what preempted sequences recompute); the scheduler counts them.
     rank_cached_prompt_tokens: tuple[int, ...] = ()
     rank_computed_prompt_tokens: tuple[int, ...] = ()
-    step_costs_ms: dict[int, float] | None = None  # the step-time model, per token bucket, where known
+    step_costs_ms: Mapping[int, float] | None = None  # the step-time model, per token bucket, where known
     step_costs_source: str | None = None  # "measured" (at warm-up) or "strategy"
 
     def __post_init__(self):
-        if self.rank_tokens is None:
-            self.rank_tokens = np.zeros(self.dp_ranks, np.int64)
+        for name in ("rank_tokens", "rank_cached_prompt_tokens", "rank_computed_prompt_tokens"):
+            if not getattr(self, name):
+                object.__setattr__(self, name, (0,) * self.dp_ranks)
 
-    def record_step(self, real: int, computed: int, per_rank: np.ndarray) -> None:
-        self.steps += 1
-        self.real_tokens += real
-        self.computed_tokens += computed
-        self.rank_tokens += per_rank
+    def stepped(self, step: StepRecord, scheduler_stats: Mapping, compiles: int) -> Metrics:
+        """These metrics after one more step (`scheduler_stats`: `DPScheduler.stats()` after it)."""
+        launched = step.computed_tokens > 0
+        return dataclasses.replace(
+            self,
+            steps=self.steps + launched,
+            real_tokens=self.real_tokens + step.real_tokens,
+            computed_tokens=self.computed_tokens + step.computed_tokens,
+            generated_tokens=self.generated_tokens + step.generated_tokens,
+            host_seconds=self.host_seconds + step.host_seconds,
+            exposed_host_seconds=self.exposed_host_seconds + step.exposed_host_seconds,
+            wall_seconds=self.wall_seconds + step.wall_seconds,
+            compiles=compiles,
+            max_kv_usage=max(self.max_kv_usage, scheduler_stats["max_kv_usage"]),
+            preemptions=scheduler_stats["preemptions"],
+            failed_steps=self.failed_steps + step.failed_steps,
+            rank_tokens=tuple((np.asarray(self.rank_tokens) + step.rank_tokens).tolist())
+            if launched
+            else self.rank_tokens,
+            rank_cached_prompt_tokens=tuple(scheduler_stats["cached_tokens"]),
+            rank_computed_prompt_tokens=tuple(scheduler_stats["prefill_tokens"]),
+        )
 
     @property
     def padding_efficiency(self) -> float:
@@ -61,13 +107,14 @@ class Metrics:
         return self.generated_tokens / self.wall_seconds if self.wall_seconds else 0.0
 
     def to_json(self) -> dict:
+        """`run --json`'s object."""
         return {
             "tokens_per_s": round(self.tokens_per_second, 2),
             "generated_tokens": self.generated_tokens,
             "padding_efficiency": round(self.padding_efficiency, 4),
             "real_tokens": self.real_tokens,
             "computed_tokens": self.computed_tokens,
-            "per_rank_tokens": self.rank_tokens.tolist(),
+            "per_rank_tokens": list(self.rank_tokens),
             "max_kv_usage": round(self.max_kv_usage, 4),
             "preemptions": self.preemptions,
             "cached_prompt_tokens": self.cached_prompt_tokens,
@@ -82,7 +129,8 @@ class Metrics:
             "failed_steps": self.failed_steps,
             "compiles": self.compiles,
             "steps": self.steps,
-            "host_overhead_fraction": round(self.host_seconds / self.wall_seconds, 4) if self.wall_seconds else 0.0,
+            "host_overhead_fraction": _fraction(self.exposed_host_seconds, self.wall_seconds),
+            "host_work_fraction": _fraction(self.host_seconds, self.wall_seconds),
             "wall_s": round(self.wall_seconds, 3),
             **(
                 {
@@ -93,6 +141,10 @@ class Metrics:
                 else {}
             ),
         }
+
+
+def _fraction(part: float, whole: float) -> float:
+    return round(part / whole, 4) if whole else 0.0
 
 
 def _hit_rate(cached: int, computed: int) -> float:

@@ -49,6 +49,7 @@ class PackedStep:
     top_p: np.ndarray  # float32 [R*Q]; padding 1 (off)
     seeds: np.ndarray  # uint32 [R*Q]; padding 0
     output_index: np.ndarray  # int32 [R*Q]; padding 0
+    logprobs: np.ndarray  # int32 [R*Q]; top logprobs wanted, padding -1 (none)
     selector: np.ndarray  # int32 [n_sampled]; global row of each sampled chunk, in schedule order
     sampled_seq_ids: np.ndarray  # int64 [n_sampled]; the seq_id of each, same order
     real_tokens: int
@@ -113,6 +114,7 @@ def pack(
     prev_rows: Mapping[int, int] | tuple[np.ndarray, np.ndarray] | None = None,
     *,
     min_stride: int = 0,
+    check: bool = True,
 ) -> PackedStep:
     """Lay out one step's chunks rank by rank, padded to one per-rank stride.
 
@@ -123,14 +125,15 @@ def pack(
     step of nothing but padding: the warm-up and the HLO report use one).
 
     Raises ValueError, naming the rank or sequence, when a rank has more
-    tokens than the largest bucket or more chunks than the request stride, or
-    a chunk of a hand-built step is malformed (bad rank, no tokens, block table
-    too short or too long, page ids outside the rank, FROM_PREVIOUS_STEP with
-    no prev row); the scheduler's own steps are well formed by construction.
+    tokens than the largest bucket or more chunks than the request stride, or,
+    with `check`, a chunk is malformed (bad rank, no tokens, block table too
+    short or too long, page ids outside the rank, FROM_PREVIOUS_STEP with no
+    prev row). The engine passes `check=False`: the scheduler's steps are well
+    formed by construction (tests/test_scheduler.py holds them to it).
     """
     c = schedule
     prev_row = _prev_row_of(c, prev_rows)
-    if not c.from_scheduler:
+    if check:
         _check_chunks(c, prev_row, sizes)
     R, page_size = sizes.dp_ranks, sizes.page_size
     tokens_per_rank = c.tokens_per_rank(R)
@@ -174,6 +177,7 @@ def pack(
             top_p=(c.top_p, 1.0),
             seeds=(c.seed, 0),
             output_index=(c.output_index, 0),
+            logprobs=(c.logprobs, -1),
         ),
         selector=_i32(layout.request_rows[sampled]),
         sampled_seq_ids=c.seq_ids[sampled],

@@ -1,4 +1,5 @@
-"""One step's plan, phase by phase; each phase takes what the one before returned.
+"""One step's plan, phase by phase; each phase takes the ranks' state (`ranks.py`) and what
+the phase before returned, and returns its own result.
 
     plan_running  running sequences: decodes first (1 token each), then prefill chunks
                   (chunked prefill: with a budget of 8, a 20-token prompt runs as 8 + 8 + 4),
@@ -13,22 +14,22 @@
 
 The running sequences are handled with array operations over every rank's
 slots at once (`slots.py`); only admissions, preemptions and spills, which
-happen to few sequences a step, loop in Python.
+happen to few sequences a step, loop in Python. The phases change the ranks'
+state in place (slots, pools, queues: copying them each step would cost more
+than the step plans) through its events, and never see the scheduler.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from ..sizes import pages_for
+from .ranks import Ranks
 from .schedule import FROM_PREVIOUS_STEP, StepSchedule
-from .sequence import Seq, Status
+from .sequence import Seq
 from .slots import _offsets
-
-if TYPE_CHECKING:
-    from .scheduler import DPScheduler
 
 
 class RunningPlan(NamedTuple):
@@ -43,13 +44,13 @@ class Admission(NamedTuple):
     held: list[list[Seq]]  # per rank: sequences off the queue this step, waiting for a prefix
 
 
-def plan_running(s: DPScheduler, step: int, budget: int) -> RunningPlan:
+def plan_running(s: Ranks, step: int, budget: int, async_scheduling: bool) -> RunningPlan:
     """Tokens for every running sequence this step, and pages for them."""
     sl, R = s.slots, s.sizes.dp_ranks
     active = sl.seq_id >= 0
     remaining = sl.total - sl.computed
     ready = sl.pending == 0
-    if s.async_scheduling:
+    if async_scheduling:
         # A decode whose input is a sample not yet received runs only if that sample
         # comes from the previous step (the device fills it in from there) and one
         # more token is allowed after it.
@@ -86,7 +87,7 @@ def plan_running(s: DPScheduler, step: int, budget: int) -> RunningPlan:
     return RunningPlan(tokens, left.tolist(), pressed)
 
 
-def _make_room(s: DPScheduler, rank: int, need: int, tokens: np.ndarray) -> None:
+def _make_room(s: Ranks, rank: int, need: int, tokens: np.ndarray) -> None:
     """Preempt the newest sequences with no work in flight until `need` pages fit (a page
     another sequence shares stays held, so the pool is asked what is free each time)."""
     sl, pool = s.slots, s.slots.pools[rank]
@@ -108,7 +109,7 @@ def _make_room(s: DPScheduler, rank: int, need: int, tokens: np.ndarray) -> None
             tokens[g], need = 0, need - k
 
 
-def admit(s: DPScheduler, plan: RunningPlan) -> Admission:
+def admit(s: Ranks, plan: RunningPlan) -> Admission:
     """Start waiting sequences, oldest first, with their first chunk."""
     R = s.sizes.dp_ranks
     left, blocked, held = list(plan.budget_left), [False] * R, [[] for _ in range(R)]
@@ -132,7 +133,7 @@ def admit(s: DPScheduler, plan: RunningPlan) -> Admission:
     return Admission(left, blocked, held)
 
 
-def spill(s: DPScheduler, plan: RunningPlan, admission: Admission) -> None:
+def spill(s: Ranks, plan: RunningPlan, admission: Admission) -> None:
     """Move waiting sequences of blocked ranks to ranks that can start them now.
 
     A target needs a free seat, budget left and pages for the first chunk; a
@@ -150,17 +151,14 @@ def spill(s: DPScheduler, plan: RunningPlan, admission: Admission) -> None:
             if not targets:
                 break
             dst = s.route(seq, targets)
-            s.waiting.pop_front(src)
-            s.leave_rank(seq)
-            s.join_rank(dst, seq)
+            s.move(seq, src, dst)
             left[dst] -= _start(s, dst, seq, left[dst], plan.tokens, hits[dst])  # moving changed no pool
-            s.spills += 1
     for rank, seqs in enumerate(admission.held):
         for seq in seqs:
             s.waiting.push(rank, seq)
 
 
-def _fits(s: DPScheduler, rank: int, seq: Seq, budget: int, hit: list[int]) -> bool:
+def _fits(s: Ranks, rank: int, seq: Seq, budget: int, hit: list[int]) -> bool:
     """Whether `rank` has the pages for `seq`'s first chunk under `budget`, starting from
     the cached pages `hit` (an idle one taken is a free one fewer)."""
     pool, cached = s.slots.pools[rank], len(hit) * s.sizes.page_size
@@ -168,23 +166,15 @@ def _fits(s: DPScheduler, rank: int, seq: Seq, budget: int, hit: list[int]) -> b
     return new + pool.idle_count(hit) <= pool.num_free
 
 
-def _start(s: DPScheduler, rank: int, seq: Seq, budget: int, tokens: np.ndarray, hit: list[int]) -> int:
-    """Admit a waiting sequence (already off its queue) from its cached pages `hit`, with
-    its first chunk; that chunk's size."""
-    cached = len(hit) * s.sizes.page_size
-    n = min(seq.total - cached, budget)
-    s.slots.pools[rank].acquire(hit)
-    g = s.slots.start(seq, rank, n, hit)
-    s.counters.started(rank, cached - seq.credit)
-    s.prefix.started(rank, seq, len(hit))
-    s.cached_tokens[rank] += cached
-    s.prefill_tokens[rank] += seq.total - cached
-    seq.rank, seq.status, seq.credit, seq.prefix_waits = rank, Status.RUNNING, 0, 0
+def _start(s: Ranks, rank: int, seq: Seq, budget: int, tokens: np.ndarray, hit: list[int]) -> int:
+    """Admit a waiting sequence (already off its queue) with its first chunk, planned in
+    `tokens`; that chunk's size."""
+    g, n = s.start(rank, seq, budget, hit)
     tokens[g] = n
     return n
 
 
-def emit(s: DPScheduler, step: int, tokens: np.ndarray) -> StepSchedule:
+def emit(s: Ranks, step: int, tokens: np.ndarray) -> StepSchedule:
     """The plan as chunks grouped by rank, in admission order; advance every planned sequence."""
     sl = s.slots
     order = sl.in_order()
@@ -218,8 +208,8 @@ def emit(s: DPScheduler, step: int, tokens: np.ndarray) -> StepSchedule:
         top_p=sl.top_p[g],
         seed=sl.seed[g],
         output_index=(sl.total[g] - sl.prompt_len[g]).astype(np.int32),  # tokens generated, received or not
+        logprobs=np.where(sample, sl.logprobs[g], -1).astype(np.int32),
         slots=g,
-        from_scheduler=True,
     )
     sl.computed[g] = end
     sl.in_flight[g] += 1

@@ -34,6 +34,7 @@ import numpy as np
 
 from .kv_pages import PagePool
 from .sequence import Seq
+from .slots import Slots
 
 PREFIX_WAIT_STEPS = 16  # longest a waiting sequence waits for another's prefix pages
 
@@ -61,8 +62,8 @@ def shareable_pages(known_tokens: int, page_size: int) -> int:
 class PrefixCache:
     """The keys of every rank: what its pool caches, what its sequences claim and compute."""
 
-    def __init__(self, pools: list[PagePool], page_size: int, enabled: bool = True):
-        self.pools, self.page_size, self.enabled = pools, page_size, enabled
+    def __init__(self, pools: list[PagePool], page_size: int):
+        self.pools, self.page_size = pools, page_size
         ranks = range(len(pools))
         self._claims: list[collections.Counter[bytes]] = [collections.Counter() for _ in ranks]
         self._computing: list[dict[bytes, int]] = [{} for _ in ranks]  # key -> the seq id computing it
@@ -76,8 +77,6 @@ class PrefixCache:
 
     def expected_hit(self, rank: int, seq: Seq) -> int:
         """Tokens of waiting `seq` that `rank` holds or will hold (cached, or claimed there)."""
-        if not self.enabled:
-            return 0
         pool, claims, n = self.pools[rank], self._claims[rank], 0
         for key in self.keys(seq):
             if not (pool.holds(key) or key in claims):
@@ -87,50 +86,72 @@ class PrefixCache:
 
     def claim(self, rank: int, seq: Seq) -> None:
         """`seq` joins `rank` (arrives, or moves there)."""
-        if self.enabled:
-            seq.claimed = list(self.keys(seq))
-            self._claims[rank].update(seq.claimed)
+        seq.claimed = list(self.keys(seq))
+        self._claims[rank].update(seq.claimed)
 
     def unclaim(self, rank: int, seq: Seq) -> None:
         """`seq` leaves `rank` (finishes, or moves away)."""
-        if self.enabled:
-            claims = self._claims[rank]
-            claims.subtract(seq.claimed)
-            for key in seq.claimed:
-                if claims.get(key, 0) <= 0:
-                    claims.pop(key, None)
-            seq.claimed = []
+        claims = self._claims[rank]
+        claims.subtract(seq.claimed)
+        for key in seq.claimed:
+            if claims.get(key, 0) <= 0:
+                claims.pop(key, None)
+        seq.claimed = []
+
+    def tracked_keys(self, rank: int) -> tuple[int, int]:
+        """(keys claimed, keys being computed) on `rank`: both 0 once its sequences are done."""
+        return len(self._claims[rank]), len(self._computing[rank])
 
     # -- admission -------------------------------------------------------------------------------
 
     def hit(self, rank: int, seq: Seq) -> list[int]:
         """The cached pages waiting `seq` can start from on `rank`."""
-        return self.pools[rank].lookup(self.keys(seq)) if self.enabled else []
+        return self.pools[rank].lookup(self.keys(seq))
 
     def should_wait(self, rank: int, seq: Seq, hit_pages: int) -> bool:
         """Whether `seq` waits: the page after its hit is being computed on `rank` by
         another sequence, and it has not waited `PREFIX_WAIT_STEPS` steps for it yet."""
-        if not self.enabled or seq.prefix_waits >= PREFIX_WAIT_STEPS:
+        if seq.prefix_waits >= PREFIX_WAIT_STEPS:
             return False
         keys = self.keys(seq)
         return hit_pages < len(keys) and keys[hit_pages] in self._computing[rank]
 
     def started(self, rank: int, seq: Seq, hit_pages: int) -> None:
         """`seq` was admitted on `rank` with `hit_pages` cached pages: it computes the rest."""
-        if self.enabled:
-            computing = self._computing[rank]
-            for key in self.keys(seq)[hit_pages:]:
-                computing.setdefault(key, seq.id)
+        computing = self._computing[rank]
+        for key in self.keys(seq)[hit_pages:]:
+            computing.setdefault(key, seq.id)
 
     def stopped(self, rank: int, seq: Seq) -> None:
         """`seq` left its slot: what it was computing is nobody's now."""
-        if self.enabled:
-            computing = self._computing[rank]
-            for key in seq.keys:
-                if computing.get(key) == seq.id:
-                    del computing[key]
+        computing = self._computing[rank]
+        for key in seq.keys:
+            if computing.get(key) == seq.id:
+                del computing[key]
 
     # -- registration ----------------------------------------------------------------------------
+
+    def cache_prompt_pages(self, slots: Slots, g: np.ndarray, ends: np.ndarray) -> None:
+        """Slots `g` have `ends` tokens in the KV cache from steps that came back: register
+        the prompt pages they filled (their contents exist now), so that requests arriving
+        meanwhile share them. Pages of outputs are registered when their sequence leaves
+        its slot (`cache_written`): one call a sequence, not one a decode step."""
+        full = np.minimum(ends, slots.prompt_len[g]) // self.page_size
+        new = full > slots.shared[g]
+        if new.any():
+            self._register_slots(slots, g[new], full[new])
+
+    def cache_written(self, slots: Slots, g: int) -> None:
+        """Slot g's sequence leaves it: register every full page it has written."""
+        if (full := int(slots.written[g]) // self.page_size) > slots.shared[g]:
+            self._register_slots(slots, np.array([g]), np.array([full]))
+
+    def _register_slots(self, slots: Slots, g: np.ndarray, full: np.ndarray) -> None:
+        """Cache the pages of slots `g` from their last cached one up to page `full` (excluded)."""
+        for slot, first, end in zip(g.tolist(), slots.shared[g].tolist(), full.tolist()):
+            rank = int(slots.rank_of(slot))
+            self.register(rank, slots.seq[slot], slots.tokens[slot], slots.table[slot], first, end)
+        slots.shared[g] = np.maximum(slots.shared[g], full)
 
     def register(self, rank: int, seq: Seq, tokens: np.ndarray, table: np.ndarray, first: int, end: int) -> None:
         """Pages first … end-1 of running `seq` (its row `table`, its known `tokens`) are
@@ -148,3 +169,37 @@ class PrefixCache:
         for pool, computing in zip(self.pools, self._computing):
             pool.forget_cache()
             computing.clear()
+
+
+class NoPrefixCache:
+    """`kv_cache.prefix_caching: false`: a prefix cache that caches nothing and finds nothing."""
+
+    def expected_hit(self, rank: int, seq: Seq) -> int:
+        return 0
+
+    def claim(self, rank: int, seq: Seq) -> None:
+        pass
+
+    def unclaim(self, rank: int, seq: Seq) -> None:
+        pass
+
+    def hit(self, rank: int, seq: Seq) -> list[int]:
+        return []
+
+    def should_wait(self, rank: int, seq: Seq, hit_pages: int) -> bool:
+        return False
+
+    def started(self, rank: int, seq: Seq, hit_pages: int) -> None:
+        pass
+
+    def stopped(self, rank: int, seq: Seq) -> None:
+        pass
+
+    def cache_prompt_pages(self, slots: Slots, g: np.ndarray, ends: np.ndarray) -> None:
+        pass
+
+    def cache_written(self, slots: Slots, g: int) -> None:
+        pass
+
+    def lost(self) -> None:
+        pass

@@ -27,6 +27,38 @@ class Request:
     stop: tuple[str, ...] = ()  # stop strings: the output text ends before the first one found
     logprobs: int | None = None  # each output token's log-probability and the top N; None: none
 
+    def to_json(self) -> dict:
+        """The request as request-file fields (the form `requests_io.make_request` checks)."""
+        fields = {
+            "id": self.id,
+            "prompt_token_ids": list(self.prompt_token_ids),
+            "max_tokens": self.max_tokens,
+            "ignore_eos": self.ignore_eos,
+            "stop_token_ids": list(self.stop_token_ids),
+            **dataclasses.asdict(self.sampling),
+        }
+        if self.stop:
+            fields["stop"] = list(self.stop)
+        if self.logprobs is not None:
+            fields["logprobs"] = self.logprobs
+        return fields
+
+    @classmethod
+    def from_json(cls, fields: dict) -> Request:
+        """The Request `to_json()` gave, unchecked: for one that was checked already (another
+        process's, sent across the cluster)."""
+        sampling = SamplingParams(**{f.name: fields[f.name] for f in dataclasses.fields(SamplingParams)})
+        return cls(
+            fields["id"],
+            tuple(fields["prompt_token_ids"]),
+            fields["max_tokens"],
+            sampling,
+            fields["ignore_eos"],
+            tuple(fields["stop_token_ids"]),
+            tuple(fields.get("stop", ())),
+            fields.get("logprobs"),
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class TokenLogprob:

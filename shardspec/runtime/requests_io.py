@@ -1,15 +1,29 @@
-"""Requests in (JSONL or keyword arguments, validated) and outputs out (JSONL)."""
+"""Requests in (JSONL or keyword arguments, validated) and outputs out (JSONL).
+
+`request.schema.json` is the one source of a request's fields and bounds. It is
+checked in time that does not grow with what a hostile line holds: C loops over
+a token-id list say whether an id is bad, numpy which ones, and jsonschema words
+only those; jsonschema checks every other rule (msgspec, its type built from
+the same schema, lets a good request skip that walk), each list cut to one item
+past its maxItems, at most MAX_PROBLEMS unknown keys; a prompt longer than the
+plan serves is refused before any of its ids is read.
+"""
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
+import operator
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from .._schema import schema_problems
-from ..errors import Problem, ShardspecError, Source, clip, raise_all
+import numpy as np
+from jsonschema import ValidationError
+
+from .._schema import error_problems, fast_check, validator
+from ..errors import Problem, ShardspecError, Source, clip, one_of, raise_all
 from ..files import MAX_REQUESTS_BYTES, parse_json, read_text, write_text
 from ..sizes import RuntimeSizes
 from .request import Output, Request, SamplingParams
@@ -17,6 +31,31 @@ from .request import Output, Request, SamplingParams
 _REQUEST_FIELDS = ("max_tokens", "ignore_eos", "stop_token_ids", "logprobs")  # as Request takes them
 _SAMPLING_FIELDS = {"temperature": float, "top_k": int, "top_p": float, "seed": int}  # SamplingParams'
 _SCHEMA = json.loads(Path(__file__).with_name("request.schema.json").read_text(encoding="utf-8"))
+_FIELDS = _SCHEMA["properties"]
+MAX_PROBLEMS = 20  # bad lines from one file, unknown keys or bad ids from one line: junk stops here, not at a million
+
+# Token-id lists: `_bad_ids` finds the bad items, their schema words each; jsonschema checks all else.
+_ID_LISTS = ("prompt_token_ids", "stop_token_ids")
+_ID_BOUNDS = {name: (_FIELDS[name]["items"]["minimum"], _FIELDS[name]["items"]["maximum"]) for name in _ID_LISTS}
+_ID_CHECKS = {name: validator(_FIELDS[name]["items"]) for name in _ID_LISTS}
+# The schema less the id lists' items: what jsonschema walks, in time that does not grow with a prompt.
+_OTHER_RULES = {
+    **_SCHEMA,
+    "properties": {
+        name: {key: rule for key, rule in field.items() if key != "items" or name not in _ID_LISTS}
+        for name, field in _FIELDS.items()
+    },
+}
+_CHECK = validator(_OTHER_RULES)
+_FAST_CHECK = fast_check(_OTHER_RULES)  # msgspec: True for a good request, so _CHECK need not walk it
+# The most items each list field takes (`stop`'s in its list alternative).
+_MOST_ITEMS = {
+    name: rule["maxItems"]
+    for name, field in _FIELDS.items()
+    for rule in (field, *field.get("anyOf", ()))
+    if "maxItems" in rule
+}
+_FEWEST_NEW_TOKENS = _FIELDS["max_tokens"]["minimum"]
 
 
 def make_request(
@@ -35,27 +74,14 @@ def make_request(
     left out takes `Request`'s (and `SamplingParams`') default, their one owner.
     """
     where = where or Source("<request>", {})
-    raise_all(_non_finite(fields, where))  # JSON Schema's bounds let NaN through
-    raise_all(schema_problems(dict(fields), where, _SCHEMA))
+    raise_all(_field_problems(fields, where, limits))
+    prompt = _prompt(fields, where, tokenizer)
     problems: list[Problem] = []
-    if "prompt" in fields and "prompt_token_ids" in fields:
-        raise_all([where.problem("prompt", "both prompt and prompt_token_ids given", "give one of them")])
-    if "prompt" in fields and tokenizer is not None:
-        prompt = tuple(tokenizer.encode(fields["prompt"]).ids)
-    elif "prompt_token_ids" not in fields:
-        hint = "give prompt_token_ids" if "prompt" in fields else "add prompt_token_ids: [1, 2, 3]"
-        what = "prompt text needs a model with a tokenizer" if "prompt" in fields else "no prompt"
-        raise_all([where.problem("prompt_token_ids", what, hint)])
-    else:
-        prompt = tuple(fields["prompt_token_ids"])
-    if not prompt:
-        raise_all([where.problem("prompt", "the prompt text encodes to no tokens", "give more text")])
-    bad = [t for t in prompt if t >= vocab_size]
-    if bad:
+    if (bad := _outside_vocabulary(prompt, vocab_size)) is not None:
         problems.append(
             where.problem(
                 "prompt_token_ids",
-                f"token id {bad[0]} is outside the vocabulary",
+                f"token id {bad} is outside the vocabulary",
                 f"ids must be below vocab_size {vocab_size}",
             )
         )
@@ -75,6 +101,103 @@ def make_request(
         problems.append(where.problem("max_tokens", *too_long))
     raise_all(problems)
     return request
+
+
+def _field_problems(fields: Mapping, where: Source, limits: RuntimeSizes) -> list[Problem]:
+    """The schema's problems with `fields`, found in time that does not grow with what they hold."""
+    shown, left_out = _bounded(fields)
+    if problems := _non_finite(shown, where):  # JSON Schema's bounds let NaN through
+        return problems
+    errors = [] if _FAST_CHECK(shown) else list(_CHECK.iter_errors(shown))
+    too_long = _too_long(fields, limits)
+    if too_long and not errors:  # refused before any id is read
+        max_tokens = fields.get("max_tokens", Request.max_tokens)  # valid (no errors), or Request's default
+        return [where.problem("max_tokens", *limits.request_len_problem(len(fields["prompt_token_ids"]), max_tokens))]
+    more = []
+    if left_out:
+        unknown = f"{left_out + MAX_PROBLEMS:,} unknown keys, the first {MAX_PROBLEMS} shown"
+        more.append(where.problem("", unknown, f"allowed: {one_of(_FIELDS)}"))
+    if not too_long:  # per-id work only for a prompt the plan could serve
+        for name in _ID_LISTS:
+            found, bad = _id_errors(name, shown.get(name))
+            errors += found
+            if bad > MAX_PROBLEMS:
+                more.append(where.problem(name, f"{bad:,} bad ids, the first {MAX_PROBLEMS} shown"))
+    return error_problems(errors, where) + more
+
+
+def _bounded(fields: Mapping) -> tuple[dict, int]:
+    """`fields` as jsonschema sees them, and how many unknown keys it does not: the known ones and the first
+    MAX_PROBLEMS unknown ones, each list cut to one item past its maxItems (still too long, with the same
+    problem, but not a million items to walk)."""
+    names = [name for name in _FIELDS if name in fields]
+    if len(names) < len(fields):
+        names += itertools.islice((name for name in fields if name not in _FIELDS), MAX_PROBLEMS)
+    shown = {name: fields[name] for name in names}
+    for name, most in _MOST_ITEMS.items():
+        if isinstance(value := shown.get(name), list) and len(value) > most:
+            shown[name] = value[: most + 1]
+    return shown, len(fields) - len(shown)
+
+
+def _too_long(fields: Mapping, limits: RuntimeSizes) -> bool:
+    """Whether the prompt's ids alone (max_tokens at the schema's fewest) are more than the plan serves."""
+    ids = fields.get("prompt_token_ids")
+    return isinstance(ids, list) and limits.request_len_problem(len(ids), _FEWEST_NEW_TOKENS) is not None
+
+
+def _bad_ids(name: str, ids: list) -> list[int]:
+    """Where token-id list `name` has an id its schema refuses: not an integer (a bool, a float, a string, a list)
+    or out of its bounds (-1, 2**31)."""
+    low, high = _ID_BOUNDS[name]
+    # Nearly always every id is an int in bounds: C loops over the list say so sooner than building an array.
+    if operator.countOf(map(type, ids), int) == len(ids) and (not ids or low <= min(ids) and max(ids) <= high):
+        return []
+    # The schema's integers: int and its subclasses, bool aside (True is an int to Python, and to numpy).
+    integers = {kind for kind in set(map(type, ids)) if issubclass(kind, int) and not issubclass(kind, bool)}
+    ints = np.fromiter(map(integers.__contains__, map(type, ids)), dtype=bool, count=len(ids))
+    objects = np.fromiter(ids, dtype=object, count=len(ids))  # compared as Python compares: any int, no overflow
+    bad = ~ints
+    bad[ints] = (objects[ints] < low) | (objects[ints] > high)
+    return np.flatnonzero(bad).tolist()
+
+
+def _id_errors(name: str, ids: object) -> tuple[list[ValidationError], int]:
+    """The schema's errors of the first MAX_PROBLEMS bad ids of token-id list `name` (at the paths jsonschema's
+    own walk into the list gives them), and how many ids are bad."""
+    if not isinstance(ids, list) or len(ids) > _MOST_ITEMS[name]:
+        return [], 0  # not a list, or too long: the schema's one problem says so
+    bad = _bad_ids(name, ids)
+    errors = []
+    for i in bad[:MAX_PROBLEMS]:
+        for e in _ID_CHECKS[name].iter_errors(ids[i]):
+            e.path.extendleft((i, name))  # (name, i, ...): as jsonschema's descent into a list prepends them
+            errors.append(e)
+    return errors, len(bad)
+
+
+def _prompt(fields: Mapping, where: Source, tokenizer) -> tuple[int, ...]:
+    """The prompt's ids: `prompt_token_ids`, or `prompt` text through the tokenizer; ShardspecError if neither."""
+    if "prompt" in fields and "prompt_token_ids" in fields:
+        raise_all([where.problem("prompt", "both prompt and prompt_token_ids given", "give one of them")])
+    if "prompt" in fields and tokenizer is not None:
+        prompt = tuple(tokenizer.encode(fields["prompt"]).ids)
+    elif "prompt_token_ids" not in fields:
+        hint = "give prompt_token_ids" if "prompt" in fields else "add prompt_token_ids: [1, 2, 3]"
+        what = "prompt text needs a model with a tokenizer" if "prompt" in fields else "no prompt"
+        raise_all([where.problem("prompt_token_ids", what, hint)])
+    else:
+        prompt = tuple(fields["prompt_token_ids"])
+    if not prompt:
+        raise_all([where.problem("prompt", "the prompt text encodes to no tokens", "give more text")])
+    return prompt
+
+
+def _outside_vocabulary(prompt: tuple[int, ...], vocab_size: int) -> int | None:
+    """The first id at or past `vocab_size`, or None. max() over the ids: a C loop, and no array to build."""
+    if max(prompt) < vocab_size:
+        return None
+    return next(t for t in prompt if t >= vocab_size)
 
 
 def request_fields(request: Request) -> dict:
@@ -101,9 +224,6 @@ def _non_finite(fields: Mapping, where: Source) -> list[Problem]:
         for key, value in fields.items()
         if isinstance(value, float) and not math.isfinite(value)
     ]
-
-
-MAX_PROBLEMS = 20  # bad lines reported from one file: a file of junk stops here, not after a million
 
 
 def read_requests(path: str | Path, *, vocab_size: int, limits: RuntimeSizes, tokenizer=None) -> list[Request]:

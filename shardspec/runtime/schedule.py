@@ -35,6 +35,7 @@ class ScheduledChunk(NamedTuple):
     sample: bool  # True: sample one token after the chunk's last token
     sampling: SamplingParams
     output_index: int  # tokens the sequence generated before this sample (RNG fold-in)
+    logprobs: int = -1  # top logprobs its sample returns (-1: none, the sampled one's skipped too)
 
     @property
     def num_tokens(self) -> int:
@@ -59,10 +60,8 @@ class StepSchedule:
     top_p: np.ndarray  # float32 [C]
     seed: np.ndarray  # uint32 [C]
     output_index: np.ndarray  # int32 [C]
+    logprobs: np.ndarray  # int32 [C] top logprobs each chunk's sample returns; -1: none (or no sample)
     slots: np.ndarray | None = None  # int64 [C] the scheduler's slot of each chunk (for update)
-    # Made by the DPScheduler, whose invariants (pages, ranks, tokens; tests/test_scheduler.py)
-    # hold by construction: the packer then skips its per-chunk checks of hand-built steps.
-    from_scheduler: bool = False
 
     def __post_init__(self):
         for name in _COLUMNS:  # a step is a value: nobody writes into it afterwards
@@ -90,6 +89,7 @@ class StepSchedule:
                 bool(self.sample[i]),
                 SamplingParams(float(self.temperature[i]), int(self.top_k[i]), float(self.top_p[i]), int(self.seed[i])),
                 int(self.output_index[i]),
+                int(self.logprobs[i]),
             )
             for i in range(len(self))
         )
@@ -126,7 +126,8 @@ class StepSchedule:
             top_p=column(lambda c: c.sampling.top_p, np.float32),
             seed=column(lambda c: c.sampling.seed & 0xFFFFFFFF, np.uint32),
             output_index=column(lambda c: c.output_index, np.int32),
+            logprobs=column(lambda c: c.logprobs if c.sample else -1, np.int32),
         )
 
 
-_COLUMNS = tuple(f.name for f in dataclasses.fields(StepSchedule) if f.name not in ("step", "from_scheduler"))
+_COLUMNS = tuple(f.name for f in dataclasses.fields(StepSchedule) if f.name != "step")

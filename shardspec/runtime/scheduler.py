@@ -25,6 +25,9 @@ Host cost: the running sequences are arrays (`slots.py`), so a step costs a few
 numpy operations over all of them plus Python work only for what changes
 (arrivals, admissions, preemptions, finishes); routing reads per-rank counters
 kept up to date by events, never a walk over the requests.
+
+The ranks' state and its events are `ranks.py`; the phases of a step are
+`planning.py`, which work on that state and never see this class.
 """
 
 from __future__ import annotations
@@ -36,15 +39,12 @@ import numpy as np
 
 from ..sizes import RuntimeSizes
 from . import planning
-from .prefix_cache import PrefixCache
+from .ranks import Ranks
 from .request import FinishReason, Output, Request
-from .routing import RankCounters, Router
 from .schedule import StepSchedule
 from .sequence import Seq, Status
-from .slots import Slots
 from .step_budget import balanced_budget
 from .step_time import timed_budget, work_in_hand
-from .waiting import WaitingQueues
 
 
 class DPScheduler:
@@ -73,59 +73,31 @@ class DPScheduler:
         # the reference system's full-budget lockstep steps unless asked otherwise.
         self.balance_steps = routing == "balanced" if balance_steps is None else balance_steps
         self._eos = frozenset(eos_token_ids)
-        self.router = Router(routing, sizes.dp_ranks, sizes.max_num_batched_tokens)
-        # {bucket: ms} a step costs (step_costs.py), set by the engine once known: `balanced`
-        # steps then minimise modelled time per real token instead of padding.
-        self.step_costs_ms: Mapping[int, float] | None = None
-        self.counters = RankCounters(sizes.dp_ranks)
-        self.slots = Slots(sizes)
-        self.prefix = PrefixCache(self.slots.pools, sizes.page_size, enabled=prefix_caching)
         self._seqs: dict[int, Seq] = {}  # unfinished
         self._by_request: dict[str, Seq] = {}  # unfinished, by request id
-        self.waiting = WaitingQueues(sizes.dp_ranks, self._seqs)
+        self.ranks = Ranks(sizes, routing, prefix_caching, self._seqs)
         self._finished: list[Output] = []
         self._next_seq_id = 0
         self._step = 0  # the next schedule()'s step
         self._outstanding: collections.deque[int] = collections.deque()  # non-empty steps not yet updated
-        self.preemptions = 0
-        self.spills = 0
-        # Per rank, over admissions: tokens taken from the prefix cache, and tokens left to
-        # compute (prompt, and what a preempted sequence recomputes).
-        self.cached_tokens = [0] * sizes.dp_ranks
-        self.prefill_tokens = [0] * sizes.dp_ranks
-        self.record_tokens = False  # keep each update()'s (request id, token) pairs for streaming
-        self._new_tokens: list[tuple[str, int, int]] = []
 
     # -- requests ------------------------------------------------------------------------------
 
     def add_request(self, request: Request) -> int:
-        """Route `request` to a rank, where it waits; return its seq_id (0, 1, 2, ...)."""
+        """Route `request` to a rank, where it waits; return its seq_id (0, 1, 2, ...).
+
+        ValueError for a request no rank can ever run or a duplicate id: O(1) checks of
+        this scheduler's contract; a request's fields are validated before it gets here
+        (`requests_io.make_request`)."""
         self._check(request)
         # The one stop set: the request's own stop ids, and EOS unless it is ignored.
         stop = frozenset(request.stop_token_ids) | (frozenset() if request.ignore_eos else self._eos)
         seq_id, self._next_seq_id = self._next_seq_id, self._next_seq_id + 1
         seq = self._seqs[seq_id] = self._by_request[request.id] = Seq(seq_id, request, -1, stop)
-        self.join_rank(self.route(seq), seq)
-        self.waiting.push(seq.rank, seq)
+        ranks = self.ranks
+        ranks.join(ranks.route(seq), seq)
+        ranks.waiting.push(seq.rank, seq)
         return seq_id
-
-    def route(self, seq: Seq, candidates: list[int] | None = None) -> int:
-        """The rank waiting `seq` should go to (see routing.py), among `candidates` (default: all)."""
-        cached = None
-        if self.router.uses_cache and self.prefix.enabled:
-            cached = [self.prefix.expected_hit(r, seq) for r in range(self.sizes.dp_ranks)]
-        return self.router.pick(self.counters, seq.total, cached, candidates)
-
-    def join_rank(self, rank: int, seq: Seq) -> None:
-        """Waiting `seq` belongs to `rank` now: its load there is what it will still compute."""
-        seq.rank, seq.credit = rank, self.prefix.expected_hit(rank, seq)
-        self.counters.arrived(rank, seq.total, seq.total - seq.credit)
-        self.prefix.claim(rank, seq)
-
-    def leave_rank(self, seq: Seq) -> None:
-        """Waiting `seq` leaves its rank (finished, or moving)."""
-        self.counters.left(seq.rank, seq.total - seq.credit, seq.total)
-        self.prefix.unclaim(seq.rank, seq)
 
     def abort(self, request_id: str, reason: FinishReason = "abort") -> bool:
         """Finish an unfinished request now (its tokens so far kept), as "abort" or, for a stop
@@ -141,7 +113,8 @@ class DPScheduler:
         "error" with `error` (their pages return); every other request runs on."""
         if len(schedule) and schedule.step in self._outstanding:
             self._outstanding.remove(schedule.step)
-        live = schedule.seq_ids[self.slots.seq_id[schedule.slots] == schedule.seq_ids]
+        slots = self.ranks.slots
+        live = schedule.seq_ids[slots.seq_id[schedule.slots] == schedule.seq_ids]
         for seq_id in np.unique(live).tolist():
             self._finish(self._seqs[seq_id], "error", error)
 
@@ -151,32 +124,23 @@ class DPScheduler:
         the lost cache; it never reaches `update()`."""
         if abandoned is not None and abandoned.step in self._outstanding:
             self._outstanding.remove(abandoned.step)
-        self.prefix.lost()
-        self.slots.written[:] = 0  # what the lost cache held is not cached again
-        for g in self.slots.in_order().tolist():
-            self.slots.in_flight[g] = 0
-            self.preempt(g)
-
-    def take_new_tokens(self) -> list[tuple[str, int, int]]:
-        """(request id, token, index among its step's samples) of every token `update()` took
-        since the last call, in order (kept only while `record_tokens` is set)."""
-        out, self._new_tokens = self._new_tokens, []
-        return out
+        self.ranks.kv_lost()
 
     def take_finished(self) -> list[Output]:
         out, self._finished = self._finished, []
         return out
 
-    def outputs_so_far(self) -> dict[str, tuple[int, ...]]:
-        """Every unfinished request's output tokens taken by `update()` so far."""
-        sl, out = self.slots, {}
-        for rid, seq in self._by_request.items():
-            if seq.status is Status.RUNNING:
-                g = seq.slot
-                out[rid] = tuple(sl.tokens[g, sl.prompt_len[g] : sl.prompt_len[g] + sl.received[g]].tolist())
-            else:
-                out[rid] = seq.outputs
-        return out
+    def outputs_of(self, request_id: str) -> tuple[int, ...]:
+        """An unfinished request's output tokens taken by `update()` so far."""
+        seq = self._by_request[request_id]
+        if seq.status is not Status.RUNNING:
+            return seq.outputs
+        sl, g = self.ranks.slots, seq.slot
+        return tuple(sl.tokens[g, sl.prompt_len[g] : sl.prompt_len[g] + sl.received[g]].tolist())
+
+    def sequence(self, request_id: str) -> Seq | None:
+        """An unfinished request's sequence (its scheduling state); None once finished."""
+        return self._by_request.get(request_id)
 
     def request_id(self, seq_id: int) -> str | None:
         """The request of an unfinished sequence."""
@@ -190,23 +154,13 @@ class DPScheduler:
     def stats(self) -> dict:
         """Per-rank lists `running`, `waiting`, `pages_used` (held), `pages_cached` (holding a
         prefix key, held or idle), `load` (tokens still to run, see routing.py),
-        `cached_tokens` and `prefill_tokens` (see __init__); `max_kv_usage`: the MAX over
-        ranks of pages held / pages per rank (a mean hides one full rank); cumulative
-        `preemptions` and `spills`."""
-        R = self.sizes.dp_ranks
-        used = [pool.num_used for pool in self.slots.pools]
-        return {
-            "running": [self.slots.running(r) for r in range(R)],
-            "waiting": self.waiting.counts(),
-            "pages_used": used,
-            "pages_cached": [pool.num_cached for pool in self.slots.pools],
-            "load": list(self.counters.load),
-            "cached_tokens": list(self.cached_tokens),
-            "prefill_tokens": list(self.prefill_tokens),
-            "max_kv_usage": max(used) / self.sizes.pages_per_rank,
-            "preemptions": self.preemptions,
-            "spills": self.spills,
-        }
+        `cached_tokens` and `prefill_tokens` (over admissions: tokens taken from the prefix
+        cache, and tokens left to compute); `max_kv_usage`: the MAX over ranks of pages held
+        / pages per rank (a mean hides one full rank); cumulative `preemptions` and `spills`."""
+        stats = self.ranks.stats()
+        stats["max_kv_usage"] = max(stats["pages_used"]) / self.sizes.pages_per_rank
+        stats["preemptions"], stats["spills"] = self.ranks.preemptions, self.ranks.spills
+        return stats
 
     def _check(self, request: Request) -> None:
         n, where = len(request.prompt_token_ids), f"request {request.id!r}"
@@ -221,48 +175,48 @@ class DPScheduler:
 
     # -- schedule ------------------------------------------------------------------------------
 
-    def schedule(self) -> StepSchedule:
-        """Plan the next step: chunks grouped by rank (ascending), in admission order within a rank."""
+    def schedule(self, step_costs_ms: Mapping[int, float] | None = None) -> StepSchedule:
+        """Plan the next step: chunks grouped by rank (ascending), in admission order within a rank.
+
+        `step_costs_ms` ({bucket: ms} a step costs, `step_costs.py`), when known: `balanced`
+        steps minimise modelled time per real token instead of padding."""
         step, self._step = self._step, self._step + 1
-        plan = planning.plan_running(self, step, self._step_budget())
-        admission = planning.admit(self, plan)
-        planning.spill(self, plan, admission)
-        schedule = planning.emit(self, step, plan.tokens)
+        budget = self._step_budget(step_costs_ms)
+        plan = planning.plan_running(self.ranks, step, budget, self.async_scheduling)
+        admission = planning.admit(self.ranks, plan)
+        planning.spill(self.ranks, plan, admission)
+        schedule = planning.emit(self.ranks, step, plan.tokens)
         if len(schedule):
             self._outstanding.append(step)
         return schedule
 
-    def _step_budget(self) -> int:
+    def _step_budget(self, step_costs_ms: Mapping[int, float] | None) -> int:
         """Tokens each rank may run this step (see step_budget.py)."""
         cap = self.sizes.max_num_batched_tokens
         if not self.balance_steps:
             return cap  # the reference system's lockstep steps: every rank its full budget
-        if self.step_costs_ms:
-            work = work_in_hand(self.slots, self.waiting.counts(), self.counters.load)
-            return timed_budget(work, self.sizes.token_buckets, self.step_costs_ms)
-        running = [self.slots.running(r) for r in range(self.sizes.dp_ranks)]
-        return balanced_budget(self.counters.load, running, self.sizes.token_buckets, cap)
-
-    def preempt(self, g: int) -> None:
-        """Recompute preemption of the sequence in slot g: its pages go, it waits again."""
-        sl = self.slots
-        rank, computed, lost = int(sl.rank_of(g)), int(sl.computed[g]), int(sl.pending[g])
-        seq = self._release(g)  # samples not received (a lost KV cache's step in flight) are gone
-        self.prefix.unclaim(rank, seq)  # its credit is what the rank holds, not what it claimed itself
-        seq.credit = self.prefix.expected_hit(rank, seq)
-        self.prefix.claim(rank, seq)
-        self.counters.preempted(rank, computed - seq.credit, lost)
-        self.waiting.push(rank, seq)
-        self.preemptions += 1
+        ranks = self.ranks
+        if step_costs_ms:
+            work = work_in_hand(ranks.slots, ranks.waiting.counts(), ranks.counters.load)
+            return timed_budget(work, self.sizes.token_buckets, step_costs_ms)
+        running = [ranks.slots.running(r) for r in range(self.sizes.dp_ranks)]
+        return balanced_budget(ranks.counters.load, running, self.sizes.token_buckets, cap)
 
     # -- update --------------------------------------------------------------------------------
 
-    def update(self, schedule: StepSchedule, sampled: Mapping[int, int] | np.ndarray) -> list[Output]:
+    def update(
+        self,
+        schedule: StepSchedule,
+        sampled: Mapping[int, int] | np.ndarray,
+        new_tokens: list[tuple[str, int, int]] | None = None,
+    ) -> list[Output]:
         """Take the tokens sampled for `schedule`; return every Output finished since the last call.
 
         `sampled`: one token per chunk with `sample`, in schedule order (what the step
         returns), or {seq_id: token}. Non-empty schedules come back once each, in
-        order; results for sequences that finished meanwhile are ignored.
+        order; results for sequences that finished meanwhile are ignored. `new_tokens`,
+        when given, gets (request id, token, its index among the step's samples) of
+        every token taken, in order (streaming; nothing is built otherwise).
         """
         if not len(schedule):
             return self.take_finished()
@@ -275,7 +229,7 @@ class DPScheduler:
         sample_rows = np.flatnonzero(schedule.sample)
         tokens = self._sampled_tokens(schedule, sample_rows, sampled)
         self._outstanding.popleft()
-        sl, g = self.slots, schedule.slots
+        sl, g = self.ranks.slots, schedule.slots
         live = sl.seq_id[g] == schedule.seq_ids  # a finished sequence's slot is free, or someone else's
         sl.in_flight[g[live]] -= 1
         got = live[sample_rows]
@@ -283,45 +237,17 @@ class DPScheduler:
         sl.tokens[gs, sl.prompt_len[gs] + sl.received[gs]] = tok
         sl.received[gs] += 1
         sl.pending[gs] -= 1
-        if self.record_tokens:  # (request id, token, its index among the step's samples)
+        if new_tokens is not None:
             ids = [sl.seq[slot].request.id for slot in gs.tolist()]
-            self._new_tokens += zip(ids, tok.tolist(), np.flatnonzero(got).tolist())
+            new_tokens += zip(ids, tok.tolist(), np.flatnonzero(got).tolist())
         ends = (schedule.starts + schedule.num_tokens)[live]
         sl.written[g[live]] = ends
-        if self.prefix.enabled:
-            self._cache_prompt_pages(g[live], ends)
+        self.ranks.prefix.cache_prompt_pages(sl, g[live], ends)
         stopped = (sl.stops[gs] == tok[:, None]).any(axis=1)
         done = stopped | (sl.received[gs] >= sl.max_tokens[gs])
         for slot, stop in zip(gs[done].tolist(), stopped[done].tolist()):
             self._finish(sl.seq[slot], "stop" if stop else "length")
         return self.take_finished()
-
-    def _cache_prompt_pages(self, g: np.ndarray, ends: np.ndarray) -> None:
-        """Register the prompt pages that steps which came back have filled (their contents
-        exist now), so that requests arriving meanwhile share them. Pages of outputs are
-        registered when their sequence leaves its slot (`_release`): one call a sequence,
-        not one a decode step."""
-        sl = self.slots
-        full = np.minimum(ends, sl.prompt_len[g]) // self.sizes.page_size
-        new = full > sl.shared[g]
-        if new.any():
-            self._register(g[new], full[new])
-
-    def _register(self, g: np.ndarray, full: np.ndarray) -> None:
-        """Cache the pages of slots `g` from their last cached one up to page `full` (excluded)."""
-        sl, register, S = self.slots, self.prefix.register, self.sizes.max_num_seqs
-        for slot, first, end in zip(g.tolist(), sl.shared[g].tolist(), full.tolist()):
-            register(slot // S, sl.seq[slot], sl.tokens[slot], sl.table[slot], first, end)
-        sl.shared[g] = np.maximum(sl.shared[g], full)
-
-    def _release(self, g: int) -> Seq:
-        """Sequence in slot g leaves it: its written full pages stay cached, the rest are freed."""
-        sl = self.slots
-        if self.prefix.enabled and (full := int(sl.written[g]) // self.sizes.page_size) > sl.shared[g]:
-            self._register(np.array([g]), np.array([full]))
-        rank, seq = int(sl.rank_of(g)), sl.release(g)
-        self.prefix.stopped(rank, seq)
-        return seq
 
     def _sampled_tokens(self, schedule: StepSchedule, sample_rows: np.ndarray, sampled) -> np.ndarray:
         if not isinstance(sampled, Mapping):
@@ -336,15 +262,7 @@ class DPScheduler:
         return np.array([int(sampled.get(i, 0)) for i in ids], np.int64)
 
     def _finish(self, seq: Seq, reason: FinishReason, error: str | None = None) -> None:
-        sl = self.slots
-        if seq.status is Status.RUNNING:
-            g = seq.slot
-            self.counters.left(seq.rank, int(sl.total[g] - sl.computed[g]), int(sl.total[g]))
-            self._release(g)
-            self.prefix.unclaim(seq.rank, seq)
-        else:
-            self.waiting.discard(seq)
-            self.leave_rank(seq)
+        self.ranks.finish(seq)
         del self._seqs[seq.id], self._by_request[seq.request.id]
         seq.status = Status.FINISHED
         self._finished.append(Output(seq.request.id, seq.request.prompt_token_ids, seq.outputs, reason, error=error))

@@ -6,11 +6,15 @@
 Compiled once per token bucket (the request stride follows from it); the KV
 cache is donated, and in/out shardings come from the plan, so warm-up and
 serving share one compiled program per bucket and steady state never compiles.
+A `Step` is keyed by what determines its program (`step_key`) and shared by
+every engine of the process that needs that program (`shared_step`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +25,6 @@ from jax.sharding import PartitionSpec as P
 
 from ..distributed import global_array
 from ..plan import ShardingPlan
-from ..protocol import ServableModel
 from ..sizes import RuntimeSizes
 from .packer import PackedStep, pack
 from .paged_attention import PagedBatch, attend_rank, make_attend
@@ -31,7 +34,7 @@ from .schedule import StepSchedule
 # Packer fields the device needs, and whether each is per token or per request row.
 TOKEN_FIELDS = ("token_ids", "prev_rows", "positions", "slot_mapping", "token_rows")
 ROW_FIELDS = ("block_tables", "seq_lens", "logits_indices", "temperature", "top_k", "top_p", "seeds", "output_index")
-# Per request row, filled by the engine: top logprobs wanted (-1: none), not part of the packer's step.
+# Per request row: top logprobs wanted (-1: none); the device computes them only where asked.
 LOGPROBS = "logprobs"
 
 
@@ -50,21 +53,9 @@ jax.tree_util.register_dataclass(
 )
 
 
-def allocate_kv_cache(plan: ShardingPlan) -> list[tuple[jax.Array, jax.Array]]:
-    """K and V per layer: [R × pages_per_rank, page_size, kv slots, head_dim], zeros, in place."""
-    kv, sizes = plan.servable_kv_cache(), plan.runtime
-    shape = (sizes.dp_ranks * sizes.pages_per_rank, kv.page_size, kv.slots, kv.head_dim)
-    sharding = plan.sharding(kv.spec)
-    zeros = jax.jit(lambda: jnp.zeros(shape, jnp.dtype(kv.dtype)), out_shardings=sharding)
-    return [(zeros(), zeros()) for _ in range(kv.num_layers)]
-
-
-def device_batch(packed: PackedStep, logprobs: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The packer's arrays the device step takes, and each request row's logprobs wanted
-    (default: none)."""
-    batch = {f: getattr(packed, f) for f in TOKEN_FIELDS + ROW_FIELDS}
-    batch[LOGPROBS] = np.full(len(packed.seq_lens), -1, np.int32) if logprobs is None else logprobs
-    return batch
+def device_batch(packed: PackedStep) -> dict[str, np.ndarray]:
+    """The packer's arrays the device step takes."""
+    return {f: getattr(packed, f) for f in TOKEN_FIELDS + ROW_FIELDS + (LOGPROBS,)}
 
 
 def padding_batch(sizes: RuntimeSizes, stride: int) -> dict[str, np.ndarray]:
@@ -81,13 +72,22 @@ def local_rows(packed: PackedStep) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Step:
-    """The jitted step for one plan and model. `traces` counts compilations."""
+    """The serving step of one plan and model definition: one jitted program, compiled once
+    per token bucket (the request stride follows from it).
 
-    def __init__(self, plan: ShardingPlan, model: ServableModel, rank_attention=attend_rank):
-        """`rank_attention`: one rank's paged attention (`paged_attention.attend_rank`; the exact
+    A Step is a value: it holds no parameters, KV cache or requests (they are arguments),
+    so every Engine on an equal plan and model definition shares one (`shared_step`), sync
+    or async, and warm-up, serving and the HLO report run the same program. `key` is what
+    determines the program; `traces` counts its compilations in this process.
+    """
+
+    def __init__(self, plan: ShardingPlan, graphdef: nnx.GraphDef, rank_attention=attend_rank):
+        """`graphdef`: the model's definition (`nnx.split(model)[0]`); `rank_attention`: one
+        rank's paged attention (`paged_attention.attend_rank`; the exact
         `attend_rank_reference` for comparisons)."""
+        self.key = step_key(plan, graphdef, rank_attention)
         self.plan = plan
-        self.graphdef, self.state = nnx.split(model)
+        self.graphdef = graphdef
         self.sizes = plan.runtime
         self.q_max = self.sizes.max_request_stride
         self.traces = 0
@@ -101,57 +101,73 @@ class Step:
             rank_attention,
         )
         per_token = NamedSharding(plan.mesh, P(token_axes))
+        rows2d = NamedSharding(plan.mesh, P(token_axes, None))
         batch = {f: per_token for f in TOKEN_FIELDS + ROW_FIELDS + (LOGPROBS,)}
-        batch["block_tables"] = NamedSharding(plan.mesh, P(token_axes, None))
+        batch["block_tables"] = rows2d
         cache = plan.sharding(plan.kv_cache.spec)
         # Logit rows stay where the FFN layout put them (over `data`): moving them
         # onto attn_dp as well would be an all-to-all that GSPMD can only replicate.
         self._rows = NamedSharding(plan.mesh, P(plan.activations["logits"][0], None))
         # ...but once the vocab is gathered, each rank's rows are a local slice.
-        self._sample_rows = NamedSharding(plan.mesh, P(token_axes, None))
+        self._sample_rows = rows2d
         # Each rank samples its own rows: its lax.cond (greedy or not) decides for them alone.
-        rows2d = P(token_axes, None)
         self._sample = jax.shard_map(
             sample_with_logprobs,
             mesh=plan.mesh,
             check_vma=False,
-            in_specs=(rows2d,) + (P(token_axes),) * 6,
-            out_specs=(P(token_axes), P(token_axes), rows2d, rows2d),
+            in_specs=(rows2d.spec,) + (per_token.spec,) * 6,
+            out_specs=(per_token.spec, per_token.spec, rows2d.spec, rows2d.spec),
         )
         caches = [(cache, cache)] * plan.kv_cache.num_layers
         self._batch_shardings = batch
         # Sampled ids stay on their rank: the host reads them (no device collective),
         # and the next step's decodes read their own rank's rows (async scheduling).
         self._samples = per_token
-        samples = StepSamples(per_token, per_token, NamedSharding(plan.mesh, rows2d), NamedSharding(plan.mesh, rows2d))
+        samples = StepSamples(per_token, per_token, rows2d, rows2d)
         self._jitted = jax.jit(
             self._step,
             donate_argnums=(1,),
             in_shardings=(plan.param_shardings(), caches, batch, per_token),
             out_shardings=(samples, caches),
         )
+        kv = plan.kv_cache
+        shape = (self.sizes.dp_ranks * self.sizes.pages_per_rank, kv.page_size, kv.slots, kv.head_dim)
+        self._zeros = jax.jit(functools.partial(jnp.zeros, shape, jnp.dtype(kv.dtype)), out_shardings=cache)
 
-    def __call__(self, caches, batch: dict[str, np.ndarray], prev_sampled: jax.Array):
+    def __call__(self, params: nnx.State, caches, batch: dict[str, np.ndarray], prev_sampled: jax.Array):
         """Dispatch one step (asynchronously); returns (StepSamples, new caches).
 
-        Row r*Q_max + i of `sampled` is rank r's request row i; `batch["prev_rows"]`
-        holds rank-local rows of `prev_sampled` (-1: the token is in `token_ids`).
+        `params`: the model's state (`nnx.split(model)[1]`), placed by the plan. Row
+        r*Q_max + i of `sampled` is rank r's request row i; `batch["prev_rows"]` holds
+        rank-local rows of `prev_sampled` (-1: the token is in `token_ids`).
         """
         if self.plan.mesh.is_multi_process:  # jit takes host arrays only when it sees every device
             batch = {f: global_array(x, self._batch_shardings[f]) for f, x in batch.items()}
-        return self._jitted(self.state, caches, batch, prev_sampled)
+        return self._jitted(params, caches, batch, prev_sampled)
+
+    def lower(self, params, caches, batch, prev_sampled) -> jax.stages.Lowered:
+        """Lower without running (arguments may be ShapeDtypeStructs): for `shardspec.hlo`."""
+        return self._jitted.lower(params, caches, batch, prev_sampled)
+
+    def new_kv_cache(self) -> list[tuple[jax.Array, jax.Array]]:
+        """K and V per layer: [R × pages_per_rank, page_size, kv slots, head_dim], zeros, in place."""
+        return [(self._zeros(), self._zeros()) for _ in range(self.plan.kv_cache.num_layers)]
+
+    def initial_samples(self) -> jax.Array:
+        """The `prev_sampled` of a first step (nothing sampled before it)."""
+        return global_array(np.zeros(self.sizes.sampled_rows, np.int32), self._samples)
 
     def output_rows(self, packed: PackedStep) -> np.ndarray:
         """Where each of `packed.selector`'s rows (rank × Q + i) is in the output (rank × Q_max + i)."""
         Q = packed.request_stride
         return packed.selector // Q * self.q_max + packed.selector % Q
 
-    def lower(self, caches, batch, prev_sampled) -> jax.stages.Lowered:
-        """Lower without running (arguments may be ShapeDtypeStructs): for `shardspec.hlo`."""
-        return self._jitted.lower(self.state, caches, batch, prev_sampled)
-
-    def initial_samples(self) -> jax.Array:
-        return global_array(np.zeros(self.sizes.sampled_rows, np.int32), self._samples)
+    def padding_step(self, params: nnx.State, caches, stride: int):
+        """Run a step of nothing but padding at `stride` tokens a rank and wait for it: it
+        changes nothing (KV writes go to the dropped slot). Returns the caches."""
+        sampled, caches = self(params, caches, padding_batch(self.sizes, stride), self.initial_samples())
+        sampled.tokens.block_until_ready()
+        return caches
 
     def _step(self, state, caches, batch, prev_sampled):
         self.traces += 1  # runs only while tracing: once per compiled bucket
@@ -195,3 +211,25 @@ class Step:
             return full.at[:, : rows // R].set(x.reshape(R, rows // R, *x.shape[1:])).reshape(-1, *x.shape[1:])
 
         return StepSamples(*(per_row(x) for x in drawn)), caches
+
+
+def step_key(plan: ShardingPlan, graphdef: nnx.GraphDef, rank_attention) -> tuple:
+    """What determines a step's compiled program: the plan's programs, the model's
+    definition (not its parameter values) and the attention."""
+    return plan.program_key, graphdef, rank_attention
+
+
+_SHARED: dict[tuple, Step] = {}  # every Step shared_step() built in this process, by step_key
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_step(plan: ShardingPlan, graphdef: nnx.GraphDef, rank_attention=attend_rank) -> Step:
+    """This process's Step for the program that (plan, model definition, attention)
+    determine: built on first use, the same object afterwards, so a second Engine on an
+    equal plan compiles nothing (its programs are in the Step's jit cache)."""
+    key = step_key(plan, graphdef, rank_attention)
+    with _SHARED_LOCK:
+        step = _SHARED.get(key)
+        if step is None:
+            step = _SHARED[key] = Step(plan, graphdef, rank_attention)
+    return step

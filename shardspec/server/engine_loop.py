@@ -1,7 +1,8 @@
 """The engine on its own thread, with asyncio on the other side: what the HTTP server drives.
 
-Submitting a request validates it at once (a bad one is the caller's error)
-and puts it in an inbox; aborts go there too. The engine thread, each turn,
+Submitting a request checks it at once (`Engine.validate`, the one check: a
+bad one is the caller's error) and puts the checked Request in an inbox;
+aborts go there too. The engine thread, each turn,
 takes the inbox, applies it, and steps (`Engine.step_deltas`) while there is
 work, sleeping on an event when there is none. Each request's deltas go to the
 `asyncio.Queue` its caller gave (one per HTTP request, shared by its prompts),
@@ -12,7 +13,9 @@ Across processes (`jax.distributed`) every process runs this loop and only
 process 0 takes HTTP. Each turn process 0 broadcasts its inbox (and, at the
 end, "stop") before anyone applies it, so every process adds and aborts the
 same requests at the same step and its deterministic scheduler stays in step
-with the others: the collectives inside the step then match.
+with the others: the collectives inside the step then match. The requests go
+across as the fields of the Requests process 0 checked, and are taken as
+they are.
 
 The waiting queue is bounded (`runtime.max_waiting`): a submit beyond it
 raises `QueueFull` at once, never a hang. `close()` stops accepting, aborts
@@ -30,6 +33,7 @@ from collections.abc import Mapping
 
 from .. import distributed
 from ..runtime.engine import Engine, TokenDelta
+from ..runtime.request import Request
 
 IDLE_WAIT_S = 0.5  # an idle turn: how long process 0 waits for work before its next (empty) broadcast
 
@@ -47,7 +51,7 @@ class EngineLoop:
         self.engine = engine
         self.max_waiting = max_waiting
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
-        self._inbox: list[list] = []  # ["add", fields] and ["abort", id], in arrival order
+        self._inbox: list[tuple] = []  # ("add", Request) and ("abort", id), in arrival order
         self._inbox_lock = threading.Lock()
         self._work = threading.Event()
         self._closing = False
@@ -56,25 +60,22 @@ class EngineLoop:
         self._thread = threading.Thread(target=self.run, name="shardspec-engine", daemon=True)
 
     def start(self) -> None:
-        self.engine.follow_all_text()
         self._thread.start()
 
     def submit(self, fields: Mapping, queue: asyncio.Queue) -> str:
-        """Validate a request (ShardspecError if bad) and queue it; its deltas arrive on `queue`
+        """Check a request (ShardspecError if bad) and queue it; its deltas arrive on `queue`
         (of the running event loop). Returns its id."""
         if self._closing:
             raise Closed("the server is shutting down")
         rid = f"req-{next(self._ids)}"
-        fields = {**fields, "id": rid}
-        self.engine.validate(fields, rid)
+        request = self.engine.validate({**fields, "id": rid}, rid)
         with self._inbox_lock:
             queued = sum(1 for kind, _ in self._inbox if kind == "add")
-            with self.engine.lock:
-                waiting = sum(self.engine.scheduler.stats()["waiting"])
+            waiting = sum(self.engine.stats().waiting)
             if waiting + queued >= self.max_waiting:
                 raise QueueFull(f"{self.max_waiting} requests are waiting (runtime.max_waiting)")
             self._queues[rid] = (asyncio.get_running_loop(), queue)
-            self._inbox.append(["add", fields])
+            self._inbox.append(("add", request))
         self._work.set()
         return rid
 
@@ -82,14 +83,14 @@ class EngineLoop:
         """Finish a request early (a client went away); its final delta still arrives."""
         with self._inbox_lock:
             if rid in self._queues:
-                self._inbox.append(["abort", rid])
+                self._inbox.append(("abort", rid))
         self._work.set()
 
     def drain(self) -> None:
         """Stop accepting and abort everything in flight: each request ends with its final delta."""
         self._closing = True
         with self._inbox_lock:
-            self._inbox += [["abort", rid] for rid in self._queues]
+            self._inbox += [("abort", rid) for rid in self._queues]
         self._work.set()
 
     def close(self, timeout: float = 10.0) -> None:
@@ -117,13 +118,13 @@ class EngineLoop:
         with self._inbox_lock:
             events, self._inbox = self._inbox, []
             stop = self._closing and not events and not busy
-        message = json.loads(distributed.broadcast_text(json.dumps({"events": events, "stop": stop})))
-        for kind, value in message["events"]:
+        events, stop = _shared(events, stop)
+        for kind, value in events:
             if kind == "add":
-                self.engine.add_request(**value)  # validated by process 0's submit
+                self.engine.accept(value)  # checked by process 0's submit
             else:
                 self.engine.abort(value)
-        if message["stop"]:
+        if stop:
             return True
         if self.engine.has_unfinished():
             self._deliver(self.engine.step_deltas())
@@ -141,6 +142,16 @@ class EngineLoop:
                     batches.setdefault(loop, []).append((queue, error if error is not None else delta))
         for loop, items in batches.items():
             loop.call_soon_threadsafe(_put_all, items)
+
+
+def _shared(events: list[tuple], stop: bool) -> tuple[list[tuple], bool]:
+    """Process 0's turn (its events and whether to stop) on every process of a cluster."""
+    if distributed.process_count() == 1:
+        return events, stop
+    wire = [(kind, value.to_json() if kind == "add" else value) for kind, value in events]
+    message = json.loads(distributed.broadcast_text(json.dumps({"events": wire, "stop": stop})))
+    events = [(kind, Request.from_json(value) if kind == "add" else value) for kind, value in message["events"]]
+    return events, message["stop"]
 
 
 def _put_all(items) -> None:

@@ -117,14 +117,8 @@ def _lost(accepted, finished, unfinished: bool, cap: int) -> list[str]:
 
 
 def _leaked(engine) -> list[str]:
-    pools = getattr(getattr(engine.scheduler, "slots", None), "pools", None)
-    if pools is None:
-        return []
-    return [
-        f"rank {r}: {p.num_pages - p.num_free} of {p.num_pages} pages"
-        for r, p in enumerate(pools)
-        if p.num_free != p.num_pages
-    ]
+    stats = engine.stats()
+    return [f"rank {r}: {used} of {stats.pages_per_rank} pages" for r, used in enumerate(stats.pages_used) if used]
 
 
 def _engine_violations(finished, asked, streamed, vocab: int) -> list[str]:

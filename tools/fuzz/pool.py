@@ -89,13 +89,7 @@ def run_cases(args, cases_iter, on_result) -> None:
     exhausted = False
     try:
         while True:
-            for p in procs:
-                if p.state == "idle" and not exhausted:
-                    case = next(cases_iter, None)
-                    if case is None:
-                        exhausted = True
-                    else:
-                        p.send(case)
+            exhausted = _hand_out(procs, cases_iter, exhausted)
             active = [p for p in procs if p.state in ("busy", "starting", "housekeeping")]
             if not active or (exhausted and not any(p.state == "busy" for p in procs)):
                 break
@@ -104,18 +98,35 @@ def run_cases(args, cases_iter, on_result) -> None:
                 _on_readable(p, on_result)
             now = time.monotonic()
             for p in active:
-                if p.state == "busy" and now > p.deadline:
-                    _fail(p, on_result, {"kind": "killed", "why": "hang"})
-                elif p.state == "busy" and rss_mb(p.proc.pid) > args.max_rss_mb:
-                    _fail(p, on_result, {"kind": "killed", "why": "memory", "rss_mb": args.max_rss_mb})
-                elif p.state == "starting" and now > p.deadline:
-                    raise SystemExit(f"fuzz: a worker did not start in {args.startup_timeout} s:\n{p.log_tail()}")
-                elif p.state == "housekeeping" and now > p.deadline:
-                    _fail(p, on_result, {})  # rebuilding its engines took too long: a fresh worker
+                _watch(p, now, args, on_result)
     finally:
         for p in procs:
             p.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _hand_out(procs: list[Proc], cases_iter, exhausted: bool) -> bool:
+    """A case to every idle worker while cases last; whether they ran out."""
+    for p in procs:
+        if p.state == "idle" and not exhausted:
+            case = next(cases_iter, None)
+            if case is None:
+                exhausted = True
+            else:
+                p.send(case)
+    return exhausted
+
+
+def _watch(p: Proc, now: float, args, on_result) -> None:
+    """Replace a worker past its deadline or over its memory limit."""
+    if p.state == "busy" and now > p.deadline:
+        _fail(p, on_result, {"kind": "killed", "why": "hang"})
+    elif p.state == "busy" and rss_mb(p.proc.pid) > args.max_rss_mb:
+        _fail(p, on_result, {"kind": "killed", "why": "memory", "rss_mb": args.max_rss_mb})
+    elif p.state == "starting" and now > p.deadline:
+        raise SystemExit(f"fuzz: a worker did not start in {args.startup_timeout} s:\n{p.log_tail()}")
+    elif p.state == "housekeeping" and now > p.deadline:
+        _fail(p, on_result, {})  # rebuilding its engines took too long: a fresh worker
 
 
 def _on_readable(p: Proc, on_result) -> None:

@@ -1,0 +1,138 @@
+"""The HTTP routes: module-level handlers that read one `ServerState` (`app.state.server`).
+
+The completions and chat handlers turn an OpenAI request into engine fields and
+prompts, and `streaming` answers them; the rest read the state. `add_routes`
+lists every route in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..errors import ShardspecError
+from ..runtime.engine import Engine
+from . import openai_api as api
+from .chat_template import ChatTemplate
+from .engine_loop import EngineLoop
+from .http_errors import HTTPError
+from .metrics import ServerMetrics
+from .streaming import Reply, answer, stream, submit, token_text
+
+DEFAULT_MAX_TOKENS = 16  # OpenAI's completions default
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerState:
+    """What the handlers read: built once by `build_app`."""
+
+    engine: Engine
+    loop: EngineLoop  # the engine's thread: requests and aborts go through it
+    metrics: ServerMetrics
+    model_name: str  # the name clients ask for
+    chat_template: ChatTemplate | None  # None: the checkpoint has none, and chat answers 400
+
+
+async def server_state(request: Request) -> ServerState:
+    """The app's ServerState (an async dependency: FastAPI runs a sync one on a worker thread)."""
+    return request.app.state.server
+
+
+Server = Annotated[ServerState, Depends(server_state)]
+
+
+def add_routes(app: FastAPI) -> None:
+    """Every route of the API, in the order /openapi.json lists them."""
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/v1/models", models, methods=["GET"])
+    app.add_api_route("/metrics", prometheus, methods=["GET"])
+    app.add_api_route("/v1/completions", completions, methods=["POST"])
+    app.add_api_route("/v1/chat/completions", chat, methods=["POST"])
+
+
+async def health(server: Server):
+    """200 once the server listens (after warm-up); 500 when the engine thread has stopped."""
+    if server.loop.error is not None:
+        return JSONResponse(api.error_body(f"the engine stopped: {server.loop.error}", "server_error"), status_code=500)
+    return {"status": "ok"}
+
+
+async def models(server: Server):
+    """The model served; `max_model_len` is the longest prompt + max_tokens it serves."""
+    card = {"id": server.model_name, "object": "model", "created": 0, "owned_by": "shardspec"}
+    card["max_model_len"] = server.engine.sizes.max_request_len
+    return {"object": "list", "data": [card]}
+
+
+async def prometheus(server: Server):
+    """The metrics in Prometheus' text format."""
+    return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def completions(body: api.CompletionRequest, server: Server):
+    """OpenAI's completions: a choice a prompt; `max_tokens` 16 unless given."""
+    _check_model(server, body.model)
+    fields = body.engine_fields(DEFAULT_MAX_TOKENS)
+    return await _respond(server, body, body.prompts(), fields, "cmpl", chat=False)
+
+
+async def chat(body: api.ChatRequest, server: Server):
+    """OpenAI's chat completions, the messages through the checkpoint's chat template; without
+    `max_tokens`, as many tokens as the server serves after the prompt."""
+    _check_model(server, body.model)
+    ids = _chat_prompt(server, body.messages)
+    fields = body.engine_fields(None)
+    if fields["max_tokens"] is None:  # < 1 left: max_tokens 1 gets the request check's 400 (shorten the prompt)
+        fields["max_tokens"] = max(1, server.engine.sizes.room_after(len(ids)))
+    return await _respond(server, body, [{"prompt_token_ids": ids}], fields, "chatcmpl", chat=True)
+
+
+def _check_model(server: ServerState, name: str) -> None:
+    if name != server.model_name:
+        raise HTTPError(
+            404,
+            f"the model {name!r} does not exist; this server serves {server.model_name!r}",
+            "model",
+            code="model_not_found",
+        )
+
+
+def _chat_prompt(server: ServerState, messages: list[api.Message]) -> list[int]:
+    """The prompt's token ids: the messages through the chat template, encoded without the
+    tokenizer's special tokens (the template placed them)."""
+    if server.chat_template is None:
+        raise HTTPError(
+            400,
+            "this model has no chat template (tokenizer_config.json or chat_template.jinja); use /v1/completions",
+            "messages",
+        )
+    try:
+        text = server.chat_template.render([m.model_dump(exclude_none=True) for m in messages])
+    except ShardspecError as e:
+        raise HTTPError(400, e.problems[0].message, "messages") from None
+    return server.engine.tokenizer.encode(text, add_special_tokens=False).ids
+
+
+async def _respond(
+    server: ServerState,
+    body: api.CompletionRequest | api.ChatRequest,
+    prompts: list[dict],
+    fields: dict,
+    prefix: str,
+    *,
+    chat: bool,
+):
+    """Submit every prompt; stream the answer (`body.stream`), or answer once all have finished."""
+    batch = submit(server.loop, prompts, fields)
+    kind = ("chat.completion.chunk" if body.stream else "chat.completion") if chat else "text_completion"
+    text = functools.partial(token_text, server.engine.tokenizer)
+    reply = Reply(api.new_id(prefix), kind, server.model_name, chat, text)
+    if body.stream:
+        events = stream(server.loop, server.metrics, batch, reply, body.include_usage)
+        return StreamingResponse(events, media_type="text/event-stream")
+    return await answer(server.loop, server.metrics, batch, reply)

@@ -1,0 +1,186 @@
+"""One HTTP request's engine requests, and their deltas as OpenAI's answer.
+
+`submit` hands every prompt of an HTTP request to the engine loop as one
+`Batch` (their deltas all arrive on one queue). `deltas` reads that queue until
+each has finished, timing them for the latency histograms. `answer` waits for
+them all and gives one JSON body; `stream` gives server-sent events in OpenAI's
+chunk format as they run:
+
+    data: {"id": "cmpl-...", "object": "text_completion", "choices": [{"index": 0, "text": " there", ...}], ...}
+    ...
+    data: [DONE]
+
+Whichever way a batch ends (finished, failed, or the client gone), its
+requests are aborted, so their pages return to the pool; aborting a finished
+request does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+
+from ..errors import ShardspecError
+from ..runtime.outputs import TokenDelta
+from ..runtime.request import Output
+from . import openai_api as api
+from .engine_loop import Closed, EngineLoop, QueueFull
+from .http_errors import HTTPError
+from .metrics import ServerMetrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """The engine requests of one HTTP request: choice i is request `ids[i]`."""
+
+    ids: tuple[str, ...]
+    queue: asyncio.Queue  # every delta of theirs as steps make them; an exception if the engine failed
+    arrival: float  # time.monotonic() once submitted: where the latency histograms start
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """What every chunk of one answer shares."""
+
+    id: str  # cmpl-... or chatcmpl-...
+    object: str  # text_completion, chat.completion or chat.completion.chunk
+    model: str  # the served model name
+    chat: bool  # chat's choice shape (a message or delta), else completions'
+    token_text: Callable[[int], str]  # a token as logprobs show it
+
+    def envelope(self, choices: list[dict], **extra) -> dict:
+        return api.envelope(self.id, self.object, self.model, choices, **extra)
+
+
+def submit(loop: EngineLoop, prompts: list[dict], fields: dict) -> Batch:
+    """Every prompt (`prompt` or `prompt_token_ids`) with `fields` as an engine request, or
+    none: one refused aborts those before it and is an HTTPError (400, 429 or 503)."""
+    queue: asyncio.Queue = asyncio.Queue()
+    submitted = []
+    try:
+        for prompt in prompts:
+            submitted.append(loop.submit({**fields, **prompt}, queue))
+    except (ShardspecError, QueueFull, Closed) as e:
+        _abort(loop, submitted)
+        raise _refusal(e) from None
+    return Batch(tuple(submitted), queue, time.monotonic())
+
+
+def _refusal(e: ShardspecError | QueueFull | Closed) -> HTTPError:
+    if isinstance(e, QueueFull):
+        return HTTPError(429, str(e), kind="rate_limit_error", headers={"Retry-After": "1"})
+    if isinstance(e, Closed):
+        return HTTPError(503, str(e), kind="server_error")
+    problem = e.problems[0]
+    return HTTPError(400, problem.message + (f"; {problem.hint}" if problem.hint else ""), problem.path or None)
+
+
+def token_text(tokenizer, token_id: int) -> str:
+    """A token's text, special tokens included; `token_id:N` for a model without a tokenizer."""
+    if tokenizer is None:
+        return f"token_id:{token_id}"
+    return tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+def choice(reply: Reply, index: int, text: str, token_ids, finish, entries, *, delta=False, offset=0) -> dict:
+    """Choice `index` (`delta`: of a chunk); `entries`: its tokens' logprobs, if asked, whose
+    completions' text_offset starts at `offset`."""
+    if reply.chat:
+        lp = None if entries is None else api.chat_logprobs(entries, reply.token_text)
+        return api.chat_choice(index, text, token_ids, finish, delta=delta, logprobs=lp)
+    lp = None if entries is None else api.completion_logprobs(entries, reply.token_text, offset)
+    return api.completion_choice(index, text, token_ids, finish, lp)
+
+
+async def deltas(batch: Batch, metrics: ServerMetrics) -> AsyncIterator[tuple[int, TokenDelta]]:
+    """(choice index, delta) until every request of the batch has finished; each one's
+    latencies go to `metrics` as it does. An engine that failed is a 500."""
+    index = {rid: i for i, rid in enumerate(batch.ids)}
+    first: dict[int, float] = {}  # choice -> when its first token came
+    left = len(index)
+    while left:
+        item = await batch.queue.get()
+        if isinstance(item, BaseException):
+            raise HTTPError(500, f"the engine failed: {item}", kind="server_error")
+        i = index[item.id]
+        if item.token_ids and i not in first:
+            first[i] = time.monotonic()
+        if item.output is not None:
+            left -= 1
+            metrics.observe(batch.arrival, first.get(i), time.monotonic(), len(item.output.output_token_ids))
+        yield i, item
+
+
+async def collect(batch: Batch, metrics: ServerMetrics) -> list[Output]:
+    """Every request's Output, in choice order, once all have finished."""
+    finals = [None] * len(batch.ids)
+    async for i, item in deltas(batch, metrics):
+        if item.output is not None:
+            finals[i] = item.output
+    return finals
+
+
+async def answer(loop: EngineLoop, metrics: ServerMetrics, batch: Batch, reply: Reply) -> dict:
+    """The whole answer as one JSON body: a choice a request, and their usage."""
+    try:
+        finals = await collect(batch, metrics)
+    finally:
+        _abort(loop, batch.ids)  # a no-op for finished requests; frees an abandoned one
+    choices = [
+        choice(reply, i, out.text or "", out.output_token_ids, out.finish_reason, out.logprobs)
+        for i, out in enumerate(finals)
+    ]
+    return reply.envelope(choices, usage=_usage(finals))
+
+
+async def stream(
+    loop: EngineLoop, metrics: ServerMetrics, batch: Batch, reply: Reply, include_usage: bool
+) -> AsyncIterator[str]:
+    """The answer as server-sent events: (chat) each choice's role, a chunk for each delta that
+    carries something, (`include_usage`) the usage, then `[DONE]`; an engine failure is an
+    error event before them."""
+    offsets = [0] * len(batch.ids)  # completions' text_offset: token text streamed so far
+    finished: list[Output] = []
+    try:
+        if reply.chat:  # the role first, as OpenAI's stream does
+            for i in range(len(batch.ids)):
+                yield _sse(reply.envelope([api.chat_choice(i, "", (), None, delta=True, first=True)]))
+        try:
+            async for i, item in deltas(batch, metrics):
+                if (piece := _delta_choice(reply, i, item, offsets[i])) is not None:
+                    yield _sse(reply.envelope([piece]))
+                if item.logprobs is not None:  # text_offset is a logprobs field: no decode otherwise
+                    offsets[i] += sum(len(reply.token_text(t)) for t in item.token_ids)
+                if item.output is not None:
+                    finished.append(item.output)
+        except HTTPError as e:
+            yield _sse(api.error_body(e.message, e.kind))
+        if include_usage:
+            yield _sse(reply.envelope([], usage=_usage(finished)))
+        yield "data: [DONE]\n\n"
+    finally:  # finished, or the client went away: free whatever still runs
+        _abort(loop, batch.ids)
+
+
+def _delta_choice(reply: Reply, index: int, item: TokenDelta, offset: int) -> dict | None:
+    """A delta's chunk choice; None when it carries nothing (no token, no text, not the last)."""
+    finish = item.output.finish_reason if item.output is not None else None
+    if not (item.token_ids or item.text or finish):
+        return None
+    return choice(reply, index, item.text or "", item.token_ids, finish, item.logprobs, delta=True, offset=offset)
+
+
+def _usage(outputs: list[Output]) -> dict:
+    return api.usage(sum(len(o.prompt_token_ids) for o in outputs), sum(len(o.output_token_ids) for o in outputs))
+
+
+def _abort(loop: EngineLoop, ids: Iterable[str]) -> None:
+    for rid in ids:
+        loop.abort(rid)
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
