@@ -6,6 +6,9 @@ holds its own shard, never a full copy of a sharded tensor.
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -53,18 +56,32 @@ def apply(plan: ShardingPlan, params: Any = None, *, seed: int = 0) -> Any:
         placements = {p.path: (plan.sharding(p.spec), p.stored_shape) for p in plan.params}
         state = load_state(config, tree.abstract(), plan.dtype, placements)
     else:
-        from .models.registry import model_class
-
-        shardings = plan.param_shardings()
-
-        def init():
-            with nnx.use_eager_sharding(False):
-                model = model_class(config)(config, dtype=plan.dtype, rngs=nnx.Rngs(seed))
-            values = [v.get_value() for v in jax.tree.leaves(nnx.state(model), is_leaf=_is_variable)]
-            return tree.rebuild(_padded(plan, values, jnp.pad))
-
-        state = jax.jit(init, out_shardings=shardings)()
+        state = _init_program(plan)(jax.random.key(seed))
     return nnx.merge(tree.graphdef, state)
+
+
+_INIT_PROGRAMS: dict[tuple, Callable] = {}  # by the plan's program and the model's config: built once a process
+_INIT_LOCK = threading.Lock()
+
+
+def _init_program(plan: ShardingPlan) -> Callable:
+    """The jitted initialisation of shardspec's own model of `plan`, from a PRNG key (an
+    argument, so every seed runs one program): each device computes only its shards."""
+    key = (plan.program_key, plan.model.config)
+    with _INIT_LOCK:
+        if key not in _INIT_PROGRAMS:
+            _INIT_PROGRAMS[key] = jax.jit(functools.partial(_init, plan), out_shardings=plan.param_shardings())
+        return _INIT_PROGRAMS[key]
+
+
+def _init(plan: ShardingPlan, rng: jax.Array):
+    from .models.registry import model_class
+
+    config = plan.model.config
+    with nnx.use_eager_sharding(False):
+        model = model_class(config)(config, dtype=plan.dtype, rngs=nnx.Rngs(rng))
+    values = [v.get_value() for v in jax.tree.leaves(nnx.state(model), is_leaf=_is_variable)]
+    return plan.model.tree.rebuild(_padded(plan, values, jnp.pad))
 
 
 def _place(plan: ShardingPlan, values: list, pad) -> list:

@@ -71,10 +71,19 @@ class ShardingPlan:
     def program_key(self) -> tuple:
         """What this plan's compiled programs depend on: equal keys, equal programs. The
         plan is a function of the strategy, the model's parameters and the devices, and of
-        the device memory free when `num_pages: auto` sized the KV cache (hence its sizes)."""
-        model = self.model
-        view = self.strategy.program_view()
-        return view, self.mesh, self.params, model.geometry, model.paddable, self.kv_cache, self.runtime
+        the device memory free when `num_pages: auto` sized the KV cache (hence its sizes).
+        The strategy's `auto`s count as what they resolved to (`attention_data: auto` and
+        the explicit 4 it resolves to compile to one program), and its rules as the table
+        they resolved to (a default written out is the default)."""
+        s, model = self.strategy.program_view(), self.model
+        parallelism = dataclasses.replace(s.parallelism, attention_data=self.attention_data)
+        rules = {name: rule.mesh_axes for name, rule in self.rules.items()}
+        s = dataclasses.replace(s, devices=self.device_count, parallelism=parallelism, rules=rules)
+        if self.kv_cache is not None:  # a decoder: its KV cache and sizes resolved too
+            kv = dataclasses.replace(s.kv_cache, dtype=self.kv_cache.dtype, num_pages=self.kv_cache.pages_per_rank)
+            runtime = dataclasses.replace(s.runtime, max_model_len=self.runtime.max_model_len)
+            s = dataclasses.replace(s, kv_cache=kv, runtime=runtime)
+        return s, self.mesh, self.params, model.geometry, model.paddable, self.kv_cache, self.runtime
 
     @property
     def device_count(self) -> int:

@@ -9,9 +9,38 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import yaml
 
 from shardspec import load
+from shardspec.protocol import UNSHARDED, Layout, dense_logits
+
+# The runtime every serving test uses unless it tests another setting. Equal plans compile
+# to one program, shared in the process (`step.shared_step`) and on disk (the persistent
+# compilation cache), so each strategy's step compiles once for the whole run, in every
+# file, sync and async alike. A 64-token budget keeps the buckets few (8, 16, 32, 64);
+# float32 pages keep comparisons exact (bf16 pages round differently when the reduction
+# order differs); 10 pages of 16 tokens a rank hold any one test request (160 tokens) while
+# several at once press the pool, so preemption and recompute run under every strategy.
+SERVING = {
+    "runtime.max_num_batched_tokens": "64",
+    "runtime.max_num_seqs": "8",
+    "kv_cache.dtype": "float32",
+    "kv_cache.num_pages": "10",
+}
+# The reference those runs are compared with: the same model on one device, its pool never short.
+ONE_DEVICE = {"parallelism.tensor": "1", "parallelism.expert": "1", "devices": "1", "kv_cache.num_pages": "auto"}
+
+_dense_logits = jax.jit(dense_logits, static_argnums=2)
+
+
+def dense_forward(model, tokens, layout: Layout = UNSHARDED) -> np.ndarray:
+    """A servable model's logits [B, T, V] for tokens [B, T], as one jitted program per shape
+    and layout: the reference tests compare with (an eager forward compiles every operation
+    apart, hundreds of small programs)."""
+    return np.asarray(_dense_logits(model, jnp.asarray(tokens), layout))
 
 
 def strategy(text: str = "", **sections):

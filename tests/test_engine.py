@@ -8,10 +8,8 @@ from shardspec.runtime.engine import Engine
 from shardspec.runtime.request import Request, SamplingParams
 
 from conftest import ROOT, STRATEGY_FILES, strategy_ids
+from helpers import ONE_DEVICE, SERVING
 
-# Small buckets keep compiles few; float32 KV pages keep the comparison exact
-# (bf16 pages round differently when the reduction order differs).
-SMALL = {"runtime.max_num_batched_tokens": "64", "runtime.max_num_seqs": "8", "kv_cache.dtype": "float32"}
 LENGTHS = [1, 2, 5, 9, 17, 31, 48, 64, 100, 130]
 
 
@@ -30,7 +28,7 @@ def _requests(seed=0, temperature=0.0):
 
 
 def _engine(path, **overrides):
-    return Engine(compile(load(path, overrides={**SMALL, **overrides})))
+    return Engine(compile(load(path, overrides={**SERVING, **overrides})))
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +39,7 @@ def single_device_tokens():
     def tokens(path):
         model = load(path).model
         if model not in cache:
-            engine = _engine(
-                ROOT / "strategies" / "tp.yaml", **{"parallelism.tensor": "1", "devices": "1", "model": model}
-            )
+            engine = _engine(ROOT / "strategies" / "tp.yaml", **ONE_DEVICE, model=model)
             cache[model] = [o.output_token_ids for o in engine.generate(_requests())]
         return cache[model]
 
@@ -86,6 +82,20 @@ def test_warmup_compiles_every_bucket_and_serving_compiles_nothing():
     assert all(ms > 0 for ms in engine.metrics.step_costs_ms.values())
     engine.generate(_requests())
     assert engine.metrics.compiles == compiled
+
+
+def test_a_second_engine_on_an_equal_plan_traces_and_compiles_nothing(jax_programs):
+    path = ROOT / "strategies" / "dp_tp.yaml"
+    first = _engine(path)
+    first.warmup()
+    want = [o.output_token_ids for o in first.generate(_requests())]
+    # Another compile() of the strategy, synchronous and round-robin: what only the host reads differs.
+    with jax_programs() as programs:
+        second = _engine(path, **{"runtime.async_scheduling": "false", "runtime.routing": "round_robin"})
+        second.warmup()
+        got = [o.output_token_ids for o in second.generate(_requests())]
+    assert programs == [] and got == want
+    assert second.metrics.compiles == first.metrics.compiles == len(second.sizes.token_buckets)
 
 
 def test_step_costs_given_in_the_strategy_are_interpolated_to_every_bucket_and_not_measured():

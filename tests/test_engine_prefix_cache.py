@@ -10,16 +10,11 @@ from shardspec.runtime.engine import Engine
 from shardspec.runtime.request import Request, SamplingParams
 
 from conftest import ROOT, STRATEGY_FILES, strategy_ids
+from helpers import ONE_DEVICE, SERVING
 
-# float32 pages keep the comparison exact; 6 pages of 16 tokens a rank hold one long
-# request, so two on one rank preempt, and cache_first piles each shared prefix onto one.
-SMALL = {
-    "runtime.routing": "cache_first",
-    "runtime.max_num_batched_tokens": "64",
-    "runtime.max_num_seqs": "8",
-    "kv_cache.dtype": "float32",
-    "kv_cache.num_pages": "6",
-}
+# The shared serving profile: float32 pages keep the comparison exact, and its 10 pages of
+# 16 tokens a rank preempt once cache_first piles a shared prefix's requests onto one rank.
+SMALL = {**SERVING, "runtime.routing": "cache_first"}
 
 
 def shared_prefix_requests() -> list[Request]:
@@ -53,7 +48,7 @@ def uncached_one_device():
     def outputs(path):
         model = load(path).model
         if model not in cache:
-            one_device = {"parallelism.tensor": "1", "devices": "1", "model": model, "kv_cache.prefix_caching": "false"}
+            one_device = {**ONE_DEVICE, "model": model, "kv_cache.prefix_caching": "false"}
             cache[model], _ = serve(ROOT / "strategies" / "tp.yaml", **one_device)
         return cache[model]
 

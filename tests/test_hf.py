@@ -22,6 +22,7 @@ from shardspec.models.registry import build, resolve_config
 from shardspec.runtime.engine import Engine
 
 from conftest import ROOT
+from helpers import SERVING, dense_forward
 
 FIXTURES = ROOT / "tests" / "fixtures" / "hf"
 DENSE = ["llama", "mistral", "qwen2", "qwen3"]
@@ -37,7 +38,7 @@ STRATEGIES = {
     "attention_dp_ep": {"data": 2, "tensor": 2, "expert": 2},  # model DP × attention DP (auto 1) × EP
 }
 CASES = [(t, s) for t in DENSE + MOE for s in STRATEGIES if t in MOE or "ep" not in s]
-SMALL = {"max_num_batched_tokens": 32, "max_num_seqs": 4}
+SMALL = {"max_num_batched_tokens": 64, "max_num_seqs": 8}  # helpers.SERVING's (kv_cache float32 below)
 
 
 def _reference(model_type):
@@ -72,7 +73,7 @@ def _assert_logits_match(got, want):
 def test_sharded_logits_equal_transformers(model_type, name):
     ref = _reference(model_type)
     plan = compile(_strategy(model_type, STRATEGIES[name]))
-    got = np.asarray(apply(plan)(jnp.asarray(_batch(ref)), layout=plan.layout))
+    got = dense_forward(apply(plan), _batch(ref), plan.layout)
     for i in range(2):
         _assert_logits_match(got[i, : len(_sequence(ref, i))], ref[f"logits_{i}"])
 
@@ -82,7 +83,7 @@ def test_dense_moe_dispatch_logits_equal_transformers_too(model_type):
     # The sparse dispatch (the default) runs in every case above; dense is the reference.
     ref = _reference(model_type)
     plan = compile(_strategy(model_type, STRATEGIES["ep"], runtime={"moe_dispatch": "dense"}))
-    got = np.asarray(apply(plan)(jnp.asarray(_batch(ref)), layout=plan.layout))
+    got = np.asarray(apply(plan)(jnp.asarray(_batch(ref)), layout=plan.layout))  # eager, as the README calls it
     for i in range(2):
         _assert_logits_match(got[i, : len(_sequence(ref, i))], ref[f"logits_{i}"])
 
@@ -113,7 +114,7 @@ def test_served_greedy_tokens_equal_transformers(model_type):
 def test_unsharded_reference_model_and_check_use_the_checkpoint(model_type):
     ref = _reference(model_type)
     model = build(resolve_config(str(FIXTURES / model_type)))
-    _assert_logits_match(np.asarray(model(jnp.asarray(_sequence(ref, 0))[None]))[0], ref["logits_0"])
+    _assert_logits_match(dense_forward(model, _sequence(ref, 0)[None])[0], ref["logits_0"])
     result = check(compile(_strategy(model_type, STRATEGIES["tp"])))
     assert result.passed and result.max_abs_diff < 1e-4, result.summary()
 
@@ -132,7 +133,7 @@ def test_padding_policy_loads_exactly():
     )
     assert plan.param("lm_head").stored_shape == (64, 513)
     assert plan.param("layers.0.mlp.gate_proj").stored_shape == (8, 64, 33)
-    got = np.asarray(apply(plan)(jnp.asarray(_batch(ref, rows=2)), layout=plan.layout))
+    got = dense_forward(apply(plan), _batch(ref, rows=2), plan.layout)
     _assert_logits_match(got[1], ref["logits_1"])
 
 
@@ -190,10 +191,7 @@ def test_shardspec_run_on_a_checkpoint_directory(tmp_path):
             str(prompts),
             "--output",
             str(out),
-            "--set",
-            "runtime.max_num_batched_tokens=32",
-            "--set",
-            "kv_cache.dtype=float32",
+            *(arg for key, value in SERVING.items() for arg in ("--set", f"{key}={value}")),
         ],
     )
     assert result.exit_code == 0, result.output

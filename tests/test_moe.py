@@ -19,7 +19,7 @@ from shardspec.runtime.engine import Engine
 from shardspec.runtime.request import Request
 
 from conftest import ROOT
-from helpers import strategy
+from helpers import ONE_DEVICE, SERVING, strategy
 
 MOE_EP = ROOT / "strategies" / "moe_ep.yaml"
 
@@ -111,19 +111,14 @@ def test_experts_not_divisible_by_the_expert_axis_is_an_error():
 
 
 def test_serving_with_attention_dp_and_ep_gives_the_single_device_tokens():
-    overrides = {"runtime.max_num_batched_tokens": "32", "runtime.max_num_seqs": "4", "kv_cache.dtype": "float32"}
     rng = np.random.default_rng(0)
     requests = [
         Request(str(i), tuple(rng.integers(0, 512, n).tolist()), max_tokens=6, ignore_eos=True)
         for i, n in enumerate([3, 17, 40, 9])
     ]
     path = ROOT / "strategies" / "moe_attention_dp_ep.yaml"
-    one = Engine(
-        compile(
-            load(path, overrides={**overrides, "parallelism.tensor": "1", "parallelism.expert": "1", "devices": "1"})
-        )
-    )
-    sharded = Engine(compile(load(path, overrides=overrides)))
+    one = Engine(compile(load(path, overrides={**SERVING, **ONE_DEVICE})))
+    sharded = Engine(compile(load(path, overrides=SERVING)))
     assert [o.output_token_ids for o in sharded.generate(requests)] == [
         o.output_token_ids for o in one.generate(requests)
     ]

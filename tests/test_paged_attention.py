@@ -11,6 +11,7 @@ from shardspec.runtime.paged_attention import BLOCK_TOKENS, attend_rank, attend_
 from shardspec.runtime.request import Request, SamplingParams
 
 from conftest import ROOT
+from helpers import SERVING
 
 
 def _mixed_batch(rng, page=16, pages=64, M=16, K=2, H=8, D=16):
@@ -70,18 +71,15 @@ def test_its_temp_memory_does_not_grow_with_the_block_table():
     assert long <= short * 1.1, (short, long)
 
 
-SMALL = {"runtime.max_num_batched_tokens": "64", "runtime.max_num_seqs": "8", "kv_cache.dtype": "float32"}
-
-
 @pytest.mark.parametrize(
     "name, overrides",
     [
         ("attention_dp.yaml", {"kv_cache.num_pages": "12"}),  # a small pool: preemption and recompute
-        ("tp.yaml", {}),
+        ("tp.yaml", {"kv_cache.num_pages": "auto"}),
     ],
 )
 def test_serving_with_either_attention_gives_the_same_tokens(name, overrides):
-    plan = compile(load(ROOT / "strategies" / name, overrides={**SMALL, **overrides}))
+    plan = compile(load(ROOT / "strategies" / name, overrides={**SERVING, **overrides}))
     rng = np.random.default_rng(3)
     requests = [
         Request(

@@ -1,6 +1,5 @@
 """The jitted step: paged attention over rank-local pages equals the dense model."""
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -12,6 +11,7 @@ from shardspec.runtime.schedule import FROM_PREVIOUS_STEP, ScheduledChunk, StepS
 from shardspec.runtime.step import Step, device_batch, local_rows
 
 from conftest import STRATEGY_FILES, strategy_ids
+from helpers import SERVING, dense_forward
 
 
 def _run(step, params, caches, plan, chunks, samples, prev_rows=None):
@@ -24,7 +24,7 @@ def _run(step, params, caches, plan, chunks, samples, prev_rows=None):
 
 @pytest.mark.parametrize("path", STRATEGY_FILES, ids=strategy_ids())
 def test_chunked_prefill_then_decode_matches_the_dense_model(path):
-    plan = compile(load(path))
+    plan = compile(load(path, overrides=SERVING))
     model = apply(plan)
     graphdef, params = nnx.split(model)
     step = Step(plan, graphdef)  # its own: `traces` counts this test's compiles
@@ -51,8 +51,8 @@ def test_chunked_prefill_then_decode_matches_the_dense_model(path):
     sampled, caches, packed2 = _run(step, params, caches, plan, chunks, sampled, local_rows(packed))
     got = dict(zip(packed2.sampled_seq_ids.tolist(), np.asarray(sampled)[step.output_rows(packed2)].tolist()))
 
-    dense_a = np.asarray(model(jnp.asarray(a)[None]))[0, -1]
-    dense_b = np.asarray(model(jnp.asarray(np.append(b, b_next))[None]))[0]
+    dense_a = dense_forward(model, a[None])[0, -1]
+    dense_b = dense_forward(model, np.append(b, b_next)[None])[0]
     assert b_next == int(dense_b[-2].argmax())
     assert got == {0: int(dense_a.argmax()), 1: int(dense_b[-1].argmax())}
     assert step.traces == len({packed.token_stride, packed2.token_stride})  # one compile per bucket

@@ -10,6 +10,7 @@ from shardspec.runtime.text_stream import TextStream
 from shardspec.tokenizer import load_tokenizer
 
 from conftest import ROOT
+from helpers import ONE_DEVICE, SERVING, dense_forward
 
 LLAMA = ROOT / "tests" / "fixtures" / "hf" / "llama"  # a tiny random checkpoint with a tokenizer
 PROMPTS = ["Hello there", "One two", "a b c d e f g h i j k l m n o p q r s t u v w x y z"]
@@ -17,7 +18,7 @@ PROMPTS = ["Hello there", "One two", "a b c d e f g h i j k l m n o p q r s t u 
 
 @pytest.fixture(scope="module")
 def engine():
-    strategy = load({"model": str(LLAMA), "devices": 1, "runtime": {"max_num_batched_tokens": 32, "max_num_seqs": 4}})
+    strategy = load({"model": str(LLAMA), "devices": 1}, overrides=SERVING)
     return Engine(compile(strategy))
 
 
@@ -67,7 +68,7 @@ def test_text_stream_holds_back_a_possible_stop_string_and_incomplete_characters
 
 
 def test_stop_strings_need_a_tokenizer():
-    engine = Engine(compile(load({"model": "llama3-tiny", "devices": 1})))
+    engine = Engine(compile(load({"model": "llama3-tiny"}, overrides={**SERVING, **ONE_DEVICE})))
     with pytest.raises(ShardspecError, match="stop strings need a model with a tokenizer"):
         engine.add_request(prompt_token_ids=[1, 2], stop=["x"])
 
@@ -100,7 +101,9 @@ def test_requests_added_from_another_thread_while_the_engine_streams(engine):
 
 @pytest.mark.parametrize("async_scheduling", [True, False])
 def test_an_abort_is_delivered_by_the_step_loop(async_scheduling):
-    strategy = load({"model": "llama3-tiny", "devices": 1, "runtime": {"async_scheduling": async_scheduling}})
+    strategy = load(
+        {"model": "llama3-tiny", "runtime": {"async_scheduling": async_scheduling}}, {**SERVING, **ONE_DEVICE}
+    )
     engine = Engine(compile(strategy))
     engine.add_request(id="a", prompt_token_ids=[1, 2, 3], max_tokens=8)
     engine.add_request(id="b", prompt_token_ids=[4, 5], max_tokens=8)
@@ -114,13 +117,11 @@ def test_an_abort_is_delivered_by_the_step_loop(async_scheduling):
 
 def test_logprobs_are_the_log_softmax_of_the_reference_logits():
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from shardspec import apply
 
-    small = {"runtime.max_num_batched_tokens": "32", "runtime.max_num_seqs": "4"}  # few buckets to compile
-    plan = compile(load(ROOT / "strategies" / "attention_dp.yaml", overrides=small))  # 4 ranks, sharded vocab
+    plan = compile(load(ROOT / "strategies" / "attention_dp.yaml", overrides=SERVING))  # 4 ranks, sharded vocab
     engine = Engine(plan)
     rng = np.random.default_rng(0)
     requests = [
@@ -132,8 +133,8 @@ def test_logprobs_are_the_log_softmax_of_the_reference_logits():
     reference = apply(plan)
     for request, out in zip(requests[:3], outputs[:3]):
         tokens = list(request["prompt_token_ids"]) + list(out.output_token_ids)
-        logits = reference(jnp.asarray([tokens]))[0, len(request["prompt_token_ids"]) - 1 : -1]
-        want = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
+        logits = dense_forward(reference, [tokens])[0, len(request["prompt_token_ids"]) - 1 : -1]
+        want = np.asarray(jax.nn.log_softmax(logits.astype(np.float32), axis=-1))
         assert [t.token_id for t in out.logprobs] == list(out.output_token_ids)
         for i, t in enumerate(out.logprobs):
             assert abs(t.logprob - want[i, t.token_id]) < 1e-4
@@ -147,7 +148,7 @@ def test_logprobs_are_the_log_softmax_of_the_reference_logits():
 
 
 def test_streaming_begun_mid_request_still_gives_its_whole_text():
-    strategy = load({"model": str(LLAMA), "devices": 1, "runtime": {"max_num_batched_tokens": 32, "max_num_seqs": 4}})
+    strategy = load({"model": str(LLAMA), "devices": 1}, overrides=SERVING)
     engine = Engine(compile(strategy))
     want = engine.generate([{"prompt": PROMPTS[1], "max_tokens": 12, "ignore_eos": True}])[0]
     engine.add_request(id="m", prompt=PROMPTS[1], max_tokens=12, ignore_eos=True)
