@@ -8,12 +8,12 @@ program). Each is timed from its construction to the end of its warm-up, and
 XLA's backend compiles during it are counted (`jax.monitoring` events).
 
 Then the command line: `shardspec run STRATEGY --json` in a fresh process,
-twice with the persistent cache off, and twice with an empty cache directory
-(the first run fills it, the second reads it). A run's start is its wall time
-less the serving time it reports (`wall_s`): Python, imports, the plan,
-parameters and the warm-up.
+`--runs` times with the persistent cache off, and as many times with an empty
+cache directory (the first run fills it, the others read it). A run's start
+is its wall time less the serving time it reports (`wall_s`): Python, imports,
+the plan, parameters and the warm-up.
 
-    python benchmarks/compile_once.py [--strategy strategies/attention_dp.yaml] [--runs 2]
+    python benchmarks/compile_once.py [--strategy strategies/attention_dp.yaml] [--runs 3]
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _run_once(strategy: Path, cache: str) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strategy", type=Path, default=STRATEGY)
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
     out = {
         "benchmark": "compile_once",

@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
+from shardspec.cluster_env import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 from shardspec.compilation_cache import ENV as ENV_COMPILATION_CACHE
-from shardspec.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 
 MAX_SEED = 2**32 - 1  # a uint32: what jax's PRNG keys and numpy's generators take
 

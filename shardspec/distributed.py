@@ -29,11 +29,8 @@ import sys
 import jax
 import numpy as np
 
+from .cluster_env import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 from .errors import Problem, ShardspecError
-
-ENV_COORDINATOR = "SHARDSPEC_COORDINATOR"
-ENV_NUM_PROCESSES = "SHARDSPEC_NUM_PROCESSES"
-ENV_PROCESS_ID = "SHARDSPEC_PROCESS_ID"
 
 JOIN_HINT = (
     f"pass --coordinator HOST:PORT --num-processes N --process-id I (or set {ENV_COORDINATOR}, "

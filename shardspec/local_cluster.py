@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO
 
+from .cluster_env import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
+
 __all__ = ["ClusterResult", "run_local_cluster"]
 
 STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this long (JAX catches SIGTERM to note preemption)
@@ -117,9 +119,7 @@ def _free_port() -> int:
 def _start(argv: Sequence[str], index: int, count: int, port: int) -> subprocess.Popen:
     env = dict(
         os.environ,
-        SHARDSPEC_COORDINATOR=f"127.0.0.1:{port}",
-        SHARDSPEC_NUM_PROCESSES=str(count),
-        SHARDSPEC_PROCESS_ID=str(index),
+        **{ENV_COORDINATOR: f"127.0.0.1:{port}", ENV_NUM_PROCESSES: str(count), ENV_PROCESS_ID: str(index)},
         PYTHONUNBUFFERED="1",
         JAX_PLATFORMS="cpu",  # simulated CPU devices, whatever accelerator the machine has
         JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}",

@@ -29,7 +29,7 @@ from .metrics import Metrics
 from .outputs import OutputLayer, TokenDelta
 from .paged_attention import attend_rank
 from .request import Output, Request
-from .requests_io import make_request, request_fields
+from .requests_io import make_request
 from .scheduler import DPScheduler
 from .step import Step, shared_step, step_key
 from .step_loop import StepLoop
@@ -118,7 +118,7 @@ class Engine:
             if request is not None:
                 if fields:
                     raise TypeError("add_request() takes a Request or fields, not both")
-                fields = request_fields(request)  # a Request is checked by the same path as fields
+                fields = request.to_json()  # a Request is checked by the same path as fields
             request = self.validate(fields, str(self._next_id))
             self._next_id += 1
             return self.accept(request)
@@ -211,7 +211,7 @@ class Engine:
     ) -> list[Output]:
         """Serve `requests` to the end; outputs in input order. `on_output` sees each as it finishes."""
         requests = [  # each checked once, Requests by the same path as fields
-            self.validate(request_fields(r) if isinstance(r, Request) else r, str(i)) for i, r in enumerate(requests)
+            self.validate(r.to_json() if isinstance(r, Request) else r, str(i)) for i, r in enumerate(requests)
         ]
         order = {r.id: i for i, r in enumerate(requests)}
         if len(order) != len(requests):

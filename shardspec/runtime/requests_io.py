@@ -200,24 +200,6 @@ def _outside_vocabulary(prompt: tuple[int, ...], vocab_size: int) -> int | None:
     return next(t for t in prompt if t >= vocab_size)
 
 
-def request_fields(request: Request) -> dict:
-    """A Request as request-file fields: Request objects are checked by the same path as lines."""
-    sampling = request.sampling
-    fields = {
-        "id": request.id,
-        "prompt_token_ids": list(request.prompt_token_ids),
-        "max_tokens": request.max_tokens,
-        "ignore_eos": request.ignore_eos,
-        "stop_token_ids": list(request.stop_token_ids),
-        **{k: getattr(sampling, k) for k in _SAMPLING_FIELDS},
-    }
-    if request.stop:
-        fields["stop"] = list(request.stop)
-    if request.logprobs is not None:
-        fields["logprobs"] = request.logprobs
-    return fields
-
-
 def _non_finite(fields: Mapping, where: Source) -> list[Problem]:
     return [
         where.problem(key, f"{value} is not a finite number", "give a number")

@@ -102,9 +102,6 @@ class Step:
         )
         per_token = NamedSharding(plan.mesh, P(token_axes))
         rows2d = NamedSharding(plan.mesh, P(token_axes, None))
-        batch = {f: per_token for f in TOKEN_FIELDS + ROW_FIELDS + (LOGPROBS,)}
-        batch["block_tables"] = rows2d
-        cache = plan.sharding(plan.kv_cache.spec)
         # Logit rows stay where the FFN layout put them (over `data`): moving them
         # onto attn_dp as well would be an all-to-all that GSPMD can only replicate.
         self._rows = NamedSharding(plan.mesh, P(plan.activations["logits"][0], None))
@@ -118,21 +115,26 @@ class Step:
             in_specs=(rows2d.spec,) + (per_token.spec,) * 6,
             out_specs=(per_token.spec, per_token.spec, rows2d.spec, rows2d.spec),
         )
-        caches = [(cache, cache)] * plan.kv_cache.num_layers
-        self._batch_shardings = batch
         # Sampled ids stay on their rank: the host reads them (no device collective),
         # and the next step's decodes read their own rank's rows (async scheduling).
         self._samples = per_token
-        samples = StepSamples(per_token, per_token, rows2d, rows2d)
-        self._jitted = jax.jit(
+        self._batch_shardings = {f: per_token for f in TOKEN_FIELDS + ROW_FIELDS + (LOGPROBS,)}
+        self._batch_shardings["block_tables"] = rows2d
+        self._jitted, self._zeros = self._programs(StepSamples(per_token, per_token, rows2d, rows2d))
+
+    def _programs(self, samples: StepSamples):
+        """(the jitted step, the jitted zeros of one K or V cache array), in the plan's shardings."""
+        plan, kv = self.plan, self.plan.kv_cache
+        cache = plan.sharding(kv.spec)
+        caches = [(cache, cache)] * kv.num_layers
+        step = jax.jit(
             self._step,
             donate_argnums=(1,),
-            in_shardings=(plan.param_shardings(), caches, batch, per_token),
+            in_shardings=(plan.param_shardings(), caches, self._batch_shardings, self._samples),
             out_shardings=(samples, caches),
         )
-        kv = plan.kv_cache
         shape = (self.sizes.dp_ranks * self.sizes.pages_per_rank, kv.page_size, kv.slots, kv.head_dim)
-        self._zeros = jax.jit(functools.partial(jnp.zeros, shape, jnp.dtype(kv.dtype)), out_shardings=cache)
+        return step, jax.jit(functools.partial(jnp.zeros, shape, jnp.dtype(kv.dtype)), out_shardings=cache)
 
     def __call__(self, params: nnx.State, caches, batch: dict[str, np.ndarray], prev_sampled: jax.Array):
         """Dispatch one step (asynchronously); returns (StepSamples, new caches).
