@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from shardspec import ShardspecError
-from shardspec._schema import fast_check, schema_problems, validator
+from shardspec._schema import schema_problems, validator
+from shardspec._schema_fast import fast_check
 from shardspec.errors import Source, raise_all
 from shardspec.files import parse_json
 from shardspec.runtime.request import Output

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from jsonschema import ValidationError
 
-from .._schema import error_problems, fast_check, validator
+from .._schema import error_problems, validator
+from .._schema_fast import fast_check
 from ..errors import Problem, ShardspecError, Source, clip, one_of, raise_all
 from ..files import MAX_REQUESTS_BYTES, parse_json, read_text, write_text
 from ..sizes import RuntimeSizes
