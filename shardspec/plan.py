@@ -70,11 +70,11 @@ class ShardingPlan:
     @functools.cached_property
     def program_key(self) -> tuple:
         """What this plan's compiled programs depend on: equal keys, equal programs. The
-        plan is a function of the strategy, the model's parameters and the devices, and of
-        the device memory free when `num_pages: auto` sized the KV cache (hence its sizes).
-        The strategy's `auto`s count as what they resolved to (`attention_data: auto` and
-        the explicit 4 it resolves to compile to one program), and its rules as the table
-        they resolved to (a default written out is the default)."""
+        plan is a function of the strategy, the model's parameters and the devices (and of
+        the device memory free when `num_pages: auto` sized the KV cache). The strategy's
+        `auto`s count as what they resolved to (`attention_data: auto` and the explicit 4
+        it resolves to compile to one program; `num_pages: auto` as the pages it gave), and
+        its rules as the table they resolved to (a default written out is the default)."""
         s, model = self.strategy.program_view(), self.model
         parallelism = dataclasses.replace(s.parallelism, attention_data=self.attention_data)
         rules = {name: rule.mesh_axes for name, rule in self.rules.items()}
@@ -83,7 +83,7 @@ class ShardingPlan:
             kv = dataclasses.replace(s.kv_cache, dtype=self.kv_cache.dtype, num_pages=self.kv_cache.pages_per_rank)
             runtime = dataclasses.replace(s.runtime, max_model_len=self.runtime.max_model_len)
             s = dataclasses.replace(s, kv_cache=kv, runtime=runtime)
-        return s, self.mesh, self.params, model.geometry, model.paddable, self.kv_cache, self.runtime
+        return s, self.mesh, self.params, model.geometry, model.paddable
 
     @property
     def device_count(self) -> int:

@@ -160,7 +160,7 @@ class Engine:
         """Run one step; return the requests that finished."""
         with self.lock:
             result = self._loop.step(keep_tokens=self._outputs.follows_any)
-            finished = result.finished + self._stop_strings(result.new_tokens)
+            finished = result.finished + self._take(result.new_tokens)
             return [self._outputs.complete(o) for o in finished]
 
     def step_deltas(self) -> list[TokenDelta]:
@@ -168,11 +168,12 @@ class Engine:
         with self.lock:
             result = self._loop.step(keep_tokens=True)
             self._outputs.open_texts(result.new_tokens, result.finished, self._scheduler.outputs_of)
-            finished = result.finished + self._stop_strings(result.new_tokens)
+            finished = result.finished + self._take(result.new_tokens)
             return self._outputs.deltas(result.new_tokens, finished)
 
-    def _stop_strings(self, new) -> list[Output]:
-        """The requests a stop string ended in this step's tokens, finished as "stop"."""
+    def _take(self, new) -> list[Output]:
+        """A step's tokens into the output layer (texts, logprobs); the requests a stop string
+        ended in them, finished now as "stop"."""
         stopped = self._outputs.take(new) if new else []
         return self._loop.stop(stopped) if stopped else []
 

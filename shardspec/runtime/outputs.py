@@ -100,13 +100,11 @@ class OutputLayer:
             tokens.setdefault(rid, []).append(token)
             if entry is not None:
                 logprobs.setdefault(rid, []).append(entry)
-        texts = {rid: self._texts.get(rid) for rid in tokens}  # before complete() lets finished ones go
-        done = {o.id: o for o in finished}
-        for o in finished:
-            texts.setdefault(o.id, self._texts.get(o.id))
-        completed = {rid: self.complete(o) for rid, o in done.items()}
+        order = list(tokens) + [o.id for o in finished if o.id not in tokens]
+        texts = {rid: self._texts.get(rid) for rid in order}  # before complete() lets finished ones go
+        completed = {o.id: self.complete(o) for o in finished}
         deltas = []
-        for rid in list(tokens) + [o.id for o in finished if o.id not in tokens]:
+        for rid in order:
             out, text = completed.get(rid), texts.get(rid)
             if text is not None:
                 piece = text.take(final=out is not None)

@@ -6,7 +6,8 @@ a token-id list say whether an id is bad, numpy which ones, and jsonschema words
 only those; jsonschema checks every other rule (msgspec, its type built from
 the same schema, lets a good request skip that walk), each list cut to one item
 past its maxItems, at most MAX_PROBLEMS unknown keys; a prompt longer than the
-plan serves is refused before any of its ids is read.
+plan serves is refused before any of its ids is checked (msgspec's pass over the
+list is a C loop at a few ns an id).
 """
 
 from __future__ import annotations

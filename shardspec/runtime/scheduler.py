@@ -142,11 +142,6 @@ class DPScheduler:
         """An unfinished request's sequence (its scheduling state); None once finished."""
         return self._by_request.get(request_id)
 
-    def request_id(self, seq_id: int) -> str | None:
-        """The request of an unfinished sequence."""
-        seq = self._seqs.get(seq_id)
-        return seq.request.id if seq is not None else None
-
     def has_unfinished(self) -> bool:
         """Requests still running or waiting, or finished with their Output not yet taken."""
         return bool(self._seqs) or bool(self._finished)
