@@ -58,14 +58,18 @@ class RMSNorm(nnx.Module):
         return (normed * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
-def rope_frequencies(cfg: LlamaConfig) -> tuple[float, ...]:
-    """RoPE's D/2 inverse frequencies, with the config's scaling (as Hugging Face computes them)."""
-    half, s = cfg.head_dim // 2, cfg.rope_scaling
+def rope_frequencies(cfg: LlamaConfig, dim: int | None = None) -> tuple[float, ...]:
+    """RoPE's dim/2 inverse frequencies (dim: the rotated channels, default head_dim), with
+    the config's scaling, as Hugging Face computes them."""
+    dim = dim or cfg.head_dim
+    half, s = dim // 2, cfg.rope_scaling
     freqs = [cfg.rope_theta ** (-i / half) for i in range(half)]
     if s is None:
         return tuple(freqs)
     if s.kind == "linear":
         return tuple(f / s.factor for f in freqs)
+    if s.kind == "yarn":
+        return _yarn_frequencies(freqs, dim, cfg.rope_theta, s)
     # llama3: long wavelengths slowed by `factor`, short ones kept, a smooth blend between.
     low_wavelen = s.original_max_position / s.low_freq_factor
     high_wavelen = s.original_max_position / s.high_freq_factor
@@ -82,12 +86,51 @@ def rope_frequencies(cfg: LlamaConfig) -> tuple[float, ...]:
     return tuple(out)
 
 
-def rope(x, positions, freqs: tuple[float, ...]):
-    """Rotary embedding, Hugging Face's half-split layout. x: [B, T, H, D]; positions: [B, T]."""
+def _yarn_frequencies(freqs: list[float], dim: int, theta: float, s) -> tuple[float, ...]:
+    """YaRN: frequencies that turn fewer than beta_slow times over the pre-training context
+    are interpolated (÷ factor), those turning more than beta_fast times kept, a linear
+    ramp between (over the channel index)."""
+
+    def channel(rotations: float) -> float:  # the channel whose frequency turns `rotations` times
+        return dim * math.log(s.original_max_position / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = channel(s.beta_fast), channel(s.beta_slow)
+    if s.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    high = high + 0.001 if low == high else high  # no zero-width ramp
+    out = []
+    for i, f in enumerate(freqs):
+        kept = 1 - min(max((i - low) / (high - low), 0.0), 1.0)
+        out.append(f / s.factor * (1 - kept) + f * kept)
+    return tuple(out)
+
+
+def rope_attention_factor(cfg: LlamaConfig) -> float:
+    """What YaRN multiplies the rotated channels by (cos and sin), as Hugging Face does; 1 otherwise."""
+    s = cfg.rope_scaling
+    if s is None or s.kind != "yarn":
+        return 1.0
+    if s.attention_factor is not None:
+        return s.attention_factor
+    if s.mscale and s.mscale_all_dim:
+        return yarn_mscale(s.factor, s.mscale) / yarn_mscale(s.factor, s.mscale_all_dim)
+    return yarn_mscale(s.factor)
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def rope(x, positions, freqs: tuple[float, ...], factor: float = 1.0, interleaved: bool = False):
+    """Rotary embedding. x: [B, T, H, D]; positions: [B, T]. Channel pairs are (i, i + D/2)
+    (Hugging Face's half split) or, `interleaved`, (2i, 2i + 1), returned half-split (as
+    DeepSeek's): every query and key alike, so their dot products are the same."""
     half = x.shape[-1] // 2
     angles = positions[..., None].astype(jnp.float32) * jnp.asarray(freqs, jnp.float32)  # [B, T, D/2]
-    cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]  # [B, T, 1, D/2]
-    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    cos, sin = jnp.cos(angles)[:, :, None, :] * factor, jnp.sin(angles)[:, :, None, :] * factor  # [B, T, 1, D/2]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = (x32[..., 0::2], x32[..., 1::2]) if interleaved else (x32[..., :half], x32[..., half:])
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
@@ -105,7 +148,7 @@ class Attention(nnx.Module):
         if cfg.qk_norm:  # one scale over head_dim, shared by every head
             self.q_norm = RMSNorm(D, cfg.rms_eps, dtype, abstract=rngs is None, axis=HEAD_DIM)
             self.k_norm = RMSNorm(D, cfg.rms_eps, dtype, abstract=rngs is None, axis=HEAD_DIM)
-        self.rope_freqs = rope_frequencies(cfg)
+        self.rope_freqs, self.rope_factor = rope_frequencies(cfg), rope_attention_factor(cfg)
         self.qkv_bias, self.qk_norm = cfg.qkv_bias, cfg.qk_norm
 
     def project_qkv(self, x, positions, layout: Layout):
@@ -117,7 +160,7 @@ class Attention(nnx.Module):
             q, k, v = q + self.q_bias[...], k + self.k_bias[...], v + self.v_bias[...]
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rope(q, positions, self.rope_freqs), rope(k, positions, self.rope_freqs)
+        q, k = (rope(x, positions, self.rope_freqs, self.rope_factor) for x in (q, k))
         return layout.attention_inputs(q, k, v)  # query head h reads KV slot h * K*r / H
 
     def output(self, attn, layout: Layout):
@@ -147,9 +190,9 @@ class SwiGLU(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: LlamaConfig, dtype, rngs: nnx.Rngs | None, make_mlp=SwiGLU):
+    def __init__(self, cfg: LlamaConfig, dtype, rngs: nnx.Rngs | None, make_mlp=SwiGLU, make_attention=Attention):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_eps, dtype, abstract=rngs is None)
-        self.self_attn = Attention(cfg, dtype, rngs)
+        self.self_attn = make_attention(cfg, dtype, rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_eps, dtype, abstract=rngs is None)
         self.mlp = make_mlp(cfg, dtype, rngs)
 
@@ -165,7 +208,9 @@ class Llama(nnx.Module):
         """`rngs=None` builds the model abstractly: parameters are ShapeDtypeStructs."""
         self.config = cfg
         self.embed_tokens = _param(rngs, (cfg.vocab_size, cfg.hidden_size), (VOCAB, EMBED), dtype)
-        self.layers = nnx.List([DecoderLayer(cfg, dtype, rngs, self.mlp_for(i)) for i in range(cfg.num_layers)])
+        self.layers = nnx.List(
+            [DecoderLayer(cfg, dtype, rngs, self.mlp_for(i), self.attention_for(i)) for i in range(cfg.num_layers)]
+        )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_eps, dtype, abstract=rngs is None)
         if not cfg.tie_embeddings:
             self.lm_head = _param(
@@ -186,6 +231,10 @@ class Llama(nnx.Module):
     def mlp_for(self, layer: int):
         """The FFN class of layer `layer` (built as cls(cfg, dtype, rngs)); the MoE model overrides it."""
         return SwiGLU
+
+    def attention_for(self, layer: int):
+        """The attention class of layer `layer` (built as cls(cfg, dtype, rngs)); DeepSeek's is latent."""
+        return Attention
 
     def embed(self, tokens, layout: Layout):
         """tokens: [B, T] int -> [B, T, E]."""

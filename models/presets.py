@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from .config import LlamaConfig, MoEConfig
+import dataclasses
+
+from .config import DeepSeekConfig, LlamaConfig, MoEConfig, RopeScaling, Routing
+
+# DeepSeek-V3's router: sigmoid scores, the best groups by their top two (scores + a learnt
+# bias), renormalised, × 2.5; kept in float32. The tiny preset uses 4 groups of 2, top 2.
+V3_ROUTING = Routing(
+    scoring="sigmoid",
+    topk_method="noaux_tc",
+    n_group=4,
+    topk_group=2,
+    norm_topk_prob=True,
+    norm_epsilon=1e-20,
+    routed_scaling_factor=2.5,
+    float32_router=True,
+)
 
 PRESETS: dict[str, LlamaConfig] = {
     # The embedded default: big enough to shard 8 ways, small enough for any test.
@@ -74,7 +89,7 @@ PRESETS: dict[str, LlamaConfig] = {
         num_experts=8,
         experts_per_token=2,
         expert_mlp_size=64,
-        norm_topk_prob=True,
+        routing=Routing(norm_topk_prob=True),
         family="mixtral",
     ),
     "qwen3-moe-tiny": MoEConfig(
@@ -92,7 +107,7 @@ PRESETS: dict[str, LlamaConfig] = {
         num_experts=8,
         experts_per_token=2,
         expert_mlp_size=64,
-        norm_topk_prob=True,
+        routing=Routing(norm_topk_prob=True),
         family="qwen3_moe",
     ),
     "mixtral-8x7b": MoEConfig(
@@ -109,7 +124,7 @@ PRESETS: dict[str, LlamaConfig] = {
         num_experts=8,
         experts_per_token=2,
         expert_mlp_size=14336,
-        norm_topk_prob=True,
+        routing=Routing(norm_topk_prob=True),
         family="mixtral",
         shape_only=True,
     ),
@@ -128,8 +143,85 @@ PRESETS: dict[str, LlamaConfig] = {
         num_experts=128,
         experts_per_token=8,
         expert_mlp_size=768,
-        norm_topk_prob=True,
+        routing=Routing(norm_topk_prob=True),
         family="qwen3_moe",
+        shape_only=True,
+    ),
+    # DeepSeek: multi-head latent attention (one 576-value latent a token and layer, no KV
+    # head to split) and MoE FFNs with shared experts; the case attention DP is for.
+    "deepseek-v3-tiny": DeepSeekConfig(
+        vocab_size=512,
+        hidden_size=128,
+        num_layers=2,
+        num_heads=8,
+        num_kv_heads=8,
+        head_dim=24,
+        mlp_size=256,
+        rope_theta=10000.0,
+        rms_eps=1e-6,
+        max_seq_len=512,
+        num_experts=8,
+        experts_per_token=2,
+        expert_mlp_size=64,
+        routing=V3_ROUTING,
+        shared_mlp_size=64,
+        dense_layers=(0,),
+        q_lora_rank=64,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        v_head_dim=16,
+    ),
+    "deepseek-v3": DeepSeekConfig(
+        vocab_size=129280,
+        hidden_size=7168,
+        num_layers=61,
+        num_heads=128,
+        num_kv_heads=128,
+        head_dim=192,
+        mlp_size=18432,
+        rope_theta=10000.0,
+        rms_eps=1e-6,
+        max_seq_len=163840,
+        num_experts=256,
+        experts_per_token=8,
+        expert_mlp_size=2048,
+        routing=dataclasses.replace(V3_ROUTING, n_group=8, topk_group=4),
+        shared_mlp_size=2048,
+        dense_layers=(0, 1, 2),
+        q_lora_rank=1536,
+        kv_lora_rank=512,
+        qk_nope_head_dim=128,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+        rope_scaling=RopeScaling("yarn", 40.0, original_max_position=4096, mscale=1.0, mscale_all_dim=1.0),
+        mtp_layers=1,
+        shape_only=True,
+    ),
+    "deepseek-v2-lite": DeepSeekConfig(
+        vocab_size=102400,
+        hidden_size=2048,
+        num_layers=27,
+        num_heads=16,
+        num_kv_heads=16,
+        head_dim=192,
+        mlp_size=10944,
+        rope_theta=10000.0,
+        rms_eps=1e-6,
+        max_seq_len=163840,
+        num_experts=64,
+        experts_per_token=6,
+        expert_mlp_size=1408,
+        routing=Routing(norm_topk_prob=False, float32_router=True),
+        shared_mlp_size=2 * 1408,
+        dense_layers=(0,),
+        q_lora_rank=None,
+        kv_lora_rank=512,
+        qk_nope_head_dim=128,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+        rope_scaling=RopeScaling("yarn", 40.0, original_max_position=4096, mscale=0.707, mscale_all_dim=0.707),
+        family="deepseek_v2",
         shape_only=True,
     ),
 }

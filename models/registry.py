@@ -11,8 +11,9 @@ from flax import nnx
 
 from shardspec.errors import ShardspecError, Source, clip, did_you_mean
 
-from .config import LlamaConfig, MoEConfig
+from .config import DeepSeekConfig, LlamaConfig, MoEConfig
 from .llama import Llama
+from .mla import DeepSeek
 from .moe import MoE
 from .presets import PRESETS
 
@@ -40,6 +41,8 @@ def resolve_config(model: str | os.PathLike | LlamaConfig, where: Source | None 
 
 def model_class(config: LlamaConfig) -> type[Llama]:
     """The one place that picks a model class for a config."""
+    if isinstance(config, DeepSeekConfig):
+        return DeepSeek
     return MoE if isinstance(config, MoEConfig) else Llama
 
 
@@ -53,7 +56,7 @@ def build(config: LlamaConfig, *, dtype=jnp.float32, seed: int = 0) -> Llama:
         from shardspec.checkpoint import load_state
 
         graphdef, state = nnx.split(abstract(config, dtype=dtype))
-        return nnx.merge(graphdef, load_state(config, state, dtype))
+        return nnx.merge(graphdef, load_state(config, state))
     with nnx.use_eager_sharding(False):
         return model_class(config)(config, dtype=dtype, rngs=nnx.Rngs(seed))
 

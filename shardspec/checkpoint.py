@@ -223,8 +223,9 @@ def check(config: LlamaConfig, abstract_state: nnx.State) -> None:
         pass
 
 
-def load_state(config: LlamaConfig, abstract_state: nnx.State, dtype, placements=None) -> nnx.State:
-    """The checkpoint's parameters as a State shaped like `abstract_state`.
+def load_state(config: LlamaConfig, abstract_state: nnx.State, placements=None) -> nnx.State:
+    """The checkpoint's parameters as a State shaped like `abstract_state`, each in its
+    abstract dtype (the runtime's, or float32 where the model keeps one: DeepSeek's router).
 
     `placements`: {path: (sharding, stored shape)} from a plan; None puts every
     parameter whole on the default device (the unsharded reference model).
@@ -233,7 +234,7 @@ def load_state(config: LlamaConfig, abstract_state: nnx.State, dtype, placements
     out = []
     with Checkpoint(config, _params(abstract_state)) as ckpt:
         for key, var in flat:
-            path, shape = ".".join(map(str, key)), tuple(var.get_value().shape)
+            path, shape, dtype = ".".join(map(str, key)), tuple(var.get_value().shape), var.get_value().dtype
             tmap = hf.tensor_map(config, path, shape)
             if placements is None:
                 value = jnp.asarray(ckpt.read(tmap, tuple((0, n) for n in shape), shape, dtype))

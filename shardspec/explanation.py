@@ -107,11 +107,19 @@ def derivations(plan: ShardingPlan) -> list[str]:
         plan.attention_data_why,
         f"model (attention TP) = tensor {tensor} / attention_data {plan.attention_data} = {s['model']}",
         f"DP ranks = data {s['data']} × attn_dp {s['attn_dp']} = {plan.dp_ranks}",
-        NO_KV_CACHE
-        if kv is None
-        else f"KV-head replication = {kv.replication}: kv_heads {kv.kv_heads} stored as {kv.slots} slots "
-        f"over model {s['model']}",
+        NO_KV_CACHE if kv is None else _replication_why(kv, s["model"]),
     ]
+
+
+def _replication_why(kv, model: int) -> str:
+    if kv.is_latent:
+        return (
+            f"latent replication = {kv.replication}: one latent a token, no head axis to split, "
+            f"so each of model {model} devices holds its rank's whole cache"
+        )
+    return (
+        f"KV-head replication = {kv.replication}: kv_heads {kv.kv_heads} stored as {kv.slots} slots over model {model}"
+    )
 
 
 def totals(plan: ShardingPlan) -> dict[str, int]:
@@ -128,7 +136,7 @@ def totals(plan: ShardingPlan) -> dict[str, int]:
 
 
 def warnings(plan: ShardingPlan) -> list[str]:
-    out = []
+    out = _model_notes(plan)
     for p in plan.params:
         out += [f"{p.path}: {note}" for note in p.notes]
         if (
@@ -138,6 +146,18 @@ def warnings(plan: ShardingPlan) -> list[str]:
         ):
             out.append(f"{p.path}: {fmt_bytes(p.bytes_per_device)} replicated on every device")
     return out
+
+
+def _model_notes(plan: ShardingPlan) -> list[str]:
+    """What of the model the plan leaves out."""
+    config = plan.model.config
+    mtp = getattr(config, "mtp_layers", 0)
+    if not mtp:
+        return []
+    return [
+        f"model: the checkpoint's {mtp} multi-token-prediction layer(s) past layer {config.num_layers - 1} "
+        "are not loaded (they only serve speculative decoding)"
+    ]
 
 
 def mesh_picture(plan: ShardingPlan) -> list[str]:
@@ -224,10 +244,19 @@ def _kv_lines(plan: ShardingPlan) -> list[str]:
     dtype_auto = " (auto: the runtime dtype)" if plan.strategy.kv_cache.dtype == "auto" else ""
     longest = plan.runtime.max_model_len
     whose = "runtime.max_model_len" if plan.strategy.runtime.max_model_len else "the model's maximum"
+    shape = f"[pages, {kv.page_size}, {kv.slots}, {kv.head_dim}] {kv.dtype}{dtype_auto}, spec {spec_str(kv.spec)}"
+    if kv.is_latent:
+        what = (
+            f"  latent per layer (multi-head latent attention): {shape}",
+            f"    a token: {kv.latent_dim} latent + {kv.head_dim - kv.latent_dim} rope key channels, "
+            f"{fmt_bytes(kv.bytes_per_token_per_layer)} a layer; the latent channels are also the values",
+        )
+    else:
+        what = (f"  K and V per layer: {shape}",)
+    label = "latent replication" if kv.is_latent else "KV-head replication"
     return [
-        f"  K and V per layer: [pages, {kv.page_size}, {kv.slots}, {kv.head_dim}] {kv.dtype}{dtype_auto}, "
-        f"spec {spec_str(kv.spec)}",
-        f"  pages per DP rank: {kv.pages_per_rank}{auto} · KV-head replication: {kv.replication}",
+        *what,
+        f"  pages per DP rank: {kv.pages_per_rank}{auto}, {kv.tokens_per_rank:,} tokens · {label}: {kv.replication}",
         f"  per device: {fmt_bytes(kv.bytes_per_page_per_device)} a page, "
         f"{fmt_bytes(kv.bytes_per_device(1000))} per 1,000 pages, "
         f"{fmt_bytes(kv.bytes_per_device())} for {kv.pages_per_rank} pages",
@@ -274,6 +303,10 @@ def _kv_json(plan: ShardingPlan) -> dict[str, Any] | None:
         "page_size": kv.page_size,
         "kv_head_replication": kv.replication,
         "kv_slots": kv.slots,
+        "kind": "latent" if kv.is_latent else "per_head",
+        "latent_dim": kv.latent_dim,
+        "bytes_per_token_per_layer": kv.bytes_per_token_per_layer,
+        "tokens_per_rank": kv.tokens_per_rank,
         "dtype": kv.dtype,
         "max_model_len": plan.runtime.max_model_len,
         "attention": ATTENTION,

@@ -4,9 +4,10 @@
           + 2 × (lm_head parameters) × sampled rows          (logits only where a token is sampled)
           + 4 × query heads × head_dim × context × tokens    (QKᵀ and PV)
 
-A MoE layer touches its router and the `experts_per_token` experts it routes a
-token to, never the others: dense dispatch (every expert, every token) costs
-num_experts ÷ experts_per_token times the routed work. The embedding is a
+A MoE layer touches its router, its shared expert (and the shared expert's
+gate), which every token runs through, and the `experts_per_token` experts it
+routes a token to, never the others: dense dispatch (every expert, every token)
+costs num_experts ÷ experts_per_token times the routed work. The embedding is a
 lookup, not a matmul. No jax here.
 """
 
@@ -24,14 +25,17 @@ def moe_layers(config: LlamaConfig) -> list[int]:
 
 def touched_per_token(config: LlamaConfig, experts: int | None = None) -> int:
     """Matmul parameters one token runs through in the decoder layers, `experts` of a MoE
-    layer's experts (default: the `experts_per_token` it is routed to)."""
+    layer's routed experts (default: the `experts_per_token` it is routed to) and, with
+    any number of them, the layer's shared expert."""
     E, H, K, D = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
     attention = E * (H + 2 * K) * D + H * D * E  # q, k, v projections; o_proj
     n_moe = len(moe_layers(config))
     total = (attention + 3 * E * config.mlp_size) * (config.num_layers - n_moe)  # SwiGLU
     if n_moe:
         experts = config.experts_per_token if experts is None else experts
-        per_layer = attention + E * config.num_experts + experts * 3 * E * config.expert_mlp_size  # + router
+        router = E * config.num_experts
+        shared = 3 * E * config.shared_mlp_size + (E if config.shared_expert_gate else 0)  # SwiGLU + [E, 1] gate
+        per_layer = attention + router + shared + experts * 3 * E * config.expert_mlp_size
         total += per_layer * n_moe
     return total
 

@@ -50,7 +50,9 @@ class ParamLayout:
 
 @dataclasses.dataclass(frozen=True)
 class KVCacheLayout:
-    """One array per layer for K and one for V: [pages, page_size, kv slots, head_dim]."""
+    """The arrays of a layer's cache, [pages, page_size, kv slots, head_dim] each: one for K
+    and one for V, or (multi-head latent attention) one latent array whose first
+    `latent_dim` channels are also the values."""
 
     spec: P
     kv_heads: int  # the model's KV heads
@@ -61,7 +63,23 @@ class KVCacheLayout:
     head_dim: int
     num_layers: int
     dtype: str
-    bytes_per_page_per_device: int  # K and V, all layers
+    bytes_per_page_per_device: int  # every array, all layers
+    arrays: int = 2  # per layer: K and V (2) or the latent (1)
+    latent_dim: int | None = None  # a latent cache: the channels that are also the values
+
+    @property
+    def is_latent(self) -> bool:
+        return self.latent_dim is not None
+
+    @property
+    def bytes_per_token_per_layer(self) -> int:
+        """What one token costs one layer, stored once (before replication)."""
+        return self.arrays * self.kv_heads * self.head_dim * jnp.dtype(self.dtype).itemsize
+
+    @property
+    def tokens_per_rank(self) -> int:
+        """Tokens one DP rank's pages hold."""
+        return self.pages_per_rank * self.page_size
 
     def bytes_per_device(self, pages_per_rank: int | None = None) -> int:
         return self.bytes_per_page_per_device * (pages_per_rank or self.pages_per_rank)
@@ -217,6 +235,15 @@ def attention_problems(
                 "query heads must be a positive multiple of KV heads",
             )
         ]
+    latent = geometry.latent_dim
+    if latent is not None and (kv != 1 or not 1 <= latent <= geometry.head_dim):
+        return [
+            strategy.source.problem(
+                "model",
+                f"decoder geometry: a latent cache of {kv} KV heads, latent_dim {latent}, head_dim {geometry.head_dim}",
+                "a latent cache has 1 KV head, and its values are 1..head_dim of its channels",
+            )
+        ]
     problems = []
     rule = table[ax.HEADS]
     head_axes = rules_lib.effective_axes(rule.mesh_axes, shape)
@@ -276,7 +303,8 @@ def kv_cache_layout(
     spec = P(pages, None, rules_lib.spec_entry(kv_axes), None)
     cfg = strategy.kv_cache
     itemsize = jnp.dtype(dtype).itemsize
-    per_page = 2 * geometry.num_layers * cfg.page_size * (slots // kv_shards) * geometry.head_dim * itemsize
+    arrays = geometry.kv_arrays
+    per_page = arrays * geometry.num_layers * cfg.page_size * (slots // kv_shards) * geometry.head_dim * itemsize
     if cfg.num_pages != "auto":
         pages_per_rank = int(cfg.num_pages)
     elif free_bytes is None:
@@ -296,4 +324,6 @@ def kv_cache_layout(
         geometry.num_layers,
         dtype,
         per_page,
+        arrays,
+        geometry.latent_dim,
     )

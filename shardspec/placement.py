@@ -54,7 +54,7 @@ def apply(plan: ShardingPlan, params: Any = None, *, seed: int = 0) -> Any:
         from .checkpoint import load_state
 
         placements = {p.path: (plan.sharding(p.spec), p.stored_shape) for p in plan.params}
-        state = load_state(config, tree.abstract(), plan.dtype, placements)
+        state = load_state(config, tree.abstract(), placements)
     else:
         state = _init_program(plan)(jax.random.key(seed))
     return nnx.merge(tree.graphdef, state)

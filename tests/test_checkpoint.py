@@ -7,6 +7,7 @@ import shutil
 import tracemalloc
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from fixtures.synthetic import llama_config, write_checkpoint
@@ -150,10 +151,18 @@ def test_an_unsupported_dtype_is_named(tmp_path):
         (
             {"model_type": "gpt2"},
             "model_type: model_type 'gpt2' is not supported (supported: llama, mistral, "
-            "qwen2, qwen3, mixtral or qwen3_moe)",
+            "qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe, deepseek_v2 or deepseek_v3)",
         ),
         ({"hidden_act": "gelu"}, "hidden_act: hidden_act 'gelu' is not supported (only silu (SwiGLU))"),
-        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling: rope scaling 'yarn' is not supported"),
+        ({"rope_scaling": {"rope_type": "longrope", "factor": 4.0}}, "rope_scaling: rope scaling 'longrope' is not"),
+        (
+            {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+            "rope_scaling: yarn rope scaling needs original_max_position_embeddings",
+        ),
+        (
+            {"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}},
+            "quantization_config: a quantized checkpoint (fp8) is not supported",
+        ),
         ({"hidden_size": None}, "hidden_size: missing 'hidden_size'"),
     ],
 )
@@ -184,6 +193,21 @@ def test_hub_style_qwen3_moe_config_names_its_experts_num_experts(tmp_path):
 def test_validate_accepts_every_fixture():
     for directory in sorted(FIXTURES.iterdir()):
         assert _validate(directory)[0] == 0, directory
+
+
+def test_multi_token_prediction_layers_past_the_last_layer_are_not_read(tmp_path):
+    directory = _copy(tmp_path, "deepseek_v3")  # its file holds model.layers.2.* (MTP) beside layers 0-1
+    assert "model.layers.2.eh_proj.weight" in load_file(directory / "model.safetensors")
+    assert resolve_config(str(directory)).mtp_layers == 1 and _validate(directory)[0] == 0
+
+
+def test_a_float32_router_stays_float32_in_a_bf16_runtime():
+    # DeepSeek routes in float32 (transformers keeps gate.weight and the selection bias so).
+    strategy = {"model": str(FIXTURES / "deepseek_v3"), "parallelism": {"tensor": 8}, "runtime": {"dtype": "bfloat16"}}
+    plan = compile(load(strategy))
+    state = _flat(nnx.state(apply(plan)))
+    assert state["layers.1.mlp.router"].dtype == state["layers.1.mlp.score_correction_bias"].dtype == np.float32
+    assert state["layers.1.mlp.gate_proj"].dtype == jnp.bfloat16
 
 
 def test_a_bf16_checkpoint_loads_bit_exact_into_a_bf16_runtime():

@@ -8,16 +8,18 @@ logits agree within RTOL × max(1, max |logit|).
 
 import dataclasses
 import json
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from shardspec import apply, compile, load
+from shardspec import ShardspecError, apply, compile, load
 from shardspec.check import check
 from shardspec.cli.main import app
-from shardspec.models.config import MoEConfig
+from shardspec.models.config import DeepSeekConfig, MoEConfig, Routing
+from shardspec.models.hf_config import deepseek_dense_layers, deepseek_routing, qwen_dense_layers
 from shardspec.models.registry import build, resolve_config
 from shardspec.runtime.engine import Engine
 
@@ -26,7 +28,7 @@ from helpers import SERVING, dense_forward
 
 FIXTURES = ROOT / "tests" / "fixtures" / "hf"
 DENSE = ["llama", "mistral", "qwen2", "qwen3"]
-MOE = ["mixtral", "qwen3_moe"]
+MOE = ["mixtral", "qwen3_moe", "qwen2_moe", "deepseek_v3", "deepseek_v2"]
 # float32: the measured worst difference from transformers is ~3e-7 of the largest
 # logit (reduction order only); 1e-5 leaves 30x headroom and catches any real error.
 RTOL = 1e-5
@@ -143,9 +145,112 @@ def test_config_json_maps_each_family():
     assert configs["qwen2"].qkv_bias and configs["qwen2"].tie_embeddings
     assert configs["qwen3"].qk_norm and not configs["qwen3"].qkv_bias
     assert configs["mistral"].max_seq_len == 256  # inside its 4096 sliding window
-    mixtral, qwen = configs["mixtral"], configs["qwen3_moe"]
-    assert isinstance(mixtral, MoEConfig) and mixtral.norm_topk_prob and mixtral.expert_mlp_size == 32
-    assert not qwen.norm_topk_prob and qwen.dense_layers == (1,) and qwen.qk_norm
+    mixtral, qwen, qwen2 = configs["mixtral"], configs["qwen3_moe"], configs["qwen2_moe"]
+    assert isinstance(mixtral, MoEConfig) and mixtral.routing == Routing(norm_topk_prob=True)
+    assert mixtral.expert_mlp_size == 32 and not mixtral.shared_mlp_size
+    assert not qwen.routing.norm_topk_prob and qwen.dense_layers == (1,) and qwen.qk_norm
+    assert qwen2.routing == Routing(norm_topk_prob=False) and qwen2.dense_layers == (0,)  # decoder_sparse_step 2
+    assert qwen2.qkv_bias and not qwen2.qk_norm and (qwen2.num_experts, qwen2.expert_mlp_size) == (8, 32)
+    assert qwen2.shared_mlp_size == 64 and qwen2.shared_expert_gate
+    v3, v2 = configs["deepseek_v3"], configs["deepseek_v2"]
+    assert isinstance(v3, DeepSeekConfig) and (v3.q_lora_rank, v3.kv_lora_rank, v3.head_dim) == (32, 32, 24)
+    assert v3.routing.topk_method == "noaux_tc" and v3.routing.routed_scaling_factor == 2.5 and v3.mtp_layers == 1
+    assert v3.rope_scaling.kind == "yarn" and v3.dense_layers == (0,) and v3.shared_mlp_size == 32
+    assert v2.q_lora_rank is None and v2.rope_interleave and v2.routing.topk_method == "group_limited_greedy"
+    assert v2.shared_mlp_size == 64 and v2.rope_scaling.mscale_all_dim == 0.707
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            {"shared_expert_intermediate_size": None},
+            "shared_expert_intermediate_size: missing 'shared_expert_intermediate_size' "
+            "(a qwen2_moe config.json has it)",
+        ),
+        ({"shared_expert_intermediate_size": 0}, "shared_expert_intermediate_size: 0 is below the minimum 1"),
+        ({"qkv_bias": "yes"}, "qkv_bias: expected true or false or null, got 'yes'"),
+        ({"topk_method": "top_p"}, "topk_method: 'top_p' is not one of greedy, group_limited_greedy or noaux_tc"),
+        ({"scoring_func": "tanh"}, "scoring_func: 'tanh' is not one of softmax or sigmoid"),
+        ({"n_group": 0}, "n_group: 0 is below the minimum 1"),
+        ({"routed_scaling_factor": -1.0}, "routed_scaling_factor: -1.0 is not above 0"),
+        ({"num_experts_per_tok": 9}, "experts_per_token 9 not in 1..8"),
+    ],
+)
+def test_bad_moe_fields_of_config_json_exit_2_located(tmp_path, change, message):
+    directory = shutil.copytree(FIXTURES / "qwen2_moe", tmp_path / "qwen2_moe")
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, **change}))
+    result = CliRunner().invoke(app, ["validate", str(ROOT / "strategies" / "tp.yaml"), "--model", str(directory)])
+    assert result.exit_code == 2 and f"error: {directory / 'config.json'}: {message}" in result.stderr
+
+
+V3 = {"model_type": "deepseek_v3", "n_routed_experts": 16, "num_experts_per_tok": 4, "n_group": 4, "topk_group": 2}
+
+
+def test_deepseek_routing_reads_each_family_as_transformers_does():
+    assert deepseek_routing(V3, "config.json") == Routing(
+        scoring="sigmoid",
+        topk_method="noaux_tc",
+        n_group=4,
+        topk_group=2,
+        norm_topk_prob=True,
+        norm_epsilon=1e-20,
+        routed_scaling_factor=2.5,
+        float32_router=True,
+    )
+    v2 = {**V3, "model_type": "deepseek_v2", "topk_method": "group_limited_greedy", "routed_scaling_factor": 16.0}
+    # transformers never renormalises DeepSeek-V2 (norm_topk_prob is ignored) and always scales.
+    assert deepseek_routing({**v2, "norm_topk_prob": True}, "config.json") == Routing(
+        topk_method="group_limited_greedy",
+        n_group=4,
+        topk_group=2,
+        norm_topk_prob=False,
+        routed_scaling_factor=16.0,
+        float32_router=True,
+    )
+    lite = {**v2, "topk_method": "greedy", "n_group": None, "topk_group": None, "routed_scaling_factor": None}
+    assert deepseek_routing(lite, "config.json") == Routing(norm_topk_prob=False, float32_router=True)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"n_group": 3}, "n_group: n_group 3 does not divide n_routed_experts 16 (use 1, 2, 4, 8 or 16)"),
+        ({"topk_group": 5}, "topk_group: topk_group 5 is more than n_group 4"),
+        (
+            {"n_group": 16},
+            "n_group: noaux_tc scores a group by its best 2 experts; n_group 16 leaves 1 a group (at most 8 groups)",
+        ),
+        (
+            {"num_experts_per_tok": 9},
+            "num_experts_per_tok: num_experts_per_tok 9 is more than the 8 experts of topk_group 2 groups (at most 8)",
+        ),
+        (
+            {"topk_method": "greedy"},
+            "topk_method: topk_method 'greedy' is not supported (deepseek_v3 routes by noaux_tc)",
+        ),
+        (
+            {"scoring_func": "softmax"},
+            "scoring_func: scoring_func 'softmax' is not supported (deepseek_v3 scores by sigmoid)",
+        ),
+        (
+            {"model_type": "deepseek_v2", "topk_method": "group_limited_greedy", "n_group": None},
+            "n_group: missing 'n_group' (group_limited_greedy routing needs it)",
+        ),
+    ],
+)
+def test_deepseek_routing_errors_are_located(change, message):
+    with pytest.raises(ShardspecError) as error:
+        deepseek_routing({**V3, **change}, "config.json")
+    assert str(error.value) == f"error: config.json: {message}"
+
+
+def test_dense_layers_of_each_family():
+    assert qwen_dense_layers(4, 2, ()) == (0, 2)  # decoder_sparse_step 2: every second layer MoE
+    assert qwen_dense_layers(4, 1, [3]) == (3,)
+    assert deepseek_dense_layers(4, 1) == (0,)  # first_k_dense_replace 1 (DeepSeek-V2-Lite)
+    assert deepseek_dense_layers(6, 1, 2) == (0, 1, 3, 5)  # and MoE only where layer % moe_layer_freq == 0
 
 
 def test_prompt_text_in_and_text_out_with_the_checkpoint_tokenizer():

@@ -12,6 +12,7 @@ from flax import nnx
 from shardspec import ShardspecError, apply, compile, explain, load
 from shardspec.check import check
 from shardspec.explanation import experts
+from shardspec.models.config import Routing
 from shardspec.models.llama import Layout
 from shardspec.models.moe import ExpertFFN, route
 from shardspec.models.presets import PRESETS
@@ -27,8 +28,8 @@ MOE_EP = ROOT / "strategies" / "moe_ep.yaml"
 def test_route_keeps_the_top_k_and_normalises_per_family():
     logits = jnp.asarray([[[2.0, 0.5, 1.0, -1.0]]])
     probs = np.asarray(jax.nn.softmax(logits[0, 0]))
-    mixtral = np.asarray(route(logits, 2, normalise=True))[0, 0]
-    qwen = np.asarray(route(logits, 2, normalise=False))[0, 0]
+    mixtral = np.asarray(route(logits, 2, Routing(norm_topk_prob=True)))[0, 0]
+    qwen = np.asarray(route(logits, 2, Routing(norm_topk_prob=False)))[0, 0]
     np.testing.assert_allclose(mixtral, [probs[0], 0, probs[2], 0] / (probs[0] + probs[2]), rtol=1e-6)
     np.testing.assert_allclose(qwen, [probs[0], 0, probs[2], 0], rtol=1e-6)
 
@@ -49,7 +50,7 @@ def test_each_dispatch_equals_a_loop_over_each_tokens_chosen_experts(preset, dis
         logits = x[b, t] @ router
         probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         top = np.argsort(-probs)[: cfg.experts_per_token]
-        weights = probs[top] / (probs[top].sum() if cfg.norm_topk_prob else 1.0)
+        weights = probs[top] / (probs[top].sum() if cfg.routing.norm_topk_prob else 1.0)
         for e, w in zip(top, weights):
             g, u = x[b, t] @ gate[e], x[b, t] @ up[e]
             want[b, t] += w * ((g / (1 + np.exp(-g)) * u) @ down[e])

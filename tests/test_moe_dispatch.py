@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from shardspec import ShardspecError, apply, compile, load
+from shardspec.models.config import Routing
 from shardspec.models.moe import ExpertFFN, route
 from shardspec.models.moe_dispatch import dense_experts, sparse_experts, tile_rows, tiles_used
 from shardspec.models.presets import PRESETS
@@ -29,7 +30,7 @@ MOE_STRATEGIES = {
 
 def _experts(rng, tokens=37, hidden=16, experts=8, ffn=24, k=2):
     x = jnp.asarray(rng.normal(size=(tokens, hidden)), jnp.float32)
-    w = route(jnp.asarray(rng.normal(size=(tokens, experts))), k, True)
+    w = route(jnp.asarray(rng.normal(size=(tokens, experts))), k, Routing(norm_topk_prob=True))
     gate, up = (jnp.asarray(rng.normal(size=(experts, hidden, ffn)), jnp.float32) for _ in range(2))
     down = jnp.asarray(rng.normal(size=(experts, ffn, hidden)), jnp.float32)
     return x, w, gate, up, down

@@ -1,5 +1,7 @@
 """The blockwise paged attention against the exact gather it replaced (kept as the oracle)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,9 +16,10 @@ from conftest import ROOT
 from helpers import SERVING
 
 
-def _mixed_batch(rng, page=16, pages=64, M=16, K=2, H=8, D=16):
+def _mixed_batch(rng, page=16, pages=64, M=16, K=2, H=8, D=16, latent_dim=None):
     """Rows: long decodes (several blocks), a prefill chunk after a cached prefix, a fresh
-    prompt, and padding tokens; block tables with scattered pages."""
+    prompt, and padding tokens; block tables with scattered pages. `latent_dim`: one
+    latent cache array (K = 1) whose first channels are the values."""
     contexts = [(150, 1), (40, 1), (70, 9), (0, 5), (BLOCK_TOKENS, 1)]  # (cached, new tokens) per row
     Q = len(contexts) + 1  # a padding row
     tables = np.zeros((Q, M), np.int32)
@@ -36,12 +39,11 @@ def _mixed_batch(rng, page=16, pages=64, M=16, K=2, H=8, D=16):
         slots.append(pages * page)
     S = len(positions)
     f32 = jnp.float32
+    arrays = 1 if latent_dim else 2
     return dict(
         q=jnp.asarray(rng.normal(size=(S, H, D)), f32),
-        k_new=jnp.asarray(rng.normal(size=(S, K, D)), f32),
-        v_new=jnp.asarray(rng.normal(size=(S, K, D)), f32),
-        k_cache=jnp.asarray(rng.normal(size=(pages, page, K, D)), f32),
-        v_cache=jnp.asarray(rng.normal(size=(pages, page, K, D)), f32),
+        new=tuple(jnp.asarray(rng.normal(size=(S, K, D)), f32) for _ in range(arrays)),
+        caches=tuple(jnp.asarray(rng.normal(size=(pages, page, K, D)), f32) for _ in range(arrays)),
         positions=jnp.asarray(positions, jnp.int32),
         slot_mapping=jnp.asarray(slots, jnp.int32),
         token_rows=jnp.asarray(rows, jnp.int32),
@@ -50,21 +52,40 @@ def _mixed_batch(rng, page=16, pages=64, M=16, K=2, H=8, D=16):
     ), S - 3
 
 
+def _jit(rank_attention, D=16, latent_dim=None):
+    return jax.jit(functools.partial(rank_attention, scale=D**-0.5, latent_dim=latent_dim))
+
+
 @pytest.mark.parametrize("page", [4, 16, 128])
 def test_blockwise_equals_the_exact_gather_on_a_mixed_batch(page):
     batch, real = _mixed_batch(np.random.default_rng(page), page=page, pages=2048 // page, M=256 // page)
-    got, k_got, v_got = jax.jit(attend_rank)(**batch)
-    want, k_want, v_want = jax.jit(attend_rank_reference)(**batch)
+    got, caches_got = _jit(attend_rank)(**batch)
+    want, caches_want = _jit(attend_rank_reference)(**batch)
     np.testing.assert_allclose(np.asarray(got)[:real], np.asarray(want)[:real], rtol=2e-5, atol=2e-5)
-    np.testing.assert_array_equal(np.asarray(k_got), np.asarray(k_want))
-    np.testing.assert_array_equal(np.asarray(v_got), np.asarray(v_want))
+    for a, b in zip(caches_got, caches_want, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_latent_cache_is_one_array_whose_first_channels_are_the_values():
+    # Multi-head latent attention's cache: every query head reads one vector a token.
+    D, latent = 24, 16
+    batch, real = _mixed_batch(np.random.default_rng(7), K=1, D=D, latent_dim=latent)
+    got, _ = _jit(attend_rank, D, latent)(**batch)
+    want, _ = _jit(attend_rank_reference, D, latent)(**batch)
+    assert got.shape == (batch["q"].shape[0], 8, latent)
+    np.testing.assert_allclose(np.asarray(got)[:real], np.asarray(want)[:real], rtol=2e-5, atol=2e-5)
+    # ... and both equal a per-head cache holding those channels as the values.
+    (k,), (cache,) = batch["new"], batch["caches"]
+    per_head = dict(batch, new=(k, k[..., :latent]), caches=(cache, cache[..., :latent]))
+    separate, _ = _jit(attend_rank_reference, D)(**per_head)
+    np.testing.assert_allclose(np.asarray(got)[:real], np.asarray(separate)[:real], rtol=2e-5, atol=2e-5)
 
 
 def test_its_temp_memory_does_not_grow_with_the_block_table():
     def temp(M):
         batch, _ = _mixed_batch(np.random.default_rng(0), page=16, pages=1024, M=M)
         structs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
-        compiled = jax.jit(attend_rank).lower(**structs).compile()
+        compiled = _jit(attend_rank).lower(**structs).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
     short, long = temp(16), temp(512)  # 256 vs 8,192 positions a row could hold

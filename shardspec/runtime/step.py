@@ -98,6 +98,7 @@ class Step:
             plan.activations["attn_q"],
             plan.activations["attn_kv"],
             plan.kv_cache.spec,
+            plan.model.geometry,
             rank_attention,
         )
         per_token = NamedSharding(plan.mesh, P(token_axes))
@@ -123,10 +124,10 @@ class Step:
         self._jitted, self._zeros = self._programs(StepSamples(per_token, per_token, rows2d, rows2d))
 
     def _programs(self, samples: StepSamples):
-        """(the jitted step, the jitted zeros of one K or V cache array), in the plan's shardings."""
+        """(the jitted step, the jitted zeros of one cache array), in the plan's shardings."""
         plan, kv = self.plan, self.plan.kv_cache
         cache = plan.sharding(kv.spec)
-        caches = [(cache, cache)] * kv.num_layers
+        caches = [(cache,) * kv.arrays] * kv.num_layers
         step = jax.jit(
             self._step,
             donate_argnums=(1,),
@@ -151,9 +152,11 @@ class Step:
         """Lower without running (arguments may be ShapeDtypeStructs): for `shardspec.hlo`."""
         return self._jitted.lower(params, caches, batch, prev_sampled)
 
-    def new_kv_cache(self) -> list[tuple[jax.Array, jax.Array]]:
-        """K and V per layer: [R × pages_per_rank, page_size, kv slots, head_dim], zeros, in place."""
-        return [(self._zeros(), self._zeros()) for _ in range(self.plan.kv_cache.num_layers)]
+    def new_kv_cache(self) -> list[tuple[jax.Array, ...]]:
+        """A layer's arrays (K and V, or the latent), each [R × pages_per_rank, page_size,
+        kv slots, head_dim], zeros, in place."""
+        kv = self.plan.kv_cache
+        return [tuple(self._zeros() for _ in range(kv.arrays)) for _ in range(kv.num_layers)]
 
     def initial_samples(self) -> jax.Array:
         """The `prev_sampled` of a first step (nothing sampled before it)."""

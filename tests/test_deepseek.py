@@ -1,0 +1,108 @@
+"""Multi-head latent attention: the absorbed form served from the latent cache against the
+exact expanded form, its sharding and what explain says of it.
+
+Checkpoints of the DeepSeek families are compared with transformers in test_hf.py; here
+the model is shardspec's own preset, and the oracle is its expanded forward
+(`DeepSeek.__call__`: every head's key and value built from the latent, as
+transformers computes them).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from shardspec import compile, load
+from shardspec.explanation import explain_dict
+from shardspec.models.config import RopeScaling
+from shardspec.models.presets import PRESETS
+from shardspec.models.registry import build
+from shardspec.runtime.engine import Engine
+from shardspec.runtime.request import Request
+
+from helpers import SERVING, dense_forward
+
+TINY = PRESETS["deepseek-v3-tiny"]
+VARIANTS = {
+    "v3": TINY,  # low-rank query, interleaved rope, grouped sigmoid routing, a dense first layer
+    "full_rank_query_yarn": dataclasses.replace(
+        TINY,
+        q_lora_rank=None,
+        rope_interleave=False,
+        rope_scaling=RopeScaling("yarn", 4.0, original_max_position=64, mscale=0.707, mscale_all_dim=0.707),
+    ),
+}
+# Absorbing W_UK into the query and W_UV after attention reorders float32 sums only.
+RTOL = 2e-5
+
+
+def _close(got, want):
+    tolerance = RTOL * max(1.0, float(np.abs(want).max()))
+    assert np.abs(got - want).max() <= tolerance, (np.abs(got - want).max(), tolerance)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_absorbed_attention_equals_the_expanded_form(name):
+    model = build(VARIANTS[name], seed=1)
+    tokens = np.random.default_rng(0).integers(0, TINY.vocab_size, (2, 40))
+    absorbed = dense_forward(model, tokens)  # the serving protocol: attention over the latents
+    expanded = np.asarray(jax.jit(lambda m, t: m(t))(model, jnp.asarray(tokens)))
+    _close(absorbed, expanded)
+
+
+STRATEGIES = {
+    "tp": {"tensor": 8, "attention_data": 1},  # the latent replicated on all 8 devices
+    "attention_dp": {"tensor": 8},  # auto: 8 attention ranks, each device its own tokens
+    "attention_dp_ep": {"tensor": 4, "expert": 2},
+    "model_dp": {"data": 2, "tensor": 4, "attention_data": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def served_requests():
+    rng = np.random.default_rng(5)
+    return [
+        Request(str(i), tuple(rng.integers(3, TINY.vocab_size, n).tolist()), max_tokens=10, ignore_eos=True)
+        for i, n in enumerate((7, 30, 19, 52))
+    ]
+
+
+@pytest.fixture(scope="module")
+def expanded_logits():
+    """The expanded model's logits over prompt + continuation: one forward a request."""
+    model = build(TINY)
+    forward = jax.jit(lambda m, t: m(t))
+
+    def logits(tokens):
+        return np.asarray(forward(model, jnp.asarray(tokens)[None]))[0]
+
+    return logits
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_served_greedy_tokens_are_the_expanded_forms_argmax(name, served_requests, expanded_logits):
+    strategy = load({"model": "deepseek-v3-tiny", "parallelism": STRATEGIES[name]}, overrides=SERVING)
+    outputs = Engine(compile(strategy)).generate(served_requests)
+    for request, out in zip(served_requests, outputs, strict=True):
+        sequence = list(request.prompt_token_ids) + list(out.output_token_ids)
+        logits = expanded_logits(sequence[:-1])[len(request.prompt_token_ids) - 1 :]
+        assert list(out.output_token_ids) == logits.argmax(-1).tolist()
+
+
+def _kv(parallelism, model="deepseek-v3"):
+    plan = compile(
+        load({"model": model, "parallelism": parallelism, "runtime": {"dtype": "bfloat16"}}), abstract_mesh=True
+    )
+    return explain_dict(plan)["kv_cache"]
+
+
+def test_the_latent_is_replicated_over_a_tensor_group_and_not_under_attention_dp():
+    tp = _kv({"tensor": 8, "attention_data": 1})
+    dp = _kv({"tensor": 8})  # auto: one latent a token, no head to split: every device its own rank
+    assert tp["kind"] == dp["kind"] == "latent" and tp["latent_dim"] == 512
+    assert tp["bytes_per_token_per_layer"] == (512 + 64) * 2  # bfloat16
+    assert (tp["kv_head_replication"], dp["kv_head_replication"]) == (8, 1)
+    # The same pages a rank; under TP every device stores all of its rank's tokens.
+    assert tp["bytes_per_page_per_device"] == dp["bytes_per_page_per_device"] == 61 * 16 * 576 * 2
