@@ -112,9 +112,11 @@ def derivations(plan: ShardingPlan) -> list[str]:
 
 
 def _replication_why(kv, model: int) -> str:
+    if kv.is_latent and model == 1:
+        return "latent replication = 1: one latent a token, on its rank's one device (model 1)"
     if kv.is_latent:
         return (
-            f"latent replication = {kv.replication}: one latent a token, no head axis to split, "
+            f"latent replication = {kv.replication}: one latent a token and no head axis to split, "
             f"so each of model {model} devices holds its rank's whole cache"
         )
     return (

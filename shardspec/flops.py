@@ -2,7 +2,13 @@
 
     ideal = 2 × (parameters a token touches) × tokens        (projections, FFN or routed experts)
           + 2 × (lm_head parameters) × sampled rows          (logits only where a token is sampled)
-          + 4 × query heads × head_dim × context × tokens    (QKᵀ and PV)
+          + 2 × query heads × (qk + v channels) × context × tokens    (QKᵀ and PV)
+
+Attention's channels are head_dim for both (grouped-query attention) or, for
+multi-head latent attention as served (absorbed), the latent + rope key for QKᵀ
+and the latent for PV (576 and 512 for DeepSeek-V3, against 192 and 128 a head
+expanded: absorbing trades attention FLOPs for reading 576 values a token
+instead of heads × 320). Its W_UK and W_UV meet each token once, as projections.
 
 A MoE layer touches its router, its shared expert (and the shared expert's
 gate), which every token runs through, and the `experts_per_token` experts it
@@ -13,7 +19,7 @@ lookup, not a matmul. No jax here.
 
 from __future__ import annotations
 
-from .models.config import LlamaConfig, MoEConfig
+from .models.config import DeepSeekConfig, LlamaConfig, MoEConfig
 
 
 def moe_layers(config: LlamaConfig) -> list[int]:
@@ -27,8 +33,8 @@ def touched_per_token(config: LlamaConfig, experts: int | None = None) -> int:
     """Matmul parameters one token runs through in the decoder layers, `experts` of a MoE
     layer's routed experts (default: the `experts_per_token` it is routed to) and, with
     any number of them, the layer's shared expert."""
-    E, H, K, D = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
-    attention = E * (H + 2 * K) * D + H * D * E  # q, k, v projections; o_proj
+    attention = attention_params(config)
+    E = config.hidden_size
     n_moe = len(moe_layers(config))
     total = (attention + 3 * E * config.mlp_size) * (config.num_layers - n_moe)  # SwiGLU
     if n_moe:
@@ -40,6 +46,30 @@ def touched_per_token(config: LlamaConfig, experts: int | None = None) -> int:
     return total
 
 
+def attention_params(config: LlamaConfig) -> int:
+    """Matmul parameters of one layer's attention projections."""
+    E, H = config.hidden_size, config.num_heads
+    if isinstance(config, DeepSeekConfig):
+        q_lora, latent, rope = config.q_lora_rank, config.kv_lora_rank, config.qk_rope_head_dim
+        query = E * q_lora + q_lora * H * config.head_dim if q_lora else E * H * config.head_dim
+        # kv_a (latent + rope key), kv_b (W_UK and W_UV), o_proj
+        return (
+            query
+            + E * (latent + rope)
+            + latent * H * (config.qk_nope_head_dim + config.v_head_dim)
+            + (H * config.v_head_dim * E)
+        )
+    K, D = config.num_kv_heads, config.head_dim
+    return E * (H + 2 * K) * D + H * D * E  # q, k, v projections; o_proj
+
+
+def attention_channels(config: LlamaConfig) -> tuple[int, int]:
+    """(channels a query meets a key over, channels of a value), a head and context position, as served."""
+    if isinstance(config, DeepSeekConfig):
+        return config.kv_lora_rank + config.qk_rope_head_dim, config.kv_lora_rank
+    return config.head_dim, config.head_dim
+
+
 def step_flops(
     config: LlamaConfig, tokens: int, sampled_rows: int, context: int, expert_rows: float | None = None
 ) -> float:
@@ -47,7 +77,7 @@ def step_flops(
 
     `expert_rows`: token rows each MoE layer runs through an expert's SwiGLU, if
     not tokens × experts_per_token (the routed work)."""
-    attention = 4 * config.num_heads * config.head_dim * context * config.num_layers
+    attention = 2 * config.num_heads * sum(attention_channels(config)) * context * config.num_layers
     lm_head = config.hidden_size * config.vocab_size
     flops = 2.0 * touched_per_token(config, experts=0 if expert_rows is not None else None) * tokens
     if expert_rows is not None:

@@ -16,12 +16,15 @@ import pytest
 
 from shardspec import compile, load
 from shardspec.explanation import explain_dict
+from shardspec.flops import attention_channels, attention_params
+from shardspec.hlo import hlo_report
 from shardspec.models.config import RopeScaling
 from shardspec.models.presets import PRESETS
 from shardspec.models.registry import build
 from shardspec.runtime.engine import Engine
 from shardspec.runtime.request import Request
 
+from conftest import ROOT
 from helpers import SERVING, dense_forward
 
 TINY = PRESETS["deepseek-v3-tiny"]
@@ -81,14 +84,27 @@ def expanded_logits():
     return logits
 
 
+def _assert_expanded_argmax(requests, outputs, expanded_logits):
+    for request, out in zip(requests, outputs, strict=True):
+        sequence = list(request.prompt_token_ids) + list(out.output_token_ids)
+        logits = expanded_logits(sequence[:-1])[len(request.prompt_token_ids) - 1 :]
+        assert list(out.output_token_ids) == logits.argmax(-1).tolist()
+
+
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_served_greedy_tokens_are_the_expanded_forms_argmax(name, served_requests, expanded_logits):
     strategy = load({"model": "deepseek-v3-tiny", "parallelism": STRATEGIES[name]}, overrides=SERVING)
     outputs = Engine(compile(strategy)).generate(served_requests)
-    for request, out in zip(served_requests, outputs, strict=True):
-        sequence = list(request.prompt_token_ids) + list(out.output_token_ids)
-        logits = expanded_logits(sequence[:-1])[len(request.prompt_token_ids) - 1 :]
-        assert list(out.output_token_ids) == logits.argmax(-1).tolist()
+    _assert_expanded_argmax(served_requests, outputs, expanded_logits)
+
+
+def test_an_outside_module_declaring_a_latent_cache_is_served_from_it(served_requests, expanded_logits):
+    # Compiled as anyone's model: the plan knows only its parameters and decoder_geometry().
+    model = build(TINY)
+    plan = compile(load({"parallelism": {"tensor": 8}}, overrides=SERVING), model)
+    assert plan.kv_cache.is_latent and plan.attention_data == 8 and plan.kv_cache.replication == 1
+    outputs = Engine(plan, model).generate(served_requests)
+    _assert_expanded_argmax(served_requests, outputs, expanded_logits)
 
 
 def _kv(parallelism, model="deepseek-v3"):
@@ -106,3 +122,15 @@ def test_the_latent_is_replicated_over_a_tensor_group_and_not_under_attention_dp
     assert (tp["kv_head_replication"], dp["kv_head_replication"]) == (8, 1)
     # The same pages a rank; under TP every device stores all of its rank's tokens.
     assert tp["bytes_per_page_per_device"] == dp["bytes_per_page_per_device"] == 61 * 16 * 576 * 2
+
+
+def test_the_flops_ideal_counts_the_absorbed_attention_xla_compiles():
+    # By hand for deepseek-v3-tiny: q_a 128·64, q_b 64·8·24, kv_a 128·40, kv_b 32·8·(16+16), o 8·16·128;
+    # a context position costs QKᵀ over latent + rope key (40) and PV over the latent (32).
+    assert attention_params(TINY) == 128 * 64 + 64 * 8 * 24 + 128 * 40 + 32 * 8 * 32 + 8 * 16 * 128
+    assert attention_channels(TINY) == (40, 32)
+    report = hlo_report(compile(load(ROOT / "strategies" / "mla_attention_dp_ep.yaml", overrides=SERVING)))
+    # XLA's count is the ideal plus the sampler and the routing (2.08× here, 2.25× for
+    # moe_attention_dp_ep); an ideal that counted the attention expanded (24 and 16 channels
+    # a head: 2.32×) or left it out (2.72×) is off by more than that.
+    assert 1.0 <= report["prefill"]["flops_over_ideal"] < 2.2, report["prefill"]

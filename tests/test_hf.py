@@ -303,3 +303,22 @@ def test_shardspec_run_on_a_checkpoint_directory(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["output_token_ids"] == ref["text_greedy"].tolist() and rows[0]["text"] == str(ref["text_output"])
     assert rows[1]["output_token_ids"] == ref["greedy_1"].tolist()
+
+
+def test_shardspec_run_serves_a_deepseek_checkpoint_under_the_mla_strategy(tmp_path):
+    ref = _reference("deepseek_v3")
+    prompts = tmp_path / "in.jsonl"
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt_token_ids": ref[f"prompt_{i}"].tolist(), "max_tokens": 8, "ignore_eos": True}) + "\n"
+            for i in range(2)
+        )
+    )
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(ROOT / "strategies" / "mla_attention_dp_ep.yaml"), "--model", str(FIXTURES / "deepseek_v3")]
+    args += ["--prompts", str(prompts), "--output", str(out)]
+    args += [arg for key, value in SERVING.items() for arg in ("--set", f"{key}={value}")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["output_token_ids"] for r in rows] == [ref[f"greedy_{i}"].tolist() for i in range(2)]
