@@ -22,6 +22,7 @@ BENCHMARKS = [
     "request_check",
     "compile_once",
     "attention_scale",
+    "mla",
     "vs_transformers",
     "moe_flops",
     "e2e_tokens",

@@ -19,6 +19,7 @@ from shardspec.explanation import explain_dict
 from shardspec.flops import attention_channels, attention_params
 from shardspec.hlo import hlo_report
 from shardspec.models.config import RopeScaling
+from shardspec.models.llama import rope_attention_factor, rope_frequencies
 from shardspec.models.presets import PRESETS
 from shardspec.models.registry import build
 from shardspec.runtime.engine import Engine
@@ -134,3 +135,33 @@ def test_the_flops_ideal_counts_the_absorbed_attention_xla_compiles():
     # moe_attention_dp_ep); an ideal that counted the attention expanded (24 and 16 channels
     # a head: 2.32×) or left it out (2.72×) is off by more than that.
     assert 1.0 <= report["prefill"]["flops_over_ideal"] < 2.2, report["prefill"]
+
+
+# transformers 5.24's `_compute_yarn_parameters` for head_dim 16: its float32 inverse frequencies
+# (8 significant digits) and attention factor.
+YARN_REFERENCE = [
+    (
+        dict(theta=1e4, scaling=RopeScaling("yarn", 4.0, original_max_position=64)),
+        [1.0, 0.23717082, 0.049999997, 0.0079056947, 0.0024999999, 0.00079056947, 0.00025000001, 7.9056947e-05],
+        1.138629436111989,  # 0.1 ln(4) + 1: no mscale given
+    ),
+    (
+        dict(
+            theta=1e6,
+            scaling=RopeScaling(
+                "yarn", 8.0, original_max_position=512, beta_fast=16, beta_slow=2, mscale=0.707, mscale_all_dim=0.707
+            ),
+        ),
+        [1.0, 0.12596145, 0.013176158, 0.00070292666, 0.00012500001, 2.2228493e-05, 3.9528468e-06, 7.0292668e-07],
+        1.0,  # mscale / mscale_all_dim
+    ),
+]
+
+
+@pytest.mark.parametrize("given, frequencies, factor", YARN_REFERENCE)
+def test_yarn_rope_is_what_transformers_computes(given, frequencies, factor):
+    config = dataclasses.replace(
+        PRESETS["llama3-tiny"], head_dim=16, rope_theta=given["theta"], rope_scaling=given["scaling"]
+    )
+    np.testing.assert_allclose(rope_frequencies(config), frequencies, rtol=1e-6)
+    assert rope_attention_factor(config) == pytest.approx(factor)

@@ -14,6 +14,11 @@ one block, [S, BLOCK_TOKENS, K, D], whatever `max_model_len`; compute grows
 with the longest context in the step. `attend_rank_reference` gathers every
 token's whole block table, [S, max_pages × page_size, K, D]: exact and simple,
 it is the tests' oracle.
+
+A layer's cache is a K and a V array, or (multi-head latent attention,
+`DecoderGeometry.latent_dim`) one array of latents read as the keys, whose
+first `latent_dim` channels are the values: each block is then read once for
+both, and every query head of a rank reads the same latents.
 """
 
 from __future__ import annotations
@@ -83,7 +88,11 @@ def attend_rank(q, new, caches, positions, slot_mapping, token_rows, block_table
         ids = jax.lax.dynamic_slice_in_dim(tables, j * per_block, per_block, axis=1)  # [Q, B]
         # One read of the block per request row, then shared by the row's tokens.
         keys = k_cache[ids].reshape(Q, L, K, D)[token_rows].astype(jnp.float32)  # [S, L, K, D]
-        values = keys[..., :Dv] if latent_dim else v_cache[ids].reshape(Q, L, K, Dv)[token_rows].astype(jnp.float32)
+        values = (
+            keys[..., :Dv]
+            if latent_dim is not None
+            else v_cache[ids].reshape(Q, L, K, Dv)[token_rows].astype(jnp.float32)
+        )
         scores = jnp.einsum("skgd,slkd->skgl", qg, keys)
         visible = (j * L + jnp.arange(L))[None, :] <= positions[:, None]  # causal; [S, L]
         scores = jnp.where(visible[:, None, None, :], scores, -jnp.inf)
