@@ -176,17 +176,22 @@ def check(
 @handle_errors
 def models(ctx: typer.Context):
     """List the model presets."""
+    from shardspec.models.config import DeepSeekConfig
     from shardspec.models.presets import PRESETS
     from shardspec.models.registry import parameter_count
 
+    w = max(map(len, PRESETS))
     typer.echo(
-        f"{'name':<14} {'layers':>6} {'hidden':>6} {'heads':>5} {'kv':>3} {'mlp':>6} {'vocab':>7} {'params':>8}  note"
+        f"{'name':<{w}} {'layers':>6} {'hidden':>6} {'heads':>5} {'kv':>3} {'mlp':>6} {'vocab':>7} {'params':>8}  note"
     )
     for name, c in PRESETS.items():
+        latent = isinstance(c, DeepSeekConfig)  # no KV heads: one latent a token
+        notes = [f"latent {c.kv_lora_rank} + rope {c.qk_rope_head_dim}"] if latent else []
+        notes += ["shape only"] if c.shape_only else []
+        kv = "mla" if latent else c.num_kv_heads
         typer.echo(
-            f"{name:<14} {c.num_layers:>6} {c.hidden_size:>6} {c.num_heads:>5} {c.num_kv_heads:>3} "
-            f"{c.mlp_size:>6} {c.vocab_size:>7} {_count(parameter_count(c)):>8}  "
-            f"{'shape only' if c.shape_only else ''}".rstrip()
+            f"{name:<{w}} {c.num_layers:>6} {c.hidden_size:>6} {c.num_heads:>5} {kv:>3} "
+            f"{c.mlp_size:>6} {c.vocab_size:>7} {_count(parameter_count(c)):>8}  {', '.join(notes)}".rstrip()
         )
 
 

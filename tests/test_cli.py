@@ -46,8 +46,10 @@ def test_check_passes_and_prints_the_tolerance():
 def test_models_lists_every_preset():
     result = run("models")
     assert result.exit_code == 0
-    for name in ("llama3-tiny", "llama3-small", "llama3-8b", "llama3-70b"):
+    for name in ("llama3-tiny", "llama3-small", "llama3-8b", "llama3-70b", "deepseek-v3", "deepseek-v2-lite"):
         assert name in result.stdout
+    v3 = next(line for line in result.stdout.splitlines() if line.startswith("deepseek-v3 "))
+    assert v3.split()[4] == "mla" and "latent 512 + rope 64" in v3  # no KV heads: one latent a token
 
 
 @pytest.mark.parametrize(
