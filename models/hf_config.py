@@ -56,15 +56,8 @@ _ROPE_NEEDS = {
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
     "yarn": ("factor", "original_max_position_embeddings"),
 }
-# YaRN's optional settings: config.json name -> RopeScaling field.
-_YARN_OPTIONAL = {
-    "beta_fast": "beta_fast",
-    "beta_slow": "beta_slow",
-    "truncate": "truncate",
-    "mscale": "mscale",
-    "mscale_all_dim": "mscale_all_dim",
-    "attention_factor": "attention_factor",
-}
+# YaRN's optional settings: config.json and RopeScaling share their names.
+_YARN_OPTIONAL = ("beta_fast", "beta_slow", "truncate", "mscale", "mscale_all_dim", "attention_factor")
 
 
 def config_from_dir(directory: str | os.PathLike) -> LlamaConfig:
@@ -361,7 +354,7 @@ def _rope_scaling(raw: dict, file: str) -> RopeScaling | None:
     if kind == "linear":
         return RopeScaling("linear", float(params["factor"]))
     if kind == "yarn":
-        optional = {field: params[key] for key, field in _YARN_OPTIONAL.items() if params.get(key) is not None}
+        optional = {key: params[key] for key in _YARN_OPTIONAL if params.get(key) is not None}
         return RopeScaling(
             "yarn",
             float(params["factor"]),
