@@ -23,6 +23,12 @@ def serve(
     seed: Annotated[
         int, typer.Option(min=0, max=MAX_SEED, help="Seed of the parameters of a preset (no checkpoint).")
     ] = 0,
+    strict_fields: Annotated[
+        bool,
+        typer.Option(
+            "--strict-fields", help="Refuse request fields the server does not know (400) instead of ignoring them."
+        ),
+    ] = False,
     overrides: SetOpt = None,
     coordinator: CoordinatorOpt = None,
     num_processes: NumProcessesOpt = None,
@@ -52,14 +58,14 @@ def serve(
     # ignore it too: they stop when process 0 tells them, never halfway through a step.
     signal.signal(signal.SIGTERM, lambda *_: None)
     if distributed.is_main():
-        _listen(engine, served_model_name or plan.model.name, host, port, loaded.name, plan.dp_ranks)
+        _listen(engine, served_model_name or plan.model.name, host, port, loaded.name, plan.dp_ranks, strict_fields)
     else:
         engine.warmup()
         EngineLoop(engine, loaded.runtime.max_waiting).run()
     distributed.leave()
 
 
-def _listen(engine, name: str, host: str, port: int, strategy_name: str, dp_ranks: int) -> None:
+def _listen(engine, name: str, host: str, port: int, strategy_name: str, dp_ranks: int, strict_fields: bool) -> None:
     import uvicorn
 
     from shardspec.server.app import build_app
@@ -69,7 +75,7 @@ def _listen(engine, name: str, host: str, port: int, strategy_name: str, dp_rank
             app.state.engine_loop.drain()
             super().handle_exit(sig, frame)
 
-    app = build_app(engine, name)
+    app = build_app(engine, name, strict_fields=strict_fields)
     typer.echo(f"serving {name} ({strategy_name}, {dp_ranks} DP ranks) on http://{host}:{port}", err=True)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     Server(config).run()

@@ -67,6 +67,27 @@ def example(name: str):
     return sys.modules[name]
 
 
+# The HTTP tests' strategy: one device, a 64-token budget, a short waiting queue.
+SERVE_STRATEGY = {"devices": 1, "runtime": {"max_num_seqs": 8, "max_num_batched_tokens": 64, "max_waiting": 16}}
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def chat_checkpoint(tmp: Path) -> Path:
+    """The tiny llama checkpoint (it has a tokenizer) plus a chat template."""
+    import json
+
+    llama = Path(__file__).resolve().parent / "fixtures" / "hf" / "llama"
+    ck = tmp / "llama-chat"
+    ck.mkdir()
+    for f in llama.iterdir():
+        (ck / f.name).symlink_to(f)
+    (ck / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "chat_template": CHAT_TEMPLATE}))
+    return ck
+
+
 @contextlib.contextmanager
 def serving(args: list[str], log_path, timeout: float = 240.0):
     """`shardspec ARGS --port P` (a `serve`, or a `launch ... -- serve`) up and healthy on a

@@ -18,33 +18,17 @@ from shardspec.runtime.engine import Engine
 from shardspec.server.app import build_app
 from shardspec.server.chat_template import load_chat_template
 
-from conftest import ROOT
-from helpers import serving
+from helpers import SERVE_STRATEGY, chat_checkpoint, serving
 
 pytestmark = pytest.mark.slow  # a real server or cluster per test module
 
-LLAMA = ROOT / "tests" / "fixtures" / "hf" / "llama"
-TEMPLATE = (
-    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-STRATEGY = {"devices": 1, "runtime": {"max_num_seqs": 8, "max_num_batched_tokens": 64, "max_waiting": 16}}
+STRATEGY = SERVE_STRATEGY
 PROMPTS = ["Hello there", "One two three", "a b c d e f g"]
-
-
-def _checkpoint(tmp: Path) -> Path:
-    """The tiny llama checkpoint plus a chat template."""
-    ck = tmp / "llama-chat"
-    ck.mkdir()
-    for f in LLAMA.iterdir():
-        (ck / f.name).symlink_to(f)
-    (ck / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "chat_template": TEMPLATE}))
-    return ck
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("checkpoint"))
+    return chat_checkpoint(tmp_path_factory.mktemp("checkpoint"))
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +112,7 @@ def test_a_stop_string_ends_the_completion_before_it(server, reference):
     "fields, status, param",
     [
         ({"max_tokens": 0}, 400, "max_tokens"),
-        ({"colour": "red"}, 400, "colour"),
+        ({"presence_penalty": "high"}, 400, "presence_penalty"),  # a known field of the wrong type
         ({"temperature": -1}, 400, "temperature"),
         ({"max_tokens": 100_000}, 400, "max_tokens"),  # beyond max_model_len
         ({"prompt": [10**7]}, 400, "prompt_token_ids"),  # outside the vocabulary

@@ -2,7 +2,9 @@
 
 Routes: POST /v1/completions, POST /v1/chat/completions (JSON, or server-sent
 events when `stream` is true, ending `data: [DONE]`), GET /v1/models, GET
-/health, GET /metrics (Prometheus text). Errors use OpenAI's shape: a bad
+/health, GET /metrics (Prometheus text), and vLLM's POST /tokenize, POST
+/detokenize, GET /tokenizer_info. Request fields the server does not know are
+ignored and named in the X-Ignored-Fields header (`strict_fields`: a 400). Errors use OpenAI's shape: a bad
 field is a 400 naming it, an unknown model a 404, a full waiting queue a 429
 with Retry-After, a server shutting down a 503. A client that disconnects
 mid-stream aborts its requests, whose pages return to the pool.
@@ -29,13 +31,15 @@ from .metrics import ServerMetrics
 from .routes import ServerState, add_routes
 
 
-def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True) -> FastAPI:
+def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True, strict_fields: bool = False) -> FastAPI:
     """The app serving `engine` as model `served_model_name`; the engine thread runs from
-    startup (after warm-up, so /health answers only once every bucket is compiled) to shutdown."""
+    startup (after warm-up, so /health answers only once every bucket is compiled) to shutdown.
+    `strict_fields`: refuse request fields the server does not know (400) instead of ignoring them."""
     loop = EngineLoop(engine, engine.plan.strategy.runtime.max_waiting)
     chat_template = load_chat_template(engine.plan.model.checkpoint)
     app = FastAPI(title="shardspec", lifespan=functools.partial(_lifespan, warmup=warmup))
-    app.state.server = ServerState(engine, loop, ServerMetrics(engine), served_model_name, chat_template)
+    metrics = ServerMetrics(engine)
+    app.state.server = ServerState(engine, loop, metrics, served_model_name, chat_template, strict_fields)
     app.state.engine_loop = loop  # `shardspec serve` drains it on SIGTERM
     app.add_exception_handler(HTTPError, answer_http_error)
     app.add_exception_handler(RequestValidationError, answer_invalid_request)

@@ -1,11 +1,17 @@
 """OpenAI's request and response shapes for /v1/completions and /v1/chat/completions.
 
-Requests are pydantic models that forbid unknown fields, so a misspelt field
-is a 400 naming it, as every other bad value is. Sampling fields map onto the
-engine's request fields (vLLM's names: `top_k` and `ignore_eos` are
-extensions OpenAI's API does not have). Responses follow OpenAI's JSON; each
-choice also carries `token_ids`, the generated ids, which a model without a
-tokenizer can return in no other way.
+Requests are pydantic models: every field shardspec knows is strictly typed (a
+wrong type or range is a 400 naming it). Fields it does not know are kept
+(`model_extra`): the server ignores them and lists them in a response header,
+as vLLM accepts what OpenAI's clients send; `shardspec serve --strict-fields`
+refuses them instead. Fields it knows but does not act on yet (penalties,
+`n` > 1, `echo`, tools, structured output) are accepted at their neutral value
+and a 400 otherwise (`not_yet_supported`): a request is never answered as if it
+had asked for something else. Sampling fields map onto the engine's request
+fields (vLLM's names: `top_k` and `ignore_eos` are extensions OpenAI's API does
+not have). Responses follow OpenAI's JSON; each choice also carries
+`token_ids`, the generated ids, which a model without a tokenizer can return in
+no other way.
 """
 
 from __future__ import annotations
@@ -17,11 +23,22 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Fields(BaseModel):
+    """Known fields typed; unknown ones kept in `model_extra` (see `unknown_fields`)."""
+
+    model_config = ConfigDict(extra="allow")
 
 
-class _Sampling(_Strict):
+class ResponseFormat(_Fields):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict | None = None
+
+
+# Fields shardspec knows but does not act on yet, and the one value it serves exactly.
+NEUTRAL = {"n": 1, "presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "min_tokens": 0}
+
+
+class _Sampling(_Fields):
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0, le=100, allow_inf_nan=False)  # OpenAI's default
@@ -33,8 +50,30 @@ class _Sampling(_Strict):
     ignore_eos: bool = False
     stream: bool = False
     stream_options: dict | None = None
-    n: int = Field(default=1, ge=1, le=1)  # one choice a prompt
+    n: int = Field(default=1, ge=1, le=128)
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2, allow_inf_nan=False)
+    repetition_penalty: float = Field(default=1.0, gt=0, le=100, allow_inf_nan=False)
+    min_tokens: int = Field(default=0, ge=0)
+    logit_bias: dict[str, float] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[dict] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict | None = None
     user: str | None = None
+
+    def not_yet_supported(self) -> tuple[str, str] | None:
+        """(field, message) for the first field asking for what shardspec does not do yet."""
+        for name, neutral in NEUTRAL.items():
+            value = getattr(self, name)
+            if value != neutral:
+                return name, f"{name} {value} is not supported yet (only {neutral})"
+        if self.logit_bias:
+            return "logit_bias", "logit_bias is not supported yet (only {} or null)"
+        if self.response_format is not None and self.response_format.type != "text":
+            return "response_format", f"response_format {self.response_format.type!r} is not supported yet (only text)"
+        if self.tools and self.tool_choice != "none":
+            return "tools", 'tools are not supported yet (leave them out, or set tool_choice "none")'
+        return None
 
     def engine_fields(self, max_tokens_default: int | None) -> dict:
         fields = {
@@ -66,7 +105,18 @@ class _Sampling(_Strict):
 class CompletionRequest(_Sampling):
     prompt: str | list[int] | list[str] | list[list[int]]
     logprobs: int | None = Field(default=None, ge=0, le=5)
-    echo: Literal[False] = False
+    echo: bool = False
+    best_of: int | None = Field(default=None, ge=1, le=128)
+    suffix: str | None = None
+
+    def not_yet_supported(self) -> tuple[str, str] | None:
+        if self.echo:
+            return "echo", "echo is not supported yet (only false)"
+        if self.best_of not in (None, 1):
+            return "best_of", f"best_of {self.best_of} is not supported yet (only 1)"
+        if self.suffix:
+            return "suffix", "suffix is not supported yet (only empty)"
+        return super().not_yet_supported()
 
     @property
     def top_logprobs_wanted(self) -> int | None:
@@ -82,10 +132,40 @@ class CompletionRequest(_Sampling):
         return [{"prompt": x} if isinstance(x, str) else {"prompt_token_ids": x} for x in p]
 
 
-class Message(_Strict):
+class FieldProblem(ValueError):
+    """A request field shardspec cannot serve as given; `param` names it (a 400)."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param, self.message = param, message
+
+
+class ContentPart(_Fields):
+    type: str
+    text: str | None = None
+
+
+class Message(_Fields):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
+    content: str | list[ContentPart] | None = None  # None: an assistant turn that only calls tools
     name: str | None = None
+    tool_calls: list[dict] | None = None
+    tool_call_id: str | None = None
+
+    def template_fields(self, index: int) -> dict:
+        """The message as a chat template reads it: content parts joined into one text."""
+        fields = self.model_dump(exclude_none=True, include={"role", "name", "tool_calls", "tool_call_id"})
+        if self.content is None and not self.tool_calls:
+            where = f"messages.{index}.content"
+            raise FieldProblem(where, f"{where}: required (null only beside tool_calls)")
+        if isinstance(self.content, list):
+            for j, part in enumerate(self.content):
+                if part.type != "text" or part.text is None:
+                    where = f"messages.{index}.content.{j}"
+                    message = f"{where}: a {part.type!r} part is not supported (text parts only)"
+                    raise FieldProblem(f"{where}.type", message)
+        texts = [p.text for p in self.content] if isinstance(self.content, list) else [self.content or ""]
+        return fields | {"content": "".join(texts)}
 
 
 class ChatRequest(_Sampling):
@@ -103,6 +183,31 @@ class ChatRequest(_Sampling):
         if self.max_completion_tokens is not None:
             fields["max_tokens"] = self.max_completion_tokens
         return fields
+
+
+class TokenizeRequest(_Fields):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[Message] | None = Field(default=None, min_length=1)
+    add_special_tokens: bool = True
+
+
+class DetokenizeRequest(_Fields):
+    model: str | None = None
+    tokens: list[int]
+
+
+def unknown_fields(body: _Fields) -> list[str]:
+    """The fields of a request shardspec does not know, as paths (`metadata`, `messages.0.refusal`)."""
+    found = list(body.model_extra or {})
+    for name, value in body:
+        if isinstance(value, _Fields):
+            found += [f"{name}.{key}" for key in unknown_fields(value)]
+        elif isinstance(value, list):
+            found += [
+                f"{name}.{i}.{key}" for i, v in enumerate(value) if isinstance(v, _Fields) for key in unknown_fields(v)
+            ]
+    return found
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code=None) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
@@ -25,6 +26,8 @@ from .metrics import ServerMetrics
 from .streaming import Reply, answer, stream, submit, token_text
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's completions default
+IGNORED_HEADER = "X-Ignored-Fields"  # the request fields the server did not know, and ignored
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +39,8 @@ class ServerState:
     metrics: ServerMetrics
     model_name: str  # the name clients ask for
     chat_template: ChatTemplate | None  # None: the checkpoint has none, and chat answers 400
+    strict_fields: bool = False  # refuse unknown request fields (400) instead of ignoring them
+    logged_ignored: set[str] = dataclasses.field(default_factory=set)  # ignored names, logged once each
 
 
 async def server_state(request: Request) -> ServerState:
@@ -53,6 +58,9 @@ def add_routes(app: FastAPI) -> None:
     app.add_api_route("/metrics", prometheus, methods=["GET"])
     app.add_api_route("/v1/completions", completions, methods=["POST"])
     app.add_api_route("/v1/chat/completions", chat, methods=["POST"])
+    app.add_api_route("/tokenize", tokenize, methods=["POST"])
+    app.add_api_route("/detokenize", detokenize, methods=["POST"])
+    app.add_api_route("/tokenizer_info", tokenizer_info, methods=["GET"])
 
 
 async def health(server: Server):
@@ -77,19 +85,36 @@ async def prometheus(server: Server):
 async def completions(body: api.CompletionRequest, server: Server):
     """OpenAI's completions: a choice a prompt; `max_tokens` 16 unless given."""
     _check_model(server, body.model)
+    headers = _accept(server, body)
     fields = body.engine_fields(DEFAULT_MAX_TOKENS)
-    return await _respond(server, body, body.prompts(), fields, "cmpl", chat=False)
+    return await _respond(server, body, body.prompts(), fields, "cmpl", chat=False, headers=headers)
 
 
 async def chat(body: api.ChatRequest, server: Server):
     """OpenAI's chat completions, the messages through the checkpoint's chat template; without
     `max_tokens`, as many tokens as the server serves after the prompt."""
     _check_model(server, body.model)
+    headers = _accept(server, body)
     ids = _chat_prompt(server, body.messages)
     fields = body.engine_fields(None)
     if fields["max_tokens"] is None:  # < 1 left: max_tokens 1 gets the request check's 400 (shorten the prompt)
         fields["max_tokens"] = max(1, server.engine.sizes.room_after(len(ids)))
-    return await _respond(server, body, [{"prompt_token_ids": ids}], fields, "chatcmpl", chat=True)
+    return await _respond(server, body, [{"prompt_token_ids": ids}], fields, "chatcmpl", chat=True, headers=headers)
+
+
+def _accept(server: ServerState, body: api.CompletionRequest | api.ChatRequest) -> dict[str, str]:
+    """400 for a field asking for what shardspec does not do yet, or (--strict-fields) one it
+    does not know; otherwise the response headers that name the ignored fields."""
+    unknown = api.unknown_fields(body)
+    if unknown and server.strict_fields:
+        raise HTTPError(400, f"{unknown[0]}: unknown field (this server refuses them: --strict-fields)", unknown[0])
+    problem = body.not_yet_supported()
+    if problem is not None:
+        raise HTTPError(400, problem[1], problem[0])
+    for name in set(unknown) - server.logged_ignored:
+        log.warning("ignoring the request field %r, which shardspec does not know", name)
+        server.logged_ignored.add(name)
+    return {IGNORED_HEADER: ", ".join(unknown)} if unknown else {}
 
 
 def _check_model(server: ServerState, name: str) -> None:
@@ -112,7 +137,9 @@ def _chat_prompt(server: ServerState, messages: list[api.Message]) -> list[int]:
             "messages",
         )
     try:
-        text = server.chat_template.render([m.model_dump(exclude_none=True) for m in messages])
+        text = server.chat_template.render([m.template_fields(i) for i, m in enumerate(messages)])
+    except api.FieldProblem as e:
+        raise HTTPError(400, e.message, e.param) from None
     except ShardspecError as e:
         raise HTTPError(400, e.problems[0].message, "messages") from None
     return server.engine.tokenizer.encode(text, add_special_tokens=False).ids
@@ -126,6 +153,7 @@ async def _respond(
     prefix: str,
     *,
     chat: bool,
+    headers: dict[str, str],
 ):
     """Submit every prompt; stream the answer (`body.stream`), or answer once all have finished."""
     batch = submit(server.loop, prompts, fields)
@@ -134,5 +162,47 @@ async def _respond(
     reply = Reply(api.new_id(prefix), kind, server.model_name, chat, text)
     if body.stream:
         events = stream(server.loop, server.metrics, batch, reply, body.include_usage)
-        return StreamingResponse(events, media_type="text/event-stream")
-    return await answer(server.loop, server.metrics, batch, reply)
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    return JSONResponse(await answer(server.loop, server.metrics, batch, reply), headers=headers)
+
+
+async def tokenize(body: api.TokenizeRequest, server: Server):
+    """A prompt's token ids as the server would run it (vLLM's route): `prompt` text, or chat
+    `messages` through the chat template."""
+    tokenizer = _tokenizer(server)
+    if body.messages is not None:
+        ids = _chat_prompt(server, body.messages)
+    elif body.prompt is not None:
+        ids = tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens).ids
+    else:
+        raise HTTPError(400, "give prompt or messages", "prompt")
+    return {"count": len(ids), "max_model_len": server.engine.sizes.max_request_len, "tokens": ids}
+
+
+async def detokenize(body: api.DetokenizeRequest, server: Server):
+    """Token ids back to text (special tokens kept)."""
+    vocab = server.engine.plan.model.geometry.vocab_size
+    bad = next((i for i, t in enumerate(body.tokens) if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise HTTPError(400, f"tokens.{bad}: {body.tokens[bad]} is outside the vocabulary (0..{vocab - 1})", "tokens")
+    return {"prompt": _tokenizer(server).decode(body.tokens, skip_special_tokens=False)}
+
+
+async def tokenizer_info(server: Server):
+    """What a client needs to count and stop tokens as the server does (vLLM's route)."""
+    tokenizer = _tokenizer(server)
+    eos = list(server.engine.plan.model.eos_token_ids)
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",  # what transformers loads a tokenizer.json as
+        "vocab_size": tokenizer.get_vocab_size(),
+        "eos_token": tokenizer.id_to_token(eos[0]) if eos else None,
+        "eos_token_ids": eos,
+        "model_max_length": server.engine.sizes.max_request_len,
+        "chat_template": server.chat_template is not None,
+    }
+
+
+def _tokenizer(server: ServerState):
+    if server.engine.tokenizer is None:
+        raise HTTPError(400, "this model has no tokenizer (tokenizer.json): use token ids", "model")
+    return server.engine.tokenizer

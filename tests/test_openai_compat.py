@@ -1,0 +1,184 @@
+"""What the clients people point at an OpenAI server send: vLLM's benchmark fields, the
+`openai` client's common fields, chat content parts and tool turns, unknown fields
+(ignored and named, or refused with --strict-fields), and vLLM's tokenizer routes.
+
+The app runs in-process (FastAPI's TestClient, the real `openai` client on top of it);
+test_serve.py drives a real server process.
+"""
+
+import httpx
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from shardspec import compile, load
+from shardspec.runtime.engine import Engine
+from shardspec.server.app import build_app
+from shardspec.server.routes import IGNORED_HEADER
+
+from helpers import SERVE_STRATEGY, chat_checkpoint
+
+GREEDY = {"model": "tiny", "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    checkpoint = chat_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+    return Engine(compile(load({**SERVE_STRATEGY, "model": str(checkpoint)})))
+
+
+@pytest.fixture(scope="module")
+def client(engine):
+    with TestClient(build_app(engine, "tiny", warmup=False)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def strict(engine):
+    """No lifespan (one engine has one engine thread, the `client`'s): a refusal needs none."""
+    return TestClient(build_app(engine, "tiny", warmup=False, strict_fields=True))
+
+
+def _tokens(response: httpx.Response) -> list[list[int]]:
+    assert response.status_code == 200, response.text
+    return [c["token_ids"] for c in response.json()["choices"]]
+
+
+def _error(response: httpx.Response, param: str) -> str:
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param, error
+    return error["message"]
+
+
+def test_vllm_benchmark_fields_are_served(client):
+    # What `vllm bench serve` sends with every request (completions and chat), streamed.
+    bench = {"repetition_penalty": 1.0, "logprobs": None, "stream": True, "stream_options": {"include_usage": True}}
+    for route, prompt in (
+        ("/v1/completions", {"prompt": "Hello there"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hello"}]}),
+    ):
+        body = {**GREEDY, **prompt, **bench}
+        if "messages" in prompt:
+            body.pop("logprobs")  # chat's logprobs is a bool; the benchmark sends it for completions only
+        response = client.post(route, json=body)
+        assert response.status_code == 200, response.text
+        assert response.text.rstrip().endswith("data: [DONE]") and '"usage"' in response.text
+        assert IGNORED_HEADER not in response.headers  # every field was known
+
+
+def test_unknown_fields_are_ignored_and_named_in_a_header(client):
+    plain = client.post("/v1/completions", json={**GREEDY, "prompt": "One two"})
+    extra = {"metadata": {"run": "7"}, "reasoning_effort": "low", "colour": "red"}
+    response = client.post("/v1/completions", json={**GREEDY, "prompt": "One two", **extra})
+    assert _tokens(response) == _tokens(plain)
+    assert response.headers[IGNORED_HEADER] == "metadata, reasoning_effort, colour"
+    chat = {**GREEDY, "messages": [{"role": "user", "content": "hi", "refusal": None}], "store": False}
+    response = client.post("/v1/chat/completions", json=chat)
+    assert response.status_code == 200 and response.headers[IGNORED_HEADER] == "store, messages.0.refusal"
+
+
+def test_strict_fields_refuses_an_unknown_field_by_name(strict):
+    message = _error(strict.post("/v1/completions", json={**GREEDY, "prompt": "x", "colour": "red"}), "colour")
+    assert "unknown field" in message and "--strict-fields" in message
+
+
+@pytest.mark.parametrize(
+    "field, value, param",
+    [
+        ("presence_penalty", "high", "presence_penalty"),
+        ("n", 0, "n"),
+        ("logit_bias", [1, 2], "logit_bias"),
+        ("response_format", {"type": "xml"}, "response_format.type"),
+    ],
+)
+def test_a_known_field_of_the_wrong_type_is_a_400_naming_it(client, field, value, param):
+    _error(client.post("/v1/completions", json={**GREEDY, "prompt": "x", field: value}), param)
+
+
+def test_the_openai_clients_neutral_values_are_served(client, engine):
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=client)
+    neutral = dict(n=1, presence_penalty=0.0, frequency_penalty=0.0, logit_bias={}, best_of=1, user="u")
+    got = sdk.completions.create(model="tiny", prompt="Hello there", max_tokens=6, temperature=0, **neutral)
+    want = engine.generate([{"prompt": "Hello there", "max_tokens": 6}])[0]
+    assert got.choices[0].token_ids == list(want.output_token_ids)
+    chat = sdk.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=4,
+        temperature=0,
+        response_format={"type": "text"},
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        tool_choice="none",
+        parallel_tool_calls=False,
+        presence_penalty=0.0,
+        metadata={"k": "v"},
+    )
+    assert chat.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("n", 2),
+        ("presence_penalty", 0.5),
+        ("frequency_penalty", -1.0),
+        ("repetition_penalty", 1.2),
+        ("min_tokens", 3),
+        ("logit_bias", {"5": 10}),
+        ("echo", True),
+        ("best_of", 3),
+        ("suffix", "end"),
+        ("response_format", {"type": "json_object"}),
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+    ],
+)
+def test_what_is_not_supported_yet_is_a_400_never_a_different_answer(client, field, value):
+    message = _error(client.post("/v1/completions", json={**GREEDY, "prompt": "x", field: value}), field)
+    assert "not supported yet" in message
+
+
+def test_chat_content_parts_are_joined_and_tool_turns_reach_the_template(client):
+    whole = client.post("/v1/chat/completions", json={**GREEDY, "messages": [{"role": "user", "content": "Hello"}]})
+    parts = [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}]
+    split = client.post("/v1/chat/completions", json={**GREEDY, "messages": [{"role": "user", "content": parts}]})
+    assert _tokens(split) == _tokens(whole)
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    turns = [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    ]
+    assert client.post("/v1/chat/completions", json={**GREEDY, "messages": turns}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "message, param",
+    [
+        ({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, "messages.0.content.0.type"),
+        ({"role": "user", "content": None}, "messages.0.content"),
+    ],
+)
+def test_chat_content_that_cannot_be_served_is_a_400_naming_it(client, message, param):
+    _error(client.post("/v1/chat/completions", json={**GREEDY, "messages": [message]}), param)
+
+
+def test_tokenizer_routes_agree_with_what_the_server_runs(client, engine):
+    ids = client.post("/tokenize", json={"prompt": "Hello there"}).json()
+    assert ids["tokens"] == engine.tokenizer.encode("Hello there").ids and ids["count"] == len(ids["tokens"])
+    assert ids["max_model_len"] == engine.sizes.max_request_len
+    text = client.post("/detokenize", json={"tokens": ids["tokens"]}).json()["prompt"]
+    assert text == engine.tokenizer.decode(ids["tokens"], skip_special_tokens=False)
+    messages = [{"role": "user", "content": "Hello"}]
+    chat_ids = client.post("/tokenize", json={"messages": messages}).json()["count"]
+    served = client.post("/v1/chat/completions", json={**GREEDY, "messages": messages}).json()
+    assert served["usage"]["prompt_tokens"] == chat_ids
+    info = client.get("/tokenizer_info").json()
+    assert info["eos_token"] == "</s>" and info["eos_token_ids"] == list(engine.plan.model.eos_token_ids)
+    _error(client.post("/detokenize", json={"tokens": [10**6]}), "tokens")
+
+
+def test_a_model_without_a_tokenizer_says_so_on_the_tokenizer_routes():
+    engine = Engine(compile(load({"model": "llama3-tiny", "devices": 1})))
+    client = TestClient(build_app(engine, "tiny", warmup=False))  # no lifespan: nothing is served
+    assert "no tokenizer" in _error(client.post("/tokenize", json={"prompt": "hi"}), "model")
