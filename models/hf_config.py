@@ -35,9 +35,8 @@ from .config import DeepSeekConfig, LlamaConfig, MoEConfig, RopeScaling, Routing
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3")
 DEEPSEEK = ("deepseek_v2", "deepseek_v3")
 
-# The paged step gathers a whole block table per token, so serving lengths cost
-# memory in proportion: checkpoints declaring 128K positions are served up to this.
-MAX_SEQ_LEN = 8192
+# The longest sequence of a config.json that declares no max_position_embeddings.
+DEFAULT_MAX_SEQ_LEN = 8192
 
 _SCHEMA = json.loads(Path(__file__).with_name("hf_config.schema.json").read_text(encoding="utf-8"))
 _NEEDED = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"]
@@ -371,9 +370,10 @@ def _rope_scaling(raw: dict, file: str) -> RopeScaling | None:
 
 
 def _max_seq_len(raw: dict) -> int:
-    """The longest sequence served: the model's limit, capped (MAX_SEQ_LEN) and, with a
-    sliding window, kept inside the window so full causal attention is exact."""
-    limit = min(raw.get("max_position_embeddings") or MAX_SEQ_LEN, MAX_SEQ_LEN)
+    """The longest sequence served: the model's limit (how much of it a server holds is the
+    plan's `RuntimeSizes`) and, with a sliding window, kept inside the window so full
+    causal attention is exact."""
+    limit = raw.get("max_position_embeddings") or DEFAULT_MAX_SEQ_LEN
     windowed = raw.get("model_type") in ("mistral", "mixtral") or raw.get("use_sliding_window")
     if windowed and raw.get("sliding_window"):
         limit = min(limit, raw["sliding_window"])

@@ -245,7 +245,12 @@ def _kv_lines(plan: ShardingPlan) -> list[str]:
     auto = " (auto)" if plan.strategy.kv_cache.num_pages == "auto" else ""
     dtype_auto = " (auto: the runtime dtype)" if plan.strategy.kv_cache.dtype == "auto" else ""
     longest = plan.runtime.max_model_len
-    whose = "runtime.max_model_len" if plan.strategy.runtime.max_model_len else "the model's maximum"
+    if plan.strategy.runtime.max_model_len:
+        whose = "runtime.max_model_len"
+    elif longest == plan.runtime.model_max_len:
+        whose = "the model's maximum"
+    else:  # the model allows more than a rank holds
+        whose = plan.runtime.limit_reason()
     shape = f"[pages, {kv.page_size}, {kv.slots}, {kv.head_dim}] {kv.dtype}{dtype_auto}, spec {spec_str(kv.spec)}"
     if kv.is_latent:
         what = (

@@ -312,9 +312,10 @@ def _runtime_sizes(strategy: Strategy, shape, kv: KVCacheLayout, geometry) -> Ru
         dp_ranks=dp_ranks(shape),
         page_size=kv.page_size,
         pages_per_rank=kv.pages_per_rank,
-        max_model_len=rt.max_model_len or geometry.max_seq_len,
+        max_model_len=rt.max_model_len,  # None: the model's maximum, or what a rank holds if less
         max_num_seqs=rt.max_num_seqs,
         max_num_batched_tokens=rt.max_num_batched_tokens,
+        model_max_len=geometry.max_seq_len,
     )
 
 

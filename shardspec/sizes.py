@@ -77,23 +77,48 @@ class RuntimeSizes:
     dp_ranks: int
     page_size: int
     pages_per_rank: int
-    max_model_len: int  # longest prompt + output
+    # Longest prompt + output; None: the model's maximum, or what one rank's pages hold if
+    # less (block tables then never have columns no rank can fill).
+    max_model_len: int | None
     max_num_seqs: int  # running sequences per DP rank
     max_num_batched_tokens: int  # tokens per DP rank per step
     smallest_bucket: int = 8
+    model_max_len: int | None = None  # the longest sequence the model allows; None: max_model_len
     # Derived here, never passed in:
     max_pages_per_seq: int = dataclasses.field(init=False)  # columns of a block table
     token_buckets: tuple[int, ...] = dataclasses.field(init=False)  # per-rank token strides (ascending)
 
     def __post_init__(self):
+        if self.model_max_len is None:
+            object.__setattr__(self, "model_max_len", self.max_model_len)
+        if self.max_model_len is None:
+            object.__setattr__(self, "max_model_len", min(self.model_max_len, self.rank_holds))
         object.__setattr__(self, "max_pages_per_seq", pages_for(self.max_model_len, self.page_size))
         object.__setattr__(self, "token_buckets", token_buckets(self.max_num_batched_tokens, self.smallest_bucket))
 
     @property
+    def rank_holds(self) -> int:
+        """Longest prompt + output one rank's pages hold (+1: the last sampled token is never
+        written to the cache)."""
+        return self.pages_per_rank * self.page_size + 1
+
+    @property
     def max_request_len(self) -> int:
-        """Longest prompt + max_tokens served: the model's limit, or one rank's pages
-        (+1: the last sampled token is never written to the cache)."""
-        return min(self.max_model_len, self.pages_per_rank * self.page_size + 1)
+        """Longest prompt + max_tokens served: max_model_len, or one rank's pages if less."""
+        return min(self.max_model_len, self.rank_holds)
+
+    def limit_reason(self) -> str:
+        """Why requests can be no longer than `max_request_len`, and how to serve longer ones."""
+        longest = self.max_request_len
+        if longest == self.model_max_len:
+            return f"the maximum length {longest}"
+        if longest == self.rank_holds:
+            return (
+                f"the {longest} tokens one DP rank's KV pages hold ({self.pages_per_rank} pages of "
+                f"{self.page_size}; the model allows {self.model_max_len}: more kv_cache.num_pages, a smaller "
+                "kv_cache.dtype or attention DP hold more)"
+            )
+        return f"runtime.max_model_len {longest}"
 
     def room_after(self, prompt_len: int) -> int:
         """The most tokens a request with a prompt this long may generate (< 1: the prompt is too long)."""
@@ -106,13 +131,7 @@ class RuntimeSizes:
             return None
         longest = self.max_request_len
         hint = f"use max_tokens <= {room}" if room >= 1 else f"shorten the prompt to under {longest} tokens"
-        if longest == self.max_model_len:
-            limit = f"the maximum length {longest}"
-        else:
-            limit = (
-                f"the {longest} tokens one DP rank's KV pages hold ({self.pages_per_rank} pages of {self.page_size})"
-            )
-        return f"prompt {prompt_len} + max_tokens {max_tokens} exceeds {limit}", hint
+        return f"prompt {prompt_len} + max_tokens {max_tokens} exceeds {self.limit_reason()}", hint
 
     def token_stride(self, busiest_rank_tokens: int) -> int:
         """The smallest bucket that holds the busiest rank's tokens."""

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from shardspec import ShardspecError, apply, compile, load
 from shardspec.cli.main import app
+from shardspec.explanation import explain
 from shardspec.models.registry import build, resolve_config
 
 from conftest import ROOT
@@ -217,3 +218,22 @@ def test_a_bf16_checkpoint_loads_bit_exact_into_a_bf16_runtime():
     want = load_file(directory / "model.safetensors")["model.layers.0.mlp.gate_proj.weight"]  # [F, E]
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(np.asarray(got), want.T)
+
+
+def test_a_long_context_checkpoint_is_served_as_long_as_a_rank_holds(tmp_path):
+    directory = _copy(tmp_path, "llama")
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 131072}))
+    assert resolve_config(str(directory)).max_seq_len == 131072  # no cap below the model's own
+
+    def sizes(**kv_cache):
+        strategy = load({"model": str(directory), "kv_cache": {"page_size": 16, **kv_cache}})
+        return compile(strategy, abstract_mesh=True)
+
+    roomy = sizes(num_pages=8192)  # 131,072 tokens a rank: the model's whole length
+    assert roomy.runtime.max_model_len == roomy.runtime.max_request_len == 131072
+    short = sizes(num_pages=256)  # 4,096 tokens a rank: block tables stop there
+    assert short.runtime.max_model_len == 4097 and short.runtime.max_pages_per_seq == 257
+    text = explain(short)
+    assert "max_model_len: 4097 (the 4097 tokens one DP rank's KV pages hold (256 pages of 16; the model " in text
+    assert "allows 131072: more kv_cache.num_pages, a smaller kv_cache.dtype or attention DP hold more)" in text

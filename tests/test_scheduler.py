@@ -475,7 +475,8 @@ def test_add_request_rejects_what_can_never_run():
     with pytest.raises(
         ValueError,
         match=r"prompt 10 \+ max_tokens 8 exceeds the 9 tokens one DP rank's KV "
-        r"pages hold \(2 pages of 4\) \(shorten the prompt to under 9 tokens\)",
+        r"pages hold \(2 pages of 4; the model allows 16: more kv_cache.num_pages, a smaller kv_cache.dtype or "
+        r"attention DP hold more\) \(shorten the prompt to under 9 tokens\)",
     ):
         sched.add_request(req("a", 10, max_tokens=8))
     with pytest.raises(ValueError, match=r"prompt 8 \+ max_tokens 2 exceeds .* \(use max_tokens <= 1\)"):

@@ -284,7 +284,7 @@ def paged_engine(checkpoint):
     """An engine whose KV pages bind before the model does: one rank's 4 pages of 16 hold
     4 * 16 + 1 = 65 tokens (the last sampled one is never cached) of the 256 the model allows."""
     engine = Engine(compile(load({**STRATEGY, "model": str(checkpoint), "kv_cache": {"num_pages": 4}})))
-    assert engine.sizes.max_request_len == 65 < engine.sizes.max_model_len
+    assert engine.sizes.max_request_len == 65 < engine.sizes.model_max_len
     return engine
 
 
