@@ -120,14 +120,13 @@ def test_the_openai_clients_neutral_values_are_served(client, engine):
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("n", 2),
         ("presence_penalty", 0.5),
         ("frequency_penalty", -1.0),
         ("repetition_penalty", 1.2),
         ("min_tokens", 3),
         ("logit_bias", {"5": 10}),
         ("echo", True),
-        ("best_of", 3),
+        ("best_of", 3),  # more than n: choosing the best is not done yet
         ("suffix", "end"),
         ("response_format", {"type": "json_object"}),
         ("tools", [{"type": "function", "function": {"name": "f"}}]),
@@ -136,6 +135,27 @@ def test_the_openai_clients_neutral_values_are_served(client, engine):
 def test_what_is_not_supported_yet_is_a_400_never_a_different_answer(client, field, value):
     message = _error(client.post("/v1/completions", json={**GREEDY, "prompt": "x", field: value}), field)
     assert "not supported yet" in message
+
+
+def test_n_samples_a_prompt_are_seeded_requests_and_usage_counts_the_prompt_once(client, engine):
+    body = {**GREEDY, "prompt": ["Hello there", "One two"], "n": 3, "temperature": 0.9, "seed": 7, "best_of": 3}
+    response = client.post("/v1/completions", json=body).json()
+    assert [c["index"] for c in response["choices"]] == list(range(6))  # prompt i, sample j: i × 3 + j
+    fields = {"max_tokens": 6, "temperature": 0.9, "ignore_eos": True}
+    want = engine.generate(
+        [{"prompt": p, "seed": 7 + j, **fields} for p in ("Hello there", "One two") for j in range(3)]
+    )
+    assert [c["token_ids"] for c in response["choices"]] == [list(o.output_token_ids) for o in want]
+    assert len({tuple(c["token_ids"]) for c in response["choices"][:3]}) > 1  # the samples differ
+    prompt_tokens = sum(len(o.prompt_token_ids) for o in want[::3])
+    assert response["usage"] == {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": 36,
+        "total_tokens": prompt_tokens + 36,
+    }
+    chat = {**GREEDY, "messages": [{"role": "user", "content": "Hi"}], "n": 2, "stream": True}
+    streamed = client.post("/v1/chat/completions", json=chat).text
+    assert '"index": 1' in streamed and '"index": 2' not in streamed
 
 
 def test_chat_content_parts_are_joined_and_tool_turns_reach_the_template(client):

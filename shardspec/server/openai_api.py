@@ -5,8 +5,9 @@ wrong type or range is a 400 naming it). Fields it does not know are kept
 (`model_extra`): the server ignores them and lists them in a response header,
 as vLLM accepts what OpenAI's clients send; `shardspec serve --strict-fields`
 refuses them instead. Fields it knows but does not act on yet (penalties,
-`n` > 1, `echo`, tools, structured output) are accepted at their neutral value
-and a 400 otherwise (`not_yet_supported`): a request is never answered as if it
+`best_of` > `n`, `echo`, tools, structured output) are accepted at their neutral value
+and a 400 otherwise (`not_yet_supported`); `n` samples a prompt are `n` engine
+requests (`samples`): a request is never answered as if it
 had asked for something else. Sampling fields map onto the engine's request
 fields (vLLM's names: `top_k` and `ignore_eos` are extensions OpenAI's API does
 not have). Responses follow OpenAI's JSON; each choice also carries
@@ -35,7 +36,7 @@ class ResponseFormat(_Fields):
 
 
 # Fields shardspec knows but does not act on yet, and the one value it serves exactly.
-NEUTRAL = {"n": 1, "presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "min_tokens": 0}
+NEUTRAL = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "min_tokens": 0}
 
 
 class _Sampling(_Fields):
@@ -60,6 +61,13 @@ class _Sampling(_Fields):
     tools: list[dict] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict | None = None
     user: str | None = None
+
+    def samples(self, prompts: list[dict]) -> list[dict]:
+        """Each prompt `n` times, choice i × n + j its sample j: sample j draws with seed + j
+        (sample 0 as a request without `n`), so the samples differ and each is reproducible.
+        With prefix caching on, they can share the prompt's full pages as equal prefixes do."""
+        base = self.seed or 0
+        return [p | ({"seed": (base + j) % 2**32} if j else {}) for p in prompts for j in range(self.n)]
 
     def not_yet_supported(self) -> tuple[str, str] | None:
         """(field, message) for the first field asking for what shardspec does not do yet."""
@@ -112,8 +120,8 @@ class CompletionRequest(_Sampling):
     def not_yet_supported(self) -> tuple[str, str] | None:
         if self.echo:
             return "echo", "echo is not supported yet (only false)"
-        if self.best_of not in (None, 1):
-            return "best_of", f"best_of {self.best_of} is not supported yet (only 1)"
+        if self.best_of not in (None, 1, self.n):
+            return "best_of", f"best_of {self.best_of} is not supported yet (only n, {self.n})"
         if self.suffix:
             return "suffix", "suffix is not supported yet (only empty)"
         return super().not_yet_supported()

@@ -87,7 +87,7 @@ async def completions(body: api.CompletionRequest, server: Server):
     _check_model(server, body.model)
     headers = _accept(server, body)
     fields = body.engine_fields(DEFAULT_MAX_TOKENS)
-    return await _respond(server, body, body.prompts(), fields, "cmpl", chat=False, headers=headers)
+    return await _respond(server, body, body.samples(body.prompts()), fields, "cmpl", chat=False, headers=headers)
 
 
 async def chat(body: api.ChatRequest, server: Server):
@@ -99,7 +99,8 @@ async def chat(body: api.ChatRequest, server: Server):
     fields = body.engine_fields(None)
     if fields["max_tokens"] is None:  # < 1 left: max_tokens 1 gets the request check's 400 (shorten the prompt)
         fields["max_tokens"] = max(1, server.engine.sizes.room_after(len(ids)))
-    return await _respond(server, body, [{"prompt_token_ids": ids}], fields, "chatcmpl", chat=True, headers=headers)
+    prompts = body.samples([{"prompt_token_ids": ids}])
+    return await _respond(server, body, prompts, fields, "chatcmpl", chat=True, headers=headers)
 
 
 def _accept(server: ServerState, body: api.CompletionRequest | api.ChatRequest) -> dict[str, str]:
@@ -159,7 +160,7 @@ async def _respond(
     batch = submit(server.loop, prompts, fields)
     kind = ("chat.completion.chunk" if body.stream else "chat.completion") if chat else "text_completion"
     text = functools.partial(token_text, server.engine.tokenizer)
-    reply = Reply(api.new_id(prefix), kind, server.model_name, chat, text)
+    reply = Reply(api.new_id(prefix), kind, server.model_name, chat, text, body.n)
     if body.stream:
         events = stream(server.loop, server.metrics, batch, reply, body.include_usage)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)

@@ -50,6 +50,7 @@ class Reply:
     model: str  # the served model name
     chat: bool  # chat's choice shape (a message or delta), else completions'
     token_text: Callable[[int], str]  # a token as logprobs show it
+    samples: int = 1  # choices a prompt (`n`): usage counts each prompt once
 
     def envelope(self, choices: list[dict], **extra) -> dict:
         return api.envelope(self.id, self.object, self.model, choices, **extra)
@@ -133,7 +134,7 @@ async def answer(loop: EngineLoop, metrics: ServerMetrics, batch: Batch, reply: 
         choice(reply, i, out.text or "", out.output_token_ids, out.finish_reason, out.logprobs)
         for i, out in enumerate(finals)
     ]
-    return reply.envelope(choices, usage=_usage(finals))
+    return reply.envelope(choices, usage=_usage(finals, reply.samples))
 
 
 async def stream(
@@ -159,7 +160,7 @@ async def stream(
         except HTTPError as e:
             yield _sse(api.error_body(e.message, e.kind))
         if include_usage:
-            yield _sse(reply.envelope([], usage=_usage(finished)))
+            yield _sse(reply.envelope([], usage=_usage(finished, reply.samples)))
         yield "data: [DONE]\n\n"
     finally:  # finished, or the client went away: free whatever still runs
         _abort(loop, batch.ids)
@@ -173,8 +174,10 @@ def _delta_choice(reply: Reply, index: int, item: TokenDelta, offset: int) -> di
     return choice(reply, index, item.text or "", item.token_ids, finish, item.logprobs, delta=True, offset=offset)
 
 
-def _usage(outputs: list[Output]) -> dict:
-    return api.usage(sum(len(o.prompt_token_ids) for o in outputs), sum(len(o.output_token_ids) for o in outputs))
+def _usage(outputs: list[Output], samples: int) -> dict:
+    """Prompt tokens once a prompt (its `samples` choices share it), every choice's output tokens."""
+    prompt = sum(len(o.prompt_token_ids) for o in outputs) // samples
+    return api.usage(prompt, sum(len(o.output_token_ids) for o in outputs))
 
 
 def _abort(loop: EngineLoop, ids: Iterable[str]) -> None:
