@@ -199,7 +199,6 @@ async def tokenizer_info(server: Server):
         "eos_token": tokenizer.id_to_token(eos[0]) if eos else None,
         "eos_token_ids": eos,
         "model_max_length": server.engine.sizes.max_request_len,
-        "chat_template": server.chat_template is not None,
     }
 
 
