@@ -22,8 +22,19 @@ GREEDY = {"model": "tiny", "max_tokens": 6, "temperature": 0, "ignore_eos": True
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    checkpoint = chat_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+def checkpoint(tmp_path_factory):
+    return chat_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+
+
+@pytest.fixture(scope="module")
+def engine(checkpoint):
+    """The served engine: its thread steps it while `client` lives, so tests only read it."""
+    return Engine(compile(load({**SERVE_STRATEGY, "model": str(checkpoint)})))
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint):
+    """An engine of its own for expected outputs (an equal plan: the same compiled step)."""
     return Engine(compile(load({**SERVE_STRATEGY, "model": str(checkpoint)})))
 
 
@@ -96,11 +107,11 @@ def test_a_known_field_of_the_wrong_type_is_a_400_naming_it(client, field, value
     _error(client.post("/v1/completions", json={**GREEDY, "prompt": "x", field: value}), param)
 
 
-def test_the_openai_clients_neutral_values_are_served(client, engine):
+def test_the_openai_clients_neutral_values_are_served(client, reference):
     sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=client)
     neutral = dict(n=1, presence_penalty=0.0, frequency_penalty=0.0, logit_bias={}, best_of=1, user="u")
     got = sdk.completions.create(model="tiny", prompt="Hello there", max_tokens=6, temperature=0, **neutral)
-    want = engine.generate([{"prompt": "Hello there", "max_tokens": 6}])[0]
+    want = reference.generate([{"prompt": "Hello there", "max_tokens": 6}])[0]
     assert got.choices[0].token_ids == list(want.output_token_ids)
     chat = sdk.chat.completions.create(
         model="tiny",
@@ -137,12 +148,12 @@ def test_what_is_not_supported_yet_is_a_400_never_a_different_answer(client, fie
     assert "not supported yet" in message
 
 
-def test_n_samples_a_prompt_are_seeded_requests_and_usage_counts_the_prompt_once(client, engine):
+def test_n_samples_a_prompt_are_seeded_requests_and_usage_counts_the_prompt_once(client, reference):
     body = {**GREEDY, "prompt": ["Hello there", "One two"], "n": 3, "temperature": 0.9, "seed": 7, "best_of": 3}
     response = client.post("/v1/completions", json=body).json()
     assert [c["index"] for c in response["choices"]] == list(range(6))  # prompt i, sample j: i × 3 + j
     fields = {"max_tokens": 6, "temperature": 0.9, "ignore_eos": True}
-    want = engine.generate(
+    want = reference.generate(
         [{"prompt": p, "seed": 7 + j, **fields} for p in ("Hello there", "One two") for j in range(3)]
     )
     assert [c["token_ids"] for c in response["choices"]] == [list(o.output_token_ids) for o in want]
