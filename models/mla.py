@@ -20,12 +20,13 @@ Two ways to compute it, the same result:
 
 The serving step packs prefill chunks and decode tokens into one program, so it
 runs one form for both: absorbed. For decode that is the whole point (a token
-reads its context's latents, 576 values each, instead of heads × 256); for a
-long prefill chunk the expanded form would cost fewer attention FLOPs (per
-query-key pair heads × 192 against heads × 576 multiply-adds for V3's shapes)
-but would build [context, heads, 256] keys and values from the cached pages
-first, for every chunk; at the chunk sizes of a serving step (≤
-max_num_batched_tokens) reading latents wins, and one program serves both.
+reads its context's latents, 576 values each, instead of heads × (192 + 128)
+for V3's shapes). For a long prefill chunk the expanded form would cost fewer
+attention FLOPs (per query-key pair and head, 192 + 128 multiply-adds against
+576 + 512) but would first build every head's keys and values from the cached
+pages, for every chunk; at a serving step's chunk sizes (≤
+max_num_batched_tokens) reading latents wins (`benchmarks/mla.py`: prefill
+faster absorbed at 128 to 2,048 tokens of context), and one program serves both.
 """
 
 from __future__ import annotations
