@@ -96,12 +96,8 @@ class ExpandedAttention(LatentAttention):
 
     def __call__(self, x, positions, layout: Layout, attend, cache):
         q_nope, q_rope = self._query(x, positions)
-        latent, k_rope = self._latent(x, positions)
-        kv_b = self.kv_b_proj[...]
-        H, V = q_nope.shape[2], kv_b.shape[-1] - self.nope
-        k_nope = jnp.einsum("btl,lhn->bthn", latent, kv_b[..., : self.nope])
-        k = jnp.concatenate([k_nope, jnp.broadcast_to(k_rope, (*k_rope.shape[:2], H, k_rope.shape[-1]))], axis=-1)
-        v = jnp.einsum("btl,lhv->bthv", latent, kv_b[..., self.nope :])
+        k, v = self.expand_heads(*self._latent(x, positions))
+        V = v.shape[-1]
         v = jnp.pad(v, ((0, 0), (0, 0), (0, 0), (0, k.shape[-1] - V)))
         q, k, v = layout.attention_inputs(jnp.concatenate([q_nope, q_rope], axis=-1), k, v)
         out, cache = attend(q, k, v, positions, cache)

@@ -97,11 +97,10 @@ class LatentAttention(nnx.Module):
         None: the exact expanded form over whole sequences (the reference; no cache)."""
         q_nope, q_rope = self._query(x, positions)
         latent, k_rope = self._latent(x, positions)
-        kv_b = self.kv_b_proj[...]
-        w_uk, w_uv = kv_b[..., : self.nope], kv_b[..., self.nope :]
         if attend is None:
-            out = self._expanded(q_nope, q_rope, latent, k_rope, w_uk, w_uv, positions, layout)
+            out = self._expanded(q_nope, q_rope, latent, k_rope, positions, layout)
         else:
+            w_uk, w_uv = self._w_uk_uv()
             q = jnp.concatenate([jnp.einsum("bthn,lhn->bthl", q_nope, w_uk), q_rope], axis=-1)  # absorbed
             k = jnp.concatenate([latent[:, :, None, :], k_rope], axis=-1)  # [B, T, 1, L + R]: what is cached
             q, k, _ = layout.attention_inputs(q, k, None)
@@ -109,12 +108,21 @@ class LatentAttention(nnx.Module):
             out = jnp.einsum("bthl,lhv->bthv", weighted, w_uv)
         return layout.constrain(jnp.einsum("bthv,hve->bte", out, self.o_proj[...]), "attn_out"), cache
 
-    def _expanded(self, q_nope, q_rope, latent, k_rope, w_uk, w_uv, positions, layout: Layout):
-        """Every head's key and value built from the latent, then per-head causal attention."""
-        H = q_nope.shape[2]
+    def _w_uk_uv(self):
+        """kv_b_proj's halves: W_UK [L, H, N] and W_UV [L, H, V]."""
+        kv_b = self.kv_b_proj[...]
+        return kv_b[..., : self.nope], kv_b[..., self.nope :]
+
+    def expand_heads(self, latent, k_rope):
+        """latent [B, T, L], rope key [B, T, 1, R] -> every head's key [B, T, H, N + R] and value [B, T, H, V]."""
+        w_uk, w_uv = self._w_uk_uv()
         k_nope = jnp.einsum("btl,lhn->bthn", latent, w_uk)
-        k = jnp.concatenate([k_nope, jnp.broadcast_to(k_rope, (*k_rope.shape[:2], H, k_rope.shape[-1]))], axis=-1)
-        v = jnp.einsum("btl,lhv->bthv", latent, w_uv)
+        k_rope = jnp.broadcast_to(k_rope, (*k_nope.shape[:3], k_rope.shape[-1]))
+        return jnp.concatenate([k_nope, k_rope], axis=-1), jnp.einsum("btl,lhv->bthv", latent, w_uv)
+
+    def _expanded(self, q_nope, q_rope, latent, k_rope, positions, layout: Layout):
+        """Every head's key and value built from the latent, then per-head causal attention."""
+        k, v = self.expand_heads(latent, k_rope)
         q = layout.constrain(jnp.concatenate([q_nope, q_rope], axis=-1), "attn_q")
         k, v = layout.constrain(k, "attn_q"), layout.constrain(v, "attn_q")  # every head: laid out like the queries
         out, _ = causal_attention(q, k, v, positions, scale=self.scale)

@@ -22,7 +22,7 @@ from shardspec.flops import touched_per_token
 from shardspec.models.config import Routing
 from shardspec.models.llama import Layout
 from shardspec.models.moe import ExpertFFN, route
-from shardspec.models.presets import PRESETS
+from shardspec.models.presets import PRESETS, V3_ROUTING
 
 from helpers import strategy
 
@@ -30,16 +30,7 @@ QWEN = Routing(norm_topk_prob=False)
 MIXTRAL = Routing(norm_topk_prob=True)
 V2_GREEDY = Routing(norm_topk_prob=False, routed_scaling_factor=16.0, float32_router=True)
 V2_GROUPS = dataclasses.replace(V2_GREEDY, topk_method="group_limited_greedy", n_group=4, topk_group=2)
-V3 = Routing(
-    scoring="sigmoid",
-    topk_method="noaux_tc",
-    n_group=4,
-    topk_group=2,
-    norm_topk_prob=True,
-    norm_epsilon=1e-20,
-    routed_scaling_factor=2.5,
-    float32_router=True,
-)
+V3 = V3_ROUTING  # sigmoid, noaux_tc in 4 groups (2 kept), renormalised, × 2.5
 ROUTINGS = {
     "mixtral": MIXTRAL,
     "qwen": QWEN,
