@@ -50,7 +50,7 @@ _KEYWORDS = {
     "number": _BOUNDS.keys(),
     "string": {"minLength", "maxLength"},
     "array": {"minItems", "maxItems", "items"},
-    "object": {"properties", "additionalProperties"},
+    "object": {"properties", "additionalProperties", "maxProperties", "propertyNames"},
     "boolean": set(),
     "null": set(),
 }
@@ -95,7 +95,10 @@ def _of_type(name: str, rules: dict, place: str) -> dict[str, object]:
     if name == "array":
         items = rules.get("items")
         return {"array": _annotated(list if items is None else list[_union(items, _DEEP)], sizes)}
+    if name == "object" and place == _FIELD and isinstance(rules.get("additionalProperties"), dict):
+        return {"object": _mapping(rules)}
     if name == "object":
+        _refuse(rules.keys() & {"maxProperties", "propertyNames"}, "beside properties")
         return {"object": _struct(rules, _FIELD if place == _ROOT else _DEEP)}
     return {name: {"boolean": bool, "null": type(None)}[name]}
 
@@ -109,6 +112,18 @@ def _struct(rules: dict, inner: str) -> type:
     fields = [(f"f{i}", _union(field, inner), None) for i, field in enumerate(properties.values())]
     rename = {f"f{i}": name for i, name in enumerate(properties)}
     return msgspec.defstruct("Object", fields, rename=rename, forbid_unknown_fields=not extra)
+
+
+def _mapping(rules: dict) -> object:
+    """An object whose every value follows one schema, as a field of the root (whose values fast_check
+    looks at; deeper, msgspec would take any mapping): a dict, its keys as propertyNames
+    says (a pattern only), its size at most maxProperties."""
+    _refuse(rules.keys() & {"properties"}, "beside a schema for additionalProperties")
+    names = rules.get("propertyNames", {})
+    _refuse(names.keys() - {"pattern"}, "in propertyNames")
+    key = _annotated(str, {"pattern": names["pattern"]} if "pattern" in names else {})
+    size = {"max_length": rules["maxProperties"]} if "maxProperties" in rules else {}
+    return _annotated(dict[key, _union(rules["additionalProperties"], _DEEP)], size)
 
 
 def _exact(bounds: dict[str, object], kind: type) -> dict[str, object]:

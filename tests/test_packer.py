@@ -67,7 +67,9 @@ def schedule(*chunks):
 
 
 def assert_packed(packed: PackedStep, **expected):
-    """Every array field of `packed` equals `expected` in content and dtype."""
+    """Every array field of `packed` equals `expected` in content and dtype (the extras of a step
+    that asks for none, unless given)."""
+    expected = {"extras": {}, "prompt_rows": None} | expected
     fields = [f.name for f in dataclasses.fields(PackedStep)]
     assert sorted(expected) == sorted(fields)
     for name in fields:

@@ -209,7 +209,7 @@ def test_the_id_rules_are_the_ones_numpy_checks():
 # Values of the kinds json.loads makes, NaN aside (jsonschema's bounds let it through, msgspec's do not).
 JSON_VALUES = [*BAD_IDS, 0, 1, 16, 20, 21, 2**31 - 1, 4294967295, 4294967296, 2**63 - 1, -(2**63), -(2**63) - 1]
 JSON_VALUES += [0.5, 1.0, 100.0, 100.5, "", "a", "x" * 256, "x" * 257, "😀" * 256, "😀" * 257, "\ud800"]
-JSON_VALUES += [[], ["a"], ["a"] * 16, ["a"] * 17, [""], [1] * 1025, {"a": 1}]
+JSON_VALUES += [[], ["a"], ["a"] * 16, ["a"] * 17, [""], [1] * 1025, {"a": 1}, {}, {"17": 5}, {"1": -100.5}]
 
 
 class IntId(enum.IntEnum):
@@ -224,12 +224,12 @@ PYTHON_VALUES += [types.MappingProxyType({}), [IntId.A], ["a", ("a",)]]
 @pytest.mark.parametrize("name", sorted(_SCHEMA["properties"]))
 def test_the_fast_check_passes_nothing_the_schema_refuses(name):
     """msgspec, the fast test that lets a good request skip jsonschema's walk, never says yes where jsonschema says
-    no; on JSON's values it says what jsonschema says."""
-    field = _SCHEMA["properties"][name]
-    fast, full = fast_check(field), validator(field)
-    assert [v for v in JSON_VALUES + PYTHON_VALUES if fast(v) and not full.is_valid(v)] == []
-    assert [v for v in JSON_VALUES if fast(v) != full.is_valid(v)] == []
-    assert any(fast(v) for v in JSON_VALUES)  # and it does pass the good ones
+    no; on JSON's values it says what jsonschema says. Each field is checked where it is, in a request."""
+    schema = {"type": "object", "properties": {name: _SCHEMA["properties"][name]}}
+    fast, full = fast_check(schema), validator(schema)
+    assert [v for v in JSON_VALUES + PYTHON_VALUES if fast({name: v}) and not full.is_valid({name: v})] == []
+    assert [v for v in JSON_VALUES if fast({name: v}) != full.is_valid({name: v})] == []
+    assert any(fast({name: v}) for v in JSON_VALUES)  # and it does pass the good ones
 
 
 def test_the_fast_check_of_a_whole_request():
@@ -258,6 +258,12 @@ def test_the_fast_check_where_msgspecs_rules_are_not_the_schemas():
     assert not integer("\ud800") and not mapping({"\ud800": 1}) and fast_check({"type": "string"})("\ud800")
     # msgspec takes a subclass of int as an int, as shardspec's integers do; the fast check leaves it to jsonschema.
     assert not integer(IntId.A) and validator({"type": "integer"}).is_valid(IntId.A)
+    # A field whose values follow one schema (logit_bias): keys by pattern, values by bounds, size by maxProperties.
+    bias = {"type": "object", "maxProperties": 2, "propertyNames": {"pattern": "^[0-9]+$"},
+            "additionalProperties": {"type": "number", "maximum": 100}}  # fmt: skip
+    field = fast_check({"type": "object", "properties": {"b": bias}})
+    assert field({"b": {"1": 5, "22": -1.5}}) and field({"b": {}})
+    assert not field({"b": {"x": 1}}) and not field({"b": {"1": 101}}) and not field({"b": {"1": 1, "2": 2, "3": 3}})
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ from .request import Output, Request
 from .requests_io import make_request
 from .scheduler import DPScheduler
 from .step import Step, shared_step, step_key
-from .step_loop import StepLoop
+from .step_loop import StepLoop, StepResult
 
 __all__ = ["Engine", "TokenDelta"]
 
@@ -160,7 +160,7 @@ class Engine:
         """Run one step; return the requests that finished."""
         with self.lock:
             result = self._loop.step(keep_tokens=self._outputs.follows_any)
-            finished = result.finished + self._take(result.new_tokens)
+            finished = result.finished + self._take(result)
             return [self._outputs.complete(o) for o in finished]
 
     def step_deltas(self) -> list[TokenDelta]:
@@ -168,12 +168,14 @@ class Engine:
         with self.lock:
             result = self._loop.step(keep_tokens=True)
             self._outputs.open_texts(result.new_tokens, result.finished, self._scheduler.outputs_of)
-            finished = result.finished + self._take(result.new_tokens)
+            finished = result.finished + self._take(result)
             return self._outputs.deltas(result.new_tokens, finished)
 
-    def _take(self, new) -> list[Output]:
-        """A step's tokens into the output layer (texts, logprobs); the requests a stop string
-        ended in them, finished now as "stop"."""
+    def _take(self, result: StepResult) -> list[Output]:
+        """A step's tokens into the output layer (texts, logprobs, prompt logprobs); the requests
+        a stop string ended in them, finished now as "stop"."""
+        self._outputs.take_prompt(result.prompt_logprobs)
+        new = result.new_tokens
         stopped = self._outputs.take(new) if new else []
         return self._loop.stop(stopped) if stopped else []
 

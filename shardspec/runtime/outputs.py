@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Callable
 
 from ..tokenizer import decode
-from .logprobs import NewToken
+from .logprobs import NewToken, PromptLogprob
 from .request import Output, Request, TokenLogprob
 from .text_stream import TextStream
 
@@ -40,6 +40,7 @@ class OutputLayer:
         self.tokenizer = tokenizer
         self._texts: dict[str, TextStream] = {}  # requests whose text is followed
         self._logprobs: dict[str, list[TokenLogprob]] = {}  # requests that asked, one per token so far
+        self._prompt: dict[str, dict[int, TokenLogprob]] = {}  # requests that asked, by prompt position
 
     def accept(self, request: Request) -> None:
         """Follow what a new request needs followed (its stop strings, its logprobs)."""
@@ -47,6 +48,14 @@ class OutputLayer:
             self._texts[request.id] = TextStream(self.tokenizer, request.stop)
         if request.logprobs is not None:
             self._logprobs[request.id] = []
+        if request.prompt_logprobs is not None:
+            self._prompt[request.id] = {}
+
+    def take_prompt(self, entries: list[PromptLogprob]) -> None:
+        """A step's prompt logprobs (a position computed again replaces its equal entry)."""
+        for rid, position, entry in entries:
+            if rid in self._prompt:
+                self._prompt[rid][position] = entry
 
     @property
     def follows_any(self) -> bool:
@@ -87,6 +96,10 @@ class OutputLayer:
         logprobs = self._logprobs.pop(out.id, None)
         if logprobs is not None:
             out = dataclasses.replace(out, logprobs=tuple(logprobs))
+        prompt = self._prompt.pop(out.id, None)
+        if prompt is not None:  # the first token has none; one the request never reached (aborted) neither
+            entries = (None, *(prompt.get(p) for p in range(1, len(out.prompt_token_ids))))
+            out = dataclasses.replace(out, prompt_logprobs=entries)
         text = self._texts.pop(out.id, None)
         if self.tokenizer is None:
             return out

@@ -56,6 +56,10 @@ class PackedStep:
     padded_tokens: int  # R*S
     token_stride: int  # S
     request_stride: int  # Q
+    # Device inputs only steps where some chunk asks have (the step runs another program):
+    # `adjust_*` per request [R*Q(, W)], `prompt_targets` per token [R*S].
+    extras: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    prompt_rows: np.ndarray | None = None  # int32: the global token row of each schedule token with a prompt target
 
     def sampled_rows(self) -> dict[int, int]:
         """seq_id -> global row of its sample: the next step's `prev_rows`."""
@@ -185,7 +189,17 @@ def pack(
         padded_tokens=R * S,
         token_stride=S,
         request_stride=Q,
+        **_extras(c, layout),
     )
+
+
+def _extras(c: StepSchedule, layout: _Layout) -> dict:
+    """The PackedStep fields of what only some steps have: adjustments, prompt logprob targets."""
+    extras = layout.per_request(**c.adjustments.columns()) if c.adjustments is not None else {}
+    if c.prompt_targets is None:
+        return {"extras": extras}
+    extras |= layout.per_token(prompt_targets=(c.prompt_targets, -1))
+    return {"extras": extras, "prompt_rows": _i32(layout.token_rows[c.prompt_targets >= 0])}
 
 
 def _i32(a: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..sizes import pages_for
+from . import adjustments
 from .ranks import Ranks
 from .schedule import FROM_PREVIOUS_STEP, StepSchedule
 from .sequence import Seq
@@ -210,6 +211,8 @@ def emit(s: Ranks, step: int, tokens: np.ndarray) -> StepSchedule:
         output_index=(sl.total[g] - sl.prompt_len[g]).astype(np.int32),  # tokens generated, received or not
         logprobs=np.where(sample, sl.logprobs[g], -1).astype(np.int32),
         slots=g,
+        adjustments=adjustments.for_step(sl, g, sample, sl.total[g] - sl.prompt_len[g]),
+        prompt_targets=_prompt_targets(sl, rows, pos) if (sl.prompt_logprobs[g] >= 0).any() else None,
     )
     sl.computed[g] = end
     sl.in_flight[g] += 1
@@ -223,6 +226,14 @@ def emit(s: Ranks, step: int, tokens: np.ndarray) -> StepSchedule:
         np.bincount(ranks[sample], minlength=R).tolist(),
     )
     return schedule
+
+
+def _prompt_targets(sl, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Per token (slot `rows`, position `pos`): the prompt token after it, whose logprob its
+    logits give, where its sequence wants its prompt's logprobs; else -1."""
+    after = pos + 1
+    wanted = (sl.prompt_logprobs[rows] >= 0) & (after < sl.prompt_len[rows])
+    return np.where(wanted, sl.tokens[rows, np.minimum(after, sl.tokens.shape[1] - 1)], -1).astype(np.int32)
 
 
 def _rank_cumsum(values: np.ndarray, ranks: np.ndarray, *, exclusive: bool) -> np.ndarray:

@@ -105,13 +105,16 @@ class PrefixCache:
     # -- admission -------------------------------------------------------------------------------
 
     def hit(self, rank: int, seq: Seq) -> list[int]:
-        """The cached pages waiting `seq` can start from on `rank`."""
+        """The cached pages waiting `seq` can start from on `rank`: none for a request that wants
+        its prompt's logprobs (they come from computing every prompt token)."""
+        if seq.request.prompt_logprobs is not None:
+            return []
         return self.pools[rank].lookup(self.keys(seq))
 
     def should_wait(self, rank: int, seq: Seq, hit_pages: int) -> bool:
         """Whether `seq` waits: the page after its hit is being computed on `rank` by
         another sequence, and it has not waited `PREFIX_WAIT_STEPS` steps for it yet."""
-        if seq.prefix_waits >= PREFIX_WAIT_STEPS:
+        if seq.prefix_waits >= PREFIX_WAIT_STEPS or seq.request.prompt_logprobs is not None:
             return False
         keys = self.keys(seq)
         return hit_pages < len(keys) and keys[hit_pages] in self._computing[rank]

@@ -28,10 +28,20 @@ from .._schema_fast import fast_check
 from ..errors import Problem, ShardspecError, Source, clip, one_of, raise_all
 from ..files import MAX_REQUESTS_BYTES, parse_json, read_text, write_text
 from ..sizes import RuntimeSizes
-from .request import Output, Request, SamplingParams
+from .request import Output, Request, SamplingParams, logit_bias_pairs
 
-_REQUEST_FIELDS = ("max_tokens", "ignore_eos", "stop_token_ids", "logprobs")  # as Request takes them
-_SAMPLING_FIELDS = {"temperature": float, "top_k": int, "top_p": float, "seed": int}  # SamplingParams'
+_REQUEST_FIELDS = ("max_tokens", "ignore_eos", "stop_token_ids", "logprobs", "prompt_logprobs")  # as Request takes them
+_SAMPLING_FIELDS = {  # SamplingParams'
+    "temperature": float,
+    "top_k": int,
+    "top_p": float,
+    "seed": int,
+    "presence_penalty": float,
+    "frequency_penalty": float,
+    "repetition_penalty": float,
+    "min_tokens": int,
+    "logit_bias": logit_bias_pairs,
+}
 _SCHEMA = json.loads(Path(__file__).with_name("request.schema.json").read_text(encoding="utf-8"))
 _FIELDS = _SCHEMA["properties"]
 MAX_PROBLEMS = 20  # bad lines from one file, unknown keys or bad ids from one line: junk stops here, not at a million
@@ -98,7 +108,17 @@ def make_request(
                 where.problem("stop", "stop strings need a model with a tokenizer", "use stop_token_ids instead")
             )
     sampling = SamplingParams(**{k: _SAMPLING_FIELDS[k](fields[k]) for k in _SAMPLING_FIELDS if k in fields})
+    if sampling.logit_bias and (bad := sampling.logit_bias[-1][0]) >= vocab_size:
+        problems.append(
+            where.problem(f"logit_bias.{bad}", "the token id is outside the vocabulary", f"ids below {vocab_size}")
+        )
     request = Request(str(fields.get("id", default_id)), prompt, sampling=sampling, **given)
+    if sampling.min_tokens > request.max_tokens:
+        problems.append(
+            where.problem(
+                "min_tokens", f"{sampling.min_tokens} is more than max_tokens {request.max_tokens}", "lower min_tokens"
+            )
+        )
     if too_long := limits.request_len_problem(len(prompt), request.max_tokens):
         problems.append(where.problem("max_tokens", *too_long))
     raise_all(problems)

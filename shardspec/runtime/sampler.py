@@ -79,3 +79,35 @@ def sample_with_logprobs(logits, temperature, top_k, top_p, seeds, output_index,
     """`sample`, then `logprobs` of what it drew: (tokens, token logprob, top values, top ids)."""
     tokens = sample(logits, temperature, top_k, top_p, seeds, output_index)
     return (tokens, *logprobs(logits, tokens, wanted))
+
+
+def adjust(logits, ids, counts, bias, presence, frequency, repetition, pending):
+    """Rows' logits [N, V] changed as `adjustments.py` defines: `ids` [N, W] the tokens each
+    row's rules touch (-1 padding), `counts` their output counts (0: prompt only, -1: a bias
+    alone), `bias` added first; `pending` [N] each row's latest output, not in `counts`
+    (-1: none). Dense [N, V] work, in the steps that have adjustments only."""
+    N, V = logits.shape
+    rows = jnp.arange(N)[:, None]
+    ids = jnp.where(ids < 0, V, ids)  # out of bounds: dropped by the scatters
+    pending = jnp.where(pending < 0, V, pending)
+    count = jnp.zeros((N, V), jnp.float32).at[rows, ids].add(jnp.maximum(counts, 0), mode="drop")
+    count = count.at[rows[:, 0], pending].add(1.0, mode="drop")
+    seen = jnp.zeros((N, V), bool).at[rows, ids].set(counts >= 0, mode="drop")
+    seen = seen.at[rows[:, 0], pending].set(True, mode="drop")
+    logits = logits + jnp.zeros((N, V), jnp.float32).at[rows, ids].add(bias, mode="drop")
+    penalty = jnp.where(seen, repetition[:, None], 1.0)
+    logits = jnp.where(logits > 0, logits / penalty, logits * penalty)
+    return logits - frequency[:, None] * count - presence[:, None] * (count > 0)
+
+
+def sample_adjusted(logits, temperature, top_k, top_p, seeds, output_index, wanted, *adjustments_and_tokens):
+    """`sample_with_logprobs` of one rank's rows after `adjust` (the logprobs stay the model's):
+    `adjustments_and_tokens` are ids, counts, bias [N, W], presence, frequency, repetition [N],
+    then the rank's input tokens, their previous-step rows and their request rows [S], which
+    give each row's latest output where the host has not seen it (async scheduling)."""
+    *adjustments, tokens, prev_rows, token_rows = adjustments_and_tokens
+    latest = jnp.where(prev_rows >= 0, tokens, -1)
+    pending = jnp.full(logits.shape[0], -1, jnp.int32).at[token_rows].max(latest)
+    logits = logits.astype(jnp.float32)
+    drawn = sample(adjust(logits, *adjustments, pending), temperature, top_k, top_p, seeds, output_index)
+    return (drawn, *logprobs(logits, drawn, wanted))

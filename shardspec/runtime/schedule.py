@@ -18,7 +18,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .adjustments import Adjustments
 from .request import SamplingParams
+from .slots import _offsets
 
 # In `token_ids`: "the token this sequence sampled in the previous step", not yet
 # known on the host when the step is planned (async scheduling). The device
@@ -62,15 +64,28 @@ class StepSchedule:
     output_index: np.ndarray  # int32 [C]
     logprobs: np.ndarray  # int32 [C] top logprobs each chunk's sample returns; -1: none (or no sample)
     slots: np.ndarray | None = None  # int64 [C] the scheduler's slot of each chunk (for update)
+    # Only in steps where some chunk asks (the step then runs a program that reads them):
+    adjustments: Adjustments | None = None  # what the sampler changes in rows' logits first
+    prompt_targets: np.ndarray | None = (
+        None  # int32 [T] the prompt token after each token, if its logprob is wanted; else -1
+    )
 
     def __post_init__(self):
         for name in _COLUMNS:  # a step is a value: nobody writes into it afterwards
             value = getattr(self, name)
-            if value is not None:
+            if isinstance(value, np.ndarray):
                 value.flags.writeable = False
 
     def __len__(self) -> int:
         return len(self.seq_ids)
+
+    def token_seq_ids(self) -> np.ndarray:
+        """int64 [T] each token's sequence."""
+        return np.repeat(self.seq_ids, self.num_tokens)
+
+    def token_positions(self) -> np.ndarray:
+        """int64 [T] each token's position in its sequence."""
+        return np.repeat(self.starts, self.num_tokens) + _offsets(self.num_tokens)
 
     def tokens_per_rank(self, dp_ranks: int) -> np.ndarray:
         return np.bincount(self.ranks, weights=self.num_tokens, minlength=dp_ranks).astype(np.int64)

@@ -130,6 +130,11 @@ class DPScheduler:
         out, self._finished = self._finished, []
         return out
 
+    def request_of(self, seq_id: int) -> Request | None:
+        """An unfinished sequence's request (None once it finished)."""
+        seq = self._seqs.get(seq_id)
+        return seq.request if seq is not None else None
+
     def outputs_of(self, request_id: str) -> tuple[int, ...]:
         """An unfinished request's output tokens taken by `update()` so far."""
         seq = self._by_request[request_id]

@@ -28,7 +28,7 @@ from ..plan import ShardingPlan
 from ..sizes import RuntimeSizes
 from .packer import PackedStep, pack
 from .paged_attention import PagedBatch, attend_rank, make_attend
-from .sampler import sample_with_logprobs
+from .sampler import logprobs, sample_adjusted, sample_with_logprobs
 from .schedule import StepSchedule
 
 # Packer fields the device needs, and whether each is per token or per request row.
@@ -36,6 +36,12 @@ TOKEN_FIELDS = ("token_ids", "prev_rows", "positions", "slot_mapping", "token_ro
 ROW_FIELDS = ("block_tables", "seq_lens", "logits_indices", "temperature", "top_k", "top_p", "seeds", "output_index")
 # Per request row: top logprobs wanted (-1: none); the device computes them only where asked.
 LOGPROBS = "logprobs"
+# Fields only steps where some row asks have (`PackedStep.extras`); each set of them is a
+# program of its own, compiled on first use, so the steps that ask for nothing run unchanged.
+ADJUST_ROWS = ("adjust_presence", "adjust_frequency", "adjust_repetition")  # [R*Q]
+ADJUST_TABLES = ("adjust_ids", "adjust_counts", "adjust_bias")  # [R*Q, W]
+PROMPT_TARGETS = "prompt_targets"  # [R*S]
+BASE_FIELDS = TOKEN_FIELDS + ROW_FIELDS + (LOGPROBS,)  # every step's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +52,11 @@ class StepSamples:
     logprob: jax.Array  # float32 [R*Q_max]: the sampled token's (0 unless its row asked)
     top_logprobs: jax.Array  # float32 [R*Q_max, K], most likely first
     top_ids: jax.Array  # int32 [R*Q_max, K]
+    # Steps with prompt targets: per token row of the packed step (R*S), the target's logprob
+    # under the logits at that token, and the top K there.
+    prompt_logprob: jax.Array | None = None  # float32 [R*S]
+    prompt_top_logprobs: jax.Array | None = None  # float32 [R*S, K]
+    prompt_top_ids: jax.Array | None = None  # int32 [R*S, K]
 
 
 jax.tree_util.register_dataclass(
@@ -54,8 +65,8 @@ jax.tree_util.register_dataclass(
 
 
 def device_batch(packed: PackedStep) -> dict[str, np.ndarray]:
-    """The packer's arrays the device step takes."""
-    return {f: getattr(packed, f) for f in TOKEN_FIELDS + ROW_FIELDS + (LOGPROBS,)}
+    """The packer's arrays the device step takes (its extras only in the steps that have them)."""
+    return {f: getattr(packed, f) for f in BASE_FIELDS} | dict(packed.extras)
 
 
 def padding_batch(sizes: RuntimeSizes, stride: int) -> dict[str, np.ndarray]:
@@ -116,26 +127,48 @@ class Step:
             in_specs=(rows2d.spec,) + (per_token.spec,) * 6,
             out_specs=(per_token.spec, per_token.spec, rows2d.spec, rows2d.spec),
         )
+        self._sample_adjusted = jax.shard_map(
+            sample_adjusted,
+            mesh=plan.mesh,
+            check_vma=False,
+            in_specs=(rows2d.spec,) + (per_token.spec,) * 6 + (rows2d.spec,) * 3 + (per_token.spec,) * 6,
+            out_specs=(per_token.spec, per_token.spec, rows2d.spec, rows2d.spec),
+        )
+        self._prompt_logprobs = jax.shard_map(
+            lambda logits, targets: logprobs(logits, jnp.maximum(targets, 0), targets),
+            mesh=plan.mesh,
+            check_vma=False,
+            in_specs=(rows2d.spec, per_token.spec),
+            out_specs=(per_token.spec, rows2d.spec, rows2d.spec),
+        )
         # Sampled ids stay on their rank: the host reads them (no device collective),
         # and the next step's decodes read their own rank's rows (async scheduling).
         self._samples = per_token
-        self._batch_shardings = {f: per_token for f in TOKEN_FIELDS + ROW_FIELDS + (LOGPROBS,)}
-        self._batch_shardings["block_tables"] = rows2d
-        self._jitted, self._zeros = self._programs(StepSamples(per_token, per_token, rows2d, rows2d))
-
-    def _programs(self, samples: StepSamples):
-        """(the jitted step, the jitted zeros of one cache array), in the plan's shardings."""
-        plan, kv = self.plan, self.plan.kv_cache
-        cache = plan.sharding(kv.spec)
-        caches = [(cache,) * kv.arrays] * kv.num_layers
-        step = jax.jit(
-            self._step,
-            donate_argnums=(1,),
-            in_shardings=(plan.param_shardings(), caches, self._batch_shardings, self._samples),
-            out_shardings=(samples, caches),
-        )
+        self._per_token, self._rows2d = per_token, rows2d
+        self._programs: dict[frozenset[str], jax.stages.Wrapped] = {}  # by the extras a step has
+        kv = plan.kv_cache
         shape = (self.sizes.dp_ranks * self.sizes.pages_per_rank, kv.page_size, kv.slots, kv.head_dim)
-        return step, jax.jit(functools.partial(jnp.zeros, shape, jnp.dtype(kv.dtype)), out_shardings=cache)
+        cache = plan.sharding(kv.spec)
+        self._zeros = jax.jit(functools.partial(jnp.zeros, shape, jnp.dtype(kv.dtype)), out_shardings=cache)
+
+    def _program(self, extras: frozenset[str]):
+        """The jitted step for batches with these extra fields, built on first use (and kept)."""
+        program = self._programs.get(extras)
+        if program is None:
+            plan, kv = self.plan, self.plan.kv_cache
+            cache = plan.sharding(kv.spec)
+            caches = [(cache,) * kv.arrays] * kv.num_layers
+            batch = {f: self._sharding_of(f) for f in (*BASE_FIELDS, *extras)}
+            per_token, rows2d = self._per_token, self._rows2d
+            prompt = (per_token, rows2d, rows2d) if PROMPT_TARGETS in extras else (None,) * 3
+            samples = StepSamples(per_token, per_token, rows2d, rows2d, *prompt)
+            program = self._programs[extras] = jax.jit(
+                self._step,
+                donate_argnums=(1,),
+                in_shardings=(plan.param_shardings(), caches, batch, self._samples),
+                out_shardings=(samples, caches),
+            )
+        return program
 
     def __call__(self, params: nnx.State, caches, batch: dict[str, np.ndarray], prev_sampled: jax.Array):
         """Dispatch one step (asynchronously); returns (StepSamples, new caches).
@@ -144,13 +177,18 @@ class Step:
         r*Q_max + i of `sampled` is rank r's request row i; `batch["prev_rows"]` holds
         rank-local rows of `prev_sampled` (-1: the token is in `token_ids`).
         """
+        program = self._program(frozenset(batch.keys() - set(BASE_FIELDS)))
         if self.plan.mesh.is_multi_process:  # jit takes host arrays only when it sees every device
-            batch = {f: global_array(x, self._batch_shardings[f]) for f, x in batch.items()}
-        return self._jitted(params, caches, batch, prev_sampled)
+            batch = {f: global_array(x, self._sharding_of(f)) for f, x in batch.items()}
+        return program(params, caches, batch, prev_sampled)
+
+    def _sharding_of(self, field: str) -> NamedSharding:
+        """A batch field's sharding: its rows over the DP ranks."""
+        return self._rows2d if field in ("block_tables",) + ADJUST_TABLES else self._per_token
 
     def lower(self, params, caches, batch, prev_sampled) -> jax.stages.Lowered:
         """Lower without running (arguments may be ShapeDtypeStructs): for `shardspec.hlo`."""
-        return self._jitted.lower(params, caches, batch, prev_sampled)
+        return self._program(frozenset(batch.keys() - set(BASE_FIELDS))).lower(params, caches, batch, prev_sampled)
 
     def new_kv_cache(self) -> list[tuple[jax.Array, ...]]:
         """A layer's arrays (K and V, or the latent), each [R × pages_per_rank, page_size,
@@ -175,47 +213,62 @@ class Step:
         return caches
 
     def _step(self, state, caches, batch, prev_sampled):
-        self.traces += 1  # runs only while tracing: once per compiled bucket
+        self.traces += 1  # runs only while tracing: once per compiled program
         model = nnx.merge(self.graphdef, state)
-        layout = self.plan.layout
-        R = self.sizes.dp_ranks
-        # Decode tokens sampled by the step before, not yet seen by the host (async):
-        # a gather inside each rank's own rows, no collective.
-        local = batch["prev_rows"].reshape(R, -1)  # [R, S]
-        from_prev = jnp.take_along_axis(prev_sampled.reshape(R, self.q_max), jnp.maximum(local, 0), axis=1)
-        tokens = jnp.where(batch["prev_rows"] >= 0, from_prev.reshape(-1), batch["token_ids"])
+        tokens = self._input_tokens(batch, prev_sampled)
         paged = PagedBatch(
             batch["positions"], batch["slot_mapping"], batch["token_rows"], batch["block_tables"], batch["seq_lens"]
         )
         hidden, caches = model.hidden_states(
-            tokens[:, None], batch["positions"][:, None], layout, self._attend, [(c, paged) for c in caches]
+            tokens[:, None], batch["positions"][:, None], self.plan.layout, self._attend, [(c, paged) for c in caches]
         )
         caches = [c for c, _ in caches]
-        rows = batch["logits_indices"].shape[0]
+        drawn = self._draw(self._last_logits(model, hidden, batch["logits_indices"]), batch, tokens)
+        prompt = self._prompt(model, hidden, batch[PROMPT_TARGETS]) if PROMPT_TARGETS in batch else (None,) * 3
+        return StepSamples(*(self._per_row(x) for x in drawn), *prompt), caches
+
+    def _input_tokens(self, batch, prev_sampled):
+        """The step's token ids, decode tokens sampled by the step before and not yet seen by
+        the host (async) filled in: a gather inside each rank's own rows, no collective."""
+        R = self.sizes.dp_ranks
+        local = batch["prev_rows"].reshape(R, -1)  # [R, S]
+        from_prev = jnp.take_along_axis(prev_sampled.reshape(R, self.q_max), jnp.maximum(local, 0), axis=1)
+        return jnp.where(batch["prev_rows"] >= 0, from_prev.reshape(-1), batch["token_ids"])
+
+    def _last_logits(self, model, hidden, logits_indices):
+        """[R*Q, V] the logits at each request row's last token, each rank's rows on it."""
+        R, rows = self.sizes.dp_ranks, logits_indices.shape[0]
         per_rank = hidden[:, 0].reshape(R, -1, hidden.shape[-1])  # [R, S, E]
-        index = batch["logits_indices"].reshape(R, -1)  # [R, Q], rank-local token index
+        index = logits_indices.reshape(R, -1)  # [R, Q], rank-local token index
         last = jnp.take_along_axis(per_rank, index[..., None], axis=1).reshape(rows, 1, -1)
-        logits = model.logits(last, layout)[:, 0]  # [R*Q, V]
-        # Sampling sorts whole rows: gather the vocab once. Then sample each rank's
-        # rows where its sampling parameters are (over data and attn_dp): rows
-        # replicated over attn_dp made GSPMD all-gather a [rows, vocab] iota in argmax.
+        return self._on_ranks(model.logits(last, self.plan.layout)[:, 0])
+
+    def _on_ranks(self, logits):
+        """Logit rows where their rank samples them. Sampling sorts whole rows: gather the
+        vocab once, then each rank's rows where its sampling parameters are (over data and
+        attn_dp): rows replicated over attn_dp made GSPMD all-gather a [rows, vocab] iota in argmax."""
         logits = jax.lax.with_sharding_constraint(logits, self._rows)
-        logits = jax.lax.with_sharding_constraint(logits, self._sample_rows)
-        drawn = self._sample(
-            logits,
-            batch["temperature"],
-            batch["top_k"],
-            batch["top_p"],
-            batch["seeds"],
-            batch["output_index"],
-            batch[LOGPROBS],
-        )
+        return jax.lax.with_sharding_constraint(logits, self._sample_rows)
 
-        def per_row(x):  # [R*Q, ...] -> [R*Q_max, ...]: each rank's rows at its own offset
-            full = jnp.zeros((R, self.q_max, *x.shape[1:]), x.dtype)
-            return full.at[:, : rows // R].set(x.reshape(R, rows // R, *x.shape[1:])).reshape(-1, *x.shape[1:])
+    def _draw(self, logits, batch, tokens):
+        """(tokens, logprob, top logprobs, top ids) of each request row, adjusted first in a
+        step that has adjustments (the decode input tokens count as their rows' latest outputs)."""
+        sampling = [batch[f] for f in ("temperature", "top_k", "top_p", "seeds", "output_index", LOGPROBS)]
+        if ADJUST_TABLES[0] not in batch:
+            return self._sample(logits, *sampling)
+        adjust = [batch[f] for f in ADJUST_TABLES + ADJUST_ROWS]
+        return self._sample_adjusted(logits, *sampling, *adjust, tokens, batch["prev_rows"], batch["token_rows"])
 
-        return StepSamples(*(per_row(x) for x in drawn)), caches
+    def _prompt(self, model, hidden, targets):
+        """Each token's logprob of its prompt target, and the top K: every token's logits,
+        computed only in a step where some request wants its prompt's logprobs."""
+        return self._prompt_logprobs(self._on_ranks(model.logits(hidden, self.plan.layout)[:, 0]), targets)
+
+    def _per_row(self, x):
+        """[R*Q, ...] -> [R*Q_max, ...]: each rank's rows at its own offset."""
+        R, rows = self.sizes.dp_ranks, x.shape[0]
+        full = jnp.zeros((R, self.q_max, *x.shape[1:]), x.dtype)
+        return full.at[:, : rows // R].set(x.reshape(R, rows // R, *x.shape[1:])).reshape(-1, *x.shape[1:])
 
 
 def step_key(plan: ShardingPlan, graphdef: nnx.GraphDef, rank_attention) -> tuple:

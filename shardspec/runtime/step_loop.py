@@ -24,7 +24,7 @@ from flax import nnx
 from ..distributed import fetch
 from ..sizes import RuntimeSizes
 from . import step_costs
-from .logprobs import NewToken, with_logprobs
+from .logprobs import NewToken, PromptLogprob, prompt_logprobs, with_logprobs
 from .metrics import Metrics, StepRecord
 from .packer import PackedStep, pack
 from .request import Output
@@ -37,6 +37,7 @@ from .step import Step, device_batch, local_rows
 class StepResult:
     finished: list[Output]  # the requests that finished, as the scheduler reports them (no text yet)
     new_tokens: list[NewToken] | None  # every token the step gave, in order; None unless asked for
+    prompt_logprobs: list[PromptLogprob] = dataclasses.field(default_factory=list)  # those it computed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +108,9 @@ class StepLoop:
         done = launched if not self._async else previous
         self._in_flight = launched if self._async else None
         new = [] if keep_tokens else None
-        finished, waited_s = ([], 0.0)
+        finished, waited_s, prompt = [], 0.0, []
         if done is not None:
-            finished, waited_s, collect_failed = self._collect(done, new)
+            finished, waited_s, collect_failed = self._collect(done, new, prompt)
             failed += collect_failed
         if self._kv_suspect:
             self._recover_kv()
@@ -129,7 +130,7 @@ class StepLoop:
             failed_steps=failed,
         )
         self.metrics = self.metrics.stepped(record, self.scheduler.stats(), self._step.traces)
-        return StepResult(finished, new)
+        return StepResult(finished, new, prompt)
 
     def stop(self, request_ids: Iterable[str]) -> list[Output]:
         """Finish these requests now as "stop" (a stop string the caller found in their text)."""
@@ -157,15 +158,18 @@ class StepLoop:
             return None, time.perf_counter() - t0
         return _InFlight(schedule, packed, sampled), t1 - t0
 
-    def _collect(self, done: _InFlight, new: list | None) -> tuple[list[Output], float, bool]:
+    def _collect(self, done: _InFlight, new: list | None, prompt: list) -> tuple[list[Output], float, bool]:
         """A launched step's samples into the scheduler, its tokens (with their logprobs) into
-        `new` when given: (the outputs, the seconds spent waiting for the device, whether it failed)."""
+        `new` when given, its prompt logprobs into `prompt`: (the outputs, the seconds spent
+        waiting for the device, whether it failed)."""
         t0 = t1 = time.perf_counter()
         got: list[tuple[str, int, int]] | None = [] if new is not None else None
         try:
             rows = self._step.output_rows(done.packed)
             tokens = fetch(done.sampled.tokens)[rows]
             t1 = time.perf_counter()
+            if done.schedule.prompt_targets is not None:  # before update() lets finished requests go
+                prompt += prompt_logprobs(done.schedule, done.packed, done.sampled, self.scheduler.request_of)
             outputs = self.scheduler.update(done.schedule, tokens, got)  # one token per sampled chunk
             if new is not None:
                 new += with_logprobs(got, done.schedule, done.sampled, rows)
