@@ -131,13 +131,6 @@ def test_the_openai_clients_neutral_values_are_served(client, reference):
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("presence_penalty", 0.5),
-        ("frequency_penalty", -1.0),
-        ("repetition_penalty", 1.2),
-        ("min_tokens", 3),
-        ("logit_bias", {"5": 10}),
-        ("echo", True),
-        ("best_of", 3),  # more than n: choosing the best is not done yet
         ("suffix", "end"),
         ("response_format", {"type": "json_object"}),
         ("tools", [{"type": "function", "function": {"name": "f"}}]),
@@ -146,6 +139,99 @@ def test_the_openai_clients_neutral_values_are_served(client, reference):
 def test_what_is_not_supported_yet_is_a_400_never_a_different_answer(client, field, value):
     message = _error(client.post("/v1/completions", json={**GREEDY, "prompt": "x", field: value}), field)
     assert "not supported yet" in message
+
+
+@pytest.mark.parametrize(
+    "fields, param, words",
+    [
+        ({"best_of": 2, "n": 3}, "best_of", "less than n"),
+        ({"best_of": 3, "stream": True}, "best_of", "cannot stream"),
+        ({"echo": True, "logprobs": 1, "stream": True}, "echo", "not supported when streaming"),
+        ({"logit_bias": {"99999999": 1}}, "logit_bias.99999999", "outside the vocabulary"),
+        ({"logit_bias": {"x": 1}}, "logit_bias", "does not match"),
+        ({"logit_bias": {"5": 101}}, "logit_bias.5", "maximum"),
+        ({"min_tokens": 9}, "min_tokens", "more than max_tokens"),
+        ({"prompt_logprobs": 21}, "prompt_logprobs", "less than or equal to 20"),
+    ],
+)
+def test_fields_asking_for_what_cannot_be_served_are_400s_naming_them(client, fields, param, words):
+    assert words in _error(client.post("/v1/completions", json={**GREEDY, "prompt": "x", **fields}), param)
+
+
+def test_penalties_logit_bias_and_min_tokens_reach_the_engine(client, reference):
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=client)
+    rules = {"presence_penalty": 0.8, "frequency_penalty": 0.5, "logit_bias": {"17": 6.0}}
+    extra = {"repetition_penalty": 1.3, "min_tokens": 4, "ignore_eos": True}  # vLLM's extensions
+    got = sdk.completions.create(
+        model="tiny", prompt="Hello there", max_tokens=8, temperature=0, **rules, extra_body=extra
+    )
+    want = reference.generate([{"prompt": "Hello there", "max_tokens": 8, **rules, **extra}])[0]
+    plain = reference.generate([{"prompt": "Hello there", "max_tokens": 8, "ignore_eos": True}])[0]
+    assert got.choices[0].token_ids == list(want.output_token_ids) != list(plain.output_token_ids)
+    chat = sdk.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, temperature=0, logit_bias={"17": 100}
+    )
+    assert chat.choices[0].token_ids == [17] * 5
+
+
+def test_lm_evals_loglikelihood_requests_get_every_prompt_tokens_logprob(client, engine):
+    """lm-eval's local-completions scoring request: batched token-id prompts, max_tokens 1,
+    echo, logprobs 1; it sums token_logprobs[context:-1] and checks each against top_logprobs."""
+    import jax
+    import numpy as np
+
+    from shardspec import apply
+
+    from helpers import dense_forward
+
+    prompts = [[1, 15, 27, 99, 4, 4, 60], [1, 8, 200, 31]]
+    body = {"model": "tiny", "prompt": prompts, "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 1}
+    response = client.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    reference = apply(engine.plan)
+    for prompt, choice in zip(prompts, response.json()["choices"]):
+        lp = choice["logprobs"]
+        assert (
+            len(lp["tokens"]) == len(prompt) + 1 and lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+        )
+        tokens = prompt + choice["token_ids"]
+        want = np.asarray(jax.nn.log_softmax(dense_forward(reference, [tokens])[0].astype(np.float32), axis=-1))
+        expected = [want[i - 1, tokens[i]] for i in range(1, len(tokens))]
+        np.testing.assert_allclose(lp["token_logprobs"][1:], expected, atol=1e-4)
+        for i, top in enumerate(lp["top_logprobs"][1:], 1):  # the most likely token there
+            assert len(top) == 1 and abs(max(top.values()) - want[i - 1].max()) < 1e-4
+        context = 3  # lm-eval's parse: the continuation's logprob, and whether it was greedy
+        continuation = sum(lp["token_logprobs"][context:-1])
+        assert abs(continuation - sum(expected[context - 1 : -1])) < 1e-3
+        assert choice["text"].startswith(engine.tokenizer.decode(prompt, skip_special_tokens=False))
+
+
+def test_prompt_logprobs_and_echo_as_vllm_answers_them(client, reference):
+    body = {**GREEDY, "prompt": "Hello there", "prompt_logprobs": 2}
+    choice = client.post("/v1/completions", json=body).json()["choices"][0]
+    want = reference.generate([{"prompt": "Hello there", "max_tokens": 6, "prompt_logprobs": 2}])[0]
+    assert choice["prompt_logprobs"][0] is None and choice["logprobs"] is None
+    for entry, got in zip(want.prompt_logprobs[1:], choice["prompt_logprobs"][1:]):
+        assert abs(got[str(entry.token_id)]["logprob"] - entry.logprob) < 1e-5
+        assert [v["rank"] for k, v in got.items() if int(k) in dict(entry.top)] == [1, 2]
+    chat = {**GREEDY, "messages": [{"role": "user", "content": "Hi"}], "prompt_logprobs": 0}
+    chat_choice = client.post("/v1/chat/completions", json=chat).json()["choices"][0]
+    assert chat_choice["prompt_logprobs"][0] is None and all(len(e) == 1 for e in chat_choice["prompt_logprobs"][1:])
+    echoed = client.post("/v1/completions", json={**GREEDY, "prompt": "Hello there", "echo": True}).json()
+    assert echoed["choices"][0]["text"] == "Hello there" + want.text
+    streamed = client.post("/v1/completions", json={**GREEDY, "prompt": "Hello there", "echo": True, "stream": True})
+    assert '"text": "Hello there"' in streamed.text.split("\n\n")[0]
+
+
+def test_best_of_keeps_the_n_most_likely_of_its_samples(client, reference):
+    body = {**GREEDY, "prompt": "Hello there", "n": 2, "best_of": 4, "temperature": 1.0, "seed": 3}
+    response = client.post("/v1/completions", json=body).json()
+    fields = {"prompt": "Hello there", "max_tokens": 6, "temperature": 1.0, "ignore_eos": True, "logprobs": 0}
+    drawn = reference.generate([{**fields, "seed": 3 + j} for j in range(4)])
+    ranked = sorted(drawn, key=lambda o: -sum(t.logprob for t in o.logprobs))
+    assert [c["token_ids"] for c in response["choices"]] == [list(o.output_token_ids) for o in ranked[:2]]
+    assert [c["index"] for c in response["choices"]] == [0, 1] and response["choices"][0]["logprobs"] is None
+    assert response["usage"]["completion_tokens"] == 24  # every sample drawn was generated
 
 
 def test_n_samples_a_prompt_are_seeded_requests_and_usage_counts_the_prompt_once(client, reference):

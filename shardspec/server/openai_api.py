@@ -4,15 +4,16 @@ Requests are pydantic models: every field shardspec knows is strictly typed (a
 wrong type or range is a 400 naming it). Fields it does not know are kept
 (`model_extra`): the server ignores them and lists them in a response header,
 as vLLM accepts what OpenAI's clients send; `shardspec serve --strict-fields`
-refuses them instead. Fields it knows but does not act on yet (penalties,
-`best_of` > `n`, `echo`, tools, structured output) are accepted at their neutral value
-and a 400 otherwise (`not_yet_supported`); `n` samples a prompt are `n` engine
-requests (`samples`): a request is never answered as if it
-had asked for something else. Sampling fields map onto the engine's request
-fields (vLLM's names: `top_k` and `ignore_eos` are extensions OpenAI's API does
-not have). Responses follow OpenAI's JSON; each choice also carries
-`token_ids`, the generated ids, which a model without a tokenizer can return in
-no other way.
+refuses them instead. Fields it knows but does not act on yet (tools,
+structured output) are accepted at their neutral value and a 400 otherwise
+(`not_yet_supported`): a request is never answered as if it had asked for
+something else. `n` samples a prompt (`best_of` drawn, the `n` most likely
+kept) are that many engine requests (`samples`). Sampling fields map onto the
+engine's request fields (vLLM's names: `top_k`, `min_tokens`,
+`repetition_penalty`, `prompt_logprobs` and `ignore_eos` are extensions
+OpenAI's API does not have). Responses follow OpenAI's JSON; each choice also
+carries `token_ids`, the generated ids, which a model without a tokenizer can
+return in no other way, and, where asked, vLLM's `prompt_logprobs`.
 """
 
 from __future__ import annotations
@@ -35,10 +36,6 @@ class ResponseFormat(_Fields):
     json_schema: dict | None = None
 
 
-# Fields shardspec knows but does not act on yet, and the one value it serves exactly.
-NEUTRAL = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "min_tokens": 0}
-
-
 class _Sampling(_Fields):
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
@@ -57,26 +54,26 @@ class _Sampling(_Fields):
     repetition_penalty: float = Field(default=1.0, gt=0, le=100, allow_inf_nan=False)
     min_tokens: int = Field(default=0, ge=0)
     logit_bias: dict[str, float] | None = None
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     tools: list[dict] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict | None = None
     user: str | None = None
 
+    @property
+    def drawn(self) -> int:
+        """Samples drawn a prompt (`n`; completions' `best_of` draws more and keeps `n`)."""
+        return self.n
+
     def samples(self, prompts: list[dict]) -> list[dict]:
-        """Each prompt `n` times, choice i × n + j its sample j: sample j draws with seed + j
-        (sample 0 as a request without `n`), so the samples differ and each is reproducible.
-        With prefix caching on, they can share the prompt's full pages as equal prefixes do."""
+        """Each prompt `drawn` times, engine request i × drawn + j its sample j: sample j draws
+        with seed + j (sample 0 as a request without `n`), so the samples differ and each is
+        reproducible. With prefix caching on, they share the prompt's full pages as equal prefixes do."""
         base = self.seed or 0
-        return [p | ({"seed": (base + j) % 2**32} if j else {}) for p in prompts for j in range(self.n)]
+        return [p | ({"seed": (base + j) % 2**32} if j else {}) for p in prompts for j in range(self.drawn)]
 
     def not_yet_supported(self) -> tuple[str, str] | None:
         """(field, message) for the first field asking for what shardspec does not do yet."""
-        for name, neutral in NEUTRAL.items():
-            value = getattr(self, name)
-            if value != neutral:
-                return name, f"{name} {value} is not supported yet (only {neutral})"
-        if self.logit_bias:
-            return "logit_bias", "logit_bias is not supported yet (only {} or null)"
         if self.response_format is not None and self.response_format.type != "text":
             return "response_format", f"response_format {self.response_format.type!r} is not supported yet (only text)"
         if self.tools and self.tool_choice != "none":
@@ -99,6 +96,11 @@ class _Sampling(_Fields):
             fields["stop_token_ids"] = self.stop_token_ids
         if self.top_logprobs_wanted is not None:
             fields["logprobs"] = self.top_logprobs_wanted
+        for name in ("presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens", "prompt_logprobs"):
+            if name in self.model_fields_set:
+                fields[name] = getattr(self, name)
+        if self.logit_bias:
+            fields["logit_bias"] = self.logit_bias
         return fields
 
     @property
@@ -118,17 +120,31 @@ class CompletionRequest(_Sampling):
     suffix: str | None = None
 
     def not_yet_supported(self) -> tuple[str, str] | None:
-        if self.echo:
-            return "echo", "echo is not supported yet (only false)"
-        if self.best_of not in (None, 1, self.n):
-            return "best_of", f"best_of {self.best_of} is not supported yet (only n, {self.n})"
+        if self.best_of is not None and self.best_of < self.n:
+            return "best_of", f"best_of {self.best_of} is less than n {self.n}: it draws the n choices from best_of"
+        if self.drawn > self.n and self.stream:
+            return "best_of", "best_of more than n cannot stream (the best are known once all have finished)"
+        if self.echo and self.stream and self.logprobs is not None:
+            return "echo", "echo with logprobs is not supported when streaming yet (leave out stream or logprobs)"
         if self.suffix:
             return "suffix", "suffix is not supported yet (only empty)"
         return super().not_yet_supported()
 
     @property
+    def drawn(self) -> int:
+        return max(self.best_of or 1, self.n)
+
+    @property
     def top_logprobs_wanted(self) -> int | None:
+        if self.drawn > self.n and self.logprobs is None:
+            return 0  # the choices are ranked by their tokens' logprobs (not shown)
         return self.logprobs
+
+    def engine_fields(self, max_tokens_default: int | None) -> dict:
+        fields = super().engine_fields(max_tokens_default)
+        if self.echo and self.logprobs is not None:  # the prompt's tokens' logprobs, shown before the output's
+            fields["prompt_logprobs"] = max(self.logprobs, self.prompt_logprobs or 0)
+        return fields
 
     def prompts(self) -> list[dict]:
         """Each prompt as engine fields: `prompt` text or `prompt_token_ids`."""
@@ -263,19 +279,37 @@ def chat_choice(index: int, text: str, token_ids, finish_reason, *, delta: bool,
     }
 
 
-def completion_logprobs(entries, token_text, offset: int = 0) -> dict:
-    """OpenAI's completions `logprobs`: tokens, their logprobs, the top ones, text offsets."""
-    tokens = [token_text(e.token_id) for e in entries]
+def completion_logprobs(token_ids, entries, token_text, offset: int = 0) -> dict:
+    """OpenAI's completions `logprobs`: tokens, their logprobs, the top ones, text offsets;
+    an entry None (an echoed prompt's first token) has null logprobs."""
+    tokens = [token_text(t) for t in token_ids]
     offsets = []
     for t in tokens:
         offsets.append(offset)
         offset += len(t)
     return {
         "tokens": tokens,
-        "token_logprobs": [e.logprob for e in entries],
-        "top_logprobs": [{token_text(i): lp for i, lp in e.top} for e in entries],
+        "token_logprobs": [e and e.logprob for e in entries],
+        "top_logprobs": [e and {token_text(i): lp for i, lp in e.top} for e in entries],
         "text_offset": offsets,
     }
+
+
+def prompt_logprobs(entries, token_text) -> list[dict | None]:
+    """vLLM's `prompt_logprobs`: per prompt token (the first None), {token id: its logprob,
+    rank and text} for the token and the top N (rank null outside the top N)."""
+
+    def one(entry) -> dict | None:
+        if entry is None:
+            return None
+        ranked = {token: (lp, rank) for rank, (token, lp) in enumerate(entry.top, 1)}
+        ranked.setdefault(entry.token_id, (entry.logprob, None))
+        return {
+            str(token): {"logprob": lp, "rank": rank, "decoded_token": token_text(token)}
+            for token, (lp, rank) in ranked.items()
+        }
+
+    return [one(e) for e in entries]
 
 
 def chat_logprobs(entries, token_text) -> dict:

@@ -87,7 +87,9 @@ async def completions(body: api.CompletionRequest, server: Server):
     _check_model(server, body.model)
     headers = _accept(server, body)
     fields = body.engine_fields(DEFAULT_MAX_TOKENS)
-    return await _respond(server, body, body.samples(body.prompts()), fields, "cmpl", chat=False, headers=headers)
+    prompts = body.prompts()
+    echo = tuple(_prompt_text(server, p) for p in prompts) if body.echo else None
+    return await _respond(server, body, body.samples(prompts), fields, "cmpl", chat=False, headers=headers, echo=echo)
 
 
 async def chat(body: api.ChatRequest, server: Server):
@@ -155,16 +157,40 @@ async def _respond(
     *,
     chat: bool,
     headers: dict[str, str],
+    echo: tuple[str, ...] | None = None,
 ):
     """Submit every prompt; stream the answer (`body.stream`), or answer once all have finished."""
     batch = submit(server.loop, prompts, fields)
     kind = ("chat.completion.chunk" if body.stream else "chat.completion") if chat else "text_completion"
     text = functools.partial(token_text, server.engine.tokenizer)
-    reply = Reply(api.new_id(prefix), kind, server.model_name, chat, text, body.n)
+    shown = bool(body.logprobs) if chat else body.logprobs is not None  # chat's is a bool, completions' an int
+    reply = Reply(
+        api.new_id(prefix),
+        kind,
+        server.model_name,
+        chat,
+        text,
+        drawn=body.drawn,
+        n=body.n,
+        logprobs=shown,
+        prompt_logprobs=body.prompt_logprobs is not None,
+        echo=echo,
+    )
     if body.stream:
         events = stream(server.loop, server.metrics, batch, reply, body.include_usage)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
     return JSONResponse(await answer(server.loop, server.metrics, batch, reply), headers=headers)
+
+
+def _prompt_text(server: ServerState, prompt: dict) -> str:
+    """An echoed prompt's text: as sent, or its token ids decoded (special tokens kept)."""
+    if "prompt" in prompt:
+        return prompt["prompt"]
+    ids = prompt["prompt_token_ids"]
+    tokenizer = server.engine.tokenizer
+    if tokenizer is None:
+        return "".join(token_text(None, t) for t in ids)
+    return tokenizer.decode(ids, skip_special_tokens=False)
 
 
 async def tokenize(body: api.TokenizeRequest, server: Server):

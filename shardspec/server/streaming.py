@@ -50,7 +50,11 @@ class Reply:
     model: str  # the served model name
     chat: bool  # chat's choice shape (a message or delta), else completions'
     token_text: Callable[[int], str]  # a token as logprobs show it
-    samples: int = 1  # choices a prompt (`n`): usage counts each prompt once
+    drawn: int = 1  # engine requests a prompt (`n`, or `best_of`): usage counts each prompt once
+    n: int = 1  # choices a prompt: the `n` most likely of the `drawn`
+    logprobs: bool = False  # show the tokens' logprobs (best_of may compute them only to rank)
+    prompt_logprobs: bool = False  # show vLLM's `prompt_logprobs`
+    echo: tuple[str, ...] | None = None  # completions' `echo`: each prompt's text, before its output
 
     def envelope(self, choices: list[dict], **extra) -> dict:
         return api.envelope(self.id, self.object, self.model, choices, **extra)
@@ -86,14 +90,39 @@ def token_text(tokenizer, token_id: int) -> str:
     return tokenizer.decode([token_id], skip_special_tokens=False)
 
 
-def choice(reply: Reply, index: int, text: str, token_ids, finish, entries, *, delta=False, offset=0) -> dict:
-    """Choice `index` (`delta`: of a chunk); `entries`: its tokens' logprobs, if asked, whose
-    completions' text_offset starts at `offset`."""
+def choice(reply: Reply, index: int, text: str, token_ids, finish, logprobs, *, delta=False, offset=0) -> dict:
+    """Choice `index` (`delta`: of a chunk); `logprobs`: (tokens, their logprobs), if shown,
+    whose completions' text_offset starts at `offset`."""
     if reply.chat:
-        lp = None if entries is None else api.chat_logprobs(entries, reply.token_text)
+        lp = None if logprobs is None else api.chat_logprobs(logprobs[1], reply.token_text)
         return api.chat_choice(index, text, token_ids, finish, delta=delta, logprobs=lp)
-    lp = None if entries is None else api.completion_logprobs(entries, reply.token_text, offset)
+    lp = None if logprobs is None else api.completion_logprobs(*logprobs, reply.token_text, offset)
     return api.completion_choice(index, text, token_ids, finish, lp)
+
+
+def final_choice(reply: Reply, index: int, prompt: int, out: Output) -> dict:
+    """A whole answer's choice `index`: `out`, of prompt number `prompt`, with the prompt's text
+    and its tokens' logprobs before its own where echoed."""
+    echo = reply.echo[prompt] if reply.echo is not None else ""
+    logprobs = (out.output_token_ids, out.logprobs) if reply.logprobs else None
+    if echo and logprobs is not None:
+        logprobs = (out.prompt_token_ids + logprobs[0], out.prompt_logprobs + logprobs[1])
+    found = choice(reply, index, echo + (out.text or ""), out.output_token_ids, out.finish_reason, logprobs)
+    if reply.prompt_logprobs:
+        found["prompt_logprobs"] = api.prompt_logprobs(out.prompt_logprobs, reply.token_text)
+    return found
+
+
+def best(finals: list[Output], reply: Reply) -> list[tuple[int, Output]]:
+    """(prompt number, output) of each choice: of each prompt's `drawn` outputs, the `n` whose
+    tokens are most likely (the largest sum of logprobs; first drawn first among equals)."""
+    kept = []
+    for p in range(len(finals) // reply.drawn):
+        outputs = finals[p * reply.drawn : (p + 1) * reply.drawn]
+        if reply.drawn > reply.n:
+            outputs = sorted(outputs, key=lambda o: -sum(t.logprob for t in o.logprobs))[: reply.n]
+        kept += [(p, out) for out in outputs]
+    return kept
 
 
 async def deltas(batch: Batch, metrics: ServerMetrics) -> AsyncIterator[tuple[int, TokenDelta]]:
@@ -130,11 +159,8 @@ async def answer(loop: EngineLoop, metrics: ServerMetrics, batch: Batch, reply: 
         finals = await collect(batch, metrics)
     finally:
         _abort(loop, batch.ids)  # a no-op for finished requests; frees an abandoned one
-    choices = [
-        choice(reply, i, out.text or "", out.output_token_ids, out.finish_reason, out.logprobs)
-        for i, out in enumerate(finals)
-    ]
-    return reply.envelope(choices, usage=_usage(finals, reply.samples))
+    choices = [final_choice(reply, i, prompt, out) for i, (prompt, out) in enumerate(best(finals, reply))]
+    return reply.envelope(choices, usage=_usage(finals, reply.drawn))
 
 
 async def stream(
@@ -149,6 +175,9 @@ async def stream(
         if reply.chat:  # the role first, as OpenAI's stream does
             for i in range(len(batch.ids)):
                 yield _sse(reply.envelope([api.chat_choice(i, "", (), None, delta=True, first=True)]))
+        elif reply.echo is not None:  # the prompt first, as it was sent
+            for i in range(len(batch.ids)):
+                yield _sse(reply.envelope([api.completion_choice(i, reply.echo[i // reply.drawn], (), None)]))
         try:
             async for i, item in deltas(batch, metrics):
                 if (piece := _delta_choice(reply, i, item, offsets[i])) is not None:
@@ -160,7 +189,7 @@ async def stream(
         except HTTPError as e:
             yield _sse(api.error_body(e.message, e.kind))
         if include_usage:
-            yield _sse(reply.envelope([], usage=_usage(finished, reply.samples)))
+            yield _sse(reply.envelope([], usage=_usage(finished, reply.drawn)))
         yield "data: [DONE]\n\n"
     finally:  # finished, or the client went away: free whatever still runs
         _abort(loop, batch.ids)
@@ -171,12 +200,14 @@ def _delta_choice(reply: Reply, index: int, item: TokenDelta, offset: int) -> di
     finish = item.output.finish_reason if item.output is not None else None
     if not (item.token_ids or item.text or finish):
         return None
-    return choice(reply, index, item.text or "", item.token_ids, finish, item.logprobs, delta=True, offset=offset)
+    logprobs = (item.token_ids, item.logprobs) if item.logprobs is not None else None
+    return choice(reply, index, item.text or "", item.token_ids, finish, logprobs, delta=True, offset=offset)
 
 
-def _usage(outputs: list[Output], samples: int) -> dict:
-    """Prompt tokens once a prompt (its `samples` choices share it), every choice's output tokens."""
-    prompt = sum(len(o.prompt_token_ids) for o in outputs) // samples
+def _usage(outputs: list[Output], drawn: int) -> dict:
+    """Prompt tokens once a prompt (its `drawn` samples share it); every sample's output tokens,
+    the ones `best_of` drew and did not keep too (the server generated them)."""
+    prompt = sum(len(o.prompt_token_ids) for o in outputs) // drawn
     return api.usage(prompt, sum(len(o.output_token_ids) for o in outputs))
 
 
