@@ -33,6 +33,7 @@ from .requests_io import make_request
 from .scheduler import DPScheduler
 from .step import Step, shared_step, step_key
 from .step_loop import StepLoop, StepResult
+from .structured import Grammars
 
 __all__ = ["Engine", "TokenDelta"]
 
@@ -70,12 +71,15 @@ class Engine:
         runtime = plan.strategy.runtime
         eos = (eos_token_id,) if eos_token_id is not None else plan.model.eos_token_ids
         self.tokenizer = load_tokenizer(plan.model.checkpoint)
+        vocab = plan.model.geometry.vocab_size
+        self._grammars = Grammars(self.tokenizer, vocab, eos) if self.tokenizer is not None else None
         self._scheduler = DPScheduler(
             self.sizes,
             routing=runtime.routing,
             eos_token_ids=eos,
             async_scheduling=runtime.async_scheduling,
             prefix_caching=plan.strategy.kv_cache.prefix_caching,
+            grammars=self._grammars,
         )
         costs = (
             None
@@ -109,6 +113,7 @@ class Engine:
             vocab_size=self.plan.model.geometry.vocab_size,
             limits=self.sizes,
             tokenizer=self.tokenizer,
+            grammars=self._grammars,
         )
 
     def add_request(self, request: Request | None = None, /, **fields) -> str:

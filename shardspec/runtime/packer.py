@@ -57,7 +57,7 @@ class PackedStep:
     token_stride: int  # S
     request_stride: int  # Q
     # Device inputs only steps where some chunk asks have (the step runs another program):
-    # `adjust_*` per request [R*Q(, W)], `prompt_targets` per token [R*S].
+    # `adjust_*` and `structured_mask` per request [R*Q(, W)], `prompt_targets` per token [R*S].
     extras: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     prompt_rows: np.ndarray | None = None  # int32: the global token row of each schedule token with a prompt target
 
@@ -194,8 +194,11 @@ def pack(
 
 
 def _extras(c: StepSchedule, layout: _Layout) -> dict:
-    """The PackedStep fields of what only some steps have: adjustments, prompt logprob targets."""
+    """The PackedStep fields of what only some steps have: adjustments, grammar masks, prompt
+    logprob targets."""
     extras = layout.per_request(**c.adjustments.columns()) if c.adjustments is not None else {}
+    if c.masks is not None:
+        extras |= layout.per_request(structured_mask=(c.masks, -1))  # -1: every bit, any token
     if c.prompt_targets is None:
         return {"extras": extras}
     extras |= layout.per_token(prompt_targets=(c.prompt_targets, -1))

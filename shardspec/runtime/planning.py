@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..sizes import pages_for
-from . import adjustments
+from . import adjustments, structured
 from .ranks import Ranks
 from .schedule import FROM_PREVIOUS_STEP, StepSchedule
 from .sequence import Seq
@@ -54,8 +54,10 @@ def plan_running(s: Ranks, step: int, budget: int, async_scheduling: bool) -> Ru
     if async_scheduling:
         # A decode whose input is a sample not yet received runs only if that sample
         # comes from the previous step (the device fills it in from there) and one
-        # more token is allowed after it.
-        ready |= (sl.pending == 1) & (sl.last_sample_step == step - 1) & (sl.received + 2 <= sl.max_tokens)
+        # more token is allowed after it; never a constrained one (its mask follows from that sample).
+        ready |= (
+            (sl.pending == 1) & (sl.last_sample_step == step - 1) & (sl.received + 2 <= sl.max_tokens) & ~sl.constrained
+        )
     decode = active & (remaining == 1) & ready
     order = sl.in_order()  # by rank, then admission
     tokens = np.zeros(len(sl.seq_id), np.int64)
@@ -213,6 +215,7 @@ def emit(s: Ranks, step: int, tokens: np.ndarray) -> StepSchedule:
         slots=g,
         adjustments=adjustments.for_step(sl, g, sample, sl.total[g] - sl.prompt_len[g]),
         prompt_targets=_prompt_targets(sl, rows, pos) if (sl.prompt_logprobs[g] >= 0).any() else None,
+        masks=structured.masks_for_step(sl, g, sample),
     )
     sl.computed[g] = end
     sl.in_flight[g] += 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from .structured import Constraint
+
 FinishReason = Literal["stop", "length", "abort", "error"]  # error: a step it was in failed (Output.error says why)
 
 
@@ -44,6 +46,7 @@ class Request:
     stop: tuple[str, ...] = ()  # stop strings: the output text ends before the first one found
     logprobs: int | None = None  # each output token's log-probability and the top N; None: none
     prompt_logprobs: int | None = None  # each prompt token's (the first has none) and the top N; None: none
+    structured_outputs: Constraint | None = None  # what the output must match (structured.py)
 
     def to_json(self) -> dict:
         """The request as request-file fields (the form `requests_io.make_request` checks)."""
@@ -61,6 +64,8 @@ class Request:
         for name in ("logprobs", "prompt_logprobs"):
             if getattr(self, name) is not None:
                 fields[name] = getattr(self, name)
+        if self.structured_outputs is not None:
+            fields["structured_outputs"] = self.structured_outputs.to_field()
         return fields
 
     @classmethod
@@ -81,6 +86,7 @@ class Request:
             tuple(fields.get("stop", ())),
             fields.get("logprobs"),
             fields.get("prompt_logprobs"),
+            Constraint.from_field(fields["structured_outputs"]) if "structured_outputs" in fields else None,
         )
 
 

@@ -29,6 +29,7 @@ from ..errors import Problem, ShardspecError, Source, clip, one_of, raise_all
 from ..files import MAX_REQUESTS_BYTES, parse_json, read_text, write_text
 from ..sizes import RuntimeSizes
 from .request import Output, Request, SamplingParams, logit_bias_pairs
+from .structured import Constraint, Grammars
 
 _REQUEST_FIELDS = ("max_tokens", "ignore_eos", "stop_token_ids", "logprobs", "prompt_logprobs")  # as Request takes them
 _SAMPLING_FIELDS = {  # SamplingParams'
@@ -59,7 +60,12 @@ _OTHER_RULES = {
     },
 }
 _CHECK = validator(_OTHER_RULES)
-_FAST_CHECK = fast_check(_OTHER_RULES)  # msgspec: True for a good request, so _CHECK need not walk it
+# msgspec: True for a good request, so _CHECK need not walk it. Without `structured_outputs` (a
+# schema in a field, deeper than msgspec's type looks): a request that has one is checked by _CHECK.
+_DEEP_FIELDS = ("structured_outputs",)
+_FAST_CHECK = fast_check(
+    {**_OTHER_RULES, "properties": {k: v for k, v in _OTHER_RULES["properties"].items() if k not in _DEEP_FIELDS}}
+)
 # The most items each list field takes (`stop`'s in its list alternative).
 _MOST_ITEMS = {
     name: rule["maxItems"]
@@ -78,12 +84,15 @@ def make_request(
     limits: RuntimeSizes,
     where: Source | None = None,
     tokenizer=None,
+    grammars: Grammars | None = None,
 ) -> Request:
     """A validated Request from request-file fields; ShardspecError names each bad field.
 
     `limits` are the plan's (the longest request it serves); `tokenizer` (a
-    checkpoint's, `shardspec.tokenizer`) turns `prompt` text into ids. A field
-    left out takes `Request`'s (and `SamplingParams`') default, their one owner.
+    checkpoint's, `shardspec.tokenizer`) turns `prompt` text into ids; `grammars`
+    (the engine's) compiles `structured_outputs` (without it, only their form is
+    checked). A field left out takes `Request`'s (and `SamplingParams`') default,
+    their one owner.
     """
     where = where or Source("<request>", {})
     raise_all(_field_problems(fields, where, limits))
@@ -112,6 +121,9 @@ def make_request(
         problems.append(
             where.problem(f"logit_bias.{bad}", "the token id is outside the vocabulary", f"ids below {vocab_size}")
         )
+    if "structured_outputs" in fields:
+        given["structured_outputs"] = constraint = Constraint.from_field(fields["structured_outputs"])
+        problems += _constraint_problems(constraint, where, tokenizer, grammars)
     request = Request(str(fields.get("id", default_id)), prompt, sampling=sampling, **given)
     if sampling.min_tokens > request.max_tokens:
         problems.append(
@@ -123,6 +135,15 @@ def make_request(
         problems.append(where.problem("max_tokens", *too_long))
     raise_all(problems)
     return request
+
+
+def _constraint_problems(constraint: Constraint, where: Source, tokenizer, grammars: Grammars | None) -> list[Problem]:
+    path = f"structured_outputs.{constraint.kind}"
+    if tokenizer is None:
+        return [where.problem(path, "structured outputs need a model with a tokenizer", "leave them out")]
+    if grammars is not None and (problem := grammars.problem(constraint)) is not None:
+        return [where.problem(path, clip(problem.strip().splitlines()[0], 300), "fix the grammar, regex or schema")]
+    return []
 
 
 def _field_problems(fields: Mapping, where: Source, limits: RuntimeSizes) -> list[Problem]:

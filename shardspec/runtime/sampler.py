@@ -100,14 +100,25 @@ def adjust(logits, ids, counts, bias, presence, frequency, repetition, pending):
     return logits - frequency[:, None] * count - presence[:, None] * (count > 0)
 
 
-def sample_adjusted(logits, temperature, top_k, top_p, seeds, output_index, wanted, *adjustments_and_tokens):
-    """`sample_with_logprobs` of one rank's rows after `adjust` (the logprobs stay the model's):
-    `adjustments_and_tokens` are ids, counts, bias [N, W], presence, frequency, repetition [N],
-    then the rank's input tokens, their previous-step rows and their request rows [S], which
-    give each row's latest output where the host has not seen it (async scheduling)."""
-    *adjustments, tokens, prev_rows, token_rows = adjustments_and_tokens
-    latest = jnp.where(prev_rows >= 0, tokens, -1)
-    pending = jnp.full(logits.shape[0], -1, jnp.int32).at[token_rows].max(latest)
-    logits = logits.astype(jnp.float32)
-    drawn = sample(adjust(logits, *adjustments, pending), temperature, top_k, top_p, seeds, output_index)
-    return (drawn, *logprobs(logits, drawn, wanted))
+def apply_mask(logits, mask):
+    """Rows' logits [N, V] with every token outside its row's mask -inf: `mask` [N, ceil(V/32)]
+    int32, token t allowed where bit t % 32 of word t // 32 is set (structured.py)."""
+    token = jnp.arange(logits.shape[-1])
+    allowed = (mask[:, token // 32] >> (token % 32)) & 1
+    return jnp.where(allowed != 0, logits, -jnp.inf)
+
+
+def sample_changed(logits, temperature, top_k, top_p, seeds, output_index, wanted, adjustments, mask, latest):
+    """`sample_with_logprobs` of one rank's rows after their grammar `mask` (or None) and
+    `adjust` (None, or its ids, counts, bias [N, W], presence, frequency, repetition [N]); the
+    logprobs stay the model's. `latest`: the rank's input tokens, their previous-step rows and
+    their request rows [S], which give each row's latest output where the host has not seen it
+    (async scheduling); None without adjustments."""
+    raw = logits.astype(jnp.float32)
+    changed = raw if mask is None else apply_mask(raw, mask)
+    if adjustments is not None:
+        tokens, prev_rows, token_rows = latest
+        pending = jnp.full(raw.shape[0], -1, jnp.int32).at[token_rows].max(jnp.where(prev_rows >= 0, tokens, -1))
+        changed = adjust(changed, *adjustments, pending)
+    drawn = sample(changed, temperature, top_k, top_p, seeds, output_index)
+    return (drawn, *logprobs(raw, drawn, wanted))

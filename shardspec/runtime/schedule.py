@@ -66,9 +66,8 @@ class StepSchedule:
     slots: np.ndarray | None = None  # int64 [C] the scheduler's slot of each chunk (for update)
     # Only in steps where some chunk asks (the step then runs a program that reads them):
     adjustments: Adjustments | None = None  # what the sampler changes in rows' logits first
-    prompt_targets: np.ndarray | None = (
-        None  # int32 [T] the prompt token after each token, if its logprob is wanted; else -1
-    )
+    masks: np.ndarray | None = None  # int32 [C, ceil(V/32)] bits of the tokens each sample may take (structured.py)
+    prompt_targets: np.ndarray | None = None  # int32 [T] the prompt token after each, its logprob wanted; else -1
 
     def __post_init__(self):
         for name in _COLUMNS:  # a step is a value: nobody writes into it afterwards

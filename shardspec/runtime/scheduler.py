@@ -38,13 +38,14 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from ..sizes import RuntimeSizes
-from . import planning
+from . import planning, structured
 from .ranks import Ranks
 from .request import FinishReason, Output, Request
 from .schedule import StepSchedule
 from .sequence import Seq, Status
 from .step_budget import balanced_budget
 from .step_time import timed_budget, work_in_hand
+from .structured import Grammars
 
 
 class DPScheduler:
@@ -66,6 +67,7 @@ class DPScheduler:
         async_scheduling: bool = False,
         balance_steps: bool | None = None,
         prefix_caching: bool = True,
+        grammars: Grammars | None = None,
     ):
         self.sizes = sizes
         self.async_scheduling = async_scheduling
@@ -73,6 +75,7 @@ class DPScheduler:
         # the reference system's full-budget lockstep steps unless asked otherwise.
         self.balance_steps = routing == "balanced" if balance_steps is None else balance_steps
         self._eos = frozenset(eos_token_ids)
+        self._grammars = grammars  # the grammar engine of requests with structured outputs
         self._seqs: dict[int, Seq] = {}  # unfinished
         self._by_request: dict[str, Seq] = {}  # unfinished, by request id
         self.ranks = Ranks(sizes, routing, prefix_caching, self._seqs)
@@ -94,6 +97,8 @@ class DPScheduler:
         stop = frozenset(request.stop_token_ids) | (frozenset() if request.ignore_eos else self._eos)
         seq_id, self._next_seq_id = self._next_seq_id, self._next_seq_id + 1
         seq = self._seqs[seq_id] = self._by_request[request.id] = Seq(seq_id, request, -1, stop)
+        if request.structured_outputs is not None:
+            seq.guide = self._grammars.guide(request.structured_outputs)
         ranks = self.ranks
         ranks.join(ranks.route(seq), seq)
         ranks.waiting.push(seq.rank, seq)
@@ -172,6 +177,8 @@ class DPScheduler:
             raise ValueError(f"{where}: {too_long[0]} ({too_long[1]})")
         if request.id in self._by_request:
             raise ValueError(f"{where}: a request with this id is already running or waiting")
+        if request.structured_outputs is not None and self._grammars is None:
+            raise ValueError(f"{where}: structured outputs need a scheduler with a grammar engine")
 
     # -- schedule ------------------------------------------------------------------------------
 
@@ -244,9 +251,16 @@ class DPScheduler:
         sl.written[g[live]] = ends
         self.ranks.prefix.cache_prompt_pages(sl, g[live], ends)
         stopped = (sl.stops[gs] == tok[:, None]).any(axis=1)
+        refused = {}
+        if sl.constrained[gs].any():  # a completed grammar ends its request as a stop token does
+            complete, refused = structured.take(sl, gs, tok)
+            stopped |= complete
         done = stopped | (sl.received[gs] >= sl.max_tokens[gs])
+        for slot in refused:
+            self._finish(sl.seq[slot], "error", refused[slot])
         for slot, stop in zip(gs[done].tolist(), stopped[done].tolist()):
-            self._finish(sl.seq[slot], "stop" if stop else "length")
+            if slot not in refused:
+                self._finish(sl.seq[slot], "stop" if stop else "length")
         return self.take_finished()
 
     def _sampled_tokens(self, schedule: StepSchedule, sample_rows: np.ndarray, sampled) -> np.ndarray:

@@ -39,6 +39,7 @@ class Seq:
         "claimed",
         "credit",
         "prefix_waits",
+        "guide",
     )
 
     def __init__(self, seq_id: int, request: Request, rank: int, stop: frozenset[int]):
@@ -54,6 +55,7 @@ class Seq:
         self.claimed: list[bytes] = []
         self.credit = 0
         self.prefix_waits = 0
+        self.guide = None  # a constrained request's grammar state (structured.Guide)
 
     @property
     def total(self) -> int:

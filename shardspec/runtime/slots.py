@@ -58,6 +58,7 @@ class Slots:
         self.logprobs = np.full(n, -1, np.int32)  # top logprobs each sample returns; -1: none
         self.prompt_logprobs = np.full(n, -1, np.int32)  # top logprobs each prompt token returns; -1: none
         self.adjusts = np.zeros(n, bool)  # its sampler changes its logits first (adjustments.py)
+        self.constrained = np.zeros(n, bool)  # its samples follow a grammar (structured.py)
         self.stops = np.full((n, 1), -1, np.int32)  # stop ids, -1 padded; widened on demand
         self.pools = [PagePool(sizes.pages_per_rank) for _ in range(R)]
         self._free = [list(range((r + 1) * S - 1, r * S - 1, -1)) for r in range(R)]  # free slots, lowest on top
@@ -111,6 +112,7 @@ class Slots:
         self.logprobs[g] = -1 if request.logprobs is None else request.logprobs
         self.prompt_logprobs[g] = -1 if request.prompt_logprobs is None else request.prompt_logprobs
         self.adjusts[g] = sampling.adjusts_logits
+        self.constrained[g] = seq.guide is not None
         if len(seq.stop) > self.stops.shape[1]:
             wider = np.full((len(self.stops), len(seq.stop)), -1, np.int32)
             wider[:, : self.stops.shape[1]] = self.stops

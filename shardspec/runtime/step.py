@@ -28,7 +28,7 @@ from ..plan import ShardingPlan
 from ..sizes import RuntimeSizes
 from .packer import PackedStep, pack
 from .paged_attention import PagedBatch, attend_rank, make_attend
-from .sampler import logprobs, sample_adjusted, sample_with_logprobs
+from .sampler import logprobs, sample_changed, sample_with_logprobs
 from .schedule import StepSchedule
 
 # Packer fields the device needs, and whether each is per token or per request row.
@@ -40,6 +40,7 @@ LOGPROBS = "logprobs"
 # program of its own, compiled on first use, so the steps that ask for nothing run unchanged.
 ADJUST_ROWS = ("adjust_presence", "adjust_frequency", "adjust_repetition")  # [R*Q]
 ADJUST_TABLES = ("adjust_ids", "adjust_counts", "adjust_bias")  # [R*Q, W]
+MASK = "structured_mask"  # [R*Q, ceil(V/32)]
 PROMPT_TARGETS = "prompt_targets"  # [R*S]
 BASE_FIELDS = TOKEN_FIELDS + ROW_FIELDS + (LOGPROBS,)  # every step's
 
@@ -127,13 +128,6 @@ class Step:
             in_specs=(rows2d.spec,) + (per_token.spec,) * 6,
             out_specs=(per_token.spec, per_token.spec, rows2d.spec, rows2d.spec),
         )
-        self._sample_adjusted = jax.shard_map(
-            sample_adjusted,
-            mesh=plan.mesh,
-            check_vma=False,
-            in_specs=(rows2d.spec,) + (per_token.spec,) * 6 + (rows2d.spec,) * 3 + (per_token.spec,) * 6,
-            out_specs=(per_token.spec, per_token.spec, rows2d.spec, rows2d.spec),
-        )
         self._prompt_logprobs = jax.shard_map(
             lambda logits, targets: logprobs(logits, jnp.maximum(targets, 0), targets),
             mesh=plan.mesh,
@@ -184,7 +178,7 @@ class Step:
 
     def _sharding_of(self, field: str) -> NamedSharding:
         """A batch field's sharding: its rows over the DP ranks."""
-        return self._rows2d if field in ("block_tables",) + ADJUST_TABLES else self._per_token
+        return self._rows2d if field in ("block_tables", MASK) + ADJUST_TABLES else self._per_token
 
     def lower(self, params, caches, batch, prev_sampled) -> jax.stages.Lowered:
         """Lower without running (arguments may be ShapeDtypeStructs): for `shardspec.hlo`."""
@@ -251,13 +245,30 @@ class Step:
         return jax.lax.with_sharding_constraint(logits, self._sample_rows)
 
     def _draw(self, logits, batch, tokens):
-        """(tokens, logprob, top logprobs, top ids) of each request row, adjusted first in a
-        step that has adjustments (the decode input tokens count as their rows' latest outputs)."""
+        """(tokens, logprob, top logprobs, top ids) of each request row: in a step with grammar
+        masks or adjustments, the logits changed first (the decode input tokens count as their
+        rows' latest outputs)."""
         sampling = [batch[f] for f in ("temperature", "top_k", "top_p", "seeds", "output_index", LOGPROBS)]
-        if ADJUST_TABLES[0] not in batch:
+        adjustments = [batch[f] for f in ADJUST_TABLES + ADJUST_ROWS] if ADJUST_TABLES[0] in batch else None
+        mask = batch.get(MASK)
+        if adjustments is None and mask is None:
             return self._sample(logits, *sampling)
-        adjust = [batch[f] for f in ADJUST_TABLES + ADJUST_ROWS]
-        return self._sample_adjusted(logits, *sampling, *adjust, tokens, batch["prev_rows"], batch["token_rows"])
+        latest = (tokens, batch["prev_rows"], batch["token_rows"]) if adjustments is not None else None
+        rows, per_token = self._rows2d.spec, self._per_token.spec
+        changed = jax.shard_map(  # each rank changes and samples its own rows
+            sample_changed,
+            mesh=self.plan.mesh,
+            check_vma=False,
+            in_specs=(
+                rows,
+                *[per_token] * 6,
+                None if adjustments is None else [rows] * 3 + [per_token] * 3,
+                None if mask is None else rows,
+                None if latest is None else (per_token,) * 3,
+            ),
+            out_specs=(per_token, per_token, rows, rows),
+        )
+        return changed(logits, *sampling, adjustments, mask, latest)
 
     def _prompt(self, model, hidden, targets):
         """Each token's logprob of its prompt target, and the top K: every token's logits,
