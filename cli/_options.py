@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated
 
 import typer
@@ -10,6 +11,9 @@ from shardspec.cluster_env import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCES
 from shardspec.compilation_cache import ENV as ENV_COMPILATION_CACHE
 
 MAX_SEED = 2**32 - 1  # a uint32: what jax's PRNG keys and numpy's generators take
+# `serve --tool-call-parser`: how a model writes tool calls (the server's tool_calls.PARSERS, spelled out
+# here so that --help lists them without importing the server)
+ToolCallParser = enum.Enum("ToolCallParser", {"hermes": "hermes", "llama3_json": "llama3_json"}, type=str)
 
 StrategyArg = Annotated[str, typer.Argument(help="Strategy YAML file.", show_default=False)]
 ModelOpt = Annotated[

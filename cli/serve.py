@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from ._common import echo_notes, load_strategy, use_compilation_cache
-from ._options import MAX_SEED, CoordinatorOpt, ModelOpt, NumProcessesOpt, ProcessIdOpt, SetOpt, StrategyArg
+from ._options import (
+    MAX_SEED,
+    CoordinatorOpt,
+    ModelOpt,
+    NumProcessesOpt,
+    ProcessIdOpt,
+    SetOpt,
+    StrategyArg,
+    ToolCallParser,
+)
 
 
 def serve(
@@ -29,6 +38,13 @@ def serve(
             "--strict-fields", help="Refuse request fields the server does not know (400) instead of ignoring them."
         ),
     ] = False,
+    tool_call_parser: Annotated[
+        ToolCallParser | None,
+        typer.Option(
+            "--tool-call-parser",
+            help="How the model writes tool calls in its text, read back for chat tool_choice auto.",
+        ),
+    ] = None,
     overrides: SetOpt = None,
     coordinator: CoordinatorOpt = None,
     num_processes: NumProcessesOpt = None,
@@ -58,14 +74,18 @@ def serve(
     # ignore it too: they stop when process 0 tells them, never halfway through a step.
     signal.signal(signal.SIGTERM, lambda *_: None)
     if distributed.is_main():
-        _listen(engine, served_model_name or plan.model.name, host, port, loaded.name, plan.dp_ranks, strict_fields)
+        parser = tool_call_parser.value if tool_call_parser is not None else None
+        name = served_model_name or plan.model.name
+        _listen(
+            engine, name, host, port, loaded.name, plan.dp_ranks, strict_fields=strict_fields, tool_call_parser=parser
+        )
     else:
         engine.warmup()
         EngineLoop(engine, loaded.runtime.max_waiting).run()
     distributed.leave()
 
 
-def _listen(engine, name: str, host: str, port: int, strategy_name: str, dp_ranks: int, strict_fields: bool) -> None:
+def _listen(engine, name: str, host: str, port: int, strategy_name: str, dp_ranks: int, **app_options) -> None:
     import uvicorn
 
     from shardspec.server.app import build_app
@@ -75,7 +95,7 @@ def _listen(engine, name: str, host: str, port: int, strategy_name: str, dp_rank
             app.state.engine_loop.drain()
             super().handle_exit(sig, frame)
 
-    app = build_app(engine, name, strict_fields=strict_fields)
+    app = build_app(engine, name, **app_options)
     typer.echo(f"serving {name} ({strategy_name}, {dp_ranks} DP ranks) on http://{host}:{port}", err=True)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     Server(config).run()

@@ -70,6 +70,7 @@ def example(name: str):
 # The HTTP tests' strategy: one device, a 64-token budget, a short waiting queue.
 SERVE_STRATEGY = {"devices": 1, "runtime": {"max_num_seqs": 8, "max_num_batched_tokens": 64, "max_waiting": 16}}
 CHAT_TEMPLATE = (
+    "{% if tools %}<|tools|>{% for t in tools %}{{ t.function.name }} {% endfor %}\n{% endif %}"
     "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )

@@ -6,6 +6,8 @@ The app runs in-process (FastAPI's TestClient, the real `openai` client on top o
 test_serve.py drives a real server process.
 """
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -132,8 +134,6 @@ def test_the_openai_clients_neutral_values_are_served(client, reference):
     "field, value",
     [
         ("suffix", "end"),
-        ("response_format", {"type": "json_object"}),
-        ("tools", [{"type": "function", "function": {"name": "f"}}]),
     ],
 )
 def test_what_is_not_supported_yet_is_a_400_never_a_different_answer(client, field, value):
@@ -299,3 +299,118 @@ def test_a_model_without_a_tokenizer_says_so_on_the_tokenizer_routes():
     engine = Engine(compile(load({"model": "llama3-tiny", "devices": 1})))
     client = TestClient(build_app(engine, "tiny", warmup=False))  # no lifespan: nothing is served
     assert "no tokenizer" in _error(client.post("/tokenize", json={"prompt": "hi"}), "model")
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 999}, "colour": {"enum": ["red", "green"]}},
+    "required": ["id", "colour"],
+    "additionalProperties": False,
+}
+WEATHER = {"type": "function", "function": {"name": "weather", "parameters": SCHEMA}}
+TIME = {"type": "function", "function": {"name": "time", "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_response_format_json_schema_answers_parse_and_validate(client):
+    import jsonschema
+
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=client)
+    response_format = {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA, "strict": True}}
+    for seed in range(4):
+        got = sdk.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "A thing?"}], max_tokens=40, temperature=1.0,
+            seed=seed, response_format=response_format,
+        )  # fmt: skip
+        assert got.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(got.choices[0].message.content), SCHEMA)
+    choice = {**GREEDY, "prompt": "Yes or no?", "max_tokens": 8, "structured_outputs": {"choice": ["yes", "no"]}}
+    assert client.post("/v1/completions", json=choice).json()["choices"][0]["text"] in ("yes", "no")
+    both = {**choice, "response_format": {"type": "json_object"}}
+    assert "not both" in _error(client.post("/v1/completions", json=both), "structured_outputs")
+    no_schema = {**GREEDY, "prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"name": "t"}}}
+    _error(client.post("/v1/completions", json=no_schema), "response_format.json_schema.schema")
+
+
+def test_named_and_required_tool_choices_answer_with_tool_calls(client):
+    import jsonschema
+
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=client)
+    messages = [{"role": "user", "content": "Weather?"}]
+    named = {"type": "function", "function": {"name": "weather"}}
+    got = sdk.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=40, temperature=0, tools=[WEATHER, TIME], tool_choice=named
+    )
+    choice = got.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "weather" and call.id.startswith("call_")
+    jsonschema.validate(json.loads(call.function.arguments), SCHEMA)
+    plain = sdk.chat.completions.create(model="tiny", messages=messages, max_tokens=4, temperature=0)
+    assert got.usage.prompt_tokens > plain.usage.prompt_tokens  # the tools reached the template
+    required = sdk.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=60, temperature=0, tools=[WEATHER, TIME], tool_choice="required"
+    )
+    calls = required.choices[0].message.tool_calls
+    assert required.choices[0].finish_reason == "tool_calls" and calls
+    assert all(
+        c.function.name in ("weather", "time") and isinstance(json.loads(c.function.arguments), dict) for c in calls
+    )
+    stream = {
+        **GREEDY,
+        "messages": messages,
+        "max_tokens": 40,
+        "tools": [WEATHER],
+        "tool_choice": named,
+        "stream": True,
+    }
+    chunks = [json.loads(line[6:]) for line in client.post("/v1/chat/completions", json=stream).text.split("\n\n")
+              if line.startswith("data: {")]  # fmt: skip
+    (last,) = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert last["choices"][0]["finish_reason"] == "tool_calls"
+    assert last["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] == call.function.arguments
+
+
+def test_tool_choice_auto_needs_a_parser_and_bad_tools_are_400s(client, reference):
+    body = {**GREEDY, "messages": [{"role": "user", "content": "Hi"}], "tools": [WEATHER]}
+    assert "--tool-call-parser" in _error(client.post("/v1/chat/completions", json=body), "tool_choice")
+    unknown = {**body, "tool_choice": {"type": "function", "function": {"name": "nope"}}}
+    _error(client.post("/v1/chat/completions", json=unknown), "tool_choice.function.name")
+    _error(
+        client.post("/v1/chat/completions", json={**body, "tools": [{"type": "x"}], "tool_choice": "required"}),
+        "tools.0",
+    )
+    with TestClient(build_app(reference, "tiny", warmup=False, tool_call_parser="hermes")) as parsing:
+        response = parsing.post("/v1/chat/completions", json={**body, "tool_choice": "auto"})
+    assert response.status_code == 200, response.text  # the model wrote text, not a call: an answer as text
+    assert response.json()["choices"][0]["message"]["content"] is not None
+
+
+HERMES_TWO = (
+    '<tool_call>{"name": "f", "arguments": {}}</tool_call><tool_call>{"name": "g", "arguments": {"x": 1}}</tool_call>'
+)
+LLAMA_TWO = '<|python_tag|>{"name": "f", "parameters": {"s": "x;y"}}; {"name": "g", "parameters": {}}'
+
+
+@pytest.mark.parametrize(
+    "parser, text, calls, content",
+    [
+        ("hermes", 'Look. <tool_call>\n{"name": "f", "arguments": {"q": 1}}\n</tool_call>', [("f", {"q": 1})], "Look."),
+        ("hermes", HERMES_TWO, [("f", {}), ("g", {"x": 1})], None),
+        ("hermes", "<tool_call>not json</tool_call>", [], "<tool_call>not json</tool_call>"),
+        ("llama3_json", LLAMA_TWO, [("f", {"s": "x;y"}), ("g", {})], None),
+        ("llama3_json", "The answer is 4.", [], "The answer is 4."),
+        ("llama3_json", '{"name": "f", "parameters": {}} and then', [], '{"name": "f", "parameters": {}} and then'),
+    ],
+)  # fmt: skip
+def test_tool_call_parsers_read_the_models_format(parser, text, calls, content):
+    from shardspec.server.tool_calls import ToolMode
+
+    found, rest = ToolMode("auto", (), parser=parser).calls(text)
+    assert [(c.name, json.loads(c.arguments)) for c in found] == calls and rest == content
+
+
+def test_the_cli_offers_every_tool_call_parser():
+    from cli._options import ToolCallParser
+    from shardspec.server.tool_calls import PARSERS
+
+    assert tuple(p.value for p in ToolCallParser) == PARSERS

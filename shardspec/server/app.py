@@ -31,15 +31,26 @@ from .metrics import ServerMetrics
 from .routes import ServerState, add_routes
 
 
-def build_app(engine: Engine, served_model_name: str, *, warmup: bool = True, strict_fields: bool = False) -> FastAPI:
+def build_app(
+    engine: Engine,
+    served_model_name: str,
+    *,
+    warmup: bool = True,
+    strict_fields: bool = False,
+    tool_call_parser: str | None = None,
+) -> FastAPI:
     """The app serving `engine` as model `served_model_name`; the engine thread runs from
     startup (after warm-up, so /health answers only once every bucket is compiled) to shutdown.
-    `strict_fields`: refuse request fields the server does not know (400) instead of ignoring them."""
+    `strict_fields`: refuse request fields the server does not know (400) instead of ignoring them.
+    `tool_call_parser`: how chat text holds the model's tool calls (tool_calls.PARSERS), for
+    tool_choice "auto"."""
     loop = EngineLoop(engine, engine.plan.strategy.runtime.max_waiting)
     chat_template = load_chat_template(engine.plan.model.checkpoint)
     app = FastAPI(title="shardspec", lifespan=functools.partial(_lifespan, warmup=warmup))
     metrics = ServerMetrics(engine)
-    app.state.server = ServerState(engine, loop, metrics, served_model_name, chat_template, strict_fields)
+    app.state.server = ServerState(
+        engine, loop, metrics, served_model_name, chat_template, strict_fields, tool_call_parser=tool_call_parser
+    )
     app.state.engine_loop = loop  # `shardspec serve` drains it on SIGTERM
     app.add_exception_handler(HTTPError, answer_http_error)
     app.add_exception_handler(RequestValidationError, answer_invalid_request)

@@ -25,9 +25,11 @@ class ChatTemplate:
         self._template = env.from_string(source)
         self._special = special_tokens
 
-    def render(self, messages: list[dict]) -> str:
+    def render(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """The prompt text of `messages`, with `tools` (OpenAI's tool definitions) where offered."""
+        extra = {"tools": tools} if tools else {}
         try:
-            return self._template.render(messages=messages, add_generation_prompt=True, **self._special)
+            return self._template.render(messages=messages, add_generation_prompt=True, **self._special, **extra)
         except ShardspecError:
             raise
         except Exception as e:  # a template error is about these messages

@@ -4,11 +4,13 @@ Requests are pydantic models: every field shardspec knows is strictly typed (a
 wrong type or range is a 400 naming it). Fields it does not know are kept
 (`model_extra`): the server ignores them and lists them in a response header,
 as vLLM accepts what OpenAI's clients send; `shardspec serve --strict-fields`
-refuses them instead. Fields it knows but does not act on yet (tools,
-structured output) are accepted at their neutral value and a 400 otherwise
+refuses them instead. A field it knows but cannot serve as asked (`suffix`,
+`best_of` fewer than `n`, two ways of structuring one output) is a 400
 (`not_yet_supported`): a request is never answered as if it had asked for
-something else. `n` samples a prompt (`best_of` drawn, the `n` most likely
-kept) are that many engine requests (`samples`). Sampling fields map onto the
+something else. `response_format` and vLLM's `structured_outputs` become the
+engine's structured outputs; chat `tools` are `tool_calls.py`'s. `n` samples
+a prompt (`best_of` drawn, the `n` most likely kept) are that many engine
+requests (`samples`). Sampling fields map onto the
 engine's request fields (vLLM's names: `top_k`, `min_tokens`,
 `repetition_penalty`, `prompt_logprobs` and `ignore_eos` are extensions
 OpenAI's API does not have). Responses follow OpenAI's JSON; each choice also
@@ -18,6 +20,7 @@ return in no other way, and, where asked, vLLM's `prompt_logprobs`.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Literal
@@ -33,7 +36,18 @@ class _Fields(BaseModel):
 
 class ResponseFormat(_Fields):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict | None = None
+    json_schema: dict | None = None  # {"name", "schema", "strict"}
+
+    def structured_outputs(self) -> dict | None:
+        """The engine's `structured_outputs` for it (None: text). FieldProblem without a schema."""
+        if self.type == "json_object":
+            return {"json_object": True}
+        if self.type == "json_schema":
+            schema = (self.json_schema or {}).get("schema")
+            if not isinstance(schema, dict):
+                raise FieldProblem("response_format.json_schema.schema", "response_format: json_schema needs a schema")
+            return {"json": schema}
+        return None
 
 
 class _Sampling(_Fields):
@@ -56,8 +70,7 @@ class _Sampling(_Fields):
     logit_bias: dict[str, float] | None = None
     prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
-    tools: list[dict] | None = None
-    tool_choice: Literal["none", "auto", "required"] | dict | None = None
+    structured_outputs: dict | None = None  # vLLM's: {"json" | "json_object" | "regex" | "choice" | "grammar": ...}
     user: str | None = None
 
     @property
@@ -73,12 +86,16 @@ class _Sampling(_Fields):
         return [p | ({"seed": (base + j) % 2**32} if j else {}) for p in prompts for j in range(self.drawn)]
 
     def not_yet_supported(self) -> tuple[str, str] | None:
-        """(field, message) for the first field asking for what shardspec does not do yet."""
-        if self.response_format is not None and self.response_format.type != "text":
-            return "response_format", f"response_format {self.response_format.type!r} is not supported yet (only text)"
-        if self.tools and self.tool_choice != "none":
-            return "tools", 'tools are not supported yet (leave them out, or set tool_choice "none")'
+        """(field, message) for the first field asking for what shardspec cannot serve as asked."""
+        if self.structured_outputs is not None and self.response_format not in (None, ResponseFormat(type="text")):
+            return "structured_outputs", "give response_format or structured_outputs, not both"
         return None
+
+    def structured(self) -> dict | None:
+        """The engine's `structured_outputs` (FieldProblem for a response_format without a schema)."""
+        if self.structured_outputs is not None:
+            return self.structured_outputs
+        return self.response_format.structured_outputs() if self.response_format is not None else None
 
     def engine_fields(self, max_tokens_default: int | None) -> dict:
         fields = {
@@ -101,6 +118,8 @@ class _Sampling(_Fields):
                 fields[name] = getattr(self, name)
         if self.logit_bias:
             fields["logit_bias"] = self.logit_bias
+        if (structured := self.structured()) is not None:
+            fields["structured_outputs"] = structured
         return fields
 
     @property
@@ -189,7 +208,19 @@ class Message(_Fields):
                     message = f"{where}: a {part.type!r} part is not supported (text parts only)"
                     raise FieldProblem(f"{where}.type", message)
         texts = [p.text for p in self.content] if isinstance(self.content, list) else [self.content or ""]
+        if self.tool_calls:  # templates read a call's arguments as an object (`| tojson`), as vLLM gives them
+            fields["tool_calls"] = [_arguments_parsed(call) for call in self.tool_calls]
         return fields | {"content": "".join(texts)}
+
+
+def _arguments_parsed(call: dict) -> dict:
+    function = call.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+        return call
+    try:
+        return call | {"function": function | {"arguments": json.loads(function["arguments"])}}
+    except ValueError:
+        return call
 
 
 class ChatRequest(_Sampling):
@@ -197,6 +228,8 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[dict] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict | None = None
 
     @property
     def top_logprobs_wanted(self) -> int | None:
@@ -264,12 +297,17 @@ def completion_choice(index: int, text: str, token_ids, finish_reason, logprobs=
     }
 
 
-def chat_choice(index: int, text: str, token_ids, finish_reason, *, delta: bool, first=False, logprobs=None) -> dict:
+def chat_choice(
+    index: int, text: str | None, token_ids, finish_reason, *, delta: bool, first=False, logprobs=None, tool_calls=None
+) -> dict:
+    """A chat choice (`delta`: a streamed chunk's); `tool_calls` the message's calls, if any."""
     if delta:
         message = ({"role": "assistant"} if first else {}) | ({"content": text} if text or first else {})
         key = "delta"
     else:
         message, key = {"role": "assistant", "content": text}, "message"
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
         "index": index,
         key: message,

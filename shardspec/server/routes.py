@@ -24,6 +24,7 @@ from .engine_loop import EngineLoop
 from .http_errors import HTTPError
 from .metrics import ServerMetrics
 from .streaming import Reply, answer, stream, submit, token_text
+from .tool_calls import ToolMode, ToolProblem, tool_mode
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's completions default
 IGNORED_HEADER = "X-Ignored-Fields"  # the request fields the server did not know, and ignored
@@ -40,6 +41,7 @@ class ServerState:
     model_name: str  # the name clients ask for
     chat_template: ChatTemplate | None  # None: the checkpoint has none, and chat answers 400
     strict_fields: bool = False  # refuse unknown request fields (400) instead of ignoring them
+    tool_call_parser: str | None = None  # reads tool calls from chat text (tool_choice "auto"): tool_calls.PARSERS
     logged_ignored: set[str] = dataclasses.field(default_factory=set)  # ignored names, logged once each
 
 
@@ -97,12 +99,20 @@ async def chat(body: api.ChatRequest, server: Server):
     `max_tokens`, as many tokens as the server serves after the prompt."""
     _check_model(server, body.model)
     headers = _accept(server, body)
-    ids = _chat_prompt(server, body.messages)
+    try:
+        tools = tool_mode(body.tools, body.tool_choice, server.tool_call_parser)
+    except ToolProblem as e:
+        raise HTTPError(400, e.message, e.param) from None
+    ids = _chat_prompt(server, body.messages, body.tools if tools is not None else None)
     fields = body.engine_fields(None)
+    if tools is not None and (structured := tools.structured_outputs()) is not None:
+        if "structured_outputs" in fields:
+            raise HTTPError(400, f"tool_choice {tools.kind} structures the output: leave out response_format", "tools")
+        fields["structured_outputs"] = structured
     if fields["max_tokens"] is None:  # < 1 left: max_tokens 1 gets the request check's 400 (shorten the prompt)
         fields["max_tokens"] = max(1, server.engine.sizes.room_after(len(ids)))
     prompts = body.samples([{"prompt_token_ids": ids}])
-    return await _respond(server, body, prompts, fields, "chatcmpl", chat=True, headers=headers)
+    return await _respond(server, body, prompts, fields, "chatcmpl", chat=True, headers=headers, tools=tools)
 
 
 def _accept(server: ServerState, body: api.CompletionRequest | api.ChatRequest) -> dict[str, str]:
@@ -114,6 +124,10 @@ def _accept(server: ServerState, body: api.CompletionRequest | api.ChatRequest) 
     problem = body.not_yet_supported()
     if problem is not None:
         raise HTTPError(400, problem[1], problem[0])
+    try:
+        body.structured()
+    except api.FieldProblem as e:
+        raise HTTPError(400, e.message, e.param) from None
     for name in set(unknown) - server.logged_ignored:
         log.warning("ignoring the request field %r, which shardspec does not know", name)
         server.logged_ignored.add(name)
@@ -130,9 +144,9 @@ def _check_model(server: ServerState, name: str) -> None:
         )
 
 
-def _chat_prompt(server: ServerState, messages: list[api.Message]) -> list[int]:
-    """The prompt's token ids: the messages through the chat template, encoded without the
-    tokenizer's special tokens (the template placed them)."""
+def _chat_prompt(server: ServerState, messages: list[api.Message], tools: list[dict] | None = None) -> list[int]:
+    """The prompt's token ids: the messages (and the tools offered) through the chat template,
+    encoded without the tokenizer's special tokens (the template placed them)."""
     if server.chat_template is None:
         raise HTTPError(
             400,
@@ -140,7 +154,7 @@ def _chat_prompt(server: ServerState, messages: list[api.Message]) -> list[int]:
             "messages",
         )
     try:
-        text = server.chat_template.render([m.template_fields(i) for i, m in enumerate(messages)])
+        text = server.chat_template.render([m.template_fields(i) for i, m in enumerate(messages)], tools)
     except api.FieldProblem as e:
         raise HTTPError(400, e.message, e.param) from None
     except ShardspecError as e:
@@ -158,6 +172,7 @@ async def _respond(
     chat: bool,
     headers: dict[str, str],
     echo: tuple[str, ...] | None = None,
+    tools: ToolMode | None = None,
 ):
     """Submit every prompt; stream the answer (`body.stream`), or answer once all have finished."""
     batch = submit(server.loop, prompts, fields)
@@ -175,6 +190,7 @@ async def _respond(
         logprobs=shown,
         prompt_logprobs=body.prompt_logprobs is not None,
         echo=echo,
+        tools=tools,
     )
     if body.stream:
         events = stream(server.loop, server.metrics, batch, reply, body.include_usage)

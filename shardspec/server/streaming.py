@@ -30,6 +30,7 @@ from . import openai_api as api
 from .engine_loop import Closed, EngineLoop, QueueFull
 from .http_errors import HTTPError
 from .metrics import ServerMetrics
+from .tool_calls import ToolMode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Reply:
     logprobs: bool = False  # show the tokens' logprobs (best_of may compute them only to rank)
     prompt_logprobs: bool = False  # show vLLM's `prompt_logprobs`
     echo: tuple[str, ...] | None = None  # completions' `echo`: each prompt's text, before its output
+    tools: ToolMode | None = None  # chat: its output becomes tool calls (streamed once it has finished)
 
     def envelope(self, choices: list[dict], **extra) -> dict:
         return api.envelope(self.id, self.object, self.model, choices, **extra)
@@ -100,17 +102,32 @@ def choice(reply: Reply, index: int, text: str, token_ids, finish, logprobs, *, 
     return api.completion_choice(index, text, token_ids, finish, lp)
 
 
-def final_choice(reply: Reply, index: int, prompt: int, out: Output) -> dict:
-    """A whole answer's choice `index`: `out`, of prompt number `prompt`, with the prompt's text
-    and its tokens' logprobs before its own where echoed."""
+def final_choice(reply: Reply, index: int, prompt: int, out: Output, *, delta: bool = False) -> dict:
+    """Choice `index` of a whole answer (`delta`: the one chunk of a streamed tool call): `out`,
+    of prompt number `prompt`, with the prompt's text and its tokens' logprobs before its own
+    where echoed, or as tool calls."""
     echo = reply.echo[prompt] if reply.echo is not None else ""
     logprobs = (out.output_token_ids, out.logprobs) if reply.logprobs else None
     if echo and logprobs is not None:
         logprobs = (out.prompt_token_ids + logprobs[0], out.prompt_logprobs + logprobs[1])
-    found = choice(reply, index, echo + (out.text or ""), out.output_token_ids, out.finish_reason, logprobs)
+    if reply.tools is not None:
+        found = _tool_choice(reply, index, out, logprobs, delta)
+    else:
+        found = choice(reply, index, echo + (out.text or ""), out.output_token_ids, out.finish_reason, logprobs)
     if reply.prompt_logprobs:
         found["prompt_logprobs"] = api.prompt_logprobs(out.prompt_logprobs, reply.token_text)
     return found
+
+
+def _tool_choice(reply: Reply, index: int, out: Output, logprobs, delta: bool) -> dict:
+    """A chat choice whose text is read as tool calls (a finished text only: one cut short by
+    max_tokens is returned as text)."""
+    text = out.text or ""
+    calls, content = reply.tools.calls(text) if out.finish_reason == "stop" else ([], text)
+    finish = "tool_calls" if calls else out.finish_reason
+    lp = None if logprobs is None else api.chat_logprobs(logprobs[1], reply.token_text)
+    called = [c.to_json(i if delta else None) for i, c in enumerate(calls)]
+    return api.chat_choice(index, content, out.output_token_ids, finish, delta=delta, logprobs=lp, tool_calls=called)
 
 
 def best(finals: list[Output], reply: Reply) -> list[tuple[int, Output]]:
@@ -172,12 +189,8 @@ async def stream(
     offsets = [0] * len(batch.ids)  # completions' text_offset: token text streamed so far
     finished: list[Output] = []
     try:
-        if reply.chat:  # the role first, as OpenAI's stream does
-            for i in range(len(batch.ids)):
-                yield _sse(reply.envelope([api.chat_choice(i, "", (), None, delta=True, first=True)]))
-        elif reply.echo is not None:  # the prompt first, as it was sent
-            for i in range(len(batch.ids)):
-                yield _sse(reply.envelope([api.completion_choice(i, reply.echo[i // reply.drawn], (), None)]))
+        for piece in _openings(reply, len(batch.ids)):
+            yield _sse(reply.envelope([piece]))
         try:
             async for i, item in deltas(batch, metrics):
                 if (piece := _delta_choice(reply, i, item, offsets[i])) is not None:
@@ -195,8 +208,21 @@ async def stream(
         _abort(loop, batch.ids)
 
 
+def _openings(reply: Reply, choices: int) -> list[dict]:
+    """The chunk choices before any token: (chat) each one's role, as OpenAI's stream does, or
+    (completions' echo) each one's prompt, as it was sent."""
+    if reply.chat:
+        return [api.chat_choice(i, "", (), None, delta=True, first=True) for i in range(choices)]
+    if reply.echo is not None:
+        return [api.completion_choice(i, reply.echo[i // reply.drawn], (), None) for i in range(choices)]
+    return []
+
+
 def _delta_choice(reply: Reply, index: int, item: TokenDelta, offset: int) -> dict | None:
-    """A delta's chunk choice; None when it carries nothing (no token, no text, not the last)."""
+    """A delta's chunk choice; None when it carries nothing (no token, no text, not the last).
+    Tool calls come as one chunk once their text has finished."""
+    if reply.tools is not None:
+        return final_choice(reply, index, 0, item.output, delta=True) if item.output is not None else None
     finish = item.output.finish_reason if item.output is not None else None
     if not (item.token_ids or item.text or finish):
         return None
