@@ -447,6 +447,35 @@ def _attention(r: dict) -> list[str]:
     return lines + ["Command: `python benchmarks/attention_scale.py`", ""]
 
 
+def _sampling_features(r: dict) -> list[str]:
+    rows = [
+        [x["feature"], f"{x['asking']} of {r['requests']}", x["tokens_per_s"], f"{x['vs_off']}×", x["steps"]]
+        for x in r["results"]
+    ]
+    compiled = r["programs_compiled"]
+    return [
+        "## What each sampling feature costs",
+        "",
+        f"{r['requests']} requests (prompts of 48–96 tokens, {r['output_tokens']} tokens out, greedy) under "
+        "strategies/attention_dp.yaml (8 CPU devices, 4 DP ranks), the tiny Llama checkpoint of the tests. A "
+        "feature is asked by some requests; a step where any row asks runs that feature's program (penalties "
+        "and logit_bias: a dense [rows, vocab] rewrite of the logits; prompt logprobs: the logits of every "
+        "token of the step; structured output: a mask per constrained row from llguidance, and, under async "
+        "scheduling, a constrained request decodes every other step). Tokens/s best of 3 alternating runs "
+        "after an untimed one; ratio against no feature, in the same run; steps are exact.",
+        "",
+        *_table(["feature", "requests asking", "tokens/s", "vs off", "steps"], rows),
+        "",
+        f"Programs compiled: {compiled['warm_up']} by the warm-up (one per token bucket), {compiled['all']} "
+        "after every variant ran (each feature's programs on first use, in the buckets its steps used). A tiny "
+        "model on CPU makes a step's fixed costs large: the ratios bound what a large model pays, whose steps "
+        "are dominated by the model itself.",
+        "",
+        "Command: `python benchmarks/sampling_features.py`",
+        "",
+    ]
+
+
 def _mla(r: dict) -> list[str]:
     gib = 2**30
     names = {"tp": "attention_data 1", "attention_dp": "attention_data auto"}
@@ -672,6 +701,7 @@ def write_report(results: Path, target: Path) -> None:
         ("vs_transformers", _vs_transformers),
         ("moe_flops", _moe_flops),
         ("e2e_tokens", _e2e),
+        ("sampling_features", _sampling_features),
         ("serve_http", _serve_http),
         ("routing_trace", None),
         ("routing_time", _routing_time),

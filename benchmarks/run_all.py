@@ -26,6 +26,7 @@ BENCHMARKS = [
     "vs_transformers",
     "moe_flops",
     "e2e_tokens",
+    "sampling_features",
     "serve_http",
     "routing_trace",
     "routing_time",

@@ -74,8 +74,10 @@ RULES = {  # each request's rules, as request fields and as reference_adjust's a
 
 def _reference_greedy(model, prompt, max_tokens, stops=(), min_tokens=0, **rules):
     """Greedy decoding of the dense reference model with the rules applied in numpy: every
-    position read from one padded forward pass (causal, so padding changes nothing before it)."""
-    length = len(prompt) + max_tokens
+    position read from a forward pass padded to one length (causal: padding changes nothing
+    before it; one length: one compiled program for every call)."""
+    length = 64
+    assert len(prompt) + max_tokens <= length
     tokens = list(prompt)
     for i in range(max_tokens):
         logits = dense_forward(model, [tokens + [0] * (length - len(tokens))])[0, len(tokens) - 1]
