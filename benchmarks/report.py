@@ -461,15 +461,15 @@ def _sampling_features(r: dict) -> list[str]:
         "feature is asked by some requests; a step where any row asks runs that feature's program (penalties "
         "and logit_bias: a dense [rows, vocab] rewrite of the logits; prompt logprobs: the logits of every "
         "token of the step; structured output: a mask per constrained row from llguidance, and, under async "
-        "scheduling, a constrained request decodes every other step). Tokens/s best of 3 alternating runs "
+        "scheduling, such a step is collected before the next is planned). Tokens/s best of 3 alternating runs "
         "after an untimed one; ratio against no feature, in the same run; steps are exact.",
         "",
         *_table(["feature", "requests asking", "tokens/s", "vs off", "steps"], rows),
         "",
         f"Programs compiled: {compiled['warm_up']} by the warm-up (one per token bucket), {compiled['all']} "
         "after every variant ran (each feature's programs on first use, in the buckets its steps used). A tiny "
-        "model on CPU makes a step's fixed costs large: the ratios bound what a large model pays, whose steps "
-        "are dominated by the model itself.",
+        "model on CPU makes the features' per-row host work and [rows, vocab] device work large beside its "
+        "step; a large model's step is mostly the model itself, so its ratios are nearer 1.",
         "",
         "Command: `python benchmarks/sampling_features.py`",
         "",

@@ -1,7 +1,7 @@
 """What each sampling feature costs: serving tokens/s with penalties, logit_bias, prompt
 logprobs and structured output on, against off, side by side in one run.
 
-32 requests (prompts of 48-96 tokens, 32 tokens out, EOS ignored, greedy) through
+32 requests (prompts of 48-96 tokens, 96 tokens out, EOS ignored, greedy) through
 the engine under strategies/attention_dp.yaml (8 simulated CPU devices, 4 DP ranks)
 with the tiny Llama checkpoint of the tests (it has a tokenizer, which structured
 output needs). Each feature is asked by 4 of the 32 requests and then by all 32:
@@ -31,15 +31,22 @@ from shardspec.runtime.engine import Engine  # noqa: E402
 
 ROOT = Path(shardspec.__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "tests" / "fixtures" / "hf" / "llama"
-REPEATS, REQUESTS, OUT = 3, 32, 32
+REPEATS, REQUESTS, OUT = 3, 32, 96
 FEATURES = {
     "off": {},
     "penalties": {"presence_penalty": 0.5, "frequency_penalty": 0.5, "repetition_penalty": 1.2},
     "logit_bias": {"logit_bias": {str(t): 2.0 for t in range(100, 132)}},
     "prompt_logprobs": {"prompt_logprobs": 5},
-    "structured (regex)": {"structured_outputs": {"regex": "[a-z ]+"}},
+    # Grammars that cannot complete within OUT tokens: every request generates OUT tokens.
+    "structured (regex)": {"structured_outputs": {"regex": "[a-z ]{400,}"}},
     "structured (json schema)": {
-        "structured_outputs": {"json": {"type": "object", "properties": {"text": {"type": "string"}}}}
+        "structured_outputs": {
+            "json": {
+                "type": "object",
+                "properties": {"text": {"type": "string", "minLength": 400}},
+                "required": ["text"],
+            }
+        }
     },
 }
 ASKING = (4, REQUESTS)  # requests of the 32 that ask for the feature

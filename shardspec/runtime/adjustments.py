@@ -21,7 +21,7 @@ import dataclasses
 
 import numpy as np
 
-from .slots import Slots
+from .slots import Slots, _offsets
 
 MIN_WIDTH = 16  # the fewest token columns a step's adjustments have (then powers of two)
 
@@ -47,42 +47,67 @@ class Adjustments:
 
 def for_step(slots: Slots, g: np.ndarray, sample: np.ndarray, output_index: np.ndarray) -> Adjustments | None:
     """The adjustments of a step's chunks (slots `g`, whether each samples, outputs before its sample);
-    None when no sampled chunk asks (the step runs the program without them)."""
+    None when no sampled chunk asks (the step runs the program without them). The rows' known
+    tokens are counted together, with numpy; only logit_bias and min_tokens are read per row."""
     rows = np.flatnonzero(sample & slots.adjusts[g])
     if not len(rows):
         return None
-    entries = [_entries(slots, int(g[i]), int(output_index[i])) for i in rows]
-    width = max(MIN_WIDTH, 1 << (max(len(ids) for ids, _, _ in entries) - 1).bit_length())
+    params = [slots.seq[slot].request.sampling for slot in g[rows].tolist()]
+    presence, frequency, repetition = (np.array(column, np.float32) for column in zip(*(_penalties(p) for p in params)))
+    row, token, count = _history(slots, g[rows], presence, frequency, repetition)
+    bias_row, bias_token, bias = _biases(slots, g[rows], params, output_index[rows])
+    # One entry a (row, token): the history's count (-1 where only a bias names it), its biases summed
+    # (-inf stays -inf).
+    keys, at = np.unique(np.concatenate([row << 32 | token, bias_row << 32 | bias_token]), return_inverse=True)
+    counts = np.full(len(keys), -1, np.int64)
+    counts[at[: len(row)]] = count
+    biases = np.bincount(at[len(row) :], weights=bias, minlength=len(keys)).astype(np.float32)
+    entry_row, entry_token = keys >> 32, keys & 0xFFFFFFFF
+    per_row = np.bincount(entry_row, minlength=len(rows))
+    width = max(MIN_WIDTH, 1 << (int(per_row.max()) - 1).bit_length())
+    column = np.arange(len(keys)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
     C = len(g)
-    ids, counts = np.full((C, width), -1, np.int32), np.full((C, width), -1, np.int32)
-    bias = np.zeros((C, width), np.float32)
-    presence, frequency, repetition = np.zeros(C, np.float32), np.zeros(C, np.float32), np.ones(C, np.float32)
-    for i, (row_ids, row_counts, row_bias) in zip(rows, entries):
-        k = len(row_ids)
-        ids[i, :k], counts[i, :k], bias[i, :k] = row_ids, row_counts, row_bias
-        p = slots.seq[g[i]].request.sampling
-        presence[i], frequency[i], repetition[i] = p.presence_penalty, p.frequency_penalty, p.repetition_penalty
-    return Adjustments(ids, counts, bias, presence, frequency, repetition)
+    out = {name: np.full((C, width), FILLS[name], dtype) for name, dtype in _TABLES.items()}
+    for name, values in (("ids", entry_token), ("counts", counts), ("bias", biases)):
+        out[name][rows[entry_row], column] = values
+    scalars = {name: np.full(C, FILLS[name], np.float32) for name in ("presence", "frequency", "repetition")}
+    scalars["presence"][rows], scalars["frequency"][rows], scalars["repetition"][rows] = presence, frequency, repetition
+    return Adjustments(**out, **scalars)
 
 
-def _entries(slots: Slots, g: int, outputs_before: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, counts, bias) of one row: every token its rules touch, once, ascending."""
-    p = slots.seq[g].request.sampling
-    prompt_len = int(slots.prompt_len[g])
-    known = slots.tokens[g, : prompt_len + int(slots.received[g])]
-    counts: dict[int, int] = {}
-    if p.repetition_penalty != 1.0:  # it reads the prompt too
-        counts.update(dict.fromkeys(np.unique(known[:prompt_len]).tolist(), 0))
-    if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
-        ids, times = np.unique(known[prompt_len:], return_counts=True)
-        counts.update(zip(ids.tolist(), times.tolist()))
-    bias = dict(p.logit_bias)
-    if outputs_before < p.min_tokens:
-        stops = slots.stops[g]
-        bias.update(dict.fromkeys(stops[stops >= 0].tolist(), -np.inf))
-    tokens = np.array(sorted(counts.keys() | bias.keys()), np.int32)
-    return (
-        tokens,
-        np.array([counts.get(t, -1) for t in tokens.tolist()], np.int32),
-        np.array([bias.get(t, 0.0) for t in tokens.tolist()], np.float32),
-    )
+_TABLES = {"ids": np.int32, "counts": np.int32, "bias": np.float32}
+
+
+def _penalties(p) -> tuple[float, float, float]:
+    return p.presence_penalty, p.frequency_penalty, p.repetition_penalty
+
+
+def _history(slots: Slots, gs: np.ndarray, presence, frequency, repetition):
+    """(row, token, count) of every distinct token a row's penalties read: its output tokens
+    (counted) when it has any penalty, its prompt's (count 0 unless in the output too) when it
+    has a repetition penalty. Rows are 0.. len(gs) - 1."""
+    prompt_len = slots.prompt_len[gs]
+    known = prompt_len + slots.received[gs]
+    row = np.repeat(np.arange(len(gs)), known)
+    pos = _offsets(known)
+    is_output = pos >= prompt_len[row]
+    reads_outputs = (presence != 0) | (frequency != 0) | (repetition != 1)
+    keep = np.where(is_output, reads_outputs[row], repetition[row] != 1)
+    row, pos, is_output = row[keep], pos[keep], is_output[keep]
+    keys, at = np.unique(row.astype(np.int64) << 32 | slots.tokens[gs[row], pos], return_inverse=True)
+    return keys >> 32, keys & 0xFFFFFFFF, np.bincount(at, weights=is_output, minlength=len(keys)).astype(np.int64)
+
+
+def _biases(slots: Slots, gs: np.ndarray, params, outputs_before: np.ndarray):
+    """(row, token, bias) of each row's logit_bias, and -inf on its stop tokens while it has
+    fewer than min_tokens outputs."""
+    row, token, bias = [], [], []
+    for i, (g, p) in enumerate(zip(gs.tolist(), params)):
+        entries = list(p.logit_bias)
+        if outputs_before[i] < p.min_tokens:
+            stops = slots.stops[g]
+            entries += [(t, -np.inf) for t in stops[stops >= 0].tolist()]
+        row += [i] * len(entries)
+        token += [t for t, _ in entries]
+        bias += [b for _, b in entries]
+    return np.array(row, np.int64), np.array(token, np.int64), np.array(bias, np.float64)

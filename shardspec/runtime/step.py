@@ -9,8 +9,9 @@ serving share one compiled program per bucket and steady state never compiles.
 A step where some row asks for more (penalties or logit_bias, a grammar's mask,
 its prompt's logprobs: `PackedStep.extras`) runs a program of its own for that
 set of extras, compiled the first time a step needs it and kept; the steps that
-ask for none run the warm-up's programs, unchanged. A `Step` is keyed by what determines its program (`step_key`) and shared by
-every engine of the process that needs that program (`shared_step`).
+ask for none run the warm-up's programs, unchanged. A `Step` is keyed by what
+determines its program (`step_key`) and shared by every engine of the process
+that needs that program (`shared_step`).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
 
 With async scheduling the host schedules and packs step t+1 while the device
 runs step t, then collects step t; decode tokens of t that the host has not
-seen yet are filled in on the device (`FROM_PREVIOUS_STEP`). Outputs are
-identical either way.
+seen yet are filled in on the device (`FROM_PREVIOUS_STEP`). A step with
+grammar masks (structured outputs) is collected as soon as it is launched: its
+constrained rows' next masks need its tokens. Outputs are identical either way.
 
 A step that raises (packing, the device, reading its samples back) fails only
 the requests in it (finish_reason "error"); when it took the donated KV cache
@@ -105,13 +106,16 @@ class StepLoop:
         idle = _done(previous)
         failed = int(len(schedule) > 0 and launched is None)
         planned = time.perf_counter()
-        done = launched if not self._async else previous
-        self._in_flight = launched if self._async else None
+        # A step with grammar masks is collected at once, as without async scheduling: the next
+        # masks of its constrained rows follow from the tokens it samples.
+        now = launched is not None and launched.schedule.masks is not None
+        done = [launched] if not self._async else [previous, launched] if now else [previous]
+        self._in_flight = launched if self._async and not now else None
         new = [] if keep_tokens else None
         finished, waited_s, prompt = [], 0.0, []
-        if done is not None:
-            finished, waited_s, collect_failed = self._collect(done, new, prompt)
-            failed += collect_failed
+        for collected in filter(None, done):
+            outputs, waited, collect_failed = self._collect(collected, new, prompt)
+            finished, waited_s, failed = finished + outputs, waited_s + waited, failed + collect_failed
         if self._kv_suspect:
             self._recover_kv()
         finished += self.scheduler.take_finished()

@@ -14,8 +14,9 @@ microseconds, and a backend of vLLM and SGLang (xgrammar, the other, needs torch
     update    `take`: each received token advances its guide; a grammar completed finishes its
               request as "stop" (a token it refuses, which the mask rules out, as "error")
 
-Under async scheduling a constrained sequence waits for its last sample before it
-decodes again (its next mask follows from that token), so it decodes every other step.
+Under async scheduling a step with masks is collected as soon as it is launched
+(`step_loop.py`): its constrained rows' next masks follow from its tokens, so that
+step's host work is not hidden behind the device, but every row still decodes every step.
 """
 
 from __future__ import annotations
@@ -90,25 +91,26 @@ class Grammars:
             return str(e)
         return LLMatcher.validate_grammar(grammar, self._tokenizer) or None
 
+    @functools.cached_property
+    def _executor(self):
+        from llguidance import LLExecutor
+
+        return LLExecutor()  # computes a step's masks on several threads
+
     def guide(self, constraint: Constraint) -> Guide:
         from llguidance import LLMatcher
 
-        return Guide(LLMatcher(self._tokenizer, constraint.grammar(), log_level=0), self.words)
+        return Guide(LLMatcher(self._tokenizer, constraint.grammar(), log_level=0), self.words, self._executor)
 
 
 class Guide:
-    """One request's grammar state: its matcher, which has taken the request's outputs so far."""
+    """One request's grammar state: its matcher, which has taken the request's outputs so far
+    (and the executor its engine's masks are computed on)."""
 
-    __slots__ = ("matcher", "words")
+    __slots__ = ("matcher", "words", "executor")
 
-    def __init__(self, matcher, words: int):
-        self.matcher, self.words = matcher, words
-
-    def fill(self, masks: np.ndarray, row: int) -> None:
-        """The tokens allowed next, as bits of `masks[row]` (token t: bit t % 32 of word t // 32)."""
-        from llguidance.numpy import fill_next_token_bitmask
-
-        fill_next_token_bitmask(self.matcher, masks, row)
+    def __init__(self, matcher, words: int, executor):
+        self.matcher, self.words, self.executor = matcher, words, executor
 
     def take(self, token: int) -> str | None:
         """Advance by a sampled token: None, "complete" (nothing may follow), or why it was refused."""
@@ -123,10 +125,13 @@ def masks_for_step(slots, g: np.ndarray, sample: np.ndarray) -> np.ndarray | Non
     rows = np.flatnonzero(sample & slots.constrained[g])
     if not len(rows):
         return None
+    from llguidance.numpy import fill_next_token_bitmask_par
+
     guides = [slots.seq[g[i]].guide for i in rows]
-    masks = np.full((len(g), guides[0].words), -1, np.int32)
-    for i, guide in zip(rows.tolist(), guides):
-        guide.fill(masks, i)
+    masks = np.full((len(g), guides[0].words), -1, np.int32)  # bit t % 32 of word t // 32: token t allowed
+    fill_next_token_bitmask_par(
+        guides[0].executor, [(guide.matcher, i) for guide, i in zip(guides, rows.tolist())], masks
+    )
     return masks
 
 
