@@ -90,10 +90,13 @@ def _reference_greedy(model, prompt, max_tokens, stops=(), min_tokens=0, **rules
     return tokens[len(prompt) :]
 
 
-@pytest.mark.parametrize("async_scheduling", ["false", "true"])
-def test_greedy_tokens_with_rules_equal_the_reference_under_attention_dp(async_scheduling):
+@pytest.mark.parametrize(
+    "strategy, async_scheduling",
+    [("attention_dp", "false"), ("attention_dp", "true"), ("dp_tp", "true")],  # 4 ranks over attn_dp; over data
+)
+def test_greedy_tokens_with_rules_equal_the_reference(strategy, async_scheduling):
     overrides = SERVING | {"runtime.async_scheduling": async_scheduling}
-    plan = compile(load(ROOT / "strategies" / "attention_dp.yaml", overrides=overrides))  # 4 ranks
+    plan = compile(load(ROOT / "strategies" / f"{strategy}.yaml", overrides=overrides))
     engine = Engine(plan)
     model = apply(plan)
     rng = np.random.default_rng(2)

@@ -217,15 +217,20 @@ def test_prompt_logprobs_and_echo_as_vllm_answers_them(client, reference):
     chat = {**GREEDY, "messages": [{"role": "user", "content": "Hi"}], "prompt_logprobs": 0}
     chat_choice = client.post("/v1/chat/completions", json=chat).json()["choices"][0]
     assert chat_choice["prompt_logprobs"][0] is None and all(len(e) == 1 for e in chat_choice["prompt_logprobs"][1:])
-    echoed = client.post("/v1/completions", json={**GREEDY, "prompt": "Hello there", "echo": True}).json()
-    assert echoed["choices"][0]["text"] == "Hello there" + want.text
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=client)
+    echoed = sdk.completions.create(model="tiny", prompt="Hello there", max_tokens=6, temperature=0, echo=True)
+    assert echoed.choices[0].text == "Hello there" + want.text
     streamed = client.post("/v1/completions", json={**GREEDY, "prompt": "Hello there", "echo": True, "stream": True})
     assert '"text": "Hello there"' in streamed.text.split("\n\n")[0]
 
 
 def test_best_of_keeps_the_n_most_likely_of_its_samples(client, reference):
-    body = {**GREEDY, "prompt": "Hello there", "n": 2, "best_of": 4, "temperature": 1.0, "seed": 3}
-    response = client.post("/v1/completions", json=body).json()
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=client)
+    got = sdk.completions.create(
+        model="tiny", prompt="Hello there", max_tokens=6, n=2, best_of=4, temperature=1.0, seed=3,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    response = got.model_dump()
     fields = {"prompt": "Hello there", "max_tokens": 6, "temperature": 1.0, "ignore_eos": True, "logprobs": 0}
     drawn = reference.generate([{**fields, "seed": 3 + j} for j in range(4)])
     ranked = sorted(drawn, key=lambda o: -sum(t.logprob for t in o.logprobs))
