@@ -67,6 +67,7 @@ def _error(response: httpx.Response, param: str) -> str:
 def test_vllm_benchmark_fields_are_served(client):
     # What `vllm bench serve` sends with every request (completions and chat), streamed.
     bench = {"repetition_penalty": 1.0, "logprobs": None, "stream": True, "stream_options": {"include_usage": True}}
+    bench |= {"presence_penalty": None, "min_tokens": None, "prompt_logprobs": None}  # null: as left out
     for route, prompt in (
         ("/v1/completions", {"prompt": "Hello there"}),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hello"}]}),
@@ -222,6 +223,9 @@ def test_prompt_logprobs_and_echo_as_vllm_answers_them(client, reference):
     assert echoed.choices[0].text == "Hello there" + want.text
     streamed = client.post("/v1/completions", json={**GREEDY, "prompt": "Hello there", "echo": True, "stream": True})
     assert '"text": "Hello there"' in streamed.text.split("\n\n")[0]
+    streamed = client.post("/v1/completions", json={**body, "stream": True}).text.split("\n\n")
+    last = json.loads(next(c for c in streamed if '"finish_reason": "' in c)[6:])  # the prompt's, at the end
+    assert last["choices"][0]["prompt_logprobs"] == choice["prompt_logprobs"]
 
 
 def test_best_of_keeps_the_n_most_likely_of_its_samples(client, reference):

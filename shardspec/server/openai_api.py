@@ -63,10 +63,11 @@ class _Sampling(_Fields):
     stream: bool = False
     stream_options: dict | None = None
     n: int = Field(default=1, ge=1, le=128)
-    presence_penalty: float = Field(default=0.0, ge=-2, le=2, allow_inf_nan=False)
-    frequency_penalty: float = Field(default=0.0, ge=-2, le=2, allow_inf_nan=False)
-    repetition_penalty: float = Field(default=1.0, gt=0, le=100, allow_inf_nan=False)
-    min_tokens: int = Field(default=0, ge=0)
+    # None (left out, or null as some clients send): the engine's default, no adjustment
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2, allow_inf_nan=False)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=100, allow_inf_nan=False)
+    min_tokens: int | None = Field(default=None, ge=0)
     logit_bias: dict[str, float] | None = None
     prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
@@ -114,7 +115,7 @@ class _Sampling(_Fields):
         if self.top_logprobs_wanted is not None:
             fields["logprobs"] = self.top_logprobs_wanted
         for name in ("presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens", "prompt_logprobs"):
-            if name in self.model_fields_set:
+            if getattr(self, name) is not None:
                 fields[name] = getattr(self, name)
         if self.logit_bias:
             fields["logit_bias"] = self.logit_bias

@@ -132,12 +132,17 @@ def _tool_choice(reply: Reply, index: int, out: Output, logprobs, delta: bool) -
 
 def best(finals: list[Output], reply: Reply) -> list[tuple[int, Output]]:
     """(prompt number, output) of each choice: of each prompt's `drawn` outputs, the `n` whose
-    tokens are most likely (the largest sum of logprobs; first drawn first among equals)."""
+    tokens are most likely (the largest sum of logprobs; first drawn first among equals; one
+    that failed or was aborted last)."""
+
+    def rank(out: Output) -> tuple[bool, float]:
+        return out.finish_reason in ("error", "abort"), -sum(t.logprob for t in out.logprobs or ())
+
     kept = []
     for p in range(len(finals) // reply.drawn):
         outputs = finals[p * reply.drawn : (p + 1) * reply.drawn]
         if reply.drawn > reply.n:
-            outputs = sorted(outputs, key=lambda o: -sum(t.logprob for t in o.logprobs))[: reply.n]
+            outputs = sorted(outputs, key=rank)[: reply.n]
         kept += [(p, out) for out in outputs]
     return kept
 
@@ -227,7 +232,10 @@ def _delta_choice(reply: Reply, index: int, item: TokenDelta, offset: int) -> di
     if not (item.token_ids or item.text or finish):
         return None
     logprobs = (item.token_ids, item.logprobs) if item.logprobs is not None else None
-    return choice(reply, index, item.text or "", item.token_ids, finish, logprobs, delta=True, offset=offset)
+    piece = choice(reply, index, item.text or "", item.token_ids, finish, logprobs, delta=True, offset=offset)
+    if reply.prompt_logprobs and item.output is not None:  # known once the request has finished
+        piece["prompt_logprobs"] = api.prompt_logprobs(item.output.prompt_logprobs, reply.token_text)
+    return piece
 
 
 def _usage(outputs: list[Output], drawn: int) -> dict:
