@@ -139,6 +139,7 @@ def totals(plan: ShardingPlan) -> dict[str, int]:
 
 def warnings(plan: ShardingPlan) -> list[str]:
     out = _model_notes(plan)
+    out += [f"rules.{name}: {plan.model.name} does not use this logical axis (ignored)" for name in plan.unused_rules]
     for p in plan.params:
         out += [f"{p.path}: {note}" for note in p.notes]
         if (

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from . import param_tree, sizes
 from . import rules as rules_lib
-from . import sizes
 from .errors import Problem, did_you_mean, one_of
 from .model_info import ModelInfo
 from .models import axes as ax
@@ -160,20 +160,36 @@ def _unused_overrides(strategy: Strategy, overrides, used: list[bool], paths) ->
     return problems
 
 
-def rule_name_problems(strategy: Strategy, layouts: list[ParamLayout], model: ModelInfo) -> list[Problem]:
-    """`rules:` may name any logical axis the model (or the runtime) uses, and nothing else."""
+def unnamed_problems(strategy: Strategy, model: ModelInfo, layouts: list[ParamLayout], shape) -> list[Problem]:
+    """A model none of whose parameters has logical axes (its own or params:'), under a strategy
+    that splits parameters (tensor or expert > 1): nothing could be split, a mistake. Pure data
+    parallelism replicates every parameter anyway and needs no names."""
+    if any(leaf.axes is not None for leaf in model.tree.leaves) or any(p.axes_from for p in layouts):
+        return []
+    if shape["model"] * shape["expert"] * shape["attn_dp"] == 1:
+        return []
+    how = param_tree.how_to_name_axes(model.tree.kind)
+    return [Problem(f"{model.name} carries no logical axes, so no parameter can be split", path="model", hint=how)]
+
+
+def unused_rules(strategy: Strategy, layouts: list[ParamLayout], model: ModelInfo) -> tuple[list[Problem], tuple]:
+    """(problems, names): `rules:` names the model (and the runtime) does not use. Each is a
+    problem where it looks like a typo of a used name or `policy.unused_rules` is error; the
+    others are returned for explain to warn of (one strategy may serve several models)."""
     used = sorted({a for p in layouts for a in p.axes if a} | RUNTIME_AXES)
-    problems = []
+    own = sorted({a for p in layouts for a in p.axes if a})
+    problems, unused = [], []
     for name in strategy.rules:
-        if name not in used:
-            own = sorted({a for p in layouts for a in p.axes if a})
-            hint = did_you_mean(name, used) or f"{model.name} uses {one_of(own)}"
-            problems.append(
-                strategy.source.problem(
-                    f"rules.{name}", f"logical axis {name!r} is not used by model {model.name}", hint
-                )
-            )
-    return problems
+        if name in used:
+            continue
+        typo = did_you_mean(name, used)
+        if typo or strategy.policy.unused_rules == "error":
+            hint = typo or f"{model.name} uses {one_of(own)}; or set policy.unused_rules: warn"
+            message = f"logical axis {name!r} is not used by model {model.name}"
+            problems.append(strategy.source.problem(f"rules.{name}", message, hint))
+        else:
+            unused.append(name)
+    return problems, tuple(unused)
 
 
 def _dedupe(problems):

@@ -196,17 +196,17 @@ def _read_tree(tree, axes) -> ParamTree:
         if wrapper is not None and not isinstance(value, jax.ShapeDtypeStruct):  # never keep the arrays
             wrapper = _rewrap(wrapper, jax.ShapeDtypeStruct(shape, value.dtype))
         wrappers.append(wrapper)
-    if all(leaf.axes is None for leaf in leaves):
-        how = (
-            "pass axes= (a tree of the same structure, tuples of logical names)"
-            if kind == PYTREE
-            else (
-                "annotate its parameters (nnx.with_partitioning / nn.with_logical_partitioning) "
-                "or name their axes with the strategy's params:"
-            )
-        )
-        raise ShardspecError(f"{_describe(tree)} carries no logical axes", path="model", hint=how)
     return ParamTree(kind, tuple(leaves), treedef, tuple(wrappers))
+
+
+def how_to_name_axes(kind: str) -> str:
+    """How a model of this kind gets logical axes (the hint when none has any)."""
+    if kind == PYTREE:
+        return "pass axes= (a tree of the same structure, tuples of logical names), or name them with params:"
+    return (
+        "annotate its parameters (nnx.with_partitioning / nn.with_logical_partitioning) "
+        "or name their axes with the strategy's params:"
+    )
 
 
 def _flatten(tree) -> tuple[list[tuple[tuple[str, ...], Any, Any]], Any]:

@@ -26,6 +26,7 @@ from . import rules as rules_lib
 from .errors import ShardspecError, raise_all
 from .layouts import KVCacheLayout, ParamLayout
 from .load import load
+from .model_factory import load_factory, names_a_factory
 from .model_info import ModelInfo, is_own_model, outside_model, own_model
 from .per_shard import per_shard
 from .protocol import Layout
@@ -49,6 +50,7 @@ class ShardingPlan:
     kv_cache: KVCacheLayout | None  # None: the model declares no decoder geometry
     runtime: RuntimeSizes | None  # every size the serving runtime shares; None with no KV cache
     token_axes: str | tuple[str, ...] | None  # the spec entry that splits tokens and pages over DP ranks
+    unused_rules: tuple[str, ...] = ()  # rules: names the model does not use (explain warns)
 
     def __repr__(self) -> str:
         shape = "×".join(str(n) for n in self.mesh_shape.values())
@@ -217,6 +219,8 @@ def compile(
             hint="set model: in the strategy or pass --model (see `shardspec models`)",
         )
     where = strategy.source if model is None else None  # the strategy's model: its problems are located there
+    if names_a_factory(source):  # package.module:factory (--model, model:)
+        source = load_factory(source, where)
     info = _model_info(strategy, source, where, axes, kv_heads, paddable)
     return build_plan(strategy, info, devices=devices, abstract_mesh=abstract_mesh)
 
@@ -253,7 +257,9 @@ def build_plan(
     shape = strategy.parallelism.mesh_shape(attention_data)
     table = rules_lib.rule_table(strategy)
     params, problems = layouts_lib.param_layouts(model, strategy, table, shape, check_overrides=check_overrides)
-    problems += layouts_lib.rule_name_problems(strategy, params, model)
+    problems += layouts_lib.unnamed_problems(strategy, model, params, shape)
+    found, unused_rules = layouts_lib.unused_rules(strategy, params, model)
+    problems += found
     activations, act_problems = layouts_lib.activation_specs(strategy, table, shape)
     if model.geometry is not None:
         problems += layouts_lib.attention_problems(strategy, table, shape, model.geometry, params)
@@ -285,6 +291,7 @@ def build_plan(
         kv,
         runtime,
         activations["attn_in"][0],
+        unused_rules,
     )
 
 
@@ -321,10 +328,9 @@ def _runtime_sizes(strategy: Strategy, shape, kv: KVCacheLayout, geometry) -> Ru
 
 def _attention_data(strategy: Strategy, model: ModelInfo) -> tuple[int, str]:
     if model.kv_heads is None and strategy.parallelism.attention_data == "auto":
-        raise strategy.source.error(
-            "parallelism.attention_data",
-            f"auto needs the model's KV-head count, and {model.name} declares no decoder geometry",
-            "pass compile(..., kv_heads=N), or set parallelism.attention_data to an integer",
+        return 1, (
+            f"attention_data = 1: auto, and {model.name} declares no KV heads "
+            "(give compile(..., kv_heads=N) or a decoder geometry for attention DP)"
         )
     return strategy.resolve_attention_data(model.kv_heads)
 

@@ -70,6 +70,9 @@ class Parallelism:
 class Policy:
     unmatched: Literal["error", "replicate"] = "error"
     indivisible: Literal["error", "replicate", "pad"] = "error"
+    # A rules: name the model does not use: a warning (one strategy may serve several models),
+    # an error where it looks like a typo of a name the model uses, or always with "error".
+    unused_rules: Literal["warn", "error"] = "warn"
 
 
 @dataclasses.dataclass(frozen=True)

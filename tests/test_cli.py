@@ -93,3 +93,55 @@ def test_debug_shows_the_traceback():
 
 def test_usage_errors_exit_2():
     assert run("explain", ATTN, "--format", "yaml").exit_code == 2
+
+
+FACTORY_MODULE = '''
+import jax
+from flax import nnx
+
+
+class Plain(nnx.Module):
+    """No logical axes: the strategy's params: name them."""
+
+    def __init__(self, rngs):
+        self.up = nnx.Linear(64, 256, rngs=rngs)
+        self.down = nnx.Linear(256, 64, rngs=rngs)
+
+
+def build():
+    return nnx.eval_shape(lambda: Plain(nnx.Rngs(0)))
+
+
+def broken():
+    raise RuntimeError("no weights here")
+'''
+FACTORY_STRATEGY = """
+parallelism: {tensor: 8}
+rules: {hidden: null, ffn: model}
+params:
+  - {match: 'up\\.kernel$', axes: [hidden, ffn]}
+  - {match: 'up\\.bias$', axes: [ffn]}
+  - {match: 'down\\.kernel$', axes: [ffn, hidden]}
+  - {match: 'down\\.bias$', axes: [hidden]}
+"""
+
+
+def test_an_outside_model_from_package_module_factory(tmp_path, monkeypatch):
+    """`--model package.module:factory`: the current directory's code, compiled like any outside model."""
+    (tmp_path / "factory_models.py").write_text(FACTORY_MODULE)
+    strategy = tmp_path / "plain.yaml"
+    strategy.write_text(FACTORY_STRATEGY)
+    monkeypatch.chdir(tmp_path)
+    result = run("validate", str(strategy), "--model", "factory_models:build")
+    assert result.exit_code == 0, result.output
+    result = run("explain", str(strategy), "--model", "factory_models:build", "--format", "json")
+    assert result.exit_code == 0, result.output
+    layout = {p["path"]: p["spec"] for p in json.loads(result.stdout)["params"]}
+    assert layout["up.kernel"] == [None, "model"] and layout["down.kernel"] == ["model", None]
+    for spec, words in [
+        ("no_such_module:build", "cannot import no_such_module"),
+        ("factory_models:nothing", "factory_models has no attribute 'nothing'"),
+        ("factory_models:broken", "factory_models:broken() raised RuntimeError: no weights here"),
+    ]:
+        result = run("validate", str(strategy), "--model", spec)
+        assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output, result.output

@@ -82,12 +82,10 @@ def test_param_specs_and_shardings_are_an_nnx_state_shaped_like_the_model():
 def test_an_nnx_state_compiles_with_kv_heads_given_for_attention_data_auto():
     state = nnx.state(gpt2.build())
     auto = {"parallelism.attention_data": "auto"}
-    with pytest.raises(
-        ShardspecError,
-        match=r"parallelism.attention_data: auto needs the model's KV-head count.*"
-        r"kv_heads=N",
-    ):
-        compile(gpt2_strategy(**auto), state, abstract_mesh=True)
+    four = {**auto, "parallelism.tensor": "4"}  # its 4 heads split 4 ways without attention DP
+    unknown = compile(gpt2_strategy(**four), state, abstract_mesh=True)  # no KV heads declared: no attention DP
+    assert unknown.attention_data == 1 and "declares no KV heads" in unknown.attention_data_why
+    assert "declares no KV heads" in explain(unknown)
     plan = compile(gpt2_strategy(**auto), state, kv_heads=4, abstract_mesh=True)
     assert plan.attention_data == 2 and plan.model.name == "nnx.State"
     assert plan.kv_cache is None  # a State has no decoder_geometry(): nothing to page
@@ -155,7 +153,7 @@ def test_a_pytree_with_axes_compiles_applies_and_returns_its_own_structure():
 
 def test_pytree_errors_say_what_was_given_and_what_is_accepted():
     params, axes = mlp_tree()
-    with pytest.raises(ShardspecError, match=r"carries no logical axes \(pass axes="):
+    with pytest.raises(ShardspecError, match=r"carries no logical axes, so no parameter can be split \(pass axes="):
         compile(pytree_strategy(), params, abstract_mesh=True)
     with pytest.raises(ShardspecError, match="axes= does not have the structure of the parameters"):
         compile(pytree_strategy(), params, axes={"up": axes["up"]}, abstract_mesh=True)
@@ -203,6 +201,21 @@ def test_rules_may_name_only_what_the_model_uses():
     assert str(err.value) == (
         "error: <dict>: rules.fnn: logical axis 'fnn' is not used by model pytree (did you mean 'ffn'?)"
     )
+
+
+def test_a_rule_for_a_name_the_model_does_not_use_is_a_warning_unless_asked_otherwise():
+    """One strategy may serve several models (a dense and an MoE one, scanned and unscanned):
+    a name far from every used one is ignored and explain warns; policy.unused_rules: error refuses it."""
+    params, axes = mlp_tree()
+    st = load({**PYTREE_RULES, "rules": {**PYTREE_RULES["rules"], "layers": "expert"}})
+    plan = compile(st, params, axes=axes, abstract_mesh=True)
+    assert plan.unused_rules == ("layers",)
+    assert "rules.layers: pytree does not use this logical axis (ignored)" in explain(plan)
+    strict = load(
+        {**PYTREE_RULES, "rules": {**PYTREE_RULES["rules"], "layers": "expert"}, "policy": {"unused_rules": "error"}}
+    )
+    with pytest.raises(ShardspecError, match=r"rules.layers: logical axis 'layers' is not used by model pytree"):
+        compile(strict, params, axes=axes, abstract_mesh=True)
 
 
 def test_a_shardspec_model_gets_the_same_check():
@@ -343,3 +356,53 @@ def test_public_api_reaches_the_protocol():
     assert gpt2.build().decoder_geometry() == DecoderGeometry(2, 4, 4, 16, 384, 256)
     assert Layout().constrain(1, axes=("a",)) == 1
     assert shardspec.ShardingPlan.logical_axis_rules.__doc__
+
+
+# -- no annotations at all: params: names every axis -----------------------------------------
+
+
+class PlainMLP(nnx.Module):
+    """An MLP whose parameters carry no logical axes (as most published code writes them)."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.up = nnx.Linear(64, 256, rngs=rngs)
+        self.down = nnx.Linear(256, 64, rngs=rngs)
+
+    def __call__(self, x):
+        return self.down(jax.nn.relu(self.up(x)))
+
+
+PLAIN_PARAMS = {
+    "params": [
+        {"match": r"up\.kernel$", "axes": ["hidden", "ffn"]},
+        {"match": r"up\.bias$", "axes": ["ffn"]},
+        {"match": r"down\.kernel$", "axes": ["ffn", "hidden"]},
+        {"match": r"down\.bias$", "axes": ["hidden"]},
+    ]
+}
+
+
+def test_params_alone_names_an_unannotated_models_axes_in_every_form():
+    """Modules, states, Linen variables and pytrees with no annotations: the strategy's params:
+    give every axis, and the plan keeps the caller's structure (a module stays servable)."""
+    module = PlainMLP(nnx.Rngs(0))
+    strategy = pytree_strategy(**PLAIN_PARAMS)
+    for model in (module, nnx.state(module), nnx.to_pure_dict(nnx.state(module))):
+        plan = compile(strategy, model, abstract_mesh=True)
+        assert [p.spec for p in plan.params if p.path.endswith("up.kernel")] == [P(None, "model")]
+    plan = compile(strategy, module)
+    placed = apply(plan, module)
+    assert isinstance(placed, PlainMLP)
+    x = jnp.ones((2, 64))
+    np.testing.assert_allclose(np.asarray(placed(x)), np.asarray(module(x)), atol=1e-5)
+    assert placed.up.kernel.get_value().addressable_shards[0].data.shape == (64, 32)
+    linen = nn.Dense(32).init(jax.random.key(0), jnp.ones((1, 16)))  # no boxes at all
+    rules = {"params": [{"match": "kernel", "axes": ["hidden", "ffn"]}, {"match": "bias", "axes": ["ffn"]}]}
+    assert compile(pytree_strategy(**rules), linen, abstract_mesh=True).param("params.kernel").spec == P(None, "model")
+
+
+def test_an_unannotated_model_needs_no_names_under_pure_data_parallelism():
+    plan = compile(load({"parallelism": {"data": 8}}), PlainMLP(nnx.Rngs(0)), abstract_mesh=True)
+    assert all(all(e is None for e in p.spec) for p in plan.params)
+    with pytest.raises(ShardspecError, match="PlainMLP carries no logical axes.*params:"):
+        compile(pytree_strategy(), PlainMLP(nnx.Rngs(0)), abstract_mesh=True)
