@@ -35,12 +35,14 @@ _LAZY = {
     "apply": ".placement",
     "explain": ".explanation",
     "Engine": ".runtime.engine",
+    "hlo_report": ".hlo",
 }
 
 __all__ = ["load", "Strategy", "ShardspecError", "DecoderGeometry", "Layout", "ServableModel", *_LAZY]
 
 if TYPE_CHECKING:
     from .explanation import explain  # noqa: F401
+    from .hlo import hlo_report  # noqa: F401
     from .placement import apply  # noqa: F401
     from .plan import ShardingPlan, compile  # noqa: F401
     from .runtime.engine import Engine  # noqa: F401

@@ -45,11 +45,12 @@ def hlo_lines(hlo: dict[str, Any]) -> list[str]:
             for k in kinds
         ] or [(name, tokens, "none", "", "", "")]
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
-    lines = [
-        "",
-        "collectives (compiled serving step; tokens = ranks × tokens a rank; "
-        "per layer = what the decoder layers add, ÷ layers):",
-    ]
+    per_layer = (
+        "what the decoder layers add, ÷ layers"
+        if hlo.get("per_layer_basis", "layers") == "layers"
+        else "the whole step ÷ layers (an outside model has no copy without layers to subtract)"
+    )
+    lines = ["", f"collectives (compiled serving step; tokens = ranks × tokens a rank; per layer = {per_layer}):"]
     lines += [
         "  "
         + "  ".join(
@@ -68,10 +69,12 @@ def hlo_lines(hlo: dict[str, Any]) -> list[str]:
         "block of context, shardspec/flops.py):",
     ]
     for name, step in steps.items():
-        lines.append(
-            f"  {name:<7}  {fmt_count(step['flops'])} · ideal {fmt_count(step['flops_ideal'])} · "
-            f"{step['flops_over_ideal']}× the ideal"
+        ideal = (
+            f" · ideal {fmt_count(step['flops_ideal'])} · {step['flops_over_ideal']}× the ideal"
+            if step["flops_ideal"]
+            else " (no analytic ideal for an outside model)"
         )
+        lines.append(f"  {name:<7}  {fmt_count(step['flops'])}{ideal}")
     return lines
 
 

@@ -80,31 +80,39 @@ def _bits(dtype: str) -> int:
     return int(digits[0]) if digits else 0
 
 
-def hlo_report(plan: ShardingPlan) -> dict[str, Any]:
+def hlo_report(plan: ShardingPlan, fn=None, *args, **kwargs) -> dict[str, Any]:
     """The decode step's collectives, bytes, per layer and memory, and the same under "prefill".
 
     Only shapes matter to the compiler: the prefill step is every rank's largest
-    stride (all ranks full), the decode step the smallest.
+    stride (all ranks full), the decode step the smallest. A servable outside
+    model's step is measured as shardspec's own are; its "per layer" is the
+    step's count ÷ its layers (`per_layer_basis` "step": no copy of it without
+    layers can be built), and it has no analytic ideal FLOPs.
+
+    With `fn`: any program an engine runs under the plan (`program_report`).
     """
+    if fn is not None:
+        return program_report(plan, fn, *args, **kwargs)
     if plan.is_abstract:
         raise ShardspecError(
             "the HLO report needs a plan compiled on devices", hint="compile(strategy) without abstract_mesh=True"
         )
-    if plan.model.config is None:
+    if plan.model.geometry is None or plan.model.tree.graphdef is None:
         raise ShardspecError(
-            f"the HLO report compiles shardspec's own models, not {plan.model.name}",
+            f"the HLO report compiles a servable model's step, and {plan.model.name} is not one",
             path="model",
-            hint="per-layer counts compare the model with a copy that has "
-            "no decoder layer, which only shardspec's configs can build",
+            hint="compile the plan from an nnx.Module implementing shardspec.protocol.ServableModel, "
+            "or measure any program with hlo_report(plan, fn, *args)",
         )
-    sizes = plan.runtime
+    sizes, own = plan.runtime, plan.model.config is not None
     strides = {"decode": sizes.token_buckets[0], "prefill": sizes.token_buckets[-1]}
-    layers, bare = plan.model.geometry.num_layers, _with_layers(plan, 0)
+    layers = plan.model.geometry.num_layers
+    bare = _with_layers(plan, 0) if own else None
     steps = {}
     for step, stride in strides.items():
         counts, nbytes, memory, flops = _measure(plan, stride)
-        counts0, nbytes0, _, _ = _measure(bare, stride)
-        ideal = ideal_flops(plan, stride)
+        counts0, nbytes0, _, _ = _measure(bare, stride) if own else (dict.fromkeys(KINDS, 0),) * 2 + (None, None)
+        ideal = ideal_flops(plan, stride) if own else None
         steps[step] = {
             "tokens_per_rank": stride,
             "tokens": sizes.dp_ranks * stride,
@@ -112,12 +120,24 @@ def hlo_report(plan: ShardingPlan) -> dict[str, Any]:
             "bytes": nbytes,
             "per_layer": _per_layer(counts, counts0, layers),
             "per_layer_bytes": _per_layer(nbytes, nbytes0, layers),
+            "per_layer_basis": "layers" if own else "step",
             "memory": memory,
             "flops": flops,
             "flops_ideal": ideal,
             "flops_over_ideal": round(flops / ideal, 3) if ideal else None,
         }
     return {**steps["decode"], "prefill": steps["prefill"]}
+
+
+def program_report(plan: ShardingPlan, fn, *args, **kwargs) -> dict[str, Any]:
+    """The collectives (count and bytes of each kind), memory and FLOPs per device of `fn`
+    compiled for `args` (arrays, or ShapeDtypeStructs with the plan's shardings): a forward an
+    engine runs, with its own sharding constraints. `fn` may be jitted already."""
+    program = fn if hasattr(fn, "lower") else jax.jit(fn)
+    with jax.set_mesh(plan.mesh):  # the model's own constraints may name mesh axes alone
+        compiled = program.lower(*args, **kwargs).compile()
+    counts, nbytes = collectives(compiled.as_text())
+    return {"collectives": counts, "bytes": nbytes, "memory": _memory(compiled), "flops": _flops(compiled)}
 
 
 def ideal_flops(plan: ShardingPlan, stride: int) -> float:

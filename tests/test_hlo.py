@@ -232,3 +232,49 @@ def test_flops_are_xla_counts_beside_the_analytic_ideal():
     assert r["prefill"]["flops_ideal"] == step_flops(cfg, 512, 64, 64) / 8
     assert 1.0 <= r["prefill"]["flops_over_ideal"] < 2.0  # XLA does what the work needs, plus the sampler
     assert "FLOPs per device" in explain(compile(load(_path("tp"))), hlo=r)
+
+
+def test_an_outside_servable_models_step_is_measured_and_budgeted(tmp_path):
+    """The served step of a model shardspec did not write (examples/gpt2_nnx.py): counted as
+    shardspec's own are; per layer is the step ÷ layers, and there is no analytic ideal."""
+    from helpers import example
+
+    gpt2 = example("gpt2_nnx")
+    plan = compile(load(ROOT / "examples" / "gpt2.yaml"), gpt2.build())
+    r = hlo_report(plan)
+    layers = plan.model.geometry.num_layers
+    for name, step in steps(r).items():
+        assert step["per_layer_basis"] == "step" and step["flops_ideal"] is None, name
+        assert step["collectives"]["all-reduce"] > 0, name  # a tensor-parallel model reduces its projections
+        assert step["per_layer"]["all-reduce"] == pytest.approx(step["collectives"]["all-reduce"] / layers, abs=0.01)
+    text = "\n".join(hlo_lines(r))
+    assert "the whole step ÷ layers" in text and "no analytic ideal for an outside model" in text
+    tight = dataclasses.replace(plan.strategy, expect={"total": {"all-reduce": 0}})
+    assert budget_problems(dataclasses.replace(plan, strategy=tight), r)
+
+
+def test_any_program_under_the_plan_is_measured():
+    """hlo_report(plan, fn, *args): a Megatron MLP forward reduces once; the same forward with its own
+    constraint gathering the hidden activation adds the gather."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import PartitionSpec as P
+
+    shapes = {"up": jax.ShapeDtypeStruct((64, 256), jnp.float32), "down": jax.ShapeDtypeStruct((256, 64), jnp.float32)}
+    strategy = load({"parallelism": {"tensor": 8}, "rules": {"hidden": None, "ffn": "model"}})
+    plan = compile(strategy, shapes, axes={"up": ("hidden", "ffn"), "down": ("ffn", "hidden")})
+    params = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, plan.param_shardings()
+    )
+    x = jax.ShapeDtypeStruct((8, 64), jnp.float32, sharding=plan.sharding(P()))
+
+    def forward(p, x, gather=False):
+        h = jax.nn.relu(x @ p["up"])
+        if gather:  # the library's own constraint: the hidden activation replicated
+            h = jax.lax.with_sharding_constraint(h, P())
+        return h @ p["down"]
+
+    plain = hlo_report(plan, forward, params, x)
+    assert plain["collectives"] == counts(all_reduce=1) and plain["flops"] > 0
+    gathered = hlo_report(plan, jax.jit(functools.partial(forward, gather=True)), params, x)
+    assert gathered["collectives"]["all-gather"] == 1
