@@ -173,12 +173,20 @@ def unnamed_problems(strategy: Strategy, model: ModelInfo, layouts: list[ParamLa
 
 
 def unused_rules(strategy: Strategy, layouts: list[ParamLayout], model: ModelInfo) -> tuple[list[Problem], tuple]:
-    """(problems, names): `rules:` names the model (and the runtime) does not use. Each is a
-    problem where it looks like a typo of a used name or `policy.unused_rules` is error; the
-    others are returned for explain to warn of (one strategy may serve several models)."""
-    used = sorted({a for p in layouts for a in p.axes if a} | RUNTIME_AXES)
-    own = sorted({a for p in layouts for a in p.axes if a})
+    """(problems, names): `rules:` names the model (its parameters, the activation names the
+    strategy declares) and the runtime do not use. Each is a problem where it looks like a typo
+    of a used name or `policy.unused_rules` is error; the others are returned for explain to
+    warn of (one strategy may serve several models). A declared activation name without a rule
+    is a problem under `policy.unmatched: error` (the model's constraint would replicate)."""
+    own = sorted({a for p in layouts for a in p.axes if a} | set(strategy.activations))
+    used = sorted(set(own) | RUNTIME_AXES)
     problems, unused = [], []
+    if strategy.policy.unmatched == "error":
+        for name in strategy.activations:
+            if name not in strategy.rules and name not in rules_lib.DEFAULT_RULES:
+                message = f"the activation name {name!r} has no rule"
+                hint = f"add rules.{name} (a mesh axis, or null to replicate), or set policy.unmatched: replicate"
+                problems.append(strategy.source.problem("activations", message, hint))
     for name in strategy.rules:
         if name in used:
             continue

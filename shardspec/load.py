@@ -195,6 +195,7 @@ def _build(raw: dict, source: Source, default_name: str) -> Strategy:
         multihost=raw.get("multihost", {}),
         rules=rules,
         params=params,
+        activations=tuple(raw.get("activations", ())),
         policy=Policy(**raw.get("policy", {})),
         kv_cache=KVCacheConfig(**raw.get("kv_cache", {})),
         runtime=_runtime(raw.get("runtime", {})),

@@ -9,6 +9,7 @@ caller's tree and never materialises it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -144,6 +145,16 @@ class ShardingPlan:
             (name, rules_lib.spec_entry(rules_lib.effective_axes(rule.mesh_axes, self.mesh_shape)))
             for name, rule in self.rules.items()
         )
+
+    @contextlib.contextmanager
+    def context(self):
+        """The plan's mesh and logical-axis rules, for a model's own forward: its
+        `nn.with_logical_constraint` (and Flax's other logical names) resolve to the plan's
+        layout, and a bare PartitionSpec of mesh axes to its mesh."""
+        import flax.linen as nn
+
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.logical_axis_rules()):
+            yield self
 
     def activation_spec(self, axes: Sequence[str | None]) -> P:
         """The PartitionSpec of an activation with these logical axes (ShardspecError if unresolvable)."""

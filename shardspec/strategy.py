@@ -114,6 +114,7 @@ class Strategy:
     multihost: Mapping[str, int]  # mesh axis -> cross-host factor
     rules: Mapping[str, tuple[str, ...]]  # logical axis -> mesh axes (() = replicated)
     params: tuple[ParamOverride, ...]
+    activations: tuple[str, ...]  # names the model uses only in its forward (its own constraints)
     policy: Policy
     kv_cache: KVCacheConfig
     runtime: RuntimeConfig

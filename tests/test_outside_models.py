@@ -406,3 +406,71 @@ def test_an_unannotated_model_needs_no_names_under_pure_data_parallelism():
     assert all(all(e is None for e in p.spec) for p in plan.params)
     with pytest.raises(ShardspecError, match="PlainMLP carries no logical axes.*params:"):
         compile(pytree_strategy(), PlainMLP(nnx.Rngs(0)), abstract_mesh=True)
+
+
+# -- a model's own activation constraints ------------------------------------------------------
+
+
+class ConstrainedMLP(nnx.Module):
+    """Like MaxText's layers: parameters annotated with its own names, and its forward pinning
+    activations by names that only the forward uses (`nn.with_logical_constraint`)."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        init = nnx.initializers.lecun_normal()
+        self.up = nnx.Param(init(rngs.params(), (64, 256)), out_sharding=("embed_dim", "mlp_dim"))
+        self.down = nnx.Param(init(rngs.params(), (256, 64)), out_sharding=("mlp_dim", "embed_dim"))
+
+    def __call__(self, x, constrain: bool = True):
+        pin = nn.with_logical_constraint if constrain else (lambda y, _: y)
+        x = pin(x, ("activation_batch", "activation_embed"))
+        h = pin(jax.nn.relu(x @ self.up.get_value()), ("activation_batch", "activation_mlp"))
+        return pin(h @ self.down.get_value(), ("activation_batch", "activation_embed"))
+
+
+CONSTRAINED = {
+    "parallelism": {"data": 2, "tensor": 4},
+    "rules": {
+        "embed_dim": None,
+        "mlp_dim": "model",
+        "activation_batch": "data",
+        "activation_embed": None,
+        "activation_mlp": "model",
+    },
+    "activations": ["activation_batch", "activation_embed", "activation_mlp"],
+}
+
+
+def _forward_collectives(plan, model, constrain: bool):
+    """The collectives of the model's forward under the plan (its parameters in the plan's shardings)."""
+    graphdef, state = nnx.split(model)
+    params = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, plan.param_shardings()
+    )
+    x = jax.ShapeDtypeStruct((16, 64), jnp.float32, sharding=plan.sharding(P("data")))
+
+    def forward(params, x):
+        return nnx.merge(graphdef, params)(x, constrain=constrain)
+
+    with plan.context():
+        return shardspec.hlo_report(plan, forward, params, x)["collectives"]
+
+
+def test_a_models_own_activation_constraints_follow_the_plan():
+    """Declared (activations:) and mapped (rules:), the model's own constraints resolve to the
+    plan's layout under plan.context(): the forward's collectives with them equal those without."""
+    with nnx.use_eager_sharding(False):
+        model = nnx.eval_shape(lambda: ConstrainedMLP(nnx.Rngs(0)))
+    plan = compile(load(CONSTRAINED), model)
+    assert plan.unused_rules == ()
+    with_constraints = _forward_collectives(plan, model, constrain=True)
+    assert with_constraints == _forward_collectives(plan, model, constrain=False)
+    assert with_constraints["all-reduce"] == 1 and with_constraints["all-gather"] == 0
+    # The constraints are live under the context: mapped against the layout, they cost collectives.
+    against = compile(load({**CONSTRAINED, "rules": {**CONSTRAINED["rules"], "activation_mlp": None}}), model)
+    assert sum(_forward_collectives(against, model, constrain=True).values()) > 1
+    # Undeclared names have no rule: Flax replicates what they pin, and the plan says why.
+    unmapped = {**CONSTRAINED, "rules": {"embed_dim": None, "mlp_dim": "model"}}
+    with pytest.raises(ShardspecError, match="the activation name 'activation_batch' has no rule"):
+        compile(load(unmapped), model)
+    replicated = compile(load({**unmapped, "activations": []}), model)
+    assert sum(_forward_collectives(replicated, model, constrain=True).values()) > 1
