@@ -143,7 +143,7 @@ def totals(plan: ShardingPlan) -> dict[str, int]:
 def warnings(plan: ShardingPlan) -> list[str]:
     out = _model_notes(plan)
     out += [f"rules.{name}: {plan.model.name} does not use this logical axis (ignored)" for name in plan.unused_rules]
-    for p in plan.params:
+    for p in filter(lambda p: p.is_param, plan.params):
         out += [f"{p.path}: {note}" for note in p.notes]
         if (
             all(e is None for e in p.spec)
@@ -163,6 +163,17 @@ def _model_notes(plan: ShardingPlan) -> list[str]:
     return [
         f"model: the checkpoint's {mtp} multi-token-prediction layer(s) past layer {config.num_layers - 1} "
         "are not loaded (they only serve speculative decoding)"
+    ]
+
+
+def _state_lines(plan: ShardingPlan) -> list[str]:
+    """The model's other variables (RNG keys and counts, batch statistics): listed apart, replicated."""
+    state = [p for p in plan.params if not p.is_param]
+    if not state:
+        return []
+    lines = ["", "other variables (not parameters: replicated, never split):"]
+    return lines + [
+        f"  {p.path}  {'×'.join(map(str, p.shape)) or 'scalar'}  {fmt_bytes(p.bytes_per_device)}" for p in state
     ]
 
 
@@ -216,10 +227,12 @@ def _text_lines(plan: ShardingPlan) -> list[str]:
             fmt_bytes(p.bytes_per_device),
         )
         for p in plan.params
+        if p.is_param
     ]
     rows.insert(0, ("path", "shape", "logical axes", "spec", "per device"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines += ["  " + "  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4].rjust(10) for r in rows]
+    lines += _state_lines(plan)
     lines += expert_lines(plan)
     lines += ["", "kv cache:"] + _kv_lines(plan)
     if plan.kv_cache is not None:
@@ -350,6 +363,12 @@ def explain_dict(plan: ShardingPlan) -> dict[str, Any]:
                 "notes": list(p.notes),
             }
             for p in plan.params
+            if p.is_param
+        ],
+        "variables": [
+            {"path": p.path, "shape": list(p.shape), "dtype": p.dtype, "bytes_per_device": p.bytes_per_device}
+            for p in plan.params
+            if not p.is_param
         ],
         "kv_cache": _kv_json(plan),
         "serving": _serving_json(plan) if kv is not None else None,

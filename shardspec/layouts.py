@@ -42,6 +42,7 @@ class ParamLayout:
     bytes_per_device: int
     notes: tuple[str, ...]  # policy fallbacks, KV-head replication
     axes_from: str | None = None  # "params[0]" when a `params:` override set the axes
+    is_param: bool = True  # False: other state (RNG keys and counts, batch statistics), replicated
 
     @property
     def nbytes(self) -> int:
@@ -95,6 +96,9 @@ def param_layouts(
     used_override = [False] * len(overrides)
     layouts, problems = [], []
     for leaf, path in zip(tree.leaves, paths):
+        if not leaf.is_param:  # RNG keys and counts, batch statistics: replicated, not named
+            layouts.append(_state_layout(path, leaf, shape))
+            continue
         axes = leaf.axes or (None,) * len(leaf.shape)
         axes_from = None
         for i, (o, regex) in enumerate(overrides):
@@ -144,6 +148,15 @@ def param_layouts(
     return layouts, _dedupe(problems)
 
 
+def _state_layout(path: str, leaf, shape: Mapping[str, int]) -> ParamLayout:
+    spec = P(*(None,) * len(leaf.shape))
+    per_device = rules_lib.bytes_per_device(leaf.shape, spec, shape, leaf.itemsize)
+    axes = (None,) * len(leaf.shape)
+    return ParamLayout(
+        path, leaf.shape, leaf.shape, str(leaf.dtype), leaf.itemsize, axes, spec, per_device, (), None, False
+    )
+
+
 def _unused_overrides(strategy: Strategy, overrides, used: list[bool], paths) -> list[Problem]:
     """A `params:` entry that sets no parameter's axes is a mistake, never silent."""
     problems = []
@@ -164,7 +177,8 @@ def unnamed_problems(strategy: Strategy, model: ModelInfo, layouts: list[ParamLa
     """A model none of whose parameters has logical axes (its own or params:'), under a strategy
     that splits parameters (tensor or expert > 1): nothing could be split, a mistake. Pure data
     parallelism replicates every parameter anyway and needs no names."""
-    if any(leaf.axes is not None for leaf in model.tree.leaves) or any(p.axes_from for p in layouts):
+    params = [leaf for leaf in model.tree.leaves if leaf.is_param]
+    if not params or any(leaf.axes is not None for leaf in params) or any(p.axes_from for p in layouts):
         return []
     if shape["model"] * shape["expert"] * shape["attn_dp"] == 1:
         return []

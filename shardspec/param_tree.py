@@ -49,6 +49,7 @@ class Leaf:
     shape: tuple[int, ...]
     dtype: Any  # a numpy dtype, or an extended one (PRNG keys)
     axes: tuple[str | None, ...] | None  # None: the model gives this leaf no logical axes
+    is_param: bool = True  # False: other state the model carries (RNG keys and counts, batch statistics)
 
     @property
     def itemsize(self) -> int:
@@ -192,7 +193,7 @@ def _read_tree(tree, axes) -> ParamTree:
             )
         shape = tuple(int(d) for d in value.shape)
         names = _names(path, leaf_axes if axes is not None else _wrapper_axes(wrapper), len(shape))
-        leaves.append(Leaf(keys, shape, value.dtype, names))
+        leaves.append(Leaf(keys, shape, value.dtype, names, _is_param(kind, keys, wrapper)))
         if wrapper is not None and not isinstance(value, jax.ShapeDtypeStruct):  # never keep the arrays
             wrapper = _rewrap(wrapper, jax.ShapeDtypeStruct(shape, value.dtype))
         wrappers.append(wrapper)
@@ -242,6 +243,14 @@ def _rewrap(wrapper, value):
 
 def _is_wrapper(x) -> bool:
     return isinstance(x, (nnx.Variable, linen_meta.AxisMetadata))
+
+
+def _is_param(kind: str, keys: tuple[str, ...], wrapper) -> bool:
+    """A parameter, or other state: an NNX Variable that is not an nnx.Param (RngKey, RngCount,
+    BatchStat, a cache), a Linen collection other than "params"."""
+    if isinstance(wrapper, nnx.Variable):
+        return isinstance(wrapper, nnx.Param)
+    return kind != LINEN or keys[0] == "params"
 
 
 def _wrapper_kind(wrapper) -> str:

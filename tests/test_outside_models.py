@@ -474,3 +474,30 @@ def test_a_models_own_activation_constraints_follow_the_plan():
         compile(load(unmapped), model)
     replicated = compile(load({**unmapped, "activations": []}), model)
     assert sum(_forward_collectives(replicated, model, constrain=True).values()) > 1
+
+
+class WithState(nnx.Module):
+    """Parameters beside other variables: dropout's RNG key and count, batch norm's statistics."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.up = nnx.Linear(
+            64, 256, rngs=rngs, kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), ("hidden", "ffn"))
+        )
+        self.norm = nnx.BatchNorm(256, rngs=rngs)
+        self.drop = nnx.Dropout(0.1, rngs=nnx.Rngs(dropout=1))
+
+
+def test_rng_and_batch_statistics_are_listed_apart_not_as_parameters():
+    with nnx.use_eager_sharding(False):
+        model = WithState(nnx.Rngs(0))
+    plan = compile(pytree_strategy(policy={"unmatched": "replicate"}), model)
+    state = [p.path for p in plan.params if not p.is_param]
+    assert any("drop.rngs" in p for p in state) and "norm.mean" in state and "norm.var" in state
+    assert "norm.scale" not in state and plan.param("up.kernel").spec == P(None, "model")
+    text = explain(plan)
+    assert "other variables (not parameters: replicated, never split):" in text
+    assert not [w for w in json.loads(explain(plan, format="json"))["warnings"] if "rngs" in w or "norm.mean" in w]
+    variables = json.loads(explain(plan, format="json"))["variables"]
+    assert {v["path"] for v in variables} == set(state)
+    placed = apply(plan, model)  # every variable placed: the others replicated
+    assert placed.norm.mean.get_value().sharding.is_fully_replicated
