@@ -24,7 +24,7 @@ from .files import MAX_STRATEGY_BYTES, read_bytes
 from .models import presets as _presets
 from .path_regex import PatternError, compile_match
 from .sizes import MAX_DEVICES, divisors, multihost_problem
-from .strategy import MESH_AXES, KVCacheConfig, Parallelism, ParamOverride, Policy, RuntimeConfig, Strategy
+from .strategy import BUILT_IN, MESH_AXES, KVCacheConfig, Parallelism, ParamOverride, Policy, RuntimeConfig, Strategy
 
 
 def load(source: str | os.PathLike | Mapping, overrides: Mapping[str, object] | None = None) -> Strategy:
@@ -133,6 +133,8 @@ def _check_rules(rules: dict, where: Source) -> list[Problem]:
     problems = []
     for logical, value in rules.items():
         path = f"rules.{logical}"  # any logical name: compile() checks it against the model's
+        if value == BUILT_IN:  # the built-in rule, asked for by name (compile() checks there is one)
+            continue
         mesh = [value] if isinstance(value, str) else value or []
         for i, axis in enumerate(mesh):
             at = path if isinstance(value, str) else f"{path}[{i}]"
@@ -184,7 +186,10 @@ def _runtime(raw: dict) -> RuntimeConfig:
 
 def _build(raw: dict, source: Source, default_name: str) -> Strategy:
     """Dataclasses with their own defaults for every key the file leaves out."""
-    rules = {k: (v,) if isinstance(v, str) else tuple(v or ()) for k, v in raw.get("rules", {}).items()}
+    rules = {
+        k: v if v == BUILT_IN else (v,) if isinstance(v, str) else tuple(v or ())
+        for k, v in raw.get("rules", {}).items()
+    }
     params = tuple(ParamOverride(p["match"], tuple(p["axes"]), i) for i, p in enumerate(raw.get("params", [])))
     expect = raw.get("expect", {})
     return Strategy(

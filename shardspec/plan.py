@@ -267,7 +267,11 @@ def build_plan(
     attention_data, why = _attention_data(strategy, model)
     shape = strategy.parallelism.mesh_shape(attention_data)
     table = rules_lib.rule_table(strategy)
-    params, problems = layouts_lib.param_layouts(model, strategy, table, shape, check_overrides=check_overrides)
+    own = model.config is not None
+    params, problems = layouts_lib.param_layouts(
+        model, strategy, rules_lib.param_table(table, own), shape, check_overrides=check_overrides
+    )
+    problems += rules_lib.built_in_problems(strategy)
     problems += layouts_lib.unnamed_problems(strategy, model, params, shape)
     found, unused_rules = layouts_lib.unused_rules(strategy, params, model)
     problems += found

@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 from .errors import Problem, did_you_mean
 from .models import axes as ax
-from .strategy import Strategy
+from .strategy import BUILT_IN, Strategy
 
 # logical axis -> (mesh axes, why). DESIGN §2.
 DEFAULT_RULES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -44,15 +44,40 @@ AXIS_KEY = {
 class Rule:
     logical: str
     mesh_axes: tuple[str, ...]  # as written, size-1 axes included
-    why: str  # "default: Megatron attention" or "rules.mlp"
+    why: str  # "default: Megatron attention", "rules.mlp" or "rules.heads: default (Megatron attention)"
     yaml_path: str | None  # where the user set it, for errors
+    implicit: bool = False  # a built-in rule the strategy did not name (not for an outside model's parameters)
 
 
 def rule_table(strategy: Strategy) -> dict[str, Rule]:
-    table = {name: Rule(name, mesh, f"default: {why}", None) for name, (mesh, why) in DEFAULT_RULES.items()}
+    table = {name: Rule(name, mesh, f"default: {why}", None, True) for name, (mesh, why) in DEFAULT_RULES.items()}
     for name, mesh in strategy.rules.items():
-        table[name] = Rule(name, tuple(mesh), f"rules.{name}", f"rules.{name}")
+        if mesh == BUILT_IN and name in DEFAULT_RULES:
+            built_in, why = DEFAULT_RULES[name]
+            table[name] = Rule(name, built_in, f"rules.{name}: default ({why})", f"rules.{name}")
+        elif mesh != BUILT_IN:
+            table[name] = Rule(name, tuple(mesh), f"rules.{name}", f"rules.{name}")
     return table
+
+
+def built_in_problems(strategy: Strategy) -> list[Problem]:
+    """`rules: {name: default}` for a name with no built-in rule."""
+    return [
+        strategy.source.problem(
+            f"rules.{name}",
+            f"there is no built-in rule for {name!r}",
+            f"built-in rules exist for {', '.join(DEFAULT_RULES)}; give mesh axes or null",
+        )
+        for name, mesh in strategy.rules.items()
+        if mesh == BUILT_IN and name not in DEFAULT_RULES
+    ]
+
+
+def param_table(table: Mapping[str, Rule], own_model: bool) -> Mapping[str, Rule]:
+    """The rules parameters resolve by: every rule for shardspec's own models; for an outside
+    model only those its strategy names (`rules: {heads: default}` asks for a built-in one), so
+    a built-in rule never splits a parameter because its name happens to match."""
+    return table if own_model else {name: rule for name, rule in table.items() if not rule.implicit}
 
 
 def effective_axes(mesh_axes: Sequence[str], mesh_shape: Mapping[str, int]) -> tuple[str, ...]:
@@ -114,7 +139,8 @@ def resolve_array(
                     src.problem(
                         axes_from or "rules",
                         f"{path}: logical axis {name!r} has no rule",
-                        f"{close + ' ' if close else ''}add rules.{name}: <mesh axis> or null, "
+                        f"{close + ' ' if close else ''}add rules.{name}: <mesh axis>, null"
+                        f"{', or default (the built-in rule)' if name in DEFAULT_RULES else ''}, "
                         "or set policy.unmatched: replicate",
                     )
                 )

@@ -18,6 +18,9 @@ from .errors import Source
 MESH_AXES = ("data", "attn_dp", "expert", "model")
 
 AUTO = "auto"
+# `rules: {heads: default}`: the built-in rule of that name. shardspec's own models get every
+# built-in rule; an outside model's parameters only those its strategy asks for by name.
+BUILT_IN = "default"
 
 
 class FrozenMap(Mapping):
@@ -112,7 +115,7 @@ class Strategy:
     devices: int | None
     parallelism: Parallelism
     multihost: Mapping[str, int]  # mesh axis -> cross-host factor
-    rules: Mapping[str, tuple[str, ...]]  # logical axis -> mesh axes (() = replicated)
+    rules: Mapping[str, tuple[str, ...] | str]  # logical axis -> mesh axes (() = replicated), or BUILT_IN
     params: tuple[ParamOverride, ...]
     activations: tuple[str, ...]  # names the model uses only in its forward (its own constraints)
     policy: Policy

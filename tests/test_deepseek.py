@@ -100,9 +100,11 @@ def test_served_greedy_tokens_are_the_expanded_forms_argmax(name, served_request
 
 
 def test_an_outside_module_declaring_a_latent_cache_is_served_from_it(served_requests, expanded_logits):
-    # Compiled as anyone's model: the plan knows only its parameters and decoder_geometry().
+    # Compiled as anyone's model: the plan knows only its parameters and decoder_geometry(), and
+    # an outside model's parameters get a built-in rule only where the strategy asks by name.
     model = build(TINY)
-    plan = compile(load({"parallelism": {"tensor": 8}}, overrides=SERVING), model)
+    built_in = dict.fromkeys(("vocab", "embed", "mlp", "heads", "head_dim", "expert", "expert_mlp"), "default")
+    plan = compile(load({"parallelism": {"tensor": 8}, "rules": built_in}, overrides=SERVING), model)
     assert plan.kv_cache.is_latent and plan.attention_data == 8 and plan.kv_cache.replication == 1
     outputs = Engine(plan, model).generate(served_requests)
     _assert_expanded_argmax(served_requests, outputs, expanded_logits)

@@ -501,3 +501,21 @@ def test_rng_and_batch_statistics_are_listed_apart_not_as_parameters():
     assert {v["path"] for v in variables} == set(state)
     placed = apply(plan, model)  # every variable placed: the others replicated
     assert placed.norm.mean.get_value().sharding.is_fully_replicated
+
+
+def test_built_in_rules_reach_an_outside_models_parameters_only_by_name():
+    """A built-in rule (heads -> model, ...) never splits an outside model's parameter because
+    its name happens to match; `rules: {heads: default}` asks for it, and explain says so."""
+    params = {"q": jax.ShapeDtypeStruct((64, 8, 16), jnp.float32)}
+    axes = {"q": ("hidden", "heads", None)}
+    strategy = {"parallelism": {"tensor": 8}, "rules": {"hidden": None}}
+    with pytest.raises(ShardspecError, match=r"logical axis 'heads' has no rule .*or default \(the built-in rule\)"):
+        compile(load(strategy), params, axes=axes, abstract_mesh=True)
+    asked = load({**strategy, "rules": {"hidden": None, "heads": "default"}})
+    plan = compile(asked, params, axes=axes, abstract_mesh=True)
+    assert plan.param("q").spec == P(None, "model", None)
+    assert "rules.heads: default (Megatron attention)" in explain(plan)
+    with pytest.raises(ShardspecError, match=r"rules.colour: there is no built-in rule for 'colour'"):
+        compile(
+            load({**strategy, "rules": {"hidden": None, "heads": "default", "colour": "default"}}), params, axes=axes
+        )
