@@ -127,6 +127,7 @@ def param_layouts(
         )
         problems += found
         notes = res.notes + (("KV heads replicated over model",) if res.kv_replicated else ())
+        notes += _head_count_notes(model, strategy, leaf.shape, axes)
         if leaf.axes is None and axes_from is None:
             notes += ("the model gives no logical axes: replicated",)
         layouts.append(
@@ -146,6 +147,29 @@ def param_layouts(
     if check_overrides:
         problems += _unused_overrides(strategy, overrides, used_override, paths)
     return layouts, _dedupe(problems)
+
+
+def _head_count_notes(model: ModelInfo, strategy: Strategy, shape, axes) -> tuple[str, ...]:
+    """A dimension named for heads whose size is not the model's head count (in units where
+    declared): merged heads × head_dim a split would cut inside heads, unless `units:` says so."""
+    geometry, notes = model.geometry, []
+    if geometry is None:
+        return ()
+    for dim, (size, name) in enumerate(zip(shape, axes)):
+        if not name or not name.endswith("heads"):
+            continue
+        count = geometry.num_kv_heads if "kv" in name else geometry.num_heads
+        units = size // strategy.units.get(name, 1)
+        if units == count:
+            continue
+        if size % count == 0 and name not in strategy.units:
+            notes.append(
+                f"dim {dim} ({name} = {size}) is not the model's {count} heads: if heads × head_dim are "
+                f"merged, declare units: {{{name}: {size // count}}} so shards keep heads whole"
+            )
+        else:
+            notes.append(f"dim {dim} ({name} = {size}) is not a multiple of the model's {count} heads")
+    return tuple(notes)
 
 
 def _state_layout(path: str, leaf, shape: Mapping[str, int]) -> ParamLayout:

@@ -201,6 +201,7 @@ def _build(raw: dict, source: Source, default_name: str) -> Strategy:
         rules=rules,
         params=params,
         activations=tuple(raw.get("activations", ())),
+        units=raw.get("units", {}),
         policy=Policy(**raw.get("policy", {})),
         kv_cache=KVCacheConfig(**raw.get("kv_cache", {})),
         runtime=_runtime(raw.get("runtime", {})),

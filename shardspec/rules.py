@@ -151,7 +151,18 @@ def resolve_array(
         mesh = effective_axes(rule.mesh_axes, mesh_shape)
         problems += claim_axes(path, name, mesh, used, table, src, axes_from)
         shards = shard_count(mesh, mesh_shape)
-        if size % shards == 0:
+        unit = strategy.units.get(name, 1)  # merged heads × head_dim: split between heads only
+        if size % unit:
+            problems.append(
+                src.problem(
+                    f"units.{name}",
+                    f"{path}: dim {dim} ({name} = {size}) is not a whole number of units of {unit}",
+                    "give the unit (e.g. head_dim) that the dimension is a multiple of",
+                )
+            )
+            entries.append(None)
+            continue
+        if (size // unit) % shards == 0:
             entries.append(spec_entry(mesh))
             continue
         if name == ax.KV_HEADS:
@@ -165,16 +176,17 @@ def resolve_array(
         policy = strategy.policy.indivisible
         if policy == "error":
             key = rule.yaml_path or axes_from or AXIS_KEY[mesh[-1]]
+            units = f", {size // unit} units of {unit}: a shard would cut a unit" if unit > 1 else ""
             problems.append(
                 src.problem(
                     key,
-                    f"{path}: dim {dim} ({name} = {size}) is not divisible by {shards} shards ({by})",
-                    f"choose sizes that divide {size}, or set policy.indivisible: replicate or pad",
+                    f"{path}: dim {dim} ({name} = {size}{units}) is not divisible by {shards} shards ({by})",
+                    f"choose sizes that divide {size // unit}, or set policy.indivisible: replicate or pad",
                 )
             )
             entries.append(None)
         elif policy == "pad" and name in paddable:
-            padded[dim] = -(-size // shards) * shards
+            padded[dim] = -(-size // (shards * unit)) * shards * unit
             notes.append(f"{name} {size} padded to {padded[dim]} for {shards} shards (policy.indivisible: pad)")
             entries.append(spec_entry(mesh))
         else:

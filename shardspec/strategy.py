@@ -118,6 +118,7 @@ class Strategy:
     rules: Mapping[str, tuple[str, ...] | str]  # logical axis -> mesh axes (() = replicated), or BUILT_IN
     params: tuple[ParamOverride, ...]
     activations: tuple[str, ...]  # names the model uses only in its forward (its own constraints)
+    units: Mapping[str, int]  # logical name -> elements in one unit (merged heads × head_dim)
     policy: Policy
     kv_cache: KVCacheConfig
     runtime: RuntimeConfig
@@ -125,7 +126,7 @@ class Strategy:
     source: Source = dataclasses.field(default_factory=Source, compare=False)
 
     def __post_init__(self):
-        for name in ("multihost", "rules", "expect"):
+        for name in ("multihost", "rules", "expect", "units"):
             object.__setattr__(self, name, FrozenMap(getattr(self, name)))
 
     def __repr__(self) -> str:

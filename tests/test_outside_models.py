@@ -519,3 +519,44 @@ def test_built_in_rules_reach_an_outside_models_parameters_only_by_name():
         compile(
             load({**strategy, "rules": {"hidden": None, "heads": "default", "colour": "default"}}), params, axes=axes
         )
+
+
+class MergedHeads(nnx.Module):
+    """Projections stored with heads and head_dim merged, [hidden, heads × head_dim], as one of the
+    published libraries stores them; a decoder geometry says 8 query heads and 2 KV heads of 32."""
+
+    def __init__(self):
+        init = nnx.initializers.lecun_normal()
+        self.q = nnx.Param(init(jax.random.key(0), (256, 8 * 32)), out_sharding=("hidden", "heads"))
+        self.k = nnx.Param(init(jax.random.key(1), (256, 2 * 32)), out_sharding=("hidden", "kv_heads"))
+
+    def decoder_geometry(self):
+        return shardspec.DecoderGeometry(
+            num_layers=1, num_heads=8, num_kv_heads=2, head_dim=32, vocab_size=64, max_seq_len=64
+        )
+
+    def hidden_states(self, *args):  # the protocol's shape; never run here
+        raise NotImplementedError
+
+    def logits(self, *args):
+        raise NotImplementedError
+
+
+def test_merged_head_dimensions_split_between_heads_once_declared():
+    """A [256, 2 × 32] key kernel split 8 ways would hold quarter heads: explain says so, and
+    `units:` makes shards keep heads whole (KV heads replicated where they do not split)."""
+    with nnx.use_eager_sharding(False):
+        model = MergedHeads()
+    strategy = {
+        "parallelism": {"tensor": 8, "attention_data": 1},
+        "rules": {"hidden": None, "heads": "default", "kv_heads": "default"},
+    }
+    cut = compile(load(strategy), model, abstract_mesh=True)
+    assert cut.param("k").spec == P(None, "model")  # 64 columns, 8 a device: a quarter of a head each
+    assert any("declare units: {kv_heads: 32}" in n for n in cut.param("k").notes)
+    assert any("declare units: {kv_heads: 32}" in w for w in json.loads(explain(cut, format="json"))["warnings"])
+    whole = compile(load({**strategy, "units": {"heads": 32, "kv_heads": 32}}), model, abstract_mesh=True)
+    assert whole.param("q").spec == P(None, "model") and whole.param("q").notes == ()  # 8 heads, one a device
+    assert whole.param("k").spec == P(None, None) and "KV heads replicated over model" in whole.param("k").notes
+    with pytest.raises(ShardspecError, match=r"units.heads: q: dim 1 \(heads = 256\) is not a whole number of units"):
+        compile(load({**strategy, "units": {"heads": 48}}), model, abstract_mesh=True)
