@@ -37,6 +37,16 @@ def load_strategy(path: str, model: str | None, sets: list[str] | None) -> Strat
     return strategy.with_model(model) if model is not None else strategy
 
 
+def factory_of(strategy: Strategy):
+    """For a `package.module:factory` `model:` (or `--model`): a function giving that model
+    (call it once the devices are made: a factory may load weights onto them); else None."""
+    from shardspec.model_factory import load_factory, names_a_factory
+
+    if not names_a_factory(strategy.model):
+        return None
+    return lambda: load_factory(strategy.model, strategy.source)
+
+
 def use_compilation_cache(ctx: typer.Context) -> None:
     """Turn on JAX's persistent compilation cache as `--compilation-cache` says (commands that compile)."""
     from shardspec.compilation_cache import enable_for_command

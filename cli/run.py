@@ -12,7 +12,7 @@ from rich.table import Table
 
 from shardspec.errors import Problem, ShardspecError
 
-from ._common import echo_notes, load_strategy, use_compilation_cache
+from ._common import echo_notes, factory_of, load_strategy, use_compilation_cache
 from ._options import MAX_SEED, CoordinatorOpt, ModelOpt, NumProcessesOpt, ProcessIdOpt, SetOpt, StrategyArg
 
 
@@ -53,10 +53,12 @@ def run(
     use_compilation_cache(ctx)
     if output:
         check_writable(output, "--output")
-    plan = compile(loaded, abstract_mesh=True)  # every user error before any device work
+    factory = factory_of(loaded)  # an outside model: its code makes it, on the devices
     synthetic = Synthetic(num_requests, _span(input_len, "--input-len"), _span(output_len, "--output-len"), seed)
+    if factory is None:  # every user error before any device work
+        requests_for(compile(loaded, abstract_mesh=True), prompts=prompts, synthetic=synthetic)
+    plan, notes = compile_on_devices(loaded, coordinator, num_processes, process_id, model=factory)
     requests = requests_for(plan, prompts=prompts, synthetic=synthetic)
-    plan, notes = compile_on_devices(loaded, coordinator, num_processes, process_id)
     echo_notes(notes)
     main = distributed.is_main()
     err = Console(stderr=True, quiet=not main)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import echo_notes, load_strategy, use_compilation_cache
+from ._common import echo_notes, factory_of, load_strategy, use_compilation_cache
 from ._options import (
     MAX_SEED,
     CoordinatorOpt,
@@ -65,8 +65,10 @@ def serve(
 
     loaded = load_strategy(strategy, model, overrides)
     use_compilation_cache(ctx)
-    compile(loaded, abstract_mesh=True)  # every user error before any device work
-    plan, notes = compile_on_devices(loaded, coordinator, num_processes, process_id)
+    factory = factory_of(loaded)  # an outside model: its code makes it, on the devices
+    if factory is None:
+        compile(loaded, abstract_mesh=True)  # every user error before any device work
+    plan, notes = compile_on_devices(loaded, coordinator, num_processes, process_id, model=factory)
     echo_notes(notes)
     engine = Engine(plan, seed=seed)
     # uvicorn shuts down gracefully on SIGTERM, then raises it again under the handler found

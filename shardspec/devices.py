@@ -8,6 +8,9 @@ devices and compiles the plan on the real mesh.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 
 from . import distributed
@@ -23,16 +26,19 @@ def compile_on_devices(
     process_id: int | None = None,
     *,
     abstract_in_one_process: bool = False,
+    model: Callable[[], Any] | None = None,
 ) -> tuple[ShardingPlan, list[str]]:
     """(the plan on the strategy's devices, notes for the user).
 
     Joins the cluster given (or auto-detected for a `multihost` strategy) first.
     `abstract_in_one_process`: outside a cluster, an abstract mesh is enough
-    (explain without --hlo draws the mesh from shapes alone).
+    (explain without --hlo draws the mesh from shapes alone). `model`: a function
+    giving an outside model, called once the devices are made (a factory's arrays
+    then land on them); else the strategy's `model:`.
     """
     processes, notes = join_for(strategy, coordinator, num_processes, process_id)
     abstract = abstract_in_one_process and processes == 1
-    return compile(strategy, abstract_mesh=abstract), notes
+    return compile(strategy, model() if model is not None else None, abstract_mesh=abstract), notes
 
 
 def join_for(

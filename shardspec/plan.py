@@ -70,6 +70,29 @@ class ShardingPlan:
             )
         return self.kv_cache
 
+    def for_servable(self, adapter) -> ShardingPlan:
+        """This plan for a servable adapter of the model it was compiled from (a library's model
+        with no decoder geometry): the same strategy and devices, the adapter's geometry. The
+        adapter's parameters must be the model's (the same paths and shapes), so the layout of
+        every parameter is the one this plan shows. ShardspecError naming the first difference."""
+        if self.kv_cache is not None:
+            return self
+        info = outside_model(adapter, paddable=tuple(self.model.paddable))
+        if info.geometry is None:
+            self.servable_kv_cache()  # the error that says what a servable model implements
+        theirs = {self.model.tree.path(leaf): leaf.shape for leaf in self.model.tree.leaves}
+        ours = {info.tree.path(leaf): leaf.shape for leaf in info.tree.leaves}
+        if theirs != ours:
+            path = next(p for p in sorted(theirs.keys() | ours.keys()) if theirs.get(p) != ours.get(p))
+            raise ShardspecError(
+                f"the adapter's parameter {path!r} is {ours.get(path, 'missing')}; "
+                f"the plan's model has {theirs.get(path, 'none')}",
+                path="model",
+                hint="an adapter holds the library's parameters as they are; or compile the plan from the adapter",
+            )
+        devices = None if self.is_abstract else list(self.mesh.devices.flat)
+        return build_plan(self.strategy, info, devices=devices, abstract_mesh=self.is_abstract)
+
     @functools.cached_property
     def program_key(self) -> tuple:
         """What this plan's compiled programs depend on: equal keys, equal programs. The

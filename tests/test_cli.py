@@ -145,3 +145,12 @@ def test_an_outside_model_from_package_module_factory(tmp_path, monkeypatch):
     ]:
         result = run("validate", str(strategy), "--model", spec)
         assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output, result.output
+
+
+def test_run_serves_an_outside_servable_model_its_factory_makes(monkeypatch):
+    """`run --model package.module:factory`: the module the factory returns, with its weights, is what runs."""
+    monkeypatch.chdir(ROOT / "examples")
+    result = run("run", "gpt2.yaml", "--model", "gpt2_nnx:build", "--num-requests", "3", "--output-len", "4", "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["generated_tokens"] == 12

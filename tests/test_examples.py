@@ -69,6 +69,20 @@ def test_gpt2_served_by_the_engine_gives_its_own_greedy_tokens(layout, model, ow
     assert len({tuple(t) for t in own_greedy}) == len(PROMPTS)  # the prompts really lead apart
 
 
+def test_a_plan_compiled_from_the_library_model_serves_through_its_adapter(model, own_greedy):
+    """The plan of the library's model, which declares no geometry (here its bare nnx.State, and
+    attention_data 2 set in the file), serves through an adapter with the same parameters."""
+    library = plan_for("attention-dp", nnx.state(model))
+    assert library.kv_cache is None
+    engine = Engine(library, model)
+    assert engine.plan.kv_cache is not None and engine.plan.attention_data == library.attention_data
+    outputs = engine.generate([{"prompt_token_ids": p, "max_tokens": MAX_TOKENS, "ignore_eos": True} for p in PROMPTS])
+    assert [list(o.output_token_ids) for o in outputs] == own_greedy
+    other = gpt2.build(gpt2.GPT2Config(ffn=128))
+    with pytest.raises(ShardspecError, match=r"the adapter's parameter 'h.0.mlp.fc' is \(64, 128\)"):
+        Engine(library, other)
+
+
 def test_the_engine_checks_the_model_against_the_plan(model):
     plan = plan_for("attention-dp", model)
     with pytest.raises(
