@@ -47,6 +47,19 @@ def factory_of(strategy: Strategy):
     return lambda: load_factory(strategy.model, strategy.source)
 
 
+def placed_in_place(plan, module):
+    """An outside module a factory made, its weights moved into the plan's shardings in place:
+    the factory's own copy is freed, never held beside the engine's (None stays None)."""
+    if module is None:
+        return None
+    from flax import nnx
+
+    from shardspec.placement import apply
+
+    nnx.update(module, nnx.state(apply(plan, module)))
+    return module
+
+
 def use_compilation_cache(ctx: typer.Context) -> None:
     """Turn on JAX's persistent compilation cache as `--compilation-cache` says (commands that compile)."""
     from shardspec.compilation_cache import enable_for_command

@@ -118,7 +118,7 @@ def explain(
     if cluster or hlo:
         if cluster:  # every user error before joining: a bad file never waits for its peers
             compile(loaded, abstract_mesh=True)
-        plan, notes = compile_on_devices(
+        plan, notes, _ = compile_on_devices(
             loaded, coordinator, num_processes, process_id, abstract_in_one_process=not hlo
         )
         echo_notes(notes)
@@ -158,7 +158,7 @@ def check(
 
     loaded = load_strategy(strategy, model, overrides)
     use_compilation_cache(ctx)
-    plan, notes = compile_on_devices(loaded, coordinator, num_processes, process_id)
+    plan, notes, _ = compile_on_devices(loaded, coordinator, num_processes, process_id)
     echo_notes(notes)
     budget = check_collectives(plan) if loaded.expect else None  # a blown budget: exit 2 first
     result = check_plan(plan, seed=seed)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from shardspec.errors import Problem, ShardspecError
 
-from ._common import echo_notes, factory_of, load_strategy, use_compilation_cache
+from ._common import echo_notes, factory_of, load_strategy, placed_in_place, use_compilation_cache
 from ._options import MAX_SEED, CoordinatorOpt, ModelOpt, NumProcessesOpt, ProcessIdOpt, SetOpt, StrategyArg
 
 
@@ -57,7 +57,8 @@ def run(
     synthetic = Synthetic(num_requests, _span(input_len, "--input-len"), _span(output_len, "--output-len"), seed)
     if factory is None:  # every user error before any device work
         requests_for(compile(loaded, abstract_mesh=True), prompts=prompts, synthetic=synthetic)
-    plan, notes = compile_on_devices(loaded, coordinator, num_processes, process_id, model=factory)
+    plan, notes, module = compile_on_devices(loaded, coordinator, num_processes, process_id, model=factory)
+    module = placed_in_place(plan, module)
     requests = requests_for(plan, prompts=prompts, synthetic=synthetic)
     echo_notes(notes)
     main = distributed.is_main()
@@ -65,7 +66,9 @@ def run(
     columns = (TextColumn("serving"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task("serving", total=len(requests))
-        served = serve(plan, requests, seed=seed, on_output=lambda _: progress.advance(task), status=err.status)
+        served = serve(
+            plan, requests, seed=seed, model=module, on_output=lambda _: progress.advance(task), status=err.status
+        )
     distributed.leave()
     if not main:
         return

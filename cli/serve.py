@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import echo_notes, factory_of, load_strategy, use_compilation_cache
+from ._common import echo_notes, factory_of, load_strategy, placed_in_place, use_compilation_cache
 from ._options import (
     MAX_SEED,
     CoordinatorOpt,
@@ -68,9 +68,9 @@ def serve(
     factory = factory_of(loaded)  # an outside model: its code makes it, on the devices
     if factory is None:
         compile(loaded, abstract_mesh=True)  # every user error before any device work
-    plan, notes = compile_on_devices(loaded, coordinator, num_processes, process_id, model=factory)
+    plan, notes, module = compile_on_devices(loaded, coordinator, num_processes, process_id, model=factory)
     echo_notes(notes)
-    engine = Engine(plan, seed=seed)
+    engine = Engine(plan, placed_in_place(plan, module), seed=seed)
     # uvicorn shuts down gracefully on SIGTERM, then raises it again under the handler found
     # at start: a no-op one makes that a clean exit 0. The other processes of a cluster
     # ignore it too: they stop when process 0 tells them, never halfway through a step.

@@ -27,8 +27,8 @@ def compile_on_devices(
     *,
     abstract_in_one_process: bool = False,
     model: Callable[[], Any] | None = None,
-) -> tuple[ShardingPlan, list[str]]:
-    """(the plan on the strategy's devices, notes for the user).
+) -> tuple[ShardingPlan, list[str], Any]:
+    """(the plan on the strategy's devices, notes for the user, the outside model `model` gave or None).
 
     Joins the cluster given (or auto-detected for a `multihost` strategy) first.
     `abstract_in_one_process`: outside a cluster, an abstract mesh is enough
@@ -38,7 +38,8 @@ def compile_on_devices(
     """
     processes, notes = join_for(strategy, coordinator, num_processes, process_id)
     abstract = abstract_in_one_process and processes == 1
-    return compile(strategy, model() if model is not None else None, abstract_mesh=abstract), notes
+    outside = model() if model is not None else None
+    return compile(strategy, outside, abstract_mesh=abstract), notes, outside
 
 
 def join_for(

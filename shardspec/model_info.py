@@ -30,7 +30,6 @@ class ModelInfo:
     kv_heads: int | None  # for `attention_data: auto` (the geometry's, or compile(kv_heads=))
     paddable: frozenset[str] = frozenset()  # logical axes zero-padding keeps exact (policy.indivisible: pad)
     config: LlamaConfig | None = None  # shardspec's own model: apply can initialise or load it
-    source: Any = None  # an outside nnx.Module as given: what Engine(plan) serves when given no model
 
     @property
     def checkpoint(self) -> str | None:
@@ -107,5 +106,4 @@ def outside_model(model: Any, *, axes=None, kv_heads: int | None = None, paddabl
         geometry,
         kv_heads if kv_heads is not None else (geometry.num_kv_heads if geometry else None),
         frozenset(paddable),
-        source=model if isinstance(model, nnx.Module) else None,
     )

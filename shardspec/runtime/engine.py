@@ -63,8 +63,6 @@ class Engine:
         `step`: the compiled step to run (default: the process's one for this plan, model
         definition and attention, `step.shared_step`), e.g. one that wraps it.
         """
-        if model is None and plan.model.config is None:  # an outside module: the one compiled
-            model = plan.model.source
         if model is not None:  # a plan compiled from a library's model, served through its adapter
             plan = plan.for_servable(model)
         plan.servable_kv_cache()  # a ShardspecError for a model with no decoder geometry

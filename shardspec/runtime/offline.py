@@ -31,14 +31,15 @@ def serve(
     requests: Sequence[Request],
     *,
     seed: int = 0,
+    model=None,
     on_output: Callable[[Output], None] | None = None,
     status: Callable[[str], AbstractContextManager] | None = None,
 ) -> Served:
-    """Serve `requests` on a plan compiled on devices, with shardspec's model of the plan
-    (initialised with `seed`, or its checkpoint). `on_output` sees each output as it
-    finishes; `status(text)` wraps the warm-up (e.g. a spinner)."""
+    """Serve `requests` on a plan compiled on devices, with `model` (an outside servable
+    module), else shardspec's model of the plan (initialised with `seed`, or its checkpoint).
+    `on_output` sees each output as it finishes; `status(text)` wraps the warm-up (e.g. a spinner)."""
     distributed.agree(repr(list(requests)), "requests", hint="give every process the same --prompts file and flags")
-    engine = Engine(plan, seed=seed)
+    engine = Engine(plan, model, seed=seed)
     with (status or (lambda _: contextlib.nullcontext()))("compiling the step for every token bucket"):
         engine.warmup()
     outputs = engine.generate(requests, on_output=on_output)
