@@ -560,3 +560,67 @@ def test_merged_head_dimensions_split_between_heads_once_declared():
     assert whole.param("k").spec == P(None, None) and "KV heads replicated over model" in whole.param("k").notes
     with pytest.raises(ShardspecError, match=r"units.heads: q: dim 1 \(heads = 256\) is not a whole number of units"):
         compile(load({**strategy, "units": {"heads": 48}}), model, abstract_mesh=True)
+
+
+# -- scanned layers ---------------------------------------------------------------------------
+
+
+class ScannedLlama(nnx.Module):
+    """A decoder whose layers are stacked as MaxText's scan_layers stores them: one parameter per
+    weight with a leading `layers` axis (nnx.vmap). The adapter serves it a layer at a time."""
+
+    def __init__(self, model):
+        from shardspec.models.llama import DecoderLayer
+
+        self.model = model  # embedding, norm and head as they are; its layers replaced below
+        cfg, layers = model.config, list(model.layers)
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def stack(rngs):
+            return DecoderLayer(cfg, jnp.float32, rngs, type(layers[0].mlp), type(layers[0].self_attn))
+
+        self.layers = stack(nnx.Rngs(0))
+        state = nnx.state(self.layers)  # the unscanned model's weights, stacked (metadata kept)
+        nnx.replace_by_pure_dict(
+            state, jax.tree.map(lambda *w: jnp.stack(w), *map(nnx.to_pure_dict, map(nnx.state, layers)))
+        )
+        nnx.update(self.layers, state)
+        model.layers = nnx.List([])
+
+    def decoder_geometry(self):
+        return self.model.decoder_geometry()
+
+    def hidden_states(self, tokens, positions, layout, attend, caches):
+        x, (graphdef, state), caches = self.model.embed(tokens, layout), nnx.split(self.layers), list(caches)
+        for i in range(len(caches)):  # one layer's slice of every stacked weight
+            layer = nnx.merge(graphdef, jax.tree.map(lambda w, i=i: w[i], state))
+            x, caches[i] = layer(x, positions, layout, attend, caches[i])
+            x = layout.constrain(x, "attn_in")
+        return x, caches
+
+    def logits(self, x, layout):
+        return self.model.logits(x, layout)
+
+
+BUILT_IN = dict.fromkeys(("vocab", "embed", "heads", "kv_heads", "head_dim", "mlp"), "default")
+
+
+def test_scanned_layers_are_served_with_the_unscanned_models_tokens():
+    from shardspec.models.llama import Llama
+    from shardspec.models.presets import PRESETS
+
+    from helpers import SERVING
+
+    strategy = {"parallelism": {"tensor": 8}, "rules": {**BUILT_IN, "layers": None}}
+    with nnx.use_eager_sharding(False):  # logical axes stay metadata for the plan
+        plain = Llama(PRESETS["llama3-tiny"], rngs=nnx.Rngs(3))
+        scanned = ScannedLlama(Llama(PRESETS["llama3-tiny"], rngs=nnx.Rngs(3)))
+    plan = compile(load(strategy, overrides=SERVING), scanned)
+    assert plan.param("layers.mlp.gate_proj").spec == P(None, None, ("attn_dp", "model"))
+    requests = [
+        {"prompt_token_ids": list(range(5 + 7 * i, 25 + 7 * i)), "max_tokens": 8, "ignore_eos": True} for i in range(4)
+    ]
+    got = shardspec.Engine(plan, scanned).generate(requests)
+    want = shardspec.Engine(compile(load(strategy, overrides=SERVING), plain), plain).generate(requests)
+    assert [o.output_token_ids for o in got] == [o.output_token_ids for o in want]
