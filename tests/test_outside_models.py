@@ -1,5 +1,6 @@
 """compile / explain / apply for models shardspec did not write: NNX, Linen, pytrees."""
 
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -604,6 +605,38 @@ class ScannedLlama(nnx.Module):
 
 
 BUILT_IN = dict.fromkeys(("vocab", "embed", "heads", "kv_heads", "head_dim", "mlp"), "default")
+
+
+def _tokens(strategy, model):
+    from helpers import SERVING
+
+    requests = [
+        {"prompt_token_ids": list(range(5 + 7 * i, 25 + 7 * i)), "max_tokens": 8, "ignore_eos": True} for i in range(4)
+    ]
+    outputs = shardspec.Engine(compile(load(strategy, overrides=SERVING), model), model).generate(requests)
+    return [o.output_token_ids for o in outputs]
+
+
+def test_a_softmax_scale_folded_into_the_query_kernel_is_declared_and_served():
+    """A library that folds 1/sqrt(head_dim) into its query kernel declares softmax_scale=1.0:
+    served, it gives the unfolded model's tokens."""
+    from shardspec.models.llama import Llama
+    from shardspec.models.presets import PRESETS
+
+    class Folded(Llama):
+        def decoder_geometry(self):
+            return dataclasses.replace(super().decoder_geometry(), softmax_scale=1.0)
+
+    cfg = PRESETS["llama3-tiny"]
+    with nnx.use_eager_sharding(False):
+        plain, folded = Llama(cfg, rngs=nnx.Rngs(3)), Folded(cfg, rngs=nnx.Rngs(3))
+        undeclared = Llama(cfg, rngs=nnx.Rngs(3))  # the folded weights without the declaration
+    for layer in [*folded.layers, *undeclared.layers]:
+        layer.self_attn.q_proj.set_value(layer.self_attn.q_proj.get_value() * cfg.head_dim**-0.5)
+    strategy = {"parallelism": {"tensor": 8}, "rules": BUILT_IN}
+    want = _tokens(strategy, plain)
+    assert _tokens(strategy, folded) == want
+    assert _tokens(strategy, undeclared) != want  # scaled twice
 
 
 def test_scanned_layers_are_served_with_the_unscanned_models_tokens():
