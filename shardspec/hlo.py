@@ -132,9 +132,10 @@ def hlo_report(plan: ShardingPlan, fn=None, *args, **kwargs) -> dict[str, Any]:
 def program_report(plan: ShardingPlan, fn, *args, **kwargs) -> dict[str, Any]:
     """The collectives (count and bytes of each kind), memory and FLOPs per device of `fn`
     compiled for `args` (arrays, or ShapeDtypeStructs with the plan's shardings): a forward an
-    engine runs, with its own sharding constraints. `fn` may be jitted already."""
+    engine runs, with its own sharding constraints, traced in `plan.context()` (its logical
+    names and its own mesh axis names resolve as they do when it runs). `fn` may be jitted already."""
     program = fn if hasattr(fn, "lower") else jax.jit(fn)
-    with jax.set_mesh(plan.mesh):  # the model's own constraints may name mesh axes alone
+    with plan.context():
         compiled = program.lower(*args, **kwargs).compile()
     counts, nbytes = collectives(compiled.as_text())
     return {"collectives": counts, "bytes": nbytes, "memory": _memory(compiled), "flops": _flops(compiled)}

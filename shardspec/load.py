@@ -75,6 +75,7 @@ def _semantic_problems(raw: dict, where: Source) -> list[Problem]:
         *_check_attention_data(par, where),
         *_check_multihost(raw.get("multihost", {}), par, where),
         *_check_rules(raw.get("rules", {}), where),
+        *_check_aliases(raw.get("mesh_aliases", {}), where),
         *_check_params(raw.get("params", []), where),
         *_check_model(raw.get("model"), where),
     ]
@@ -149,6 +150,22 @@ def _check_rules(rules: dict, where: Source) -> list[Problem]:
     return problems
 
 
+def _check_aliases(aliases: dict, where: Source) -> list[Problem]:
+    """Each alias names mesh axes, none twice over all aliases, and is not itself a mesh axis's name."""
+    problems, taken = [], {}
+    for alias, value in aliases.items():
+        path = f"mesh_aliases.{alias}"
+        if alias in MESH_AXES:
+            problems.append(where.problem(path, f"{alias!r} is the plan's own mesh axis", "alias another name"))
+        for axis in [value] if isinstance(value, str) else value or []:
+            if axis not in MESH_AXES:
+                problems.append(_unknown(where, path, "mesh axis", axis, MESH_AXES))
+            elif axis in taken:
+                problems.append(where.problem(path, f"mesh axis {axis!r} is already {taken[axis]!r}", "alias it once"))
+            taken[axis] = alias
+    return problems
+
+
 def _check_params(params: list, where: Source) -> list[Problem]:
     problems = []
     for i, entry in enumerate(params):
@@ -201,6 +218,9 @@ def _build(raw: dict, source: Source, default_name: str) -> Strategy:
         rules=rules,
         params=params,
         activations=tuple(raw.get("activations", ())),
+        mesh_aliases={
+            k: (v,) if isinstance(v, str) else tuple(v or ()) for k, v in raw.get("mesh_aliases", {}).items()
+        },
         units=raw.get("units", {}),
         policy=Policy(**raw.get("policy", {})),
         kv_cache=KVCacheConfig(**raw.get("kv_cache", {})),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -173,11 +174,33 @@ class ShardingPlan:
     def context(self):
         """The plan's mesh and logical-axis rules, for a model's own forward: its
         `nn.with_logical_constraint` (and Flax's other logical names) resolve to the plan's
-        layout, and a bare PartitionSpec of mesh axes to its mesh."""
+        layout, and a bare PartitionSpec to its mesh, in the library's own mesh axis names
+        where `mesh_aliases:` gives them (`aliased_mesh`)."""
         import flax.linen as nn
 
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.logical_axis_rules()):
+        mesh, names = self.aliased_mesh()
+        rules = tuple((name, _renamed(entry, names)) for name, entry in self.logical_axis_rules())
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             yield self
+
+    def aliased_mesh(self) -> tuple[Mesh | AbstractMesh, dict[str, str]]:
+        """(the plan's devices as a mesh whose axes carry `mesh_aliases:`' names, {plan axis ->
+        its name there}). An alias of several plan axes is their product; of none, a size-1
+        axis; a plan axis no alias names keeps its own name. Shardings on it and on the plan's
+        mesh place the same devices alike, so one program may mix them."""
+        aliases = self.strategy.mesh_aliases
+        if not aliases:
+            return self.mesh, {a: a for a in self.mesh_shape}
+        groups = [(alias, axes) for alias, axes in aliases.items()]
+        named = {a for _, axes in groups for a in axes}
+        groups += [(a, (a,)) for a in self.mesh_shape if a not in named]
+        order = [list(self.mesh_shape).index(a) for _, axes in groups for a in axes]
+        sizes = [math.prod(self.mesh_shape[a] for a in axes) for _, axes in groups]
+        names = {a: alias for alias, axes in groups for a in axes}
+        if isinstance(self.mesh, AbstractMesh):
+            return AbstractMesh(tuple(sizes), tuple(alias for alias, _ in groups)), names
+        devices = self.mesh.devices.transpose(order).reshape(sizes)
+        return Mesh(devices, tuple(alias for alias, _ in groups)), names
 
     def activation_spec(self, axes: Sequence[str | None]) -> P:
         """The PartitionSpec of an activation with these logical axes (ShardspecError if unresolvable)."""
@@ -331,6 +354,16 @@ def build_plan(
         activations["attn_in"][0],
         unused_rules,
     )
+
+
+def _renamed(entry, names: Mapping[str, str]):
+    """A spec entry (None, an axis, a tuple of axes) in another mesh's axis names (an alias of
+    several plan axes stands once for them all)."""
+    if entry is None:
+        return None
+    axes = (entry,) if isinstance(entry, str) else entry
+    renamed = tuple(dict.fromkeys(names[a] for a in axes))
+    return renamed[0] if len(renamed) == 1 else renamed
 
 
 def kv_dtype(strategy: Strategy) -> str:

@@ -119,6 +119,7 @@ class Strategy:
     params: tuple[ParamOverride, ...]
     activations: tuple[str, ...]  # names the model uses only in its forward (its own constraints)
     units: Mapping[str, int]  # logical name -> elements in one unit (merged heads × head_dim)
+    mesh_aliases: Mapping[str, tuple[str, ...]]  # a library's mesh axis name -> the plan's axes (() = size 1)
     policy: Policy
     kv_cache: KVCacheConfig
     runtime: RuntimeConfig
@@ -126,7 +127,7 @@ class Strategy:
     source: Source = dataclasses.field(default_factory=Source, compare=False)
 
     def __post_init__(self):
-        for name in ("multihost", "rules", "expect", "units"):
+        for name in ("multihost", "rules", "expect", "units", "mesh_aliases"):
             object.__setattr__(self, name, FrozenMap(getattr(self, name)))
 
     def __repr__(self) -> str:

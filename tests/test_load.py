@@ -86,6 +86,7 @@ def test_full_strategy_round_trips(in_tmp):
         rules={"mlp": ("attn_dp", "model"), "vocab": ("model",), "embed": ()},
         params=(ParamOverride(match=r"layers\.\d+\.mlp", axes=("embed", "mlp"), index=0),),
         activations=(),
+        mesh_aliases={},
         units={},
         policy=Policy(unmatched="replicate", indivisible="pad"),
         kv_cache=KVCacheConfig(dtype="float32", page_size=32, num_pages=256),

@@ -657,3 +657,44 @@ def test_scanned_layers_are_served_with_the_unscanned_models_tokens():
     got = shardspec.Engine(plan, scanned).generate(requests)
     want = shardspec.Engine(compile(load(strategy, overrides=SERVING), plain), plain).generate(requests)
     assert [o.output_token_ids for o in got] == [o.output_token_ids for o in want]
+
+
+class OwnMeshNames(nnx.Module):
+    """Like EasyDeL's layers: specs built from the library's own mesh axis names (dp, fsdp, tp, sp)."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        init = nnx.initializers.lecun_normal()
+        self.up = nnx.Param(init(rngs.params(), (64, 256)), out_sharding=("hidden", "ffn"))
+        self.down = nnx.Param(init(rngs.params(), (256, 64)), out_sharding=("ffn", "hidden"))
+
+    def __call__(self, x):
+        pin = jax.lax.with_sharding_constraint
+        x = pin(x, P(("dp", "fsdp"), None))
+        h = pin(jax.nn.relu(x @ self.up.get_value()), P(("dp", "fsdp"), "tp"))
+        return pin(h @ self.down.get_value(), P(("dp", "fsdp"), None))
+
+
+def test_a_librarys_own_mesh_axis_names_resolve_through_aliases():
+    """mesh_aliases: under plan.context() the mesh carries the library's names (tp = model,
+    dp = data, fsdp and sp size 1): its specs place the plan's devices, adding no collective."""
+    with nnx.use_eager_sharding(False):
+        model = nnx.eval_shape(lambda: OwnMeshNames(nnx.Rngs(0)))
+    strategy = {
+        "parallelism": {"data": 2, "tensor": 4, "attention_data": 1},
+        "rules": {"hidden": None, "ffn": "model"},
+        "mesh_aliases": {"dp": "data", "tp": "model", "fsdp": None, "sp": None},
+    }
+    plan = compile(load(strategy), model)
+    mesh, names = plan.aliased_mesh()
+    assert dict(mesh.shape) == {"dp": 2, "tp": 4, "fsdp": 1, "sp": 1, "attn_dp": 1, "expert": 1}
+    assert names["model"] == "tp" and (mesh.devices.reshape(2, 4) == plan.mesh.devices.reshape(2, 4)).all()
+    graphdef, state = nnx.split(model)
+    params = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, plan.param_shardings()
+    )
+    x = jax.ShapeDtypeStruct((16, 64), jnp.float32, sharding=plan.sharding(P("data")))
+    with plan.context():
+        report = shardspec.hlo_report(plan, lambda p, x: nnx.merge(graphdef, p)(x), params, x)
+    assert report["collectives"] == {**dict.fromkeys(report["collectives"], 0), "all-reduce": 1}
+    with pytest.raises(ShardspecError, match="mesh_aliases.tp: mesh axis 'model' is already 'mp'"):
+        load({**strategy, "mesh_aliases": {"mp": "model", "tp": "model"}})
