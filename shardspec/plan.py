@@ -178,10 +178,37 @@ class ShardingPlan:
         where `mesh_aliases:` gives them (`aliased_mesh`)."""
         import flax.linen as nn
 
+        if self.is_abstract:
+            raise ShardspecError(
+                "plan.context() needs a plan compiled on devices (a forward runs on them)",
+                hint="compile(strategy, model) without abstract_mesh=True",
+            )
         mesh, names = self.aliased_mesh()
-        rules = tuple((name, _renamed(entry, names)) for name, entry in self.logical_axis_rules())
+        renamed = ((name, self._renamed(name, entry, names)) for name, entry in self.logical_axis_rules())
+        rules = tuple((name, entry) for name, entry in renamed if entry is not _UNSAID)
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             yield self
+
+    def _renamed(self, logical: str, entry, names: Mapping[str, str]):
+        """A rule's spec entry in the aliased mesh's names. Where it splits over part of what one
+        alias stands for (which the aliased mesh cannot say): a built-in rule the strategy did
+        not name is left out (_UNSAID), one it wrote is a ShardspecError."""
+        if entry is None:
+            return None
+        axes = (entry,) if isinstance(entry, str) else entry
+        for alias in dict.fromkeys(names[a] for a in axes):
+            group = [a for a, n in names.items() if n == alias and self.mesh_shape[a] > 1]
+            if not set(group) <= set(axes):
+                if self.rules[logical].implicit:
+                    return _UNSAID
+                raise ShardspecError(
+                    f"rules.{logical} splits over {' × '.join(axes)}, but mesh_aliases.{alias} stands for "
+                    f"{' × '.join(group)}",
+                    path=f"mesh_aliases.{alias}",
+                    hint="alias the axes that rules split over apart, or split over all of the alias",
+                )
+        renamed = tuple(dict.fromkeys(names[a] for a in axes))
+        return renamed[0] if len(renamed) == 1 else renamed
 
     def aliased_mesh(self) -> tuple[Mesh | AbstractMesh, dict[str, str]]:
         """(the plan's devices as a mesh whose axes carry `mesh_aliases:`' names, {plan axis ->
@@ -356,14 +383,7 @@ def build_plan(
     )
 
 
-def _renamed(entry, names: Mapping[str, str]):
-    """A spec entry (None, an axis, a tuple of axes) in another mesh's axis names (an alias of
-    several plan axes stands once for them all)."""
-    if entry is None:
-        return None
-    axes = (entry,) if isinstance(entry, str) else entry
-    renamed = tuple(dict.fromkeys(names[a] for a in axes))
-    return renamed[0] if len(renamed) == 1 else renamed
+_UNSAID = object()  # a rule plan.context() leaves out (see ShardingPlan._renamed)
 
 
 def kv_dtype(strategy: Strategy) -> str:

@@ -696,5 +696,14 @@ def test_a_librarys_own_mesh_axis_names_resolve_through_aliases():
     with plan.context():
         report = shardspec.hlo_report(plan, lambda p, x: nnx.merge(graphdef, p)(x), params, x)
     assert report["collectives"] == {**dict.fromkeys(report["collectives"], 0), "all-reduce": 1}
+    # An alias of several plan axes: a rule the strategy wrote over part of it cannot be said there.
+    partial = {**strategy, "parallelism": {"data": 2, "tensor": 4, "attention_data": 2}}
+    partial |= {"rules": {**strategy["rules"], "mlp_batch": "data"}, "mesh_aliases": {"dp": ["data", "attn_dp"]}}
+    with pytest.raises(ShardspecError, match=r"rules.mlp_batch splits over data, but mesh_aliases.dp stands for"):
+        with compile(load(partial), model).context():
+            pass
+    with pytest.raises(ShardspecError, match=r"plan.context\(\) needs a plan compiled on devices"):
+        with compile(load(strategy), model, abstract_mesh=True).context():
+            pass
     with pytest.raises(ShardspecError, match="mesh_aliases.tp: mesh axis 'model' is already 'mp'"):
         load({**strategy, "mesh_aliases": {"mp": "model", "tp": "model"}})
