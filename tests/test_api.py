@@ -17,12 +17,13 @@ def test_public_names():
         "apply",
         "explain",
         "Engine",
+        "hlo_report",
         "ShardspecError",
         "DecoderGeometry",
         "Layout",
         "ServableModel",
     }
-    for name in ("load", "compile", "apply", "explain"):
+    for name in ("load", "compile", "apply", "explain", "hlo_report"):
         assert callable(getattr(shardspec, name)), name
     from shardspec import apply, explain
 
