@@ -83,6 +83,22 @@ def test_a_plan_compiled_from_the_library_model_serves_through_its_adapter(model
         Engine(library, other)
 
 
+def test_serve_takes_the_model_its_factory_makes(own_greedy, tmp_path, monkeypatch):
+    """`shardspec serve --model examples.gpt2_nnx:build`: a real server process serves the
+    module the factory returns, with the library's own greedy tokens."""
+    import httpx
+
+    from helpers import serving
+
+    monkeypatch.chdir(ROOT)  # the factory's module is found from the current directory
+    args = ["serve", str(ROOT / "examples" / "gpt2.yaml"), "--model", "examples.gpt2_nnx:build"]
+    with serving([*args, "--served-model-name", "gpt2"], tmp_path / "server.log") as (base, _):
+        body = {"model": "gpt2", "prompt": PROMPTS, "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}
+        response = httpx.post(base + "/v1/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    assert [c["token_ids"] for c in response.json()["choices"]] == own_greedy
+
+
 def test_the_engine_checks_the_model_against_the_plan(model):
     plan = plan_for("attention-dp", model)
     with pytest.raises(
