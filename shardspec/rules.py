@@ -126,76 +126,92 @@ def resolve_array(
     problems: list[Problem] = []
     entries, padded, notes, used = [], list(shape), [], {}
     kv_replicated = False
-    src = strategy.source
     for dim, (size, name) in enumerate(zip(shape, logical)):
-        if name is None:
-            entries.append(None)
-            continue
-        rule = table.get(name)
+        rule = table.get(name) if name is not None else None
         if rule is None:
-            if strategy.policy.unmatched == "error":
-                close = did_you_mean(name, table)
-                problems.append(
-                    src.problem(
-                        axes_from or "rules",
-                        f"{path}: logical axis {name!r} has no rule",
-                        f"{close + ' ' if close else ''}add rules.{name}: <mesh axis>, null"
-                        f"{', or default (the built-in rule)' if name in DEFAULT_RULES else ''}, "
-                        "or set policy.unmatched: replicate",
-                    )
-                )
-            else:
-                notes.append(f"{name!r} has no rule: replicated (policy.unmatched)")
+            if name is not None:
+                found = _unmatched(path, name, table, strategy, axes_from)
+                problems += found
+                notes += [] if found else [f"{name!r} has no rule: replicated (policy.unmatched)"]
             entries.append(None)
             continue
         mesh = effective_axes(rule.mesh_axes, mesh_shape)
-        problems += claim_axes(path, name, mesh, used, table, src, axes_from)
+        problems += claim_axes(path, name, mesh, used, table, strategy.source, axes_from)
         shards = shard_count(mesh, mesh_shape)
         unit = strategy.units.get(name, 1)  # merged heads × head_dim: split between heads only
         if size % unit:
-            problems.append(
-                src.problem(
-                    f"units.{name}",
-                    f"{path}: dim {dim} ({name} = {size}) is not a whole number of units of {unit}",
-                    "give the unit (e.g. head_dim) that the dimension is a multiple of",
-                )
-            )
+            message = f"{path}: dim {dim} ({name} = {size}) is not a whole number of units of {unit}"
+            hint = "give the unit (e.g. head_dim) that the dimension is a multiple of"
+            problems.append(strategy.source.problem(f"units.{name}", message, hint))
             entries.append(None)
-            continue
-        if (size // unit) % shards == 0:
+        elif (size // unit) % shards == 0:
             entries.append(spec_entry(mesh))
-            continue
-        if name == ax.KV_HEADS:
+        elif name == ax.KV_HEADS:
             # KV heads that do not split over their shards: kept whole on every device;
             # the forward repeats them into sizes.kv_slots(...) slots, so each device
             # holds the heads its queries read (layouts.attention_problems checks they pair).
             kv_replicated = True
             entries.append(None)
-            continue
-        by = " × ".join(f"{a} {mesh_shape[a]}" for a in mesh)
-        policy = strategy.policy.indivisible
-        if policy == "error":
-            key = rule.yaml_path or axes_from or AXIS_KEY[mesh[-1]]
-            units = f", {size // unit} units of {unit}: a shard would cut a unit" if unit > 1 else ""
-            problems.append(
-                src.problem(
-                    key,
-                    f"{path}: dim {dim} ({name} = {size}{units}) is not divisible by {shards} shards ({by})",
-                    f"choose sizes that divide {size // unit}, or set policy.indivisible: replicate or pad",
-                )
-            )
-            entries.append(None)
-        elif policy == "pad" and name in paddable:
-            padded[dim] = -(-size // (shards * unit)) * shards * unit
-            notes.append(f"{name} {size} padded to {padded[dim]} for {shards} shards (policy.indivisible: pad)")
-            entries.append(spec_entry(mesh))
         else:
-            why = (
-                "policy.indivisible: replicate" if policy == "replicate" else f"pad is not known to be exact for {name}"
+            entry, padded[dim], note, found = _indivisible(
+                f"{path}: dim {dim}",
+                name,
+                size,
+                unit,
+                mesh,
+                rule.yaml_path or axes_from,
+                strategy,
+                mesh_shape,
+                paddable,
             )
-            notes.append(f"{name} {size} not divisible by {shards} shards: replicated ({why})")
-            entries.append(None)
+            entries.append(entry)
+            notes += [note] if note else []
+            problems += found
     return Resolved(P(*entries), tuple(padded), tuple(notes), kv_replicated), problems
+
+
+def _unmatched(path: str, name: str, table, strategy: Strategy, axes_from: str | None) -> list[Problem]:
+    """A logical axis with no rule: a problem under `policy.unmatched: error`, else none (replicated)."""
+    if strategy.policy.unmatched != "error":
+        return []
+    close = did_you_mean(name, table)
+    built_in = ", or default (the built-in rule)" if name in DEFAULT_RULES else ""
+    return [
+        strategy.source.problem(
+            axes_from or "rules",
+            f"{path}: logical axis {name!r} has no rule",
+            f"{close + ' ' if close else ''}add rules.{name}: <mesh axis>, null{built_in}, "
+            "or set policy.unmatched: replicate",
+        )
+    ]
+
+
+def _indivisible(
+    where: str, name: str, size: int, unit: int, mesh, key: str | None, strategy: Strategy, mesh_shape, paddable
+) -> tuple[object, int, str | None, list[Problem]]:
+    """A dimension (`where`: its array and index) whose units do not split over its shards, as
+    `policy.indivisible` says: (its spec entry, its stored size, a note, problems)."""
+    shards = shard_count(mesh, mesh_shape)
+    policy = strategy.policy.indivisible
+    if policy == "error":
+        by = " × ".join(f"{a} {mesh_shape[a]}" for a in mesh)
+        units = f", {size // unit} units of {unit}: a shard would cut a unit" if unit > 1 else ""
+        problem = strategy.source.problem(
+            key or AXIS_KEY[mesh[-1]],
+            f"{where} ({name} = {size}{units}) is not divisible by {shards} shards ({by})",
+            f"choose sizes that divide {size // unit}, or set policy.indivisible: replicate or pad",
+        )
+        return None, size, None, [problem]
+    if policy == "pad" and name in paddable:
+        padded = -(-size // (shards * unit)) * shards * unit
+        return (
+            spec_entry(mesh),
+            padded,
+            f"{name} {size} padded to {padded} for {shards} shards (policy.indivisible: pad)",
+            [],
+        )
+    why = "policy.indivisible: replicate" if policy == "replicate" else f"pad is not known to be exact for {name}"
+    return None, size, f"{name} {size} not divisible by {shards} shards: replicated ({why})", []
 
 
 def claim_axes(

@@ -117,24 +117,29 @@ def make_request(
                 where.problem("stop", "stop strings need a model with a tokenizer", "use stop_token_ids instead")
             )
     sampling = SamplingParams(**{k: _SAMPLING_FIELDS[k](fields[k]) for k in _SAMPLING_FIELDS if k in fields})
-    if sampling.logit_bias and (bad := sampling.logit_bias[-1][0]) >= vocab_size:
-        problems.append(
-            where.problem(f"logit_bias.{bad}", "the token id is outside the vocabulary", f"ids below {vocab_size}")
-        )
     if "structured_outputs" in fields:
         given["structured_outputs"] = constraint = Constraint.from_field(fields["structured_outputs"])
         problems += _constraint_problems(constraint, where, tokenizer, grammars)
     request = Request(str(fields.get("id", default_id)), prompt, sampling=sampling, **given)
-    if sampling.min_tokens > request.max_tokens:
-        problems.append(
-            where.problem(
-                "min_tokens", f"{sampling.min_tokens} is more than max_tokens {request.max_tokens}", "lower min_tokens"
-            )
-        )
+    problems += _sampling_problems(request, where, vocab_size)
     if too_long := limits.request_len_problem(len(prompt), request.max_tokens):
         problems.append(where.problem("max_tokens", *too_long))
     raise_all(problems)
     return request
+
+
+def _sampling_problems(request: Request, where: Source, vocab_size: int) -> list[Problem]:
+    """What the schema cannot say of the sampling fields: logit_bias ids in the vocabulary,
+    min_tokens within max_tokens."""
+    sampling, problems = request.sampling, []
+    if sampling.logit_bias and (bad := sampling.logit_bias[-1][0]) >= vocab_size:
+        problems.append(
+            where.problem(f"logit_bias.{bad}", "the token id is outside the vocabulary", f"ids below {vocab_size}")
+        )
+    if sampling.min_tokens > request.max_tokens:
+        message = f"{sampling.min_tokens} is more than max_tokens {request.max_tokens}"
+        problems.append(where.problem("min_tokens", message, "lower min_tokens"))
+    return problems
 
 
 def _constraint_problems(constraint: Constraint, where: Source, tokenizer, grammars: Grammars | None) -> list[Problem]:
