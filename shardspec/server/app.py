@@ -24,9 +24,10 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from ..runtime.engine import Engine
+from . import openai_api as api
 from .chat_template import load_chat_template
 from .engine_loop import EngineLoop
-from .http_errors import HTTPError, answer_http_error, answer_invalid_request
+from .http_errors import HTTPError, answer_field_problem, answer_http_error, answer_invalid_request
 from .metrics import ServerMetrics
 from .routes import ServerState, add_routes
 
@@ -54,6 +55,7 @@ def build_app(
     app.state.engine_loop = loop  # `shardspec serve` drains it on SIGTERM
     app.add_exception_handler(HTTPError, answer_http_error)
     app.add_exception_handler(RequestValidationError, answer_invalid_request)
+    app.add_exception_handler(api.FieldProblem, answer_field_problem)
     add_routes(app)
     return app
 

@@ -1,5 +1,6 @@
 """Failures in OpenAI's error shape, `{"error": {message, type, param, code}}`: an `HTTPError`
-a handler raises, and FastAPI's own validation errors (a bad, missing or unknown field)."""
+a handler raises, a `FieldProblem` the request's own models raise (a field they cannot serve as
+given), and FastAPI's own validation errors (a bad, missing or unknown field)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ async def answer_http_error(request: Request, e: HTTPError) -> JSONResponse:
     """An `HTTPError` as its status, its headers (429's Retry-After) and OpenAI's error body."""
     body = api.error_body(e.message, e.kind, e.param, e.code)
     return JSONResponse(body, status_code=e.status, headers=e.headers)
+
+
+async def answer_field_problem(request: Request, e: api.FieldProblem) -> JSONResponse:
+    """A field the handlers found they cannot serve as given: a 400 naming it."""
+    return JSONResponse(api.error_body(e.message, param=e.param), status_code=400)
 
 
 async def answer_invalid_request(request: Request, e: RequestValidationError) -> JSONResponse:

@@ -24,7 +24,7 @@ from .engine_loop import EngineLoop
 from .http_errors import HTTPError
 from .metrics import ServerMetrics
 from .streaming import Reply, answer, stream, submit, token_text
-from .tool_calls import ToolMode, ToolProblem, tool_mode
+from .tool_calls import ToolMode, tool_mode
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's completions default
 IGNORED_HEADER = "X-Ignored-Fields"  # the request fields the server did not know, and ignored
@@ -99,10 +99,7 @@ async def chat(body: api.ChatRequest, server: Server):
     `max_tokens`, as many tokens as the server serves after the prompt."""
     _check_model(server, body.model)
     headers = _accept(server, body)
-    try:
-        tools = tool_mode(body.tools, body.tool_choice, server.tool_call_parser)
-    except ToolProblem as e:
-        raise HTTPError(400, e.message, e.param) from None
+    tools = tool_mode(body.tools, body.tool_choice, server.tool_call_parser)
     ids = _chat_prompt(server, body.messages, body.tools if tools is not None else None)
     fields = body.engine_fields(None)
     if tools is not None and (structured := tools.structured_outputs()) is not None:
@@ -124,10 +121,6 @@ def _accept(server: ServerState, body: api.CompletionRequest | api.ChatRequest) 
     problem = body.not_yet_supported()
     if problem is not None:
         raise HTTPError(400, problem[1], problem[0])
-    try:
-        body.structured()
-    except api.FieldProblem as e:
-        raise HTTPError(400, e.message, e.param) from None
     for name in set(unknown) - server.logged_ignored:
         log.warning("ignoring the request field %r, which shardspec does not know", name)
         server.logged_ignored.add(name)
@@ -155,8 +148,6 @@ def _chat_prompt(server: ServerState, messages: list[api.Message], tools: list[d
         )
     try:
         text = server.chat_template.render([m.template_fields(i) for i, m in enumerate(messages)], tools)
-    except api.FieldProblem as e:
-        raise HTTPError(400, e.message, e.param) from None
     except ShardspecError as e:
         raise HTTPError(400, e.problems[0].message, "messages") from None
     return server.engine.tokenizer.encode(text, add_special_tokens=False).ids

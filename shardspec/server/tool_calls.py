@@ -22,17 +22,11 @@ import re
 import uuid
 from typing import Literal
 
+from .openai_api import FieldProblem
+
 PARSERS = ("hermes", "llama3_json")
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 _PYTHON_TAG = "<|python_tag|>"
-
-
-class ToolProblem(ValueError):
-    """`tools` or `tool_choice` that cannot be served; `param` names the field (a 400)."""
-
-    def __init__(self, param: str, message: str):
-        super().__init__(message)
-        self.param, self.message = param, message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,21 +82,21 @@ class ToolMode:
 
 def tool_mode(tools: list[dict] | None, tool_choice, parser: str | None) -> ToolMode | None:
     """How a chat request's `tools` and `tool_choice` are answered; None: as plain chat.
-    ToolProblem for a choice that cannot be served."""
+    FieldProblem for a choice that cannot be served."""
     if not tools or tool_choice == "none":
         return None
     functions = tuple(_function(i, tool) for i, tool in enumerate(tools))
     if isinstance(tool_choice, dict):
         name = (tool_choice.get("function") or {}).get("name")
         if tool_choice.get("type") != "function" or not isinstance(name, str):
-            raise ToolProblem("tool_choice", 'tool_choice: give {"type": "function", "function": {"name": ...}}')
+            raise FieldProblem("tool_choice", 'tool_choice: give {"type": "function", "function": {"name": ...}}')
         if name not in {f["name"] for f in functions}:
-            raise ToolProblem("tool_choice.function.name", f"tool_choice: no tool named {name!r} in tools")
+            raise FieldProblem("tool_choice.function.name", f"tool_choice: no tool named {name!r} in tools")
         return ToolMode("named", functions, name=name)
     if tool_choice == "required":
         return ToolMode("required", functions)
     if parser is None:  # "auto", or left out beside tools
-        raise ToolProblem(
+        raise FieldProblem(
             "tool_choice",
             'tool_choice "auto" needs the server started with --tool-call-parser '
             f"({' or '.join(PARSERS)}); or set tool_choice to required, a function, or none",
@@ -113,11 +107,11 @@ def tool_mode(tools: list[dict] | None, tool_choice, parser: str | None) -> Tool
 def _function(index: int, tool: dict) -> dict:
     function = tool.get("function") if isinstance(tool, dict) else None
     if tool.get("type") != "function" or not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise ToolProblem(f"tools.{index}", f'tools.{index}: give {{"type": "function", "function": {{"name": ...}}}}')
+        raise FieldProblem(f"tools.{index}", f'tools.{index}: give {{"type": "function", "function": {{"name": ...}}}}')
     parameters = function.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
         where = f"tools.{index}.function.parameters"
-        raise ToolProblem(where, f"{where}: give a JSON Schema")
+        raise FieldProblem(where, f"{where}: give a JSON Schema")
     return {"name": function["name"], "parameters": parameters}
 
 
