@@ -8,8 +8,9 @@ The engine is llguidance: one Rust wheel with no dependencies, built from the
 tokenizer.json the engine already reads, computing a row's mask in tens of
 microseconds, and a backend of vLLM and SGLang (xgrammar, the other, needs torch).
 
-    check     `Grammars.problem`: the grammar compiles against the model's tokens (a 400 if not)
-    admit     each constrained request gets a `Guide` (its matcher) on its Seq
+    check     `Grammars.problem`: the grammar compiles against the model's tokens (a 400 if not);
+              compiled once per distinct constraint
+    admit     each constrained request gets a `Guide` (a copy of that matcher) on its Seq
     emit      `masks_for_step`: a bitmask row per sampled constrained chunk [C, ceil(V/32)]
     update    `take`: each received token advances its guide; a grammar completed finishes its
               request as "stop" (a token it refuses, which the mask rules out, as "error")
@@ -66,7 +67,10 @@ class Constraint:
 
 class Grammars:
     """An engine's grammar engine: llguidance's view of the model's tokenizer (built on first
-    use: about a second for a large vocabulary) and a matcher per constrained request."""
+    use: about a second for a large vocabulary), and a compiled matcher per distinct constraint
+    (`PROTOTYPES` kept), which checks it and which each request's own matcher copies."""
+
+    PROTOTYPES = 256  # distinct constraints kept compiled (a tool's schema recurs in every call)
 
     def __init__(self, tokenizer, vocab_size: int, eos_token_ids):
         """`tokenizer`: the checkpoint's `tokenizers.Tokenizer`; masks cover `vocab_size` tokens
@@ -74,6 +78,7 @@ class Grammars:
         self._source, self._eos = tokenizer, list(eos_token_ids)
         self.vocab_size = max(vocab_size, tokenizer.get_vocab_size())
         self.words = (self.vocab_size + 31) // 32  # int32 words of a mask row, as the step takes it
+        self._prototype = functools.lru_cache(maxsize=self.PROTOTYPES)(self._compile)
 
     @functools.cached_property
     def _tokenizer(self):
@@ -81,26 +86,29 @@ class Grammars:
 
         return LLTokenizer(self._source.to_str(), n_vocab=self.vocab_size, eos_token=self._eos or None)
 
-    def problem(self, constraint: Constraint) -> str | None:
-        """Why `constraint` cannot be served (its grammar does not compile); None if it can."""
-        from llguidance import LLMatcher
-
-        try:
-            grammar = constraint.grammar()
-        except ValueError as e:  # a schema llguidance cannot read
-            return str(e)
-        return LLMatcher.validate_grammar(grammar, self._tokenizer) or None
-
     @functools.cached_property
     def _executor(self):
         from llguidance import LLExecutor
 
         return LLExecutor()  # computes a step's masks on several threads
 
-    def guide(self, constraint: Constraint) -> Guide:
+    def _compile(self, constraint: Constraint):
+        """A fresh matcher of `constraint` (in an error state if its grammar does not compile)."""
         from llguidance import LLMatcher
 
-        return Guide(LLMatcher(self._tokenizer, constraint.grammar(), log_level=0), self.words, self._executor)
+        return LLMatcher(self._tokenizer, constraint.grammar(), log_level=0)
+
+    def problem(self, constraint: Constraint) -> str | None:
+        """Why `constraint` cannot be served (its grammar does not compile); None if it can."""
+        try:
+            matcher = self._prototype(constraint)
+        except ValueError as e:  # a schema llguidance cannot read
+            return str(e)
+        return matcher.get_error() if matcher.is_error() else None
+
+    def guide(self, constraint: Constraint) -> Guide:
+        """A request's own matcher: a copy of the constraint's compiled one."""
+        return Guide(self._prototype(constraint).deep_copy(), self.words, self._executor)
 
 
 class Guide:
