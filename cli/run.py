@@ -56,10 +56,11 @@ def run(
     factory = factory_of(loaded)  # an outside model: its code makes it, on the devices
     synthetic = Synthetic(num_requests, _span(input_len, "--input-len"), _span(output_len, "--output-len"), seed)
     if factory is None:  # every user error before any device work
-        requests_for(compile(loaded, abstract_mesh=True), prompts=prompts, synthetic=synthetic)
+        requests = requests_for(compile(loaded, abstract_mesh=True), prompts=prompts, synthetic=synthetic)
     plan, notes, module = compile_on_devices(loaded, coordinator, num_processes, process_id, model=factory)
     module = placed_in_place(plan, module)
-    requests = requests_for(plan, prompts=prompts, synthetic=synthetic)
+    if factory is not None:  # an outside model's requests: checked against the plan its factory's model gave
+        requests = requests_for(plan, prompts=prompts, synthetic=synthetic)
     echo_notes(notes)
     main = distributed.is_main()
     err = Console(stderr=True, quiet=not main)
