@@ -195,6 +195,7 @@ def emit(s: Ranks, step: int, tokens: np.ndarray) -> StepSchedule:
     token_ids = np.where(pos < known, sl.tokens[rows, pos], FROM_PREVIOUS_STEP).astype(np.int32)
     n_pages = sl.n_pages[g]
     width = int(n_pages.max()) if len(g) else 0
+    outputs = sl.total[g] - sl.prompt_len[g]  # tokens each has generated, received or not
     ranks = sl.rank_of(g)
     schedule = StepSchedule(
         step=step,
@@ -210,10 +211,10 @@ def emit(s: Ranks, step: int, tokens: np.ndarray) -> StepSchedule:
         top_k=sl.top_k[g],
         top_p=sl.top_p[g],
         seed=sl.seed[g],
-        output_index=(sl.total[g] - sl.prompt_len[g]).astype(np.int32),  # tokens generated, received or not
+        output_index=outputs.astype(np.int32),
         logprobs=np.where(sample, sl.logprobs[g], -1).astype(np.int32),
         slots=g,
-        adjustments=adjustments.for_step(sl, g, sample, sl.total[g] - sl.prompt_len[g]),
+        adjustments=adjustments.for_step(sl, g, sample, outputs),
         prompt_targets=_prompt_targets(sl, rows, pos) if (sl.prompt_logprobs[g] >= 0).any() else None,
         masks=structured.masks_for_step(sl, g, sample),
     )
