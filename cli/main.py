@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from ._common import cluster_given, echo_notes, handle_errors, load_strategy, use_compilation_cache
+from ._common import cluster_given, echo_notes, factory_of, handle_errors, load_strategy, use_compilation_cache
 from ._options import (
     MAX_SEED,
     CompilationCacheOpt,
@@ -158,10 +158,11 @@ def check(
 
     loaded = load_strategy(strategy, model, overrides)
     use_compilation_cache(ctx)
-    plan, notes, _ = compile_on_devices(loaded, coordinator, num_processes, process_id)
+    factory = factory_of(loaded)  # an outside model: its own unsharded forward is the reference
+    plan, notes, module = compile_on_devices(loaded, coordinator, num_processes, process_id, model=factory)
     echo_notes(notes)
     budget = check_collectives(plan) if loaded.expect else None  # a blown budget: exit 2 first
-    result = check_plan(plan, seed=seed)
+    result = check_plan(plan, module, seed=seed)
     main = distributed.is_main()
     distributed.leave()
     if main:

@@ -85,6 +85,8 @@ def per_shard(plan, fn: Callable, in_axes: Sequence[Axes], out_axes: Axes, sum_o
             return jax.lax.psum(out, summed) if summed else out
 
         out_spec = P(*(_entry(axes) for axes in base))
-        return jax.shard_map(body, mesh=plan.mesh, in_specs=in_specs, out_specs=out_spec, check_vma=False)(*arrays)
+        sharded = jax.shard_map(body, mesh=plan.mesh, in_specs=in_specs, out_specs=out_spec, check_vma=False)
+        with jax.sharding.use_abstract_mesh(plan.mesh.abstract_mesh):  # from a forward on aliased names too
+            return sharded(*arrays)
 
     return call

@@ -175,9 +175,22 @@ class ShardingPlan:
         """The plan's mesh and logical-axis rules, for a model's own forward: its
         `nn.with_logical_constraint` (and Flax's other logical names) resolve to the plan's
         layout, and a bare PartitionSpec to its mesh, in the library's own mesh axis names
-        where `mesh_aliases:` gives them (`aliased_mesh`)."""
-        import flax.linen as nn
+        where `mesh_aliases:` gives them (`aliased_mesh`). Outside `jax.jit`; inside a
+        function being traced, `traced_context()`."""
+        mesh, rules = self._model_context()
+        with jax.set_mesh(mesh), nn_logical_axis_rules(rules):
+            yield self
 
+    @contextlib.contextmanager
+    def traced_context(self):
+        """`context()` inside a function being traced (jax.jit allows only an abstract mesh
+        there): how the runtime's step runs a model's own constraints."""
+        mesh, rules = self._model_context()
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn_logical_axis_rules(rules):
+            yield self
+
+    def _model_context(self) -> tuple[Mesh, tuple]:
+        """(the aliased mesh, the rules in its names) that a model's own forward sees."""
         if self.is_abstract:
             raise ShardspecError(
                 "plan.context() needs a plan compiled on devices (a forward runs on them)",
@@ -185,9 +198,7 @@ class ShardingPlan:
             )
         mesh, names = self.aliased_mesh()
         renamed = ((name, self._renamed(name, entry, names)) for name, entry in self.logical_axis_rules())
-        rules = tuple((name, entry) for name, entry in renamed if entry is not _UNSAID)
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            yield self
+        return mesh, tuple((name, entry) for name, entry in renamed if entry is not _UNSAID)
 
     def _renamed(self, logical: str, entry, names: Mapping[str, str]):
         """A rule's spec entry in the aliased mesh's names. Where it splits over part of what one
@@ -381,6 +392,13 @@ def build_plan(
         activations["attn_in"][0],
         unused_rules,
     )
+
+
+def nn_logical_axis_rules(rules):
+    """Flax's logical-axis rules context (Linen's, which NNX's logical constraints read too)."""
+    import flax.linen as nn
+
+    return nn.logical_axis_rules(rules)
 
 
 _UNSAID = object()  # a rule plan.context() leaves out (see ShardingPlan._renamed)

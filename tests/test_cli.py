@@ -147,6 +147,18 @@ def test_an_outside_model_from_package_module_factory(tmp_path, monkeypatch):
         assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output, result.output
 
 
+def test_check_and_explain_hlo_take_an_outside_servable_model_from_its_factory(monkeypatch):
+    """`check --model` compares the factory's model with its own unsharded forward, and
+    `explain --hlo --model` compiles its served step."""
+    monkeypatch.chdir(ROOT / "examples")
+    result = run("check", "gpt2.yaml", "--model", "gpt2_nnx:build")
+    assert result.exit_code == 0 and result.stdout.startswith("PASS"), result.output
+    result = run("explain", "gpt2.yaml", "--model", "gpt2_nnx:build", "--hlo", "--format", "json")
+    assert result.exit_code == 0, result.output
+    hlo = json.loads(result.stdout)["hlo"]
+    assert hlo["per_layer_basis"] == "step" and hlo["collectives"]["all-reduce"] > 0
+
+
 def test_run_serves_an_outside_servable_model_its_factory_makes(monkeypatch):
     """`run --model package.module:factory`: the module the factory returns, with its weights, is what runs."""
     monkeypatch.chdir(ROOT / "examples")

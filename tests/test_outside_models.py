@@ -570,10 +570,11 @@ class ScannedLlama(nnx.Module):
     """A decoder whose layers are stacked as MaxText's scan_layers stores them: one parameter per
     weight with a leading `layers` axis (nnx.vmap). The adapter serves it a layer at a time."""
 
-    def __init__(self, model):
+    def __init__(self, model, constrain: bool = True):
         from shardspec.models.llama import DecoderLayer
 
         self.model = model  # embedding, norm and head as they are; its layers replaced below
+        self.constrain = constrain  # pin each layer's output by the library's own logical names
         cfg, layers = model.config, list(model.layers)
 
         @nnx.split_rngs(splits=cfg.num_layers)
@@ -597,7 +598,8 @@ class ScannedLlama(nnx.Module):
         for i in range(len(caches)):  # one layer's slice of every stacked weight
             layer = nnx.merge(graphdef, jax.tree.map(lambda w, i=i: w[i], state))
             x, caches[i] = layer(x, positions, layout, attend, caches[i])
-            x = layout.constrain(x, "attn_in")
+            if self.constrain:
+                x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
         return x, caches
 
     def logits(self, x, layout):
@@ -639,24 +641,46 @@ def test_a_softmax_scale_folded_into_the_query_kernel_is_declared_and_served():
     assert _tokens(strategy, undeclared) != want  # scaled twice
 
 
+SCANNED = {
+    "parallelism": {"tensor": 8},  # attention_data auto: 4 (2 KV heads)
+    "rules": {
+        **BUILT_IN,
+        "layers": None,
+        "activation_batch": ["data", "attn_dp"],
+        "activation_length": None,
+        "activation_embed": None,
+    },
+    "activations": ["activation_batch", "activation_length", "activation_embed"],
+}
+
+
 def test_scanned_layers_are_served_with_the_unscanned_models_tokens():
+    """Stacked layers and the library's own logical constraints between them, mapped to the
+    plan's token layout: the served step's collectives equal the unscanned model's, and so
+    do its greedy tokens."""
     from shardspec.models.llama import Llama
     from shardspec.models.presets import PRESETS
 
     from helpers import SERVING
 
-    strategy = {"parallelism": {"tensor": 8}, "rules": {**BUILT_IN, "layers": None}}
     with nnx.use_eager_sharding(False):  # logical axes stay metadata for the plan
         plain = Llama(PRESETS["llama3-tiny"], rngs=nnx.Rngs(3))
         scanned = ScannedLlama(Llama(PRESETS["llama3-tiny"], rngs=nnx.Rngs(3)))
-    plan = compile(load(strategy, overrides=SERVING), scanned)
+        unconstrained = ScannedLlama(Llama(PRESETS["llama3-tiny"], rngs=nnx.Rngs(3)), constrain=False)
+    plan = compile(load(SCANNED, overrides=SERVING), scanned)
     assert plan.param("layers.mlp.gate_proj").spec == P(None, None, ("attn_dp", "model"))
+    strategy = {"parallelism": SCANNED["parallelism"], "rules": BUILT_IN}
+    want = shardspec.hlo_report(compile(load(strategy, overrides=SERVING), plain))["collectives"]
+    assert shardspec.hlo_report(plan)["collectives"] == want
+    assert shardspec.hlo_report(compile(plan.strategy, unconstrained))["collectives"] == want
+    against = load({**SCANNED, "rules": {**SCANNED["rules"], "activation_batch": None}}, overrides=SERVING)
+    assert sum(shardspec.hlo_report(compile(against, scanned))["collectives"].values()) > sum(want.values())
     requests = [
         {"prompt_token_ids": list(range(5 + 7 * i, 25 + 7 * i)), "max_tokens": 8, "ignore_eos": True} for i in range(4)
     ]
     got = shardspec.Engine(plan, scanned).generate(requests)
-    want = shardspec.Engine(compile(load(strategy, overrides=SERVING), plain), plain).generate(requests)
-    assert [o.output_token_ids for o in got] == [o.output_token_ids for o in want]
+    reference = shardspec.Engine(compile(load(strategy, overrides=SERVING), plain), plain).generate(requests)
+    assert [o.output_token_ids for o in got] == [o.output_token_ids for o in reference]
 
 
 class OwnMeshNames(nnx.Module):
@@ -707,3 +731,126 @@ def test_a_librarys_own_mesh_axis_names_resolve_through_aliases():
             pass
     with pytest.raises(ShardspecError, match="mesh_aliases.tp: mesh axis 'model' is already 'mp'"):
         load({**strategy, "mesh_aliases": {"mp": "model", "tp": "model"}})
+
+
+# -- all of one library's patterns at once, served --------------------------------------------
+
+
+def _pin(x, spec):
+    """The library's own constraint: a bare PartitionSpec in its mesh axis names."""
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+LIBRARY_BATCH = ("dp", "fsdp")
+
+
+class MergedAttention(nnx.Module):
+    """Like the library without logical annotations: q/k/v/o kernels stored with heads and
+    head_dim merged ([hidden, heads × head_dim]), parameters unannotated, and its forward
+    pinning activations by its own mesh axis names (dp, fsdp, tp); RNG variables beside them."""
+
+    def __init__(self, cfg, dtype, rngs):
+        from shardspec.models.llama import Attention
+
+        base = Attention(cfg, dtype, rngs)  # its weights, merged: the same function
+        E, H, K, D = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = nnx.Param(base.q_proj.get_value().reshape(E, H * D))
+        self.k_proj = nnx.Param(base.k_proj.get_value().reshape(E, K * D))
+        self.v_proj = nnx.Param(base.v_proj.get_value().reshape(E, K * D))
+        self.o_proj = nnx.Param(base.o_proj.get_value().reshape(H * D, E))
+        self.rope_freqs, self.head_dim, self.constrain = base.rope_freqs, D, cfg.constrain
+        self.dropout = nnx.Dropout(0.1, rngs=nnx.Rngs(dropout=1))  # for training: its RNG key and count
+
+    def __call__(self, x, positions, layout, attend, cache):
+        from shardspec.models.llama import rope
+
+        pin = _pin if self.constrain else (lambda y, _: y)
+        B, T, _ = x.shape
+        x = pin(x, P(LIBRARY_BATCH, None, None))
+        q = pin(x @ self.q_proj[...], P(LIBRARY_BATCH, None, "tp")).reshape(B, T, -1, self.head_dim)
+        k, v = ((x @ w[...]).reshape(B, T, -1, self.head_dim) for w in (self.k_proj, self.v_proj))
+        q, k = (rope(y, positions, self.rope_freqs) for y in (q, k))
+        attn, cache = attend(*layout.attention_inputs(q, k, v), positions, cache)
+        out = pin(attn.reshape(B, T, -1) @ self.o_proj[...], P(LIBRARY_BATCH, None, None))
+        return out, cache
+
+
+def merged_llama(constrain: bool, seed: int = 3):
+    """llama3-tiny with MergedAttention and every parameter's annotation dropped."""
+    from shardspec.models.llama import Llama
+    from shardspec.models.presets import PRESETS
+
+    @dataclasses.dataclass(frozen=True)
+    class Config(type(PRESETS["llama3-tiny"])):
+        constrain: bool = True
+
+    class MergedLlama(Llama):
+        def attention_for(self, layer):
+            return MergedAttention
+
+    cfg = Config(**dataclasses.asdict(PRESETS["llama3-tiny"]), constrain=constrain)
+    with nnx.use_eager_sharding(False):
+        model = MergedLlama(cfg, rngs=nnx.Rngs(seed))
+    for _, module in nnx.iter_modules(model):
+        for name, value in list(vars(module).items()):
+            if isinstance(value, nnx.Param):
+                setattr(module, name, nnx.Param(value.get_value()))
+    return model
+
+
+MERGED = {
+    "parallelism": {"tensor": 8, "attention_data": 1},
+    "rules": BUILT_IN,
+    "params": [
+        {"match": r"embed_tokens$", "axes": ["vocab", "embed"]},
+        {"match": r"lm_head$", "axes": ["embed", "vocab"]},
+        {"match": r"norm\.scale$", "axes": ["embed"]},
+        {"match": r"q_proj$", "axes": ["embed", "heads"]},
+        {"match": r"[kv]_proj$", "axes": ["embed", "kv_heads"]},
+        {"match": r"o_proj$", "axes": ["heads", "embed"]},
+        {"match": r"(gate|up)_proj$", "axes": ["embed", "mlp"]},
+        {"match": r"down_proj$", "axes": ["mlp", "embed"]},
+    ],
+    "units": {"heads": 16, "kv_heads": 16},
+    "mesh_aliases": {"dp": "data", "fsdp": None, "tp": "model"},
+}
+
+
+def test_a_librarys_merged_unannotated_constrained_decoder_is_served_as_it_is_written():
+    """No annotations (params: names them), merged heads (units: keeps them whole), its own
+    mesh-name constraints (mesh_aliases:), RNG variables (listed apart): compile, explain, the
+    served step's collectives,
+    apply and Engine, each against the same weights in shardspec's own Llama."""
+    from shardspec.models.llama import Llama
+    from shardspec.models.presets import PRESETS
+
+    from helpers import SERVING
+
+    model = merged_llama(constrain=True)
+    with pytest.raises(ShardspecError, match="carries no logical axes"):
+        compile(load({k: v for k, v in MERGED.items() if k != "params"}), model, abstract_mesh=True)
+    plan = compile(load(MERGED, overrides=SERVING), model)
+    assert plan.param("layers.0.self_attn.q_proj").spec == P(None, "model")  # one whole head a device
+    assert plan.param("layers.0.self_attn.k_proj").spec == P(None, None)  # 2 KV heads: replicated
+    explained = json.loads(explain(plan, format="json"))
+    assert not [w for w in explained["warnings"] if "units" in w]
+    assert {v["path"] for v in explained["variables"]} >= {"layers.0.self_attn.dropout.rngs.key"}
+    with nnx.use_eager_sharding(False):
+        plain = Llama(PRESETS["llama3-tiny"], rngs=nnx.Rngs(3))  # the same weights, heads apart
+    plain_plan = compile(load({"parallelism": MERGED["parallelism"], "rules": BUILT_IN}, overrides=SERVING), plain)
+    want = shardspec.hlo_report(plain_plan)["collectives"]
+    assert shardspec.hlo_report(plan)["collectives"] == want
+    assert shardspec.hlo_report(compile(plan.strategy, merged_llama(constrain=False)))["collectives"] == want
+    cut = compile(load({k: v for k, v in MERGED.items() if k != "units"}, overrides=SERVING), model)
+    assert sum(shardspec.hlo_report(cut)["collectives"].values()) > sum(want.values())  # quarter heads
+
+    tokens = jnp.arange(2 * 12).reshape(2, 12) % 500
+    with plan.context():
+        placed = apply(plan, model)(tokens)
+    np.testing.assert_allclose(np.asarray(placed), np.asarray(plain(tokens)), atol=2e-5)
+    requests = [
+        {"prompt_token_ids": list(range(5 + 7 * i, 25 + 7 * i)), "max_tokens": 8, "ignore_eos": True} for i in range(4)
+    ]
+    got = shardspec.Engine(plan, model).generate(requests)
+    reference = shardspec.Engine(plain_plan, plain).generate(requests)
+    assert [o.output_token_ids for o in got] == [o.output_token_ids for o in reference]

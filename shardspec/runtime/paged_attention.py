@@ -161,16 +161,19 @@ def make_attend(mesh, token_axes, q_spec: P, kv_spec: P, cache_spec: P, geometry
         """q [N, 1, H, D]; k, v [N, 1, K', D] (v None: a latent); cache = (arrays, PagedBatch)."""
         caches, batch = cache
         new = (k[:, 0],) if v is None else (k[:, 0], v[:, 0])
-        out, caches = sharded(
-            q[:, 0],
-            new,
-            tuple(caches),
-            batch.positions,
-            batch.slot_mapping,
-            batch.token_rows,
-            batch.block_tables,
-            batch.seq_lens,
-        )
+        # Called from a model's forward, which may run on a mesh in its own axis names
+        # (plan.traced_context): the shard_map is on the plan's.
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            out, caches = sharded(
+                q[:, 0],
+                new,
+                tuple(caches),
+                batch.positions,
+                batch.slot_mapping,
+                batch.token_rows,
+                batch.block_tables,
+                batch.seq_lens,
+            )
         return out[:, None], (caches, batch)
 
     return attend

@@ -217,9 +217,14 @@ class Step:
         paged = PagedBatch(
             batch["positions"], batch["slot_mapping"], batch["token_rows"], batch["block_tables"], batch["seq_lens"]
         )
-        hidden, caches = model.hidden_states(
-            tokens[:, None], batch["positions"][:, None], self.plan.layout, self._attend, [(c, paged) for c in caches]
-        )
+        with self.plan.traced_context():  # the model's own constraints resolve as under plan.context()
+            hidden, caches = model.hidden_states(
+                tokens[:, None],
+                batch["positions"][:, None],
+                self.plan.layout,
+                self._attend,
+                [(c, paged) for c in caches],
+            )
         caches = [c for c, _ in caches]
         drawn = self._draw(self._last_logits(model, hidden, batch["logits_indices"]), batch, tokens)
         prompt = self._prompt(model, hidden, batch[PROMPT_TARGETS]) if PROMPT_TARGETS in batch else (None,) * 3
@@ -239,7 +244,9 @@ class Step:
         per_rank = hidden[:, 0].reshape(R, -1, hidden.shape[-1])  # [R, S, E]
         index = logits_indices.reshape(R, -1)  # [R, Q], rank-local token index
         last = jnp.take_along_axis(per_rank, index[..., None], axis=1).reshape(rows, 1, -1)
-        return self._on_ranks(model.logits(last, self.plan.layout)[:, 0])
+        with self.plan.traced_context():
+            logits = model.logits(last, self.plan.layout)
+        return self._on_ranks(logits[:, 0])
 
     def _on_ranks(self, logits):
         """Logit rows where their rank samples them. Sampling sorts whole rows: gather the
@@ -277,7 +284,9 @@ class Step:
     def _prompt(self, model, hidden, targets):
         """Each token's logprob of its prompt target, and the top K: every token's logits,
         computed only in a step where some request wants its prompt's logprobs."""
-        return self._prompt_logprobs(self._on_ranks(model.logits(hidden, self.plan.layout)[:, 0]), targets)
+        with self.plan.traced_context():
+            logits = model.logits(hidden, self.plan.layout)
+        return self._prompt_logprobs(self._on_ranks(logits[:, 0]), targets)
 
     def _per_row(self, x):
         """[R*Q, ...] -> [R*Q_max, ...]: each rank's rows at its own offset."""
