@@ -23,6 +23,7 @@ from ._options import (
 from .launch import launch
 from .run import run
 from .serve import serve
+from .suggest import suggest
 
 
 class _OneLineUsageErrors(TyperGroup):
@@ -205,6 +206,7 @@ def _count(total: int) -> str:
 
 app.command()(handle_errors(run))
 app.command()(handle_errors(serve))
+app.command()(handle_errors(suggest))
 app.command(context_settings={"allow_interspersed_args": False})(handle_errors(launch))
 
 
