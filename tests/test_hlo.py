@@ -278,3 +278,19 @@ def test_any_program_under_the_plan_is_measured():
     assert plain["collectives"] == counts(all_reduce=1) and plain["flops"] > 0
     gathered = hlo_report(plan, jax.jit(functools.partial(forward, gather=True)), params, x)
     assert gathered["collectives"]["all-gather"] == 1
+
+
+STRATEGY_FILES = sorted(p.stem for p in (ROOT / "strategies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", STRATEGY_FILES)
+def test_suggests_collective_model_is_what_the_step_compiles_to(name):
+    """`shardspec suggest` times the collectives it derives from the mesh alone: per layer,
+    each kind's count and bytes equal the compiled step's, decode and prefill."""
+    from shardspec.suggest.collectives import per_layer
+
+    r = report(name)
+    plan = compile(load(_path(name)), abstract_mesh=True)
+    for step_name, step in steps(r).items():
+        predicted = per_layer(plan, step["tokens_per_rank"])
+        assert predicted == (step["per_layer"], step["per_layer_bytes"]), (name, step_name)
