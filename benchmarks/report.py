@@ -476,6 +476,44 @@ def _sampling_features(r: dict) -> list[str]:
     ]
 
 
+def _suggest(r: dict) -> list[str]:
+    wl = r["workload"]
+    times = [
+        [kind, v["candidates"], v["fit"], v["first_s"], v["best_of_3_s"], v["command_s"]]
+        for kind, v in r["run_time"].items()
+    ]
+    order = r["ordering"]
+    rows = [
+        [x["strategy"], x["bucket"], x["predicted_ms_h100"], x["predicted_ms_cpu_sim"], x["measured_cpu_ms"]]
+        for x in order["rows"]
+    ]
+    cpu, rho, sim = r["cpu_workload"], order["spearman"], order["cpu_sim"]
+    return [
+        "## `shardspec suggest`: run time, and its ordering against measured steps",
+        "",
+        f"Every strategy of llama3-70b on 64 devices (prompt {wl['prompt_len'][1]}, output {wl['output_len'][1]}, "
+        f"{wl['concurrency']} in flight), shapes only. In process after the imports (the first call, then the "
+        "best of 3), and the whole command (`--format json`) in a fresh process. Goal: under 10 s.",
+        "",
+        *_table(["devices", "candidates", "fit", "first call s", "best of 3 s", "command s"], times),
+        "",
+        f"Predicted against measured decode steps: every dense parallelism of llama3-small (float32) on the 8 "
+        f"simulated CPU devices, {cpu['concurrency']} requests in flight (each strategy's bucket is its busiest "
+        "rank's batch). Measured: the warm-up's median padding-only step at that bucket on this CPU. Predicted: "
+        "suggest's decode step for the h100 catalog entry, and for this machine described as a device kind "
+        f"(`cpu_sim`, measured by the benchmark: {sim['peak_flops']['float32'] / 1e9:.1f} GFLOP/s and "
+        f"{sim['hbm_bandwidth'] / 1e9:.2f} GB/s a device, one collective {sim['collective_latency'] * 1e3:.2f} ms). "
+        "Absolute CPU times mean nothing for an accelerator (the 8 simulated devices share 2 cores, and a "
+        "collective is a memory copy), so only the ordering is compared, as Spearman's rank correlation: "
+        f"h100's prediction {rho['h100']}, cpu_sim's {rho['cpu_sim']}.",
+        "",
+        *_table(["strategy", "bucket", "predicted ms (h100)", "predicted ms (cpu_sim)", "measured ms (CPU)"], rows),
+        "",
+        "Command: `python benchmarks/suggest.py`",
+        "",
+    ]
+
+
 def _mla(r: dict) -> list[str]:
     gib = 2**30
     names = {"tp": "attention_data 1", "attention_dp": "attention_data auto"}
@@ -707,6 +745,7 @@ def write_report(results: Path, target: Path) -> None:
         ("routing_time", _routing_time),
         ("prefix_cache", _prefix_cache),
         ("explain_latency", _explain),
+        ("suggest", _suggest),
         ("serve_strategies", _serve),
         ("memory_per_device", _memory),
         ("load_checkpoint", _checkpoint),

@@ -32,6 +32,7 @@ BENCHMARKS = [
     "routing_time",
     "prefix_cache",
     "explain_latency",
+    "suggest",
     "serve_strategies",
     "memory_per_device",
     "load_checkpoint",

@@ -169,3 +169,50 @@ def test_nothing_fits_exits_2_saying_what_would():
     assert result.exit_code == 2
     assert "error: no strategy fits 8 × h200 (what would fit:" in result.stderr
     assert "does not fit: needs" in result.stdout and "Traceback" not in result.output
+
+
+def test_a_request_file_gives_the_workload_its_lengths(tmp_path):
+    prompts = tmp_path / "in.jsonl"
+    lines = [{"prompt_token_ids": list(range(n)), "max_tokens": m} for n, m in ((100, 50), (300, 150), (200, 400))]
+    prompts.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    args = ["suggest", "--model", "llama3-8b", "--devices", "h100:8", "--prompts", str(prompts), "--format", "json"]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    wl = json.loads(result.stdout)["workload"]
+    assert (wl["prompt_mean"], wl["prompt_max"], wl["output_mean"], wl["output_max"]) == (200, 300, 200, 400)
+    prompts.write_text('{"prompt_token_ids": [1, 2], "max_tokens": 0}\n')
+    result = run(*args)
+    assert result.exit_code == 2 and f"{prompts}:1: max_tokens" in result.stderr, result.output
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--devices", "h100:8", "--hosts", "3"], "--hosts: 8 devices on 3 hosts is not a whole number"),
+        (["--devices", "h100:8", "--output-len", "9:3"], "--output-len: '9:3' is not a length or a range"),
+        (["--devices", "h100:8", "--concurrency", "0"], "--concurrency: 0 requests in flight"),
+        (["--devices", "tpu-v5e:8", "--dtype", "float32"], "the catalog gives tpu-v5e no float32 peak"),
+        (["--devices", "gpu:8"], "--devices: unknown device kind 'gpu'"),
+    ],
+)
+def test_bad_flags_exit_2_naming_the_flag(flags, words):
+    result = run("suggest", "--model", "llama3-8b", *flags)
+    assert result.exit_code == 2 and words in result.stderr and "Traceback" not in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    "model, devices",
+    [("llama3-8b", "h100:8"), ("mixtral-8x7b", "h200:8"), ("deepseek-v3", "h200:16"), ("llama3-70b", "tpu-v6e:32")],
+)
+def test_every_written_strategy_validates(model, devices):
+    from shardspec.suggest.report import strategy_yaml
+
+    kind, n = parse_devices(devices, KINDS)
+    found = suggest(model, kind, n, workload((512, 2048), (256, 1024), 64))
+    fitting = [i for i, c in enumerate(found.candidates) if c.fits]
+    assert fitting
+    for i in fitting[:4]:
+        text = strategy_yaml(found, i)
+        plan = compile(load(text), abstract_mesh=True)
+        assert plan.strategy.parallelism.tensor == found.candidates[i].parallelism["tensor"]
+        assert plan.runtime.max_request_len >= 2048 + 1024

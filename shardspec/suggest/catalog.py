@@ -58,11 +58,12 @@ def parse_devices(text: str, kinds: dict[str, DeviceKind]) -> tuple[DeviceKind, 
     """`KIND:N` (`h200:8`) -> (the kind, N devices)."""
     kind, sep, count = text.partition(":")
     if not sep or not count.isdigit() or int(count) < 1:
-        raise ShardspecError(f"--devices {text!r} is not KIND:N", path="", hint="e.g. --devices h200:8")
+        raise ShardspecError(f"{text!r} is not KIND:N", path="--devices", hint="e.g. --devices h200:8")
     if kind not in kinds:
         close = did_you_mean(kind, kinds)
         raise ShardspecError(
-            f"--devices: unknown device kind {kind!r}" + (f" ({close})" if close else ""),
+            f"unknown device kind {kind!r}" + (f" ({close})" if close else ""),
+            path="--devices",
             hint=f"one of {one_of(sorted(kinds))}, or describe it in a --device-spec file",
         )
     return kinds[kind], int(count)

@@ -23,7 +23,7 @@ import math
 
 import jax.numpy as jnp
 
-from ..flops import moe_layers, step_flops
+from ..flops import step_flops
 from ..models.axes import EXPERT
 from ..plan import ShardingPlan
 from .catalog import DeviceKind
@@ -122,4 +122,4 @@ def _params_read(plan: ShardingPlan, tokens_per_rank: int) -> float:
     reached = 1 - (1 - cfg.experts_per_token / cfg.num_experts) ** tokens
     if plan.strategy.runtime.moe_dispatch == "dense":
         reached = 1.0  # every expert computes every token
-    return rest + experts * reached if moe_layers(cfg) else rest + experts
+    return rest + experts * reached

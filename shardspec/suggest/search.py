@@ -16,6 +16,7 @@ from .roofline import Memory, StepCost, memory, step_cost
 from .workload import Workload
 
 DEFAULT_BATCHED_TOKENS = 512  # the strategy's default runtime.max_num_batched_tokens
+PAGE_SIZE = 16  # the strategy's default kv_cache.page_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +101,11 @@ def _strategy(model: str, devices: int, axes: dict, multihost: dict, wl: Workloa
         "model": model,
         "devices": devices,
         "parallelism": {"data": data, "tensor": tensor, "attention_data": attention_data, "expert": expert},
-        "kv_cache": {"dtype": kv_dtype, "page_size": 16, "num_pages": per_rank * pages_for(wl.longest, 16)},
+        "kv_cache": {
+            "dtype": kv_dtype,
+            "page_size": PAGE_SIZE,
+            "num_pages": per_rank * pages_for(wl.longest, PAGE_SIZE),
+        },
         "runtime": {
             "dtype": dtype,
             "max_num_seqs": per_rank,
