@@ -85,7 +85,7 @@ def test_a_moe_decode_step_reads_only_the_experts_its_tokens_reach():
     a device reads its expert with the chance that one of the 16 tokens is routed there."""
     strategy = {"model": "mixtral-8x7b", "devices": 8, "parallelism": {"expert": 8}, "runtime": {"dtype": "bfloat16"}}
     plan = compile(load(strategy), abstract_mesh=True)
-    E, layers, F, V, KV, D = 4096, 32, 14336, 32000, 8, 128
+    E, layers, F, KV, D = 4096, 32, 14336, 8, 128
     expert = 3 * E * F * 2 * layers  # bf16: one expert's SwiGLU in every layer
     rest = sum(p.bytes_per_device for p in plan.params) - expert
     reached = 1 - (1 - 2 / 8) ** 16
