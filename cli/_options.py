@@ -15,6 +15,8 @@ MAX_SEED = 2**32 - 1  # a uint32: what jax's PRNG keys and numpy's generators ta
 # here so that --help lists them without importing the server)
 ToolCallParser = enum.Enum("ToolCallParser", {"hermes": "hermes", "llama3_json": "llama3_json"}, type=str)
 
+Format = enum.Enum("Format", {"text": "text", "json": "json"}, type=str)  # --format of explain and suggest
+
 StrategyArg = Annotated[str, typer.Argument(help="Strategy YAML file.", show_default=False)]
 ModelOpt = Annotated[
     str | None, typer.Option("--model", "-m", help="Model preset or checkpoint directory; overrides `model:`.")

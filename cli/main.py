@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import sys
 from typing import Annotated
 
@@ -14,6 +13,7 @@ from ._options import (
     MAX_SEED,
     CompilationCacheOpt,
     CoordinatorOpt,
+    Format,
     ModelOpt,
     NumProcessesOpt,
     ProcessIdOpt,
@@ -55,11 +55,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="shardspec: compile, explain, check and serve JAX sharding strategies.",
 )
-
-
-class Format(str, enum.Enum):
-    text = "text"
-    json = "json"
 
 
 @app.callback()

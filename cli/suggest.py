@@ -9,8 +9,10 @@ import typer
 
 from shardspec.errors import ShardspecError
 
-Format = enum.Enum("Format", {"text": "text", "json": "json"}, type=str)
+from ._options import Format
+
 Dtype = enum.Enum("Dtype", {d: d for d in ("bfloat16", "float16", "float32")}, type=str)
+CALIBRATED = 5  # candidates --calibrate measures without --top
 KvDtype = enum.Enum("KvDtype", {d: d for d in ("auto", "bfloat16", "float32", "float8_e4m3fn")}, type=str)
 
 
@@ -32,9 +34,15 @@ def suggest(
     device_spec: Annotated[
         str | None, typer.Option("--device-spec", help="YAML file of device kinds to add to the catalog.")
     ] = None,
-    fmt: Annotated[Format, typer.Option("--format", help="text or json.")] = Format.text,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="text or json.")] = Format.text,
     top: Annotated[int | None, typer.Option("--top", min=1, help="Show the best K that fit.")] = None,
     write: Annotated[str | None, typer.Option("--write", help="Write the best strategy to this YAML file.")] = None,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate", help="Measure the best --top (default 5) on this machine's devices instead of the roofline."
+        ),
+    ] = False,
 ):
     """Which strategy to write: every parallelism for the devices, compiled from shapes and
     ranked by a roofline (output tokens/s per device among those that fit and meet the limits).
@@ -55,6 +63,10 @@ def suggest(
         spans = parse_span(prompt_len, "--prompt-len"), parse_span(output_len, "--output-len")
         wl = workload(*spans, concurrency, **limits)
     found = suggest(model, kind, count, wl, hosts=hosts, dtype=dtype.value, kv_dtype=kv_dtype.value)
+    if calibrate:
+        from shardspec.suggest.calibrate import calibrated
+
+        found = calibrated(found, top or CALIBRATED)
     typer.echo(as_json(found) if fmt is Format.json else text(found, top), nl=fmt is Format.json)
     if found.best is None:
         raise ShardspecError(f"no strategy fits {count} × {kind.name}", hint=what_would_fit(found))

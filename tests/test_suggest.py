@@ -216,3 +216,32 @@ def test_every_written_strategy_validates(model, devices):
         plan = compile(load(text), abstract_mesh=True)
         assert plan.strategy.parallelism.tensor == found.candidates[i].parallelism["tensor"]
         assert plan.runtime.max_request_len >= 2048 + 1024
+
+
+CPU_SPEC = """\
+cpu:
+  description: this machine's simulated devices
+  hbm_gb: 2
+  hbm_bandwidth_gb_s: 1
+  tflops: {float32: 0.02, bfloat16: 0.02}
+  devices_per_host: 8
+  links: {inside_host: 5, across_hosts: 5, latency_us: 500}
+"""
+
+
+def test_calibrate_measures_the_best_candidates_steps_on_the_devices(tmp_path):
+    spec = tmp_path / "cpu.yaml"
+    spec.write_text(CPU_SPEC)
+    args = ["suggest", "-m", "llama3-tiny", "--devices", "cpu:8", "--device-spec", str(spec), "--dtype", "float32"]
+    args += ["--prompt-len", "64", "--output-len", "32", "--concurrency", "16"]
+    roofline = json.loads(run(*args, "-f", "json").stdout)
+    result = run(*args, "-f", "json", "--calibrate", "--top", "1")
+    assert result.exit_code == 0, result.output
+    measured = json.loads(result.stdout)
+    first = measured["candidates"][0]
+    assert measured["measured"] == 1 and first["bound"] == "measured"
+    assert first["name"] == roofline["candidates"][0]["name"]
+    assert first["decode_step_ms"] != roofline["candidates"][0]["decode_step_ms"]
+    assert measured["candidates"][1:] == roofline["candidates"][1:]
+    result = run("suggest", "-m", "llama3-70b", "--devices", "h200:8", "--calibrate")
+    assert result.exit_code == 2 and "--calibrate: llama3-70b is shape-only here" in result.stderr, result.output

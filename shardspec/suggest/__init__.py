@@ -34,6 +34,7 @@ class Suggestion:
     dtype: str
     kv_dtype: str
     candidates: tuple[Candidate, ...]  # best first
+    measured: int = 0  # the first `measured` candidates' steps were timed on devices (--calibrate)
 
     @property
     def best(self) -> int | None:

@@ -1,7 +1,7 @@
 """The collectives a serving step of shardspec's own models runs, from the plan's mesh alone.
 
 What GSPMD compiles for each layer (checked against `explain --hlo` for every strategy
-file: tests/test_suggest.py). S is a DP rank's tokens in the step, A = attn_dp, M =
+file: tests/test_hlo.py). S is a DP rank's tokens in the step, A = attn_dp, M =
 model, X = expert, G = A × M the tensor group, T = S × A the tokens of one replica
 (what the FFN sees), E the hidden size, b the activation's bytes:
 
@@ -59,11 +59,11 @@ def layer_collectives(plan: ShardingPlan, tokens_per_rank: int, moe: bool) -> li
         what = "shared expert partial sums" if moe else "down_proj partial sums"
         out.append(Collective("all-reduce", ("attn_dp", "model"), T * E * b, what))
     if moe:
-        out += _routed(T, S, E, b, cfg.num_experts // X, A, M, X)
+        out += _routed(T, S, E, b, cfg.num_experts // X, A)
     return [c for c in out if math.prod(shape[a] for a in c.axes) > 1]  # a group of one moves nothing
 
 
-def _routed(T: int, S: int, E: int, b: int, local_experts: int, A: int, M: int, X: int) -> list[Collective]:
+def _routed(T: int, S: int, E: int, b: int, local_experts: int, A: int) -> list[Collective]:
     if A == 1:
         return [Collective("all-reduce", ("expert", "model"), T * E * b, "routed experts' partial sums")]
     return [

@@ -20,6 +20,11 @@ ASSUMPTIONS = (
     "a rank prefills its requests' prompts in full chunks, then decodes them together (shardspec/suggest/roofline.py)"
 )
 
+CALIBRATED = (
+    "the first {n} candidates' steps measured on this process's devices (a padding-only step at each one's decode and "
+    "prefill buckets, the median of 5: the KV context's attention left out), ranked again among themselves"
+)
+
 
 def text(s: Suggestion, top: int | None = None) -> str:
     w = s.workload
@@ -39,6 +44,8 @@ def text(s: Suggestion, top: int | None = None) -> str:
         for c in rejected:
             console.print(f"  {one_line(c)}: {c.reason}")
     console.print(f"assumptions: {ASSUMPTIONS}")
+    if s.measured:
+        console.print(f"calibrated: {CALIBRATED.format(n=s.measured)}")
     return out.getvalue()
 
 
@@ -94,6 +101,7 @@ def as_json(s: Suggestion) -> str:
             "candidates": [_candidate_json(c) for c in s.candidates],
             "best": s.best,
             "assumptions": ASSUMPTIONS,
+            "measured": s.measured,
         },
         indent=2,
     )

@@ -127,14 +127,30 @@ def _evaluate(strategy: dict, info: ModelInfo, kind: DeviceKind, wl: Workload, d
     if mem.headroom < 0:
         short = f"needs {_gb(mem.total)} GB a device, has {_gb(mem.capacity)} ({mem.dominant} the most)"
         return Candidate(strategy, plan, reason=f"does not fit: {short}", memory=mem)
-    sizes, per_rank = plan.runtime, strategy["runtime"]["max_num_seqs"]
-    decode = step_cost(plan, kind, sizes.token_stride(per_rank), per_rank, wl.prompt_mean + wl.output_mean / 2, dtype)
+    decode, prefill = steps(plan, wl)
+    decode_cost = step_cost(plan, kind, *decode, dtype)
+    prefill_cost = step_cost(plan, kind, *prefill, dtype)
+    return timed(Candidate(strategy, plan, memory=mem), decode_cost, prefill_cost, wl)
+
+
+def steps(plan: ShardingPlan, wl: Workload) -> tuple[tuple[int, int, float], tuple[int, int, float]]:
+    """(tokens a rank, requests a rank, context) of the decode step at the workload's batch
+    (its token bucket) and of a full prefill chunk (the prompts it packs, half-way through)."""
+    sizes = plan.runtime
+    per_rank = sizes.max_num_seqs
     chunk = sizes.max_num_batched_tokens
-    prefill_rows = max(1, min(per_rank, round(chunk / wl.prompt_mean)))  # prompts packed into one chunk
-    prefill = step_cost(plan, kind, chunk, prefill_rows, wl.prompt_mean / 2, dtype)
-    chunks_per_prompt = math.ceil(wl.prompt_mean / chunk)
-    ttft = chunks_per_prompt * prefill.ms
-    # A rank's cycle: prefill its requests' prompts in full chunks, then decode their outputs together.
+    prefill_rows = max(1, min(per_rank, round(chunk / wl.prompt_mean)))
+    decode = (sizes.token_stride(per_rank), per_rank, wl.prompt_mean + wl.output_mean / 2)
+    return decode, (chunk, prefill_rows, wl.prompt_mean / 2)
+
+
+def timed(c: Candidate, decode: StepCost, prefill: StepCost, wl: Workload) -> Candidate:
+    """`c` with its decode and prefill steps costed, and what follows from them: a prompt's
+    chunks (TTFT), a rank's cycle (prefill its requests' prompts in full chunks, then decode
+    their outputs together) per output token (TPOT), and tokens/s per device."""
+    plan, sizes = c.plan, c.plan.runtime
+    per_rank, chunk = sizes.max_num_seqs, sizes.max_num_batched_tokens
+    ttft = math.ceil(wl.prompt_mean / chunk) * prefill.ms
     cycle = per_rank * wl.prompt_mean / chunk * prefill.seconds + wl.output_mean * decode.seconds
     tokens_per_s = plan.dp_ranks * per_rank * wl.output_mean / cycle / plan.device_count
     tpot = cycle / wl.output_mean * 1e3
@@ -143,7 +159,15 @@ def _evaluate(strategy: dict, info: ModelInfo, kind: DeviceKind, wl: Workload, d
         for name, limit, got in (("TTFT", wl.max_ttft_ms, ttft), ("TPOT", wl.max_tpot_ms, tpot))
         if limit is not None and got > limit
     )
-    return Candidate(strategy, plan, None, mem, decode, prefill, ttft, tpot, tokens_per_s, missed)
+    return dataclasses.replace(
+        c,
+        decode=decode,
+        prefill=prefill,
+        ttft_ms=ttft,
+        tpot_ms=tpot,
+        tokens_per_s_per_device=tokens_per_s,
+        missed=missed,
+    )
 
 
 def _gb(n: float) -> str:
