@@ -300,7 +300,17 @@ def _serving_lines(plan: ShardingPlan) -> list[str]:
         f"  routing: {rt.routing} · async scheduling: {'on' if rt.async_scheduling else 'off'}",
         f"  token buckets per DP rank: {' '.join(map(str, plan.runtime.token_buckets))}",
         f"  step costs (ms per step by bucket): {costs}",
+        f"  admission keeps pages for {serving['kv_growth_reserve_tokens']} output tokens of each running "
+        f"sequence ({_reserve_why(rt)})",
     ]
+
+
+def _reserve_why(rt) -> str:
+    if rt.kv_growth_reserve == "auto":
+        return "auto: one seat's share of a rank's pages"
+    return "set in the strategy" + (
+        "; 0: it preempts when decodes outgrow the pages" if not rt.kv_growth_reserve else ""
+    )
 
 
 def _serving_json(plan: ShardingPlan) -> dict[str, Any]:
@@ -312,6 +322,8 @@ def _serving_json(plan: ShardingPlan) -> dict[str, Any]:
         "token_buckets": list(buckets),
         "step_costs": "strategy" if given else "auto",
         "step_costs_ms": step_costs.interpolated(rt.step_costs, buckets) if given else None,
+        "kv_growth_reserve": rt.kv_growth_reserve,
+        "kv_growth_reserve_tokens": plan.runtime.growth_reserve_tokens,
     }
 
 

@@ -432,6 +432,7 @@ def _runtime_sizes(strategy: Strategy, shape, kv: KVCacheLayout, geometry) -> Ru
         max_num_seqs=rt.max_num_seqs,
         max_num_batched_tokens=rt.max_num_batched_tokens,
         model_max_len=geometry.max_seq_len,
+        growth_reserve=None if rt.kv_growth_reserve == "auto" else rt.kv_growth_reserve,
     )
 
 

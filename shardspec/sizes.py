@@ -83,6 +83,7 @@ class RuntimeSizes:
     max_num_seqs: int  # running sequences per DP rank
     max_num_batched_tokens: int  # tokens per DP rank per step
     smallest_bucket: int = 8
+    growth_reserve: int | None = None  # runtime.kv_growth_reserve; None: auto (see growth_reserve_tokens)
     model_max_len: int | None = None  # the longest sequence the model allows; None: max_model_len
     # Derived here, never passed in:
     max_pages_per_seq: int = dataclasses.field(init=False)  # columns of a block table
@@ -101,6 +102,16 @@ class RuntimeSizes:
         """Longest prompt + output one rank's pages hold (+1: the last sampled token is never
         written to the cache)."""
         return self.pages_per_rank * self.page_size + 1
+
+    @property
+    def growth_reserve_tokens(self) -> int:
+        """Output tokens admission keeps pages for, for each running sequence (never past its
+        max_tokens): `runtime.kv_growth_reserve`, by default one seat's share of a rank's
+        pages. A rank then admits no more than its pages can grow to, and preempts only
+        sequences that outgrow their share."""
+        if self.growth_reserve is not None:
+            return self.growth_reserve
+        return self.pages_per_rank * self.page_size // self.max_num_seqs
 
     @property
     def max_request_len(self) -> int:

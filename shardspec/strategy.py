@@ -97,6 +97,7 @@ class RuntimeConfig:
     moe_dispatch: Literal["sparse", "dense"] = "sparse"  # sparse: each token meets its chosen experts only
     async_scheduling: bool = True
     step_costs: Literal["auto"] | tuple[tuple[int, float], ...] = AUTO  # (tokens, ms) points; auto: measured
+    kv_growth_reserve: Literal["auto"] | int = AUTO  # output tokens admission keeps pages for, a running sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,10 +160,15 @@ class Strategy:
         """This strategy as compiled programs see it: on equal models and devices, equal
         views compile to equal programs. Left out: the name and the model's name (the plan
         keys the model by its parameters), what only the host-side runtime reads (routing,
-        the queue bound, async scheduling, step costs, prefix caching) and the collective
-        budget."""
+        the queue bound, async scheduling, step costs, the growth reserve, prefix caching) and
+        the collective budget."""
         runtime = dataclasses.replace(
-            self.runtime, routing="balanced", max_waiting=0, async_scheduling=False, step_costs=AUTO
+            self.runtime,
+            routing="balanced",
+            max_waiting=0,
+            async_scheduling=False,
+            step_costs=AUTO,
+            kv_growth_reserve=AUTO,
         )
         kv_cache = dataclasses.replace(self.kv_cache, prefix_caching=False)
         return dataclasses.replace(self, name="", model=None, kv_cache=kv_cache, runtime=runtime, expect={})

@@ -60,8 +60,10 @@ def test_greedy_tokens_equal_the_single_device_run(path, async_scheduling, singl
 
 @pytest.mark.parametrize("name, routing", [("tp.yaml", "balanced"), ("attention_dp.yaml", "round_robin")])
 def test_a_small_kv_cache_forces_preemption_and_changes_no_token(name, routing, single_device_tokens):
-    # 10 pages of 16 tokens a rank: the longest request alone needs 10.
-    engine = _engine(ROOT / "strategies" / name, **{"kv_cache.num_pages": "10", "runtime.routing": routing})
+    # 10 pages of 16 tokens a rank: the longest request alone needs 10. No growth reserve:
+    # admission fills the pages, and decodes preempt.
+    overrides = {"kv_cache.num_pages": "10", "runtime.routing": routing, "runtime.kv_growth_reserve": "0"}
+    engine = _engine(ROOT / "strategies" / name, **overrides)
     outputs = engine.generate(_requests())
     assert engine.metrics.preemptions > 0
     assert [o.output_token_ids for o in outputs] == single_device_tokens(ROOT / "strategies" / name)

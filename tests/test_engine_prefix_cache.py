@@ -13,8 +13,9 @@ from conftest import ROOT, STRATEGY_FILES, strategy_ids
 from helpers import ONE_DEVICE, SERVING
 
 # The shared serving profile: float32 pages keep the comparison exact, and its 10 pages of
-# 16 tokens a rank preempt once cache_first piles a shared prefix's requests onto one rank.
-SMALL = {**SERVING, "runtime.routing": "cache_first"}
+# 16 tokens a rank preempt once cache_first piles a shared prefix's requests onto one rank
+# (with no growth reserve: admission fills the pages).
+SMALL = {**SERVING, "runtime.routing": "cache_first", "runtime.kv_growth_reserve": "0"}
 
 
 def shared_prefix_requests() -> list[Request]:

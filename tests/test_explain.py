@@ -46,6 +46,8 @@ def test_json_has_the_documented_fields():
         "token_buckets": [8, 16, 32, 64, 128, 256, 512],
         "step_costs": "auto",
         "step_costs_ms": None,
+        "kv_growth_reserve": "auto",
+        "kv_growth_reserve_tokens": 64,
     }
 
 

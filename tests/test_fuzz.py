@@ -260,6 +260,7 @@ def tiny_engines():
         "parallelism.tensor": "1",
         "devices": "1",
         "kv_cache.num_pages": "6",  # 6 pages of 16 tokens: preemption and waiting come quickly
+        "runtime.kv_growth_reserve": "0",  # (admission does not hold pages back for growth)
         "runtime.max_num_seqs": "3",
         "runtime.max_num_batched_tokens": "16",
         "kv_cache.dtype": "float32",

@@ -144,7 +144,8 @@ def test_unknown_keys_with_did_you_mean(in_tmp):
         "error: s.yaml:2: unknown key 'paralelism' (did you mean 'parallelism'?)",
         "error: s.yaml:5: runtime: unknown key 'routng' (did you mean 'routing'?)",
         "error: s.yaml:6: runtime: unknown key 'colour' (allowed: dtype, max_model_len, max_num_seqs, "
-        "max_num_batched_tokens, routing, max_waiting, moe_dispatch, async_scheduling or step_costs)",
+        "max_num_batched_tokens, routing, max_waiting, moe_dispatch, kv_growth_reserve, async_scheduling or "
+        "step_costs)",
     ]
 
 

@@ -137,7 +137,7 @@ def test_the_wait_for_a_shared_prefix_is_bounded(monkeypatch):
 
 
 def test_a_preempted_sequence_resumes_from_its_own_cached_pages():
-    sz = sizes(page_size=2, pages_per_rank=6, max_model_len=12, max_num_batched_tokens=16)
+    sz = sizes(page_size=2, pages_per_rank=6, max_model_len=12, max_num_seqs=12, max_num_batched_tokens=16)
     sched = DPScheduler(sz, eos_token_ids=())
     requests = [req("old", 4, max_tokens=6), req("new", [5, 6, 7, 1], max_tokens=6)]
     outputs, schedules = run_all(sched, {0: requests})

@@ -307,8 +307,9 @@ def test_an_abort_output_comes_with_the_next_update():
 
 
 def test_preemption_recomputes_the_newest_sequence_and_keeps_its_tokens():
-    # 6 pages of 2 tokens: each request needs up to 5 pages, both at once do not fit.
-    sz = sizes(page_size=2, pages_per_rank=6, max_model_len=12, max_num_batched_tokens=16)
+    # 6 pages of 2 tokens: each request needs up to 5 pages, both at once do not fit. 12 seats:
+    # a seat's share of the pages is 1 token, so admission lets both in (see test_admission_*).
+    sz = sizes(page_size=2, pages_per_rank=6, max_model_len=12, max_num_seqs=12, max_num_batched_tokens=16)
     sched = DPScheduler(sz, eos_token_ids=(), prefix_caching=False)  # with it, see test_prefix_cache.py
     requests = [req("old", 4, max_tokens=6), req("new", [5, 6, 7, 1], max_tokens=6)]
     outputs, aborted, schedules = serve(sched, {0: requests})
@@ -321,6 +322,26 @@ def test_preemption_recomputes_the_newest_sequence_and_keeps_its_tokens():
     assert restart.token_ids.tolist() == [5, 6, 7, 1] + generated and len(generated) >= 1
     assert restart.sample and restart.output_index == len(generated)
     assert all(c.start_pos > 0 for s in schedules[1:] for c in s.chunks if c.seq_id == 0)  # "old" never restarts
+    assert 0 < sched.stats()["recomputed_tokens"][0] <= restart.num_tokens  # what it had computed, again
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_admission_keeps_room_for_what_it_admitted_to_grow_into(async_scheduling):
+    """16 pages of 4 tokens, 4 seats (a seat's share: 16 tokens). Twelve requests of 8 + 8
+    tokens need 4 pages each: 4 run at once, the rest wait, and nobody is preempted."""
+    sz = sizes(pages_per_rank=16, max_num_seqs=4, max_num_batched_tokens=64)
+    sched = DPScheduler(sz, eos_token_ids=(), async_scheduling=async_scheduling, prefix_caching=False)
+    requests = [req(i, [i + 1] * 8, max_tokens=8) for i in range(12)]
+    outputs, aborted, schedules = serve(sched, {0: requests})
+    check_outputs(sched, requests, outputs, aborted, eos=None)
+    assert sched.stats()["preemptions"] == 0 and sched.stats()["recomputed_tokens"] == [0]
+    assert max(len({c.seq_id for c in s.chunks}) for s in schedules) == 4
+    # Outputs longer than a seat's share are not reserved in full: they may still preempt.
+    sched = DPScheduler(sz, eos_token_ids=(), async_scheduling=async_scheduling, prefix_caching=False)
+    longer = [req(i, [i + 1] * 8, max_tokens=40) for i in range(6)]
+    outputs, aborted, _ = serve(sched, {0: longer})
+    check_outputs(sched, longer, outputs, aborted, eos=None)
+    assert sched.stats()["preemptions"] >= 1
 
 
 def test_a_waiting_request_spills_to_a_rank_with_a_free_seat():
@@ -441,7 +462,7 @@ def test_async_only_fills_in_the_previous_steps_sample():
 
 
 def test_async_preemption_still_gives_exact_outputs():
-    sz = sizes(page_size=2, pages_per_rank=6, max_model_len=12, max_num_batched_tokens=16)
+    sz = sizes(page_size=2, pages_per_rank=6, max_model_len=12, max_num_seqs=12, max_num_batched_tokens=16)
     requests = [req("old", 4, max_tokens=6), req("new", [5, 6, 7, 1], max_tokens=6)]
     sched = DPScheduler(sz, eos_token_ids=(), async_scheduling=True)
     outputs, aborted, _ = serve(sched, {0: requests})

@@ -53,11 +53,17 @@ class Metrics:
     # (with what preempted sequences recompute); the scheduler counts them.
     rank_cached_prompt_tokens: tuple[int, ...] = ()
     rank_computed_prompt_tokens: tuple[int, ...] = ()
+    rank_recomputed_tokens: tuple[int, ...] = ()  # of those, what preempted sequences had computed before
     step_costs_ms: Mapping[int, float] | None = None  # the step-time model, per token bucket, where known
     step_costs_source: str | None = None  # "measured" (at warm-up) or "strategy"
 
     def __post_init__(self):
-        for name in ("rank_tokens", "rank_cached_prompt_tokens", "rank_computed_prompt_tokens"):
+        for name in (
+            "rank_tokens",
+            "rank_cached_prompt_tokens",
+            "rank_computed_prompt_tokens",
+            "rank_recomputed_tokens",
+        ):
             if not getattr(self, name):
                 object.__setattr__(self, name, (0,) * self.dp_ranks)
 
@@ -82,6 +88,7 @@ class Metrics:
             else self.rank_tokens,
             rank_cached_prompt_tokens=tuple(scheduler_stats["cached_tokens"]),
             rank_computed_prompt_tokens=tuple(scheduler_stats["prefill_tokens"]),
+            rank_recomputed_tokens=tuple(scheduler_stats["recomputed_tokens"]),
         )
 
     @property
@@ -96,6 +103,10 @@ class Metrics:
     @property
     def computed_prompt_tokens(self) -> int:
         return sum(self.rank_computed_prompt_tokens)
+
+    @property
+    def recomputed_tokens(self) -> int:
+        return sum(self.rank_recomputed_tokens)
 
     @property
     def prefix_hit_rate(self) -> float:
@@ -117,6 +128,7 @@ class Metrics:
             "per_rank_tokens": list(self.rank_tokens),
             "max_kv_usage": round(self.max_kv_usage, 4),
             "preemptions": self.preemptions,
+            "recomputed_tokens": self.recomputed_tokens,
             "cached_prompt_tokens": self.cached_prompt_tokens,
             "computed_prompt_tokens": self.computed_prompt_tokens,
             "prefix_hit_rate": round(self.prefix_hit_rate, 4),

@@ -7,7 +7,11 @@ the phase before returned, and returns its own result.
                   preempting the newest sequences when a rank runs short
     admit         waiting sequences, oldest first, while seats, budget and pages allow, each
                   from its longest cached prefix; one whose next page another sequence is
-                  computing waits for it (bounded, see prefix_cache.py) while younger ones go
+                  computing waits for it (bounded, see prefix_cache.py) while younger ones go.
+                  Pages allow when they hold, beyond the new sequence's prompt, every running
+                  sequence's growth: its prompt and up to `sizes.growth_reserve_tokens` more
+                  outputs (never past its max_tokens), so admission does not fill the pages
+                  that the admitted sequences' decodes then preempt each other for
     spill         a blocked rank's waiting sequences move to a rank that can start them now
                   (running sequences never move: their KV pages live on their rank)
     emit          the plan as a StepSchedule (columns), every planned sequence advanced
@@ -25,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..sizes import pages_for
+from ..sizes import RuntimeSizes, pages_for
 from . import adjustments, structured
 from .ranks import Ranks
 from .schedule import FROM_PREVIOUS_STEP, StepSchedule
@@ -43,6 +47,7 @@ class Admission(NamedTuple):
     budget_left: list[int]  # per rank, after admissions
     blocked: list[bool]  # per rank: its oldest waiting sequence could not start there
     held: list[list[Seq]]  # per rank: sequences off the queue this step, waiting for a prefix
+    reserve: list[int]  # per rank: pages its running sequences will still grow into (growth_reserve)
 
 
 def plan_running(s: Ranks, step: int, budget: int, async_scheduling: bool) -> RunningPlan:
@@ -116,6 +121,7 @@ def admit(s: Ranks, plan: RunningPlan) -> Admission:
     """Start waiting sequences, oldest first, with their first chunk."""
     R = s.sizes.dp_ranks
     left, blocked, held = list(plan.budget_left), [False] * R, [[] for _ in range(R)]
+    reserve = growth_reserve(s)
     for rank in range(R):
         while (seq := s.waiting.front(rank)) is not None:
             if plan.pressed[rank] or not s.slots.has_seat(rank):
@@ -128,12 +134,12 @@ def admit(s: Ranks, plan: RunningPlan) -> Admission:
                 seq.prefix_waits += 1
                 held[rank].append(s.waiting.pop_front(rank))  # back on the queue after spill()
                 continue
-            if not _fits(s, rank, seq, left[rank], hit):
+            if not _fits(s, rank, seq, left[rank], hit, reserve[rank]):
                 blocked[rank] = True
                 break
             s.waiting.pop_front(rank)
-            left[rank] -= _start(s, rank, seq, left[rank], plan.tokens, hit)
-    return Admission(left, blocked, held)
+            left[rank] -= _start(s, rank, seq, left[rank], plan.tokens, hit, reserve)
+    return Admission(left, blocked, held, reserve)
 
 
 def spill(s: Ranks, plan: RunningPlan, admission: Admission) -> None:
@@ -146,34 +152,64 @@ def spill(s: Ranks, plan: RunningPlan, admission: Admission) -> None:
     for src in range(s.sizes.dp_ranks):
         while admission.blocked[src] and (seq := s.waiting.front(src)) is not None:
             hits = {r: s.prefix.hit(r, seq) for r in range(s.sizes.dp_ranks) if r != src}
+            reserve = admission.reserve
             targets = [
                 r
                 for r, hit in hits.items()
-                if not plan.pressed[r] and left[r] and s.slots.has_seat(r) and _fits(s, r, seq, left[r], hit)
+                if not plan.pressed[r]
+                and left[r]
+                and s.slots.has_seat(r)
+                and _fits(s, r, seq, left[r], hit, reserve[r])
             ]
             if not targets:
                 break
             dst = s.route(seq, targets)
             s.move(seq, src, dst)
-            left[dst] -= _start(s, dst, seq, left[dst], plan.tokens, hits[dst])  # moving changed no pool
+            left[dst] -= _start(s, dst, seq, left[dst], plan.tokens, hits[dst], reserve)  # moving changed no pool
     for rank, seqs in enumerate(admission.held):
         for seq in seqs:
             s.waiting.push(rank, seq)
 
 
-def _fits(s: Ranks, rank: int, seq: Seq, budget: int, hit: list[int]) -> bool:
-    """Whether `rank` has the pages for `seq`'s first chunk under `budget`, starting from
-    the cached pages `hit` (an idle one taken is a free one fewer)."""
-    pool, cached = s.slots.pools[rank], len(hit) * s.sizes.page_size
-    new = pages_for(cached + min(seq.total - cached, budget), s.sizes.page_size) - len(hit)
-    return new + pool.idle_count(hit) <= pool.num_free
+def growth_reserve(s: Ranks) -> list[int]:
+    """Per rank: the pages its running sequences will still need (`future_pages`)."""
+    sl = s.slots
+    g = np.flatnonzero(sl.seq_id >= 0)
+    if not s.sizes.growth_reserve_tokens or not len(g):
+        return [0] * s.sizes.dp_ranks
+    need = future_pages(s.sizes, sl.prompt_len[g], sl.max_tokens[g], sl.total[g]) - sl.n_pages[g]
+    return np.bincount(sl.rank_of(g), weights=np.maximum(need, 0), minlength=s.sizes.dp_ranks).astype(int).tolist()
 
 
-def _start(s: Ranks, rank: int, seq: Seq, budget: int, tokens: np.ndarray, hit: list[int]) -> int:
+def future_pages(sizes: RuntimeSizes, prompt_len, max_tokens, total) -> np.ndarray:
+    """Pages a sequence (or an array of them) holds once its prompt and up to
+    `growth_reserve_tokens` more outputs are written (its last sample never is)."""
+    final = prompt_len + max_tokens - 1
+    return pages_for(np.minimum(final, total + sizes.growth_reserve_tokens), sizes.page_size)
+
+
+def _fits(s: Ranks, rank: int, seq: Seq, budget: int, hit: list[int], reserve: int) -> bool:
+    """Whether `rank` has the pages for `seq` to grow (`future_pages`; with no growth reserve,
+    its first chunk under `budget`) from the cached pages `hit` (an idle one taken is a free
+    one fewer), beside its running sequences' `reserve`."""
+    pool, sizes = s.slots.pools[rank], s.sizes
+    if sizes.growth_reserve_tokens:
+        own = int(future_pages(sizes, seq.prompt_len, seq.request.max_tokens, seq.total))
+    else:
+        cached = len(hit) * sizes.page_size
+        own = pages_for(cached + min(seq.total - cached, budget), sizes.page_size)
+    return own - len(hit) + pool.idle_count(hit) + reserve <= pool.num_free
+
+
+def _start(s: Ranks, rank: int, seq: Seq, budget: int, tokens: np.ndarray, hit: list[int], reserve: list[int]) -> int:
     """Admit a waiting sequence (already off its queue) with its first chunk, planned in
-    `tokens`; that chunk's size."""
+    `tokens`; that chunk's size. Its growth beyond that chunk joins `reserve`."""
     g, n = s.start(rank, seq, budget, hit)
     tokens[g] = n
+    sl = s.slots
+    if s.sizes.growth_reserve_tokens:
+        grown = future_pages(s.sizes, sl.prompt_len[g], sl.max_tokens[g], sl.total[g])
+        reserve[rank] += max(0, int(grown) - int(sl.n_pages[g]))
     return n
 
 

@@ -35,6 +35,7 @@ class Ranks:
         # compute (prompt, and what a preempted sequence recomputes).
         self.cached_tokens = [0] * R
         self.prefill_tokens = [0] * R
+        self.recomputed_tokens = [0] * R  # of prefill_tokens: what preempted sequences had computed before
 
     # -- waiting sequences -----------------------------------------------------------------------
 
@@ -76,6 +77,8 @@ class Ranks:
         self.prefix.started(rank, seq, len(hit))
         self.cached_tokens[rank] += cached
         self.prefill_tokens[rank] += seq.total - cached
+        self.recomputed_tokens[rank] += max(0, min(seq.computed_before, seq.total) - cached)
+        seq.computed_before = 0
         seq.rank, seq.status, seq.credit, seq.prefix_waits = rank, Status.RUNNING, 0, 0
         return g, n
 
@@ -84,6 +87,7 @@ class Ranks:
         sl = self.slots
         rank, computed, lost = int(sl.rank_of(g)), int(sl.computed[g]), int(sl.pending[g])
         seq = self.release(g)  # samples not received (a lost KV cache's step in flight) are gone
+        seq.computed_before = computed
         self.prefix.unclaim(rank, seq)  # its credit is what the rank holds, not what it claimed itself
         seq.credit = self.prefix.expected_hit(rank, seq)
         self.prefix.claim(rank, seq)
@@ -121,7 +125,7 @@ class Ranks:
 
     def stats(self) -> dict:
         """Per-rank lists `running`, `waiting`, `pages_used`, `pages_cached`, `load`,
-        `cached_tokens`, `prefill_tokens` (see DPScheduler.stats)."""
+        `cached_tokens`, `prefill_tokens`, `recomputed_tokens` (see DPScheduler.stats)."""
         R, pools = self.sizes.dp_ranks, self.slots.pools
         return {
             "running": [self.slots.running(r) for r in range(R)],
@@ -131,4 +135,5 @@ class Ranks:
             "load": list(self.counters.load),
             "cached_tokens": list(self.cached_tokens),
             "prefill_tokens": list(self.prefill_tokens),
+            "recomputed_tokens": list(self.recomputed_tokens),
         }

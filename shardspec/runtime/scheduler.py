@@ -159,8 +159,9 @@ class DPScheduler:
     def stats(self) -> dict:
         """Per-rank lists `running`, `waiting`, `pages_used` (held), `pages_cached` (holding a
         prefix key, held or idle), `load` (tokens still to run, see routing.py),
-        `cached_tokens` and `prefill_tokens` (over admissions: tokens taken from the prefix
-        cache, and tokens left to compute); `max_kv_usage`: the MAX over ranks of pages held
+        `cached_tokens`, `prefill_tokens` and `recomputed_tokens` (over admissions: tokens taken
+        from the prefix cache, tokens left to compute, and of those what a preempted sequence
+        had computed before); `max_kv_usage`: the MAX over ranks of pages held
         / pages per rank (a mean hides one full rank); cumulative `preemptions` and `spills`."""
         stats = self.ranks.stats()
         stats["max_kv_usage"] = max(stats["pages_used"]) / self.sizes.pages_per_rank

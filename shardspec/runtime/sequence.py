@@ -40,6 +40,7 @@ class Seq:
         "credit",
         "prefix_waits",
         "guide",
+        "computed_before",
     )
 
     def __init__(self, seq_id: int, request: Request, rank: int, stop: frozenset[int]):
@@ -56,6 +57,7 @@ class Seq:
         self.credit = 0
         self.prefix_waits = 0
         self.guide = None  # a constrained request's grammar state (structured.Guide)
+        self.computed_before = 0  # tokens it had computed when last preempted: its next prefill recomputes them
 
     @property
     def total(self) -> int:
