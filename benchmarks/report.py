@@ -476,6 +476,42 @@ def _sampling_features(r: dict) -> list[str]:
     ]
 
 
+def _admission(r: dict) -> list[str]:
+    rows = []
+    for name, v in r["layouts"].items():
+        for reserve in ("auto", "0"):
+            x = v[f"reserve_{reserve}"]
+            rows.append(
+                [
+                    name,
+                    reserve,
+                    x["preemptions"],
+                    f"{x['recomputed_tokens']} ({x['recomputed_fraction']:.1%})",
+                    x["steps"],
+                    x["tokens_per_s"],
+                    f"{v['auto_over_0']}×" if reserve == "auto" else "1.0×",
+                ]
+            )
+    first = next(iter(r["layouts"].values()))
+    return [
+        "## Admission without preemption thrash",
+        "",
+        f"{r['requests']} requests of {r['prompt']} prompt + {r['output']} output tokens (EOS ignored), offline, "
+        f"on the default KV size: {first['pages_per_rank']} pages of 16 tokens a rank, "
+        f"{first['pages_a_request_needs']} pages a request at its longest, 64 seats a rank. "
+        "`runtime.kv_growth_reserve: auto` keeps pages for a seat's "
+        f"share ({first['reserve_tokens']} tokens) of each running sequence's growth; `0` admits on the first chunk's "
+        "pages alone (the behaviour before): the pages fill with prompts and the decodes preempt each other. "
+        "Recomputed: tokens a preempted sequence had computed and computed again (share of all computed). "
+        "Tokens/s best of 3 alternating runs after an untimed one; the ratio in the same run.",
+        "",
+        *_table(["layout", "kv_growth_reserve", "preemptions", "recomputed", "steps", "tokens/s", "vs 0"], rows),
+        "",
+        "Command: `python benchmarks/admission.py`",
+        "",
+    ]
+
+
 def _suggest(r: dict) -> list[str]:
     wl = r["workload"]
     times = [
@@ -748,6 +784,7 @@ def write_report(results: Path, target: Path) -> None:
         ("moe_flops", _moe_flops),
         ("e2e_tokens", _e2e),
         ("sampling_features", _sampling_features),
+        ("admission", _admission),
         ("serve_http", _serve_http),
         ("routing_trace", None),
         ("routing_time", _routing_time),

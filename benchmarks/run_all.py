@@ -27,6 +27,7 @@ BENCHMARKS = [
     "moe_flops",
     "e2e_tokens",
     "sampling_features",
+    "admission",
     "serve_http",
     "routing_trace",
     "routing_time",

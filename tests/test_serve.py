@@ -250,10 +250,39 @@ def test_metrics_name_what_a_serving_dashboard_needs(server):
         "shardspec_time_per_output_token_seconds_bucket",
         "shardspec_e2e_request_latency_seconds_bucket",
         'shardspec_rank_requests_running{rank="0"}',
+        "shardspec_recomputed_tokens_total",
+        "shardspec_request_queue_time_seconds_bucket",
+        "shardspec_request_prefill_time_seconds_bucket",
+        "shardspec_request_decode_time_seconds_bucket",
     ):
         assert name in text, name
     models = _client(server).models.list()
     assert [m.id for m in models.data] == ["tiny"]
+
+
+FIRST_TOKEN_PARTS = ("inbox_time", "queue_time", "prefill_time", "first_token_handover")
+
+
+def test_the_first_tokens_time_is_the_sum_of_its_parts(server):
+    """Submitted -> taken by the engine -> first scheduled -> first token sampled -> its
+    handler has it: four histograms whose sums add up to time_to_first_token's."""
+    _wait_idle(server)
+
+    def sums():
+        parts = {p: _metric(server, f"shardspec_request_{p}_seconds_sum") for p in FIRST_TOKEN_PARTS}
+        counts = {p: _metric(server, f"shardspec_request_{p}_seconds_count") for p in FIRST_TOKEN_PARTS}
+        ttft = _metric(server, "shardspec_time_to_first_token_seconds_sum")
+        return parts, counts, ttft, _metric(server, "shardspec_time_to_first_token_seconds_count")
+
+    before = sums()
+    client = _client(server)
+    for i in range(3):
+        client.completions.create(model="tiny", prompt=f"parts {i}", max_tokens=4, extra_body={"ignore_eos": True})
+    after = sums()
+    assert after[3] - before[3] == 3
+    assert all(after[1][p] - before[1][p] == 3 for p in FIRST_TOKEN_PARTS)
+    added = sum(after[0][p] - before[0][p] for p in FIRST_TOKEN_PARTS)
+    assert added == pytest.approx(after[2] - before[2], abs=1e-6) and added > 0
 
 
 def test_sigterm_ends_streams_and_exits_0(server):

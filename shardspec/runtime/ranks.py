@@ -11,6 +11,8 @@ requests and the steps and composes these events.
 
 from __future__ import annotations
 
+import time
+
 from ..sizes import RuntimeSizes
 from .prefix_cache import NoPrefixCache, PrefixCache
 from .routing import RankCounters, Router
@@ -80,6 +82,8 @@ class Ranks:
         self.recomputed_tokens[rank] += max(0, min(seq.computed_before, seq.total) - cached)
         seq.computed_before = 0
         seq.rank, seq.status, seq.credit, seq.prefix_waits = rank, Status.RUNNING, 0, 0
+        if seq.admitted_at is None:  # a preempted sequence keeps its first admission
+            seq.admitted_at = time.monotonic()
         return g, n
 
     def preempt(self, g: int) -> None:

@@ -108,6 +108,16 @@ class TokenLogprob:
 
 
 @dataclasses.dataclass(frozen=True)
+class RequestTimes:
+    """When the engine took a request, first scheduled it, and received its first token
+    (`time.monotonic()`; None: it never got there). Where the first token's time goes."""
+
+    accepted: float
+    admitted: float | None = None
+    first_token: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Output:
     id: str
     prompt_token_ids: tuple[int, ...]
@@ -117,6 +127,7 @@ class Output:
     logprobs: tuple[TokenLogprob, ...] | None = None  # one per output token, when the request asked
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # one per prompt token (the first None)
     error: str | None = None  # finish_reason "error": what failed
+    times: RequestTimes | None = dataclasses.field(default=None, compare=False)  # the engine's, not in JSON
 
     def to_json(self) -> dict:
         out = {

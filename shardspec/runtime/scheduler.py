@@ -33,6 +33,7 @@ The ranks' state and its events are `ranks.py`; the phases of a step are
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -245,6 +246,11 @@ class DPScheduler:
         sl.tokens[gs, sl.prompt_len[gs] + sl.received[gs]] = tok
         sl.received[gs] += 1
         sl.pending[gs] -= 1
+        firsts = gs[sl.received[gs] == 1]
+        if len(firsts):  # a few a step: where each one's first token's time went (RequestTimes)
+            now = time.monotonic()
+            for slot in firsts.tolist():
+                sl.seq[slot].first_token_at = sl.seq[slot].first_token_at or now
         if new_tokens is not None:
             ids = [sl.seq[slot].request.id for slot in gs.tolist()]
             new_tokens += zip(ids, tok.tolist(), np.flatnonzero(got).tolist())
@@ -280,4 +286,7 @@ class DPScheduler:
         self.ranks.finish(seq)
         del self._seqs[seq.id], self._by_request[seq.request.id]
         seq.status = Status.FINISHED
-        self._finished.append(Output(seq.request.id, seq.request.prompt_token_ids, seq.outputs, reason, error=error))
+        request = seq.request
+        self._finished.append(
+            Output(request.id, request.prompt_token_ids, seq.outputs, reason, error=error, times=seq.times)
+        )

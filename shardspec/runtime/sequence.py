@@ -11,10 +11,11 @@ plus the outputs it had when it was preempted).
 from __future__ import annotations
 
 import enum
+import time
 
 import numpy as np
 
-from .request import Request
+from .request import Request, RequestTimes
 
 
 class Status(enum.Enum):
@@ -41,6 +42,9 @@ class Seq:
         "prefix_waits",
         "guide",
         "computed_before",
+        "accepted_at",
+        "admitted_at",
+        "first_token_at",
     )
 
     def __init__(self, seq_id: int, request: Request, rank: int, stop: frozenset[int]):
@@ -58,6 +62,12 @@ class Seq:
         self.prefix_waits = 0
         self.guide = None  # a constrained request's grammar state (structured.Guide)
         self.computed_before = 0  # tokens it had computed when last preempted: its next prefill recomputes them
+        # time.monotonic() when the scheduler took it, first started it, and received its first token
+        self.accepted_at, self.admitted_at, self.first_token_at = time.monotonic(), None, None
+
+    @property
+    def times(self) -> RequestTimes:
+        return RequestTimes(self.accepted_at, self.admitted_at, self.first_token_at)
 
     @property
     def total(self) -> int:

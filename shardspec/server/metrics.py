@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_PART_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, *_LATENCY_BUCKETS)  # the first token's parts: sub-ms too
 
 
 class _EngineCollector:
@@ -75,28 +76,49 @@ class ServerMetrics:
     def __init__(self, engine):
         self.registry = CollectorRegistry()
         self.registry.register(_EngineCollector(engine))
-        self.ttft = Histogram(
-            "shardspec_time_to_first_token_seconds",
-            "Arrival to the first generated token",
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.tpot = Histogram(
-            "shardspec_time_per_output_token_seconds",
-            "Mean time between a request's generated tokens after the first",
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.e2e = Histogram(
-            "shardspec_e2e_request_latency_seconds",
-            "Arrival to the last token",
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
 
-    def observe(self, arrival: float, first_token: float | None, finish: float, tokens: int) -> None:
+        def histogram(name: str, doc: str, buckets=_LATENCY_BUCKETS) -> Histogram:
+            return Histogram(f"shardspec_{name}", doc, buckets=buckets, registry=self.registry)
+
+        self.ttft = histogram("time_to_first_token_seconds", "Arrival to the first generated token")
+        self.tpot = histogram(
+            "time_per_output_token_seconds", "Mean time between a request's generated tokens after the first"
+        )
+        self.e2e = histogram("e2e_request_latency_seconds", "Arrival to the last token")
+        # Where the first token's time goes: its four parts add up to time_to_first_token.
+        self.inbox = histogram(
+            "request_inbox_time_seconds", "Arrival to the engine thread taking the request", _PART_BUCKETS
+        )
+        self.queue = histogram(
+            "request_queue_time_seconds", "Taken by the engine to first scheduled: waiting for admission", _PART_BUCKETS
+        )
+        self.prefill = histogram(
+            "request_prefill_time_seconds",
+            "First scheduled to its first token sampled: the prompt's steps",
+            _PART_BUCKETS,
+        )
+        self.handover = histogram(
+            "request_first_token_handover_seconds",
+            "First token sampled to its handler holding it (the event loop's hand-over, detokenization)",
+            _PART_BUCKETS,
+        )
+        self.decode = histogram("request_decode_time_seconds", "First token to the last")
+
+    def observe(self, arrival: float, first_token: float | None, finish: float, output) -> None:
+        """A finished request: `arrival` (submitted), `first_token` (its handler got it) and
+        `finish` are time.monotonic(); `output` its Output, with the engine's RequestTimes."""
         self.e2e.observe(finish - arrival)
+        tokens, times = len(output.output_token_ids), output.times
         if first_token is not None:
             self.ttft.observe(first_token - arrival)
+            self.decode.observe(finish - first_token)
             if tokens > 1:
                 self.tpot.observe((finish - first_token) / (tokens - 1))
+        if times is None:
+            return
+        self.inbox.observe(max(0.0, times.accepted - arrival))
+        if times.admitted is not None:
+            self.queue.observe(times.admitted - times.accepted)
+            if times.first_token is not None and first_token is not None:
+                self.prefill.observe(times.first_token - times.admitted)
+                self.handover.observe(max(0.0, first_token - times.first_token))

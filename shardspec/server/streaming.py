@@ -162,7 +162,7 @@ async def deltas(batch: Batch, metrics: ServerMetrics) -> AsyncIterator[tuple[in
             first[i] = time.monotonic()
         if item.output is not None:
             left -= 1
-            metrics.observe(batch.arrival, first.get(i), time.monotonic(), len(item.output.output_token_ids))
+            metrics.observe(batch.arrival, first.get(i), time.monotonic(), item.output)
         yield i, item
 
 
