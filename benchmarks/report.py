@@ -740,28 +740,51 @@ def _e2e(r: dict) -> list[str]:
 
 
 def _serve_http(r: dict) -> list[str]:
-    rows = [
-        [n, v["tokens_per_s"], f"{v['http_over_offline']}×", v["ttft_p50_ms"], v["ttft_p99_ms"], v["tpot_p50_ms"]]
-        for n, v in r["clients"].items()
-    ]
-    return [
-        "## The HTTP path: shardspec serve against the engine offline",
+    lines = [
+        "## The HTTP path: shardspec serve under a load generator, against the engine offline",
         "",
-        f"llama3-tiny on one CPU device, {r['requests']} requests of {r['prompt_tokens']} prompt tokens and "
-        f"{r['output_tokens']} out, streamed by N concurrent `openai` clients over loopback, against the engine "
-        f"serving the same requests offline in the same run ({r['offline_tokens_per_s']} tokens/s, best of 3).",
-        "",
-        *_table(["clients", "tokens/s", "÷ offline", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms"], rows),
-        "",
-        "On this model a step takes about 2 ms, so the server's per-token Python work (a delta through the "
-        "event loop, a JSON chunk, a socket write), which shares the interpreter with the engine thread, "
-        "dominates: the HTTP path reaches about a tenth of the offline rate. The fix is an API process apart "
-        "from the engine's, as vLLM has; on a model whose step costs tens of milliseconds the same overhead "
-        "is a small fraction.",
-        "",
-        "Command: `python benchmarks/serve_http.py`",
+        f"llama3-tiny on one CPU device; {r['requests']} requests a run (EOS ignored). The server in its own "
+        "process; the load generator (`benchmarks/loadgen.py`: asyncio, `aiohttp` streams) in another, closed "
+        "loop at N clients or open loop at a request rate. Client-side percentiles; the first token's parts "
+        "are the server's /metrics histograms over the run (mean ms: the inbox before the engine thread takes a "
+        "request, waiting for admission, the prompt's prefill steps, the hand-over to its handler). Offline: "
+        "the engine in the benchmark's process, the same requests at the same concurrency (closed loop), "
+        "best of 3.",
         "",
     ]
+    header = ["load", "tok/s", "÷ offline", "TTFT p50/p99 ms", "TPOT p50 ms", "ITL p50/p99 ms"]
+    header += ["inbox / queue / prefill / hand-over ms", "preempted"]
+    for w in r["workloads"]:
+        rows = []
+        for x in w["runs"]:
+            load = f"{x['mode']['clients']} clients" if "clients" in x["mode"] else f"{x['mode']['rate']:g} req/s"
+            parts = x["ttft_parts_mean_ms"]
+            rows.append(
+                [
+                    load,
+                    x["output_tokens_per_s"],
+                    f"{x['http_over_offline']}×" if "http_over_offline" in x else "–",
+                    f"{x['ttft_ms']['p50']} / {x['ttft_ms']['p99']}",
+                    x["tpot_ms"]["p50"],
+                    f"{x['itl_ms']['p50']} / {x['itl_ms']['p99']}",
+                    " / ".join(
+                        str(parts[p]) for p in ("inbox_time", "queue_time", "prefill_time", "first_token_handover")
+                    ),
+                    x["preemptions"],
+                ]
+            )
+        lines += [f"### {w['prompt']} prompt + {w['output']} output tokens", "", *_table(header, rows), ""]
+    reading = (
+        "Reading it: the server's four parts sum to its own time to first token; what the client sees beyond "
+        "that sum is spent before a request's handler runs (accepting the connection, parsing and checking the "
+        "body on the event loop, which the engine thread shares the interpreter with). `queue` grows where "
+        "admission holds requests back for the pages the running ones will grow into (64 + 64 tokens: 32 of "
+        "the 64 in flight fit a rank at their full length) instead of preempting (`preempted` stays 0). "
+        "`hand-over` (the event loop taking a step's tokens) and the time before the handler grow with the "
+        "clients: the interpreter the HTTP work shares with the engine is the limit, which an API process of "
+        "its own would lift."
+    )
+    return lines + [reading, "", "Command: `python benchmarks/serve_http.py`", ""]
 
 
 def write_report(results: Path, target: Path) -> None:

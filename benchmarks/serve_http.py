@@ -1,64 +1,67 @@
-"""The HTTP path's cost: `shardspec serve` driven by N concurrent streaming clients against
-the engine serving the same requests offline (what `shardspec run` does).
+"""The HTTP path as users measure it: `shardspec serve` under a separate-process load
+generator (benchmarks/loadgen.py) against the engine serving the same requests offline.
 
 llama3-tiny on one simulated CPU device (max_num_seqs 64, max_num_batched_tokens
-256), 128 requests of 16 prompt tokens and 32 tokens out (EOS ignored). The
-server runs in its own process on 127.0.0.1; clients are threads of the real
-load generator (`httpx` streams, one connection a client), each streaming its
-requests one after another. Reported per
-client count: throughput (generated tokens/s over the whole run), time to first
-token p50/p99 and time per output token p50 as the clients saw them; and the
-offline engine's tokens/s on the same requests, measured in the same run. The
-ratio is the HTTP path's overhead.
+256). Two workloads: 128 requests of 16 prompt + 32 output tokens, and of 64 + 64
+(EOS ignored). The server runs in its own process on 127.0.0.1; the load generator
+in another (asyncio, `aiohttp` streams), closed loop at 1, 8, 32 and 64 clients and
+open loop at two request rates. Reported per run: output tokens/s, TTFT, TPOT and
+inter-token latency p50/p90/p99 as the client saw them, and where the first token's
+time went (the server's /metrics histograms, before and after the run: mean ms in
+the inbox, waiting for admission, in prefill, and handed over to the handler). The
+offline engine runs the same requests closed loop at the same concurrency (N in
+flight, the next added as one finishes), in this process, best of 3: the ratio is the
+HTTP path's cost.
 
-    python benchmarks/serve_http.py
+    pip install -e '.[bench]' && python benchmarks/serve_http.py
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+HERE = Path(__file__).resolve().parent
 STRATEGY = {
     "name": "serve-bench",
     "model": "llama3-tiny",
     "devices": 1,
     "runtime": {"max_num_seqs": 64, "max_num_batched_tokens": 256},
 }
-REQUESTS, PROMPT, OUT = 128, 16, 32
+REQUESTS = 128
+WORKLOADS = ((16, 32), (64, 64))  # (prompt, output) tokens
 CLIENTS = (1, 8, 32, 64)
+RATES = (50.0, 200.0)  # requests a second, open loop
+PARTS = ("inbox_time", "queue_time", "prefill_time", "first_token_handover")
 
 
-def prompts() -> list[list[int]]:
+def prompts(prompt: int) -> list[list[int]]:
     rng = np.random.default_rng(0)
-    return [rng.integers(0, 512, PROMPT).tolist() for _ in range(REQUESTS)]
+    return [rng.integers(1, 512, prompt).tolist() for _ in range(REQUESTS)]
 
 
-def offline() -> float:
-    import jax
-
-    jax.config.update("jax_num_cpu_devices", 1)
-    from shardspec import compile, load
-    from shardspec.runtime.engine import Engine
-
-    engine = Engine(compile(load(STRATEGY)))
-    engine.warmup()
-    requests = [{"prompt_token_ids": p, "max_tokens": OUT, "ignore_eos": True} for p in prompts()]
+def offline(engine, prompt: int, output: int, clients: int) -> float:
+    """Output tokens/s of the engine with `clients` requests in flight (closed loop), best of 3."""
     best = float("inf")
     for _ in range(3):
+        work = iter({"prompt_token_ids": p, "max_tokens": output, "ignore_eos": True} for p in prompts(prompt))
         start = time.perf_counter()
-        engine.generate(requests)
+        for request in [next(work) for _ in range(clients)]:
+            engine.add_request(**request)
+        while engine.has_unfinished():
+            for _ in engine.step():
+                request = next(work, None)
+                if request is not None:
+                    engine.add_request(**request)
         best = min(best, time.perf_counter() - start)
-    return REQUESTS * OUT / best
+    return REQUESTS * output / best
 
 
 def start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
@@ -80,65 +83,59 @@ def start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the server did not start")
 
 
-def drive(base: str, clients: int) -> dict:
-    """N client threads, each streaming its share of the requests over one keep-alive
-    connection and reading the SSE lines with `httpx` (json.loads a chunk): a load
-    generator light enough to leave the two cores to the server."""
+def metrics(base: str) -> dict[str, float]:
+    """The first token's parts (sum and count) and the recompute counters, from /metrics."""
     import httpx
 
-    work = prompts()
-    local = threading.local()
+    wanted = [f"shardspec_request_{p}_seconds_{k}" for p in PARTS for k in ("sum", "count")]
+    wanted += ["shardspec_preemptions_total", "shardspec_recomputed_tokens_total"]
+    lines = httpx.get(base + "/metrics", timeout=10).text.splitlines()
+    return {name: float(next(x.split()[-1] for x in lines if x.startswith(name + " "))) for name in wanted}
 
-    def one(prompt):
-        client = getattr(local, "client", None) or setattr(local, "client", httpx.Client(timeout=300)) or local.client
-        body = {
-            "model": "llama3-tiny",
-            "prompt": prompt,
-            "max_tokens": OUT,
-            "temperature": 0,
-            "stream": True,
-            "ignore_eos": True,
-        }
-        sent = time.perf_counter()
-        stamps = []
-        while True:
-            with client.stream("POST", base + "/v1/completions", json=body) as response:
-                if response.status_code == 429:  # the queue is full: back off as Retry-After says
-                    time.sleep(float(response.headers["retry-after"]))
-                    continue
-                for line in response.iter_lines():
-                    if line.startswith("data: {"):
-                        n = len(json.loads(line[6:])["choices"][0]["token_ids"])
-                        stamps += [time.perf_counter()] * n
-                break
-        return stamps[0] - sent, (stamps[-1] - stamps[0]) / (len(stamps) - 1), len(stamps)
 
-    start = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(one, work))
-    wall = time.perf_counter() - start
-    ttft, tpot, tokens = (np.array(x) for x in zip(*results))
-    assert (tokens == OUT).all()
-    return {
-        "tokens_per_s": round(float(tokens.sum() / wall), 1),
-        "ttft_p50_ms": round(float(np.percentile(ttft, 50)) * 1e3, 1),
-        "ttft_p99_ms": round(float(np.percentile(ttft, 99)) * 1e3, 1),
-        "tpot_p50_ms": round(float(np.percentile(tpot, 50)) * 1e3, 2),
+def drive(base: str, prompt: int, output: int, mode: list[str]) -> dict:
+    """One load-generator run in its own process; its report, with the server's side of it."""
+    before = metrics(base)
+    command = [sys.executable, str(HERE / "loadgen.py"), "--base", base, "--model", "llama3-tiny"]
+    command += ["--requests", str(REQUESTS), "--prompt-len", str(prompt), "--output-len", str(output), *mode]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    report = json.loads(done.stdout)
+    after = metrics(base)
+    delta = {k: after[k] - before[k] for k in after}
+    report["ttft_parts_mean_ms"] = {
+        p: round(delta[f"shardspec_request_{p}_seconds_sum"] / delta[f"shardspec_request_{p}_seconds_count"] * 1e3, 2)
+        for p in PARTS
     }
+    report["preemptions"] = int(delta["shardspec_preemptions_total"])
+    report["recomputed_tokens"] = int(delta["shardspec_recomputed_tokens_total"])
+    return report
 
 
 def main() -> dict:
-    out = {"benchmark": "serve_http", "requests": REQUESTS, "prompt_tokens": PROMPT, "output_tokens": OUT}
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", 1)
+    from shardspec import compile, load
+    from shardspec.runtime.engine import Engine
+
+    engine = Engine(compile(load(STRATEGY)))
+    engine.warmup()
+    out = {"benchmark": "serve_http", "requests": REQUESTS, "workloads": []}
     with tempfile.TemporaryDirectory() as tmp:
         proc, base = start_server(Path(tmp))
         try:
-            drive(base, 8)  # warm the client path
-            out["offline_tokens_per_s"] = round(offline(), 1)
-            out["clients"] = {}
-            for n in CLIENTS:
-                r = out["clients"][str(n)] = drive(base, n)
-                r["http_over_offline"] = round(r["tokens_per_s"] / out["offline_tokens_per_s"], 2)
-                print(f"{n} clients: {r}", file=sys.stderr)
+            drive(base, 16, 8, ["--clients", "8"])  # the server's programs and the client path warm
+            for prompt, output in WORKLOADS:
+                runs = []
+                for n in CLIENTS:
+                    r = drive(base, prompt, output, ["--clients", str(n)])
+                    r["offline_tokens_per_s"] = round(offline(engine, prompt, output, n), 1)
+                    r["http_over_offline"] = round(r["output_tokens_per_s"] / r["offline_tokens_per_s"], 2)
+                    runs.append(r)
+                    print(f"{prompt}+{output}, {n} clients: {r}", file=sys.stderr)
+                for rate in RATES:
+                    runs.append(drive(base, prompt, output, ["--rate", str(rate)]))
+                out["workloads"].append({"prompt": prompt, "output": output, "runs": runs})
         finally:
             proc.terminate()
             proc.wait(30)
