@@ -127,7 +127,9 @@ class Output:
     logprobs: tuple[TokenLogprob, ...] | None = None  # one per output token, when the request asked
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # one per prompt token (the first None)
     error: str | None = None  # finish_reason "error": what failed
-    times: RequestTimes | None = dataclasses.field(default=None, compare=False)  # the engine's, not in JSON
+    # When the engine took, first scheduled and first sampled it: a clock reading, not part of
+    # the output's value (left out of equality, repr and JSON: processes compare outputs by repr).
+    times: RequestTimes | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict:
         out = {
