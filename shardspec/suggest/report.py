@@ -50,11 +50,8 @@ def text(s: Suggestion, top: int | None = None) -> str:
 
 
 def _limits(w) -> str:
-    limits = [
-        f"TTFT ≤ {w.max_ttft_ms:g} ms" if w.max_ttft_ms else "",
-        f"TPOT ≤ {w.max_tpot_ms:g} ms" if w.max_tpot_ms else "",
-    ]
-    limits = [x for x in limits if x]
+    given = (("TTFT", w.max_ttft_ms), ("TPOT", w.max_tpot_ms))
+    limits = [f"{name} ≤ {ms:g} ms" for name, ms in given if ms is not None]
     return f"; limits: {', '.join(limits)}" if limits else ""
 
 

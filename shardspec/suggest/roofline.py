@@ -11,9 +11,9 @@ and each collective's time a ring's: latency + (all-reduce 2(n-1)/n, all-gather 
 all-to-all (n-1)/n, reduce-scatter (n-1)) × its result bytes ÷ the link bandwidth of
 the axes it spans (across hosts where `multihost:` spreads one of them).
 
-Ignored, and so optimistic: compute overlapping nothing but memory, kernels below
-their peak, activations' HBM traffic, the host's time between steps, waste where a
-tensor group repeats work (KV heads replicated over model).
+Assumed: compute and HBM reads overlap fully, and collectives overlap neither;
+kernels reach their peak. Ignored: activations' HBM traffic, the host's time
+between steps, work a tensor group repeats (KV heads replicated over model).
 """
 
 from __future__ import annotations
