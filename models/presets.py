@@ -73,21 +73,6 @@ PRESETS: dict[str, LlamaConfig] = {
         max_seq_len=8192,
         shape_only=True,
     ),
-    # Llama 3.1 / 3.3 70B: Llama 3's shapes, 128K tokens through Llama 3.1's rope scaling.
-    "llama3.1-70b": LlamaConfig(
-        vocab_size=128256,
-        hidden_size=8192,
-        num_layers=80,
-        num_heads=64,
-        num_kv_heads=8,
-        head_dim=128,
-        mlp_size=28672,
-        rope_theta=500000.0,
-        rms_eps=1e-5,
-        max_seq_len=131072,
-        rope_scaling=RopeScaling("llama3", 8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position=8192),
-        shape_only=True,
-    ),
     # MoE: 8 experts (top 2) so every expert-parallel width up to 8 divides them;
     # 2 KV heads, the case attention DP is for.
     "mixtral-tiny": MoEConfig(
@@ -240,3 +225,9 @@ PRESETS: dict[str, LlamaConfig] = {
         shape_only=True,
     ),
 }
+# Llama 3.1 / 3.3 70B: Llama 3's shapes, 128K tokens through Llama 3.1's rope scaling.
+PRESETS["llama3.1-70b"] = dataclasses.replace(
+    PRESETS["llama3-70b"],
+    max_seq_len=131072,
+    rope_scaling=RopeScaling("llama3", 8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position=8192),
+)

@@ -11,17 +11,16 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax.numpy as jnp
+
 from ..errors import ShardspecError
 from ..model_factory import names_a_factory
-from ..models.registry import resolve_config
 from ..sizes import pages_for
 from .catalog import DeviceKind, device_kinds, parse_devices
-from .search import Candidate, search
+from .search import Candidate, read_model, search
 from .workload import Workload, parse_span, workload
 
 __all__ = ["Suggestion", "device_kinds", "parse_devices", "parse_span", "suggest", "workload"]
-
-KV_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,16 +59,16 @@ def suggest(
             path="--model",
             hint="see `shardspec models`",
         )
-    config = resolve_config(model)
-    if wl.longest > config.max_seq_len:
+    info = read_model(model, dtype)
+    if wl.longest > info.config.max_seq_len:
         raise ShardspecError(
             f"the longest request, {wl.prompt_max} + {wl.output_max} = {wl.longest} tokens, exceeds {model}'s "
-            f"maximum length {config.max_seq_len}",
+            f"maximum length {info.config.max_seq_len}",
             path="--output-len",
             hint="shorten --prompt-len or --output-len, or choose a longer-context model",
         )
     hosts = _hosts(kind, devices, hosts)
-    found = search(model, kind, devices, hosts, wl, dtype, kv_dtype)
+    found = search(info, kind, devices, hosts, wl, dtype, kv_dtype)
     return Suggestion(model, kind, devices, hosts, wl, dtype, kv_dtype, tuple(found))
 
 
@@ -102,7 +101,7 @@ def what_would_fit(s: Suggestion) -> str:
     )
     if in_flight >= 1:
         ideas.append(f"at most {int(in_flight)} requests in flight (--concurrency {int(in_flight)})")
-    kv_now = KV_BYTES[s.dtype if s.kv_dtype == "auto" else s.kv_dtype]
+    kv_now = jnp.dtype(compiled[0].plan.kv_cache.dtype).itemsize  # the KV dtype, auto resolved
     if kv_now > 1 and any(
         c.memory.params + c.memory.activations + c.memory.kv_cache / kv_now <= c.memory.capacity for c in compiled
     ):

@@ -60,7 +60,7 @@ def layer_collectives(plan: ShardingPlan, tokens_per_rank: int, moe: bool) -> li
         out.append(Collective("all-reduce", ("attn_dp", "model"), T * E * b, what))
     if moe:
         out += _routed(T, S, E, b, cfg.num_experts // X, A)
-    return [c for c in out if math.prod(shape[a] for a in c.axes) > 1]  # a group of one moves nothing
+    return [c for c in out if group_size(plan, c) > 1]  # a group of one moves nothing
 
 
 def _routed(T: int, S: int, E: int, b: int, local_experts: int, A: int) -> list[Collective]:

@@ -47,14 +47,20 @@ class Candidate:
         return (0, len(self.missed), -self.tokens_per_s_per_device, -self.memory.headroom)
 
 
+def read_model(model: str, dtype: str) -> ModelInfo:
+    """The model's parameters and geometry, read once (its abstract module is most of a
+    compile's time): each candidate's plan is built from them."""
+    return compile(load({"model": model, "devices": 1, "runtime": {"dtype": dtype}}), abstract_mesh=True).model
+
+
 def search(
-    model: str, kind: DeviceKind, devices: int, hosts: int, wl: Workload, dtype: str, kv_dtype: str
+    info: ModelInfo, kind: DeviceKind, devices: int, hosts: int, wl: Workload, dtype: str, kv_dtype: str
 ) -> list[Candidate]:
     """Every candidate for `devices` of `kind` on `hosts` hosts, best first."""
-    # The model is read once (its abstract module is most of a compile's time); each candidate's plan from it.
-    info = compile(load({"model": model, "devices": 1, "runtime": {"dtype": dtype}}), abstract_mesh=True).model
     moe = isinstance(info.config, MoEConfig)
-    found = [_evaluate(s, info, kind, wl, dtype) for s in strategies(model, devices, hosts, moe, wl, dtype, kv_dtype)]
+    found = [
+        _evaluate(s, info, kind, wl, dtype) for s in strategies(info.name, devices, hosts, moe, wl, dtype, kv_dtype)
+    ]
     return sorted(found, key=Candidate.rank_key)
 
 
