@@ -104,8 +104,10 @@ async def run(args) -> dict:
 
 
 def summary(results: list[dict], wall: float, args) -> dict:
-    def pct(values, scale=1e3) -> dict:
+    def pct(values, scale=1e3) -> dict | None:
         values = np.asarray([v for v in values if v is not None])
+        if not values.size:  # one output token: no time per token, no gaps
+            return None
         return {f"p{q}": round(float(np.percentile(values, q)) * scale, 2) for q in PERCENTILES}
 
     return {

@@ -1,12 +1,14 @@
 """Token streaming and stop strings in the engine, and requests added from another thread."""
 
+import asyncio
 import threading
 
 import pytest
 
 from shardspec import ShardspecError, compile, load
-from shardspec.runtime.engine import Engine
+from shardspec.runtime.engine import Engine, TokenDelta
 from shardspec.runtime.text_stream import TextStream
+from shardspec.server.streaming import backlog
 from shardspec.tokenizer import load_tokenizer
 
 from conftest import ROOT
@@ -26,6 +28,32 @@ def _requests(tag: str, **fields):
     return [
         {"id": f"{tag}{i}", "prompt": p, "max_tokens": 12, "ignore_eos": True, **fields} for i, p in enumerate(PROMPTS)
     ]
+
+
+def test_a_requests_deltas_joined_are_its_whole_output(engine):
+    joined = {}
+    for delta in engine.stream(_requests("j", logprobs=1), tokens=True):
+        joined[delta.id] = joined[delta.id].then(delta) if delta.id in joined else delta
+    assert sorted(joined) == ["j0", "j1", "j2"]
+    for whole in joined.values():
+        out = whole.output
+        assert (whole.token_ids, whole.text, whole.logprobs) == (out.output_token_ids, out.text, out.logprobs)
+
+
+def test_a_readers_backlog_is_one_delta_a_request_up_to_a_failure():
+    a1, b1, a2 = TokenDelta("a", (1,), "x"), TokenDelta("b", (5,), "p"), TokenDelta("a", (2, 3), "yz")
+    failure = RuntimeError("the engine failed")
+
+    async def read(*items):
+        queue = asyncio.Queue()
+        for item in items[1:]:
+            queue.put_nowait(item)
+        return backlog(queue, items[0]), queue.qsize()
+
+    joined, left = asyncio.run(read(a1, b1, a2))
+    assert joined == [TokenDelta("a", (1, 2, 3), "xyz"), b1] and left == 0
+    joined, left = asyncio.run(read(a1, failure, b1))
+    assert joined == [a1, failure] and left == 1  # nothing after a failure is read
 
 
 def test_deltas_concatenate_to_the_outputs_generate_gives(engine):

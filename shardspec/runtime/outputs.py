@@ -34,6 +34,14 @@ class TokenDelta:
     output: Output | None = None  # set once: the request finished
     logprobs: tuple[TokenLogprob, ...] | None = None  # one per new token, when the request asked
 
+    def then(self, later: TokenDelta) -> TokenDelta:
+        """This delta and `later`, the same request's next, as one (a reader that fell behind
+        the engine takes several steps' progress at once)."""
+        text, lp = (self.text, later.text), (self.logprobs, later.logprobs)
+        text = None if text == (None, None) else (text[0] or "") + (text[1] or "")
+        lp = None if lp == (None, None) else (lp[0] or ()) + (lp[1] or ())
+        return TokenDelta(self.id, self.token_ids + later.token_ids, text, later.output, lp)
+
 
 class OutputLayer:
     def __init__(self, tokenizer=None):

@@ -53,6 +53,9 @@ class EngineLoop:
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._inbox: list[tuple] = []  # ("add", Request) and ("abort", id), in arrival order
         self._inbox_lock = threading.Lock()
+        # Requests the engine holds unadmitted, as of its last turn plus those taken since: what
+        # submit counts against max_waiting without the engine's lock (held for a whole step).
+        self._waiting = 0
         self._work = threading.Event()
         self._closing = False
         self._ids = itertools.count()
@@ -71,8 +74,7 @@ class EngineLoop:
         request = self.engine.validate({**fields, "id": rid}, rid)
         with self._inbox_lock:
             queued = sum(1 for kind, _ in self._inbox if kind == "add")
-            waiting = sum(self.engine.stats().waiting)
-            if waiting + queued >= self.max_waiting:
+            if self._waiting + queued >= self.max_waiting:
                 raise QueueFull(f"{self.max_waiting} requests are waiting (runtime.max_waiting)")
             self._queues[rid] = (asyncio.get_running_loop(), queue)
             self._inbox.append(("add", request))
@@ -117,6 +119,7 @@ class EngineLoop:
             self._work.clear()
         with self._inbox_lock:
             events, self._inbox = self._inbox, []
+            self._waiting += sum(1 for kind, _ in events if kind == "add")
             stop = self._closing and not events and not busy
         events, stop = _shared(events, stop)
         for kind, value in events:
@@ -128,6 +131,9 @@ class EngineLoop:
             return True
         if self.engine.has_unfinished():
             self._deliver(self.engine.step_deltas())
+        waiting = sum(self.engine.stats().waiting)
+        with self._inbox_lock:
+            self._waiting = waiting
         return False
 
     def _deliver(self, deltas: list[TokenDelta], error: BaseException | None = None) -> None:

@@ -20,6 +20,7 @@ return in no other way, and, where asked, vLLM's `prompt_logprobs`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -272,8 +273,17 @@ def error_body(message: str, kind: str = "invalid_request_error", param: str | N
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+class ResponseIds:
+    """Unique response ids (`cmpl-` and 24 hex digits): a random part drawn once, then a count.
+    A uuid4 each would read the OS's entropy on every request, a system call the event loop
+    waits for."""
+
+    def __init__(self):
+        self._random = uuid.uuid4().hex[:16]
+        self._count = itertools.count()
+
+    def new(self, prefix: str) -> str:
+        return f"{prefix}-{self._random}{next(self._count) % 16**8:08x}"
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:

@@ -43,6 +43,7 @@ class ServerState:
     strict_fields: bool = False  # refuse unknown request fields (400) instead of ignoring them
     tool_call_parser: str | None = None  # reads tool calls from chat text (tool_choice "auto"): tool_calls.PARSERS
     logged_ignored: set[str] = dataclasses.field(default_factory=set)  # ignored names, logged once each
+    ids: api.ResponseIds = dataclasses.field(default_factory=api.ResponseIds)  # each answer's id
 
 
 async def server_state(request: Request) -> ServerState:
@@ -171,7 +172,7 @@ async def _respond(
     text = functools.partial(token_text, server.engine.tokenizer)
     shown = bool(body.logprobs) if chat else body.logprobs is not None  # chat's is a bool, completions' an int
     reply = Reply(
-        api.new_id(prefix),
+        server.ids.new(prefix),
         kind,
         server.model_name,
         chat,
