@@ -75,6 +75,7 @@ async def one(session: aiohttp.ClientSession, args, prompt: list[int]) -> dict:
         "tpot": (times[-1] - times[0]) / (tokens - 1) if tokens > 1 else None,
         "itl": np.diff(times).tolist(),
         "tokens": tokens,
+        "chunks": len(chunks),
     }
 
 
@@ -83,7 +84,7 @@ async def run(args) -> dict:
     prompts = [rng.integers(1, args.vocab, args.prompt_len).tolist() for _ in range(args.requests)]
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         if args.clients:
             queue = iter(prompts)
 
@@ -99,11 +100,11 @@ async def run(args) -> dict:
                 tasks.append(asyncio.create_task(one(session, args, prompt)))
                 await asyncio.sleep(gap)
             results = await asyncio.gather(*tasks)
-        wall = time.perf_counter() - start
-    return summary(results, wall, args)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return summary(results, wall, cpu, args)
 
 
-def summary(results: list[dict], wall: float, args) -> dict:
+def summary(results: list[dict], wall: float, cpu: float, args) -> dict:
     def pct(values, scale=1e3) -> dict | None:
         values = np.asarray([v for v in values if v is not None])
         if not values.size:  # one output token: no time per token, no gaps
@@ -115,7 +116,9 @@ def summary(results: list[dict], wall: float, args) -> dict:
         "requests": len(results),
         "completed": sum(r["tokens"] == args.output_len for r in results),
         "output_tokens_per_s": round(sum(r["tokens"] for r in results) / wall, 1),
+        "tokens_per_chunk": round(sum(r["tokens"] for r in results) / sum(r["chunks"] for r in results), 2),
         "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),  # this process's CPU over the run (start-up left out): what measuring cost
         "ttft_ms": pct(r["ttft"] for r in results),
         "tpot_ms": pct(r["tpot"] for r in results),
         "itl_ms": pct(gap for r in results for gap in r["itl"]),

@@ -259,7 +259,8 @@ class DetokenizeRequest(_Fields):
 def unknown_fields(body: _Fields) -> list[str]:
     """The fields of a request shardspec does not know, as paths (`metadata`, `messages.0.refusal`)."""
     found = list(body.model_extra or {})
-    for name, value in body:
+    for name in [n for n in type(body).model_fields if n in body.model_fields_set]:  # sent, in the model's order
+        value = getattr(body, name)
         if isinstance(value, _Fields):
             found += [f"{name}.{key}" for key in unknown_fields(value)]
         elif isinstance(value, list):
@@ -274,16 +275,16 @@ def error_body(message: str, kind: str = "invalid_request_error", param: str | N
 
 
 class ResponseIds:
-    """Unique response ids (`cmpl-` and 24 hex digits): a random part drawn once, then a count.
-    A uuid4 each would read the OS's entropy on every request, a system call the event loop
-    waits for."""
+    """Unique response ids (`cmpl-` and 24 hex digits or more): a random part drawn once, then a
+    count. A uuid4 each would read the OS's entropy on every request, a system call the event
+    loop waits for."""
 
     def __init__(self):
         self._random = uuid.uuid4().hex[:16]
         self._count = itertools.count()
 
     def new(self, prefix: str) -> str:
-        return f"{prefix}-{self._random}{next(self._count) % 16**8:08x}"
+        return f"{prefix}-{self._random}{next(self._count):08x}"
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:

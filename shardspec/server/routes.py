@@ -13,7 +13,7 @@ import logging
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import ShardspecError
@@ -21,6 +21,7 @@ from ..runtime.engine import Engine
 from . import openai_api as api
 from .chat_template import ChatTemplate
 from .engine_loop import EngineLoop
+from .event_stream import EventStream
 from .http_errors import HTTPError
 from .metrics import ServerMetrics
 from .streaming import Reply, answer, stream, submit, token_text
@@ -186,7 +187,7 @@ async def _respond(
     )
     if body.stream:
         events = stream(server.loop, server.metrics, batch, reply, body.include_usage)
-        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        return EventStream(events, headers=headers)
     return JSONResponse(await answer(server.loop, server.metrics, batch, reply), headers=headers)
 
 

@@ -269,4 +269,4 @@ def _abort(loop: EngineLoop, ids: Iterable[str]) -> None:
 
 
 def _sse(payload: dict) -> bytes:
-    return b"data: " + _json.encode(payload) + b"\n\n"  # one a token: msgspec's encoder, 10x json.dumps
+    return b"data: " + _json.encode(payload) + b"\n\n"  # one a chunk: msgspec's encoder, 10x json.dumps
