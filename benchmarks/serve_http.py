@@ -2,18 +2,18 @@
 generator (benchmarks/loadgen.py) against the engine serving the same requests offline.
 
 llama3-tiny on one simulated CPU device (the default runtime: max_num_seqs 64,
-max_num_batched_tokens 512). Two workloads: 128 requests of 16 prompt + 32 output tokens, and of 64 + 64
-(EOS ignored). The server runs in its own process on 127.0.0.1; the load generator
-in another (asyncio, `aiohttp` streams), closed loop at 1, 8, 32 and 64 clients and
-open loop at two request rates. Reported per run: output tokens/s, TTFT, TPOT and
-inter-token latency p50/p90/p99 as the client saw them, and where the first token's
-time went (the server's /metrics histograms, before and after the run: mean ms in
-the inbox, waiting for admission, in prefill, and handed over to the handler), the
-tokens a step ran, and the CPU µs an output token cost the server (its
+max_num_batched_tokens 512). Two workloads: 128 requests of 16 prompt + 32 output
+tokens, and of 64 + 64 (EOS ignored). The server runs in its own process on 127.0.0.1;
+the load generator in another (asyncio, `aiohttp` streams), closed loop at 1, 8, 32
+and 64 clients and open loop at two request rates. Reported per run: output tokens/s,
+TTFT, TPOT and inter-token latency p50/p90/p99 as the client saw them, and where the
+first token's time went (the server's /metrics histograms, before and after the run:
+mean ms in the inbox, waiting for admission, in prefill, and handed over to the
+handler), the tokens a step ran, and the CPU µs an output token cost the server (its
 `process_cpu_seconds_total`) and the load generator. The offline engine runs the same
 requests closed loop at the same concurrency (N in flight, the next added as one
-finishes), in this process, with its own tokens a step and CPU a token: the ratios
-are the HTTP path's cost. Each figure is the median of 3 runs.
+finishes), in this process, with its own tokens a step and CPU a token: the ratios are
+the HTTP path's cost. Each figure is the median of 3 runs.
 
     pip install -e '.[bench]' && python benchmarks/serve_http.py
 """
@@ -21,6 +21,7 @@ are the HTTP path's cost. Each figure is the median of 3 runs.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -144,7 +145,7 @@ def main() -> dict:
 
     engine = Engine(compile(load(STRATEGY)))
     engine.warmup()
-    out = {"benchmark": "serve_http", "requests": REQUESTS, "workloads": []}
+    out = {"benchmark": "serve_http", "requests": REQUESTS, "cpus": os.cpu_count(), "workloads": []}
     with tempfile.TemporaryDirectory() as tmp:
         proc, base = start_server(Path(tmp))
         try:
