@@ -7,6 +7,7 @@ test_serve.py drives a real server process.
 """
 
 import json
+import re
 
 import httpx
 import openai
@@ -79,6 +80,15 @@ def test_vllm_benchmark_fields_are_served(client):
         assert response.status_code == 200, response.text
         assert response.text.rstrip().endswith("data: [DONE]") and '"usage"' in response.text
         assert IGNORED_HEADER not in response.headers  # every field was known
+
+
+def test_every_answer_has_its_own_id_which_each_of_its_chunks_carries(client):
+    ids = [client.post("/v1/completions", json={**GREEDY, "prompt": "Hi"}).json()["id"] for _ in range(2)]
+    chat = {**GREEDY, "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    lines = client.post("/v1/chat/completions", json=chat).text.split("\n\n")
+    streamed = {json.loads(line[6:])["id"] for line in lines if line.startswith("data: {")}
+    assert len(streamed) == 1 and len(set(ids)) == 2
+    assert all(re.fullmatch(r"cmpl-[0-9a-f]{24}", i) for i in ids) and re.fullmatch(r"chatcmpl-[0-9a-f]{24}", *streamed)
 
 
 def test_unknown_fields_are_ignored_and_named_in_a_header(client):
