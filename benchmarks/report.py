@@ -755,8 +755,8 @@ def _serve_http(r: dict) -> list[str]:
         "",
     ]
     header = ["load", "tok/s", "÷ offline (ceiling)", "TTFT p50/p99 ms", "TPOT p50 ms", "ITL p50/p99 ms"]
-    header += ["tokens a chunk"]
-    header += ["inbox / queue / prefill / hand-over ms", "preempted", "tokens a step: served / offline"]
+    header += ["tokens a chunk", "inbox / queue / prefill / hand-over ms", "preempted"]
+    header += ["tokens a step: served / offline"]
     header += ["CPU µs a token: server + loadgen / offline"]
     for w in r["workloads"]:
         rows = [_serve_http_row(x, r["cpus"]) for x in w["runs"]]
@@ -803,7 +803,9 @@ _SERVE_HTTP_READING = (
     "chunk a step a stream: about a chunk a token, since handlers keep up), and the load generator takes "
     "its own share of the machine's cores. The ceiling in brackets is what those cores could serve were "
     "the HTTP path free (cores ÷ (offline + load generator CPU a token), at most offline's rate): on two "
-    "cores short requests cannot reach 0.8× of offline whatever the server does."
+    "cores short requests cannot reach 0.8× of offline whatever the server does. Below the ceiling, the "
+    "rest is the interpreter the engine thread shares with the event loop: served steps take longer than "
+    "offline ones of the same tokens, the engine waiting for it after each device wait."
 )
 
 
