@@ -757,7 +757,7 @@ def _serve_http(r: dict) -> list[str]:
     header = ["load", "tok/s", "÷ offline (ceiling)", "TTFT p50/p99 ms", "TPOT p50 ms", "ITL p50/p99 ms"]
     header += ["tokens a chunk", "inbox / queue / prefill / hand-over ms", "preempted"]
     header += ["tokens a step: served / offline"]
-    header += ["CPU µs a token: server + loadgen / offline"]
+    header += ["CPU µs a token: server (event loop + threads + XLA) / offline (engine + threads + XLA) / loadgen"]
     for w in r["workloads"]:
         rows = [_serve_http_row(x, r["cpus"]) for x in w["runs"]]
         lines += [f"### {w['prompt']} prompt + {w['output']} output tokens", "", *_table(header, rows), ""]
@@ -769,7 +769,8 @@ def _serve_http_row(x: dict, cpus: int) -> list:
     parts = " / ".join(str(x["ttft_parts_mean_ms"][p]) for p in ("inbox_time", "queue_time", "prefill_time"))
     parts += f" / {x['ttft_parts_mean_ms']['first_token_handover']}"
     off = x.get("offline")
-    cpu = f"{x['server_cpu_us_per_token']:g} + {x['loadgen_cpu_us_per_token']:g}"
+    cpu = [_by_thread(x["server_cpu_us_per_token"], x["server_cpu_us_per_token_by_thread"])]
+    cpu += [_by_thread(off["cpu_us_per_token"], off["cpu_us_per_token_by_thread"])] if off else []
     return [
         load,
         x["output_tokens_per_s"],
@@ -781,7 +782,7 @@ def _serve_http_row(x: dict, cpus: int) -> list:
         parts,
         x["preemptions"],
         f"{x['tokens_per_step']:g} / {off['tokens_per_step']:g}" if off else f"{x['tokens_per_step']:g}",
-        f"{cpu} / {off['cpu_us_per_token']:g}" if off else cpu,
+        " / ".join([*cpu, f"{x['loadgen_cpu_us_per_token']:g}"]),
     ]
 
 
@@ -792,6 +793,14 @@ def _free_http_ceiling(x: dict, off: dict, cpus: int) -> float:
     return round(min(most, off["tokens_per_s"]) / off["tokens_per_s"], 2)
 
 
+def _by_thread(total: float, threads: dict | None) -> str:
+    """A process's CPU a token as its threads' sum (the main thread, the other Python threads, XLA's
+    pool), or its total where the threads were not read."""
+    if threads is None:
+        return f"{total:g}"
+    return " + ".join(f"{threads[k]:g}" for k in ("main", "threads", "xla"))
+
+
 _SERVE_HTTP_READING = (
     "Reading it: the server's four parts sum to its own time to first token; what the client sees beyond "
     "that sum is spent before a request's handler runs (accepting the connection, parsing and checking the "
@@ -799,13 +808,16 @@ _SERVE_HTTP_READING = (
     "admission holds requests back for the pages the running ones will grow into (64 + 64 tokens: 32 of "
     "the 64 in flight fit a rank at their full length) instead of preempting (`preempted` stays 0). "
     "Served steps run as many tokens as offline ones: the engine is not starved of requests. The gap is "
-    "CPU: the server spends its engine's offline CPU a token plus the HTTP work (parsing, checking, one "
-    "chunk a step a stream: about a chunk a token, since handlers keep up), and the load generator takes "
-    "its own share of the machine's cores. The ceiling in brackets is what those cores could serve were "
-    "the HTTP path free (cores ÷ (offline + load generator CPU a token), at most offline's rate): on two "
-    "cores short requests cannot reach 0.8× of offline whatever the server does. Below the ceiling, the "
-    "rest is the interpreter the engine thread shares with the event loop: served steps take longer than "
-    "offline ones of the same tokens, the engine waiting for it after each device wait."
+    "CPU, read thread by thread (`/proc`; `threads` is every thread but the main one and XLA's pool: in "
+    "the server, mostly the engine thread, its wait for each step's result included). XLA's pool costs "
+    "about the same a token served and offline; the server's engine thread costs more than the offline "
+    "engine (it also streams each token's text and hands it over), and its event loop, the HTTP path "
+    "(parsing, checking, one chunk a step a stream), comes on top; the load generator takes its own "
+    "share of the cores. The ceiling in brackets "
+    "is what the cores could serve were the HTTP path free (cores ÷ (offline + load generator CPU a "
+    "token), at most offline's rate): on two cores short requests cannot reach 0.8× of offline whatever "
+    "the server does. Below the ceiling the rest is contention: the event loop, the engine thread and "
+    "XLA's pool share the cores, and the two Python threads one interpreter lock."
 )
 
 

@@ -10,10 +10,11 @@ TTFT, TPOT and inter-token latency p50/p90/p99 as the client saw them, and where
 first token's time went (the server's /metrics histograms, before and after the run:
 mean ms in the inbox, waiting for admission, in prefill, and handed over to the
 handler), the tokens a step ran, and the CPU µs an output token cost the server (its
-`process_cpu_seconds_total`) and the load generator. The offline engine runs the same
-requests closed loop at the same concurrency (N in flight, the next added as one
-finishes), in this process, with its own tokens a step and CPU a token: the ratios are
-the HTTP path's cost. Each figure is the median of 3 runs.
+`process_cpu_seconds_total`, and on Linux thread by thread: `thread_cpu`) and the load
+generator. The offline engine runs the same requests closed loop at the same
+concurrency (N in flight, the next added as one finishes), in this process, with its
+own tokens a step and CPU a token: the ratios are the HTTP path's cost. Each figure is
+the median of 3 runs.
 
     pip install -e '.[bench]' && python benchmarks/serve_http.py
 """
@@ -44,6 +45,7 @@ WORKLOADS = ((16, 32), (64, 64))  # (prompt, output) tokens
 CLIENTS = (1, 8, 32, 64)
 RATES = (50.0, 200.0)  # requests a second, open loop
 PARTS = ("inbox_time", "queue_time", "prefill_time", "first_token_handover")
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc's CPU times count these a second
 
 
 def prompts(prompt: int) -> list[list[int]]:
@@ -54,11 +56,12 @@ def prompts(prompt: int) -> list[list[int]]:
 def offline(engine, prompt: int, output: int, clients: int) -> dict:
     """The engine with `clients` requests in flight (closed loop), the median of RUNS runs:
     output tokens/s, and over that run the tokens a step ran and the process's CPU µs an
-    output token."""
+    output token, in all and thread by thread (`main`: the engine's Python)."""
     runs = []
     for _ in range(RUNS):
         work = iter({"prompt_token_ids": p, "max_tokens": output, "ignore_eos": True} for p in prompts(prompt))
         before, start, cpu = engine.metrics, time.perf_counter(), time.process_time()
+        threads = thread_cpu(os.getpid())
         for request in [next(work) for _ in range(clients)]:
             engine.add_request(**request)
         while engine.has_unfinished():
@@ -67,13 +70,43 @@ def offline(engine, prompt: int, output: int, clients: int) -> dict:
                 if request is not None:
                     engine.add_request(**request)
         wall, cpu, after = time.perf_counter() - start, time.process_time() - cpu, engine.metrics
-        runs.append((wall, cpu, (after.real_tokens - before.real_tokens) / (after.steps - before.steps)))
-    wall, cpu, per_step = sorted(runs)[len(runs) // 2]
+        threads = per_token(_minus(thread_cpu(os.getpid()), threads), REQUESTS * output)
+        runs.append((wall, cpu, (after.real_tokens - before.real_tokens) / (after.steps - before.steps), threads))
+    wall, cpu, per_step, threads = sorted(runs, key=lambda run: run[0])[len(runs) // 2]
     return {
         "tokens_per_s": round(REQUESTS * output / wall, 1),
         "tokens_per_step": round(per_step, 1),
         "cpu_us_per_token": round(cpu / (REQUESTS * output) * 1e6, 1),
+        "cpu_us_per_token_by_thread": threads,
     }
+
+
+def thread_cpu(pid: int) -> dict[str, float] | None:
+    """CPU seconds so far of process `pid`'s threads, by kind: `main` (the server's event loop;
+    offline, the engine), `xla` (XLA's compute pool, the threads named tf_XLA…) and `threads`
+    (every other: the server's engine thread, the runtimes' helpers). A thread's CPU includes its
+    waits for each step's result. None where /proc has no threads (not Linux)."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        return None
+    kinds = dict.fromkeys(("main", "threads", "xla"), 0.0)
+    for task in tasks.iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):  # the thread has ended
+            continue
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        kind = "main" if int(task.name) == pid else "xla" if name.startswith("tf_XLA") else "threads"
+        kinds[kind] += (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime (proc(5) fields 14, 15)
+    return kinds
+
+
+def _minus(after: dict | None, before: dict | None) -> dict | None:
+    return None if after is None or before is None else {k: after[k] - before[k] for k in after}
+
+
+def per_token(seconds: dict | None, tokens: int) -> dict | None:
+    return None if seconds is None else {k: round(v / tokens * 1e6, 1) for k, v in seconds.items()}
 
 
 def start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
@@ -107,14 +140,14 @@ def metrics(base: str) -> dict[str, float]:
     return {name: float(next(x.split()[-1] for x in lines if x.startswith(name + " "))) for name in wanted}
 
 
-def drive(base: str, prompt: int, output: int, mode: list[str]) -> dict:
+def drive(server: subprocess.Popen, base: str, prompt: int, output: int, mode: list[str]) -> dict:
     """One load-generator run in its own process; its report, with the server's side of it."""
-    before = metrics(base)
+    before, threads = metrics(base), thread_cpu(server.pid)
     command = [sys.executable, str(HERE / "loadgen.py"), "--base", base, "--model", "llama3-tiny"]
     command += ["--requests", str(REQUESTS), "--prompt-len", str(prompt), "--output-len", str(output), *mode]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     report = json.loads(done.stdout)
-    after = metrics(base)
+    after, threads = metrics(base), _minus(thread_cpu(server.pid), threads)
     delta = {k: after[k] - before[k] for k in after}
     report["ttft_parts_mean_ms"] = {
         p: round(delta[f"shardspec_request_{p}_seconds_sum"] / delta[f"shardspec_request_{p}_seconds_count"] * 1e3, 2)
@@ -125,14 +158,16 @@ def drive(base: str, prompt: int, output: int, mode: list[str]) -> dict:
     report["tokens_per_step"] = round(delta["shardspec_step_tokens_total"] / delta["shardspec_steps_total"], 1)
     tokens = REQUESTS * output
     report["server_cpu_us_per_token"] = round(delta["process_cpu_seconds_total"] / tokens * 1e6, 1)
+    report["server_cpu_us_per_token_by_thread"] = per_token(threads, tokens)
     report["loadgen_cpu_us_per_token"] = round(report["cpu_s"] / tokens * 1e6, 1)
     return report
 
 
-def median_run(base: str, prompt: int, output: int, mode: list[str]) -> dict:
+def median_run(server: subprocess.Popen, base: str, prompt: int, output: int, mode: list[str]) -> dict:
     """Of RUNS load-generator runs, the one with the median output tokens/s (whole, so its
     percentiles and parts belong together): one run of 128 requests moves with the machine's noise."""
-    runs = sorted((drive(base, prompt, output, mode) for _ in range(RUNS)), key=lambda r: r["output_tokens_per_s"])
+    runs = [drive(server, base, prompt, output, mode) for _ in range(RUNS)]
+    runs.sort(key=lambda r: r["output_tokens_per_s"])
     return runs[len(runs) // 2]
 
 
@@ -149,17 +184,17 @@ def main() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         proc, base = start_server(Path(tmp))
         try:
-            drive(base, 16, 8, ["--clients", "8"])  # the server's programs and the client path warm
+            drive(proc, base, 16, 8, ["--clients", "8"])  # the server's programs and the client path warm
             for prompt, output in WORKLOADS:
                 runs = []
                 for n in CLIENTS:
-                    r = median_run(base, prompt, output, ["--clients", str(n)])
+                    r = median_run(proc, base, prompt, output, ["--clients", str(n)])
                     r["offline"] = offline(engine, prompt, output, n)
                     r["http_over_offline"] = round(r["output_tokens_per_s"] / r["offline"]["tokens_per_s"], 2)
                     runs.append(r)
                     print(f"{prompt}+{output}, {n} clients: {r}", file=sys.stderr)
                 for rate in RATES:
-                    runs.append(median_run(base, prompt, output, ["--rate", str(rate)]))
+                    runs.append(median_run(proc, base, prompt, output, ["--rate", str(rate)]))
                 out["workloads"].append({"prompt": prompt, "output": output, "runs": runs})
         finally:
             proc.terminate()
