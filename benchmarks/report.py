@@ -749,9 +749,9 @@ def _serve_http(r: dict) -> list[str]:
         "are the server's /metrics histograms over the run (mean ms: the inbox before the engine thread takes a "
         "request, waiting for admission, the prompt's prefill steps, the hand-over to its handler). Offline: "
         "the engine in the benchmark's process, the same requests at the same concurrency (closed loop). "
-        "Every figure is the median of 3 runs. Tokens a step and CPU µs an output token (all threads of a "
-        "process: the server's from its `process_cpu_seconds_total`, the load generator's over its run) say "
-        "where the time went.",
+        "Every figure is the median of 3 runs. Tokens a step and CPU µs an output token (the server's and "
+        "offline's thread by thread from `/proc`, the load generator's whole over its run) say where the "
+        "time went.",
         "",
     ]
     header = ["load", "tok/s", "÷ offline (ceiling)", "TTFT p50/p99 ms", "TPOT p50 ms", "ITL p50/p99 ms"]
@@ -794,8 +794,8 @@ def _free_http_ceiling(x: dict, off: dict, cpus: int) -> float:
 
 
 def _by_thread(total: float, threads: dict | None) -> str:
-    """A process's CPU a token as its threads' sum (the main thread, the other Python threads, XLA's
-    pool), or its total where the threads were not read."""
+    """A process's CPU a token as its threads' sum (the main thread, the other threads, XLA's pool),
+    or its total where the threads were not read."""
     if threads is None:
         return f"{total:g}"
     return " + ".join(f"{threads[k]:g}" for k in ("main", "threads", "xla"))
@@ -813,11 +813,11 @@ _SERVE_HTTP_READING = (
     "about the same a token served and offline; the server's engine thread costs more than the offline "
     "engine (it also streams each token's text and hands it over), and its event loop, the HTTP path "
     "(parsing, checking, one chunk a step a stream), comes on top; the load generator takes its own "
-    "share of the cores. The ceiling in brackets "
-    "is what the cores could serve were the HTTP path free (cores ÷ (offline + load generator CPU a "
-    "token), at most offline's rate): on two cores short requests cannot reach 0.8× of offline whatever "
-    "the server does. Below the ceiling the rest is contention: the event loop, the engine thread and "
-    "XLA's pool share the cores, and the two Python threads one interpreter lock."
+    "share of the cores. The ceiling in brackets is what the cores could serve were the HTTP path free "
+    "(cores ÷ (offline + load generator CPU a token), at most offline's rate): on two cores short "
+    "requests cannot reach 0.8× of offline whatever the server does. Below the ceiling the rest is "
+    "contention: the event loop, the engine thread and XLA's pool share the cores, and the two Python "
+    "threads one interpreter lock."
 )
 
 
