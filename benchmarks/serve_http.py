@@ -61,7 +61,7 @@ def offline(engine, prompt: int, output: int, clients: int) -> dict:
     for _ in range(RUNS):
         work = iter({"prompt_token_ids": p, "max_tokens": output, "ignore_eos": True} for p in prompts(prompt))
         before, start, cpu = engine.metrics, time.perf_counter(), time.process_time()
-        threads = thread_cpu(os.getpid())
+        threads_before = thread_cpu(os.getpid())
         for request in [next(work) for _ in range(clients)]:
             engine.add_request(**request)
         while engine.has_unfinished():
@@ -70,7 +70,7 @@ def offline(engine, prompt: int, output: int, clients: int) -> dict:
                 if request is not None:
                     engine.add_request(**request)
         wall, cpu, after = time.perf_counter() - start, time.process_time() - cpu, engine.metrics
-        threads = per_token(_minus(thread_cpu(os.getpid()), threads), REQUESTS * output)
+        threads = per_token(threads_before, thread_cpu(os.getpid()), REQUESTS * output)
         runs.append((wall, cpu, (after.real_tokens - before.real_tokens) / (after.steps - before.steps), threads))
     wall, cpu, per_step, threads = sorted(runs, key=lambda run: run[0])[len(runs) // 2]
     return {
@@ -101,12 +101,11 @@ def thread_cpu(pid: int) -> dict[str, float] | None:
     return kinds
 
 
-def _minus(after: dict | None, before: dict | None) -> dict | None:
-    return None if after is None or before is None else {k: after[k] - before[k] for k in after}
-
-
-def per_token(seconds: dict | None, tokens: int) -> dict | None:
-    return None if seconds is None else {k: round(v / tokens * 1e6, 1) for k, v in seconds.items()}
+def per_token(before: dict | None, after: dict | None, tokens: int) -> dict | None:
+    """µs a token of each kind's CPU between two `thread_cpu` readings."""
+    if before is None or after is None:
+        return None
+    return {k: round((after[k] - before[k]) / tokens * 1e6, 1) for k in after}
 
 
 def start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
@@ -142,12 +141,12 @@ def metrics(base: str) -> dict[str, float]:
 
 def drive(server: subprocess.Popen, base: str, prompt: int, output: int, mode: list[str]) -> dict:
     """One load-generator run in its own process; its report, with the server's side of it."""
-    before, threads = metrics(base), thread_cpu(server.pid)
+    before, threads_before = metrics(base), thread_cpu(server.pid)
     command = [sys.executable, str(HERE / "loadgen.py"), "--base", base, "--model", "llama3-tiny"]
     command += ["--requests", str(REQUESTS), "--prompt-len", str(prompt), "--output-len", str(output), *mode]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     report = json.loads(done.stdout)
-    after, threads = metrics(base), _minus(thread_cpu(server.pid), threads)
+    after, threads_after = metrics(base), thread_cpu(server.pid)
     delta = {k: after[k] - before[k] for k in after}
     report["ttft_parts_mean_ms"] = {
         p: round(delta[f"shardspec_request_{p}_seconds_sum"] / delta[f"shardspec_request_{p}_seconds_count"] * 1e3, 2)
@@ -158,7 +157,7 @@ def drive(server: subprocess.Popen, base: str, prompt: int, output: int, mode: l
     report["tokens_per_step"] = round(delta["shardspec_step_tokens_total"] / delta["shardspec_steps_total"], 1)
     tokens = REQUESTS * output
     report["server_cpu_us_per_token"] = round(delta["process_cpu_seconds_total"] / tokens * 1e6, 1)
-    report["server_cpu_us_per_token_by_thread"] = per_token(threads, tokens)
+    report["server_cpu_us_per_token_by_thread"] = per_token(threads_before, threads_after, tokens)
     report["loadgen_cpu_us_per_token"] = round(report["cpu_s"] / tokens * 1e6, 1)
     return report
 
@@ -166,8 +165,9 @@ def drive(server: subprocess.Popen, base: str, prompt: int, output: int, mode: l
 def median_run(server: subprocess.Popen, base: str, prompt: int, output: int, mode: list[str]) -> dict:
     """Of RUNS load-generator runs, the one with the median output tokens/s (whole, so its
     percentiles and parts belong together): one run of 128 requests moves with the machine's noise."""
-    runs = [drive(server, base, prompt, output, mode) for _ in range(RUNS)]
-    runs.sort(key=lambda r: r["output_tokens_per_s"])
+    runs = sorted(
+        (drive(server, base, prompt, output, mode) for _ in range(RUNS)), key=lambda r: r["output_tokens_per_s"]
+    )
     return runs[len(runs) // 2]
 
 
