@@ -65,8 +65,8 @@ def hlo_lines(hlo: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "FLOPs per device (XLA's cost analysis, which counts a loop's body once: the paged attention's "
-        "block, the sparse MoE's tile; ideal = 2 × parameters touched × tokens + attention over one "
-        "block of context, shardspec/flops.py):",
+        "block for one tile of tokens, the sparse MoE's tile; ideal = 2 × parameters touched × tokens "
+        "+ one tile's attention over one block of context, shardspec/flops.py):",
     ]
     for name, step in steps.items():
         ideal = (

@@ -71,15 +71,21 @@ def attention_channels(config: LlamaConfig) -> tuple[int, int]:
 
 
 def step_flops(
-    config: LlamaConfig, tokens: int, sampled_rows: int, context: int, expert_rows: float | None = None
+    config: LlamaConfig,
+    tokens: int,
+    sampled_rows: int,
+    context: int,
+    expert_rows: float | None = None,
+    attending: int | None = None,
 ) -> float:
     """Ideal FLOPs of a step of `tokens` tokens, each attending to `context` positions.
 
     `expert_rows`: token rows each MoE layer runs through an expert's SwiGLU, if
-    not tokens × experts_per_token (the routed work)."""
+    not tokens × experts_per_token (the routed work); `attending`: the tokens whose
+    attention is counted, if not all of them."""
     attention = 2 * config.num_heads * sum(attention_channels(config)) * context * config.num_layers
     lm_head = config.hidden_size * config.vocab_size
     flops = 2.0 * touched_per_token(config, experts=0 if expert_rows is not None else None) * tokens
     if expert_rows is not None:
         flops += 2.0 * expert_rows * 3 * config.hidden_size * config.expert_mlp_size * len(moe_layers(config))
-    return flops + 2.0 * lm_head * sampled_rows + attention * tokens
+    return flops + 2.0 * lm_head * sampled_rows + attention * (tokens if attending is None else attending)

@@ -41,7 +41,7 @@ from .models.config import MoEConfig
 from .models.moe_dispatch import tile_rows
 from .per_shard import local_shape
 from .plan import ShardingPlan, build_plan
-from .runtime.paged_attention import BLOCK_TOKENS
+from .runtime.paged_attention import BLOCK_TOKENS, TILE_TOKENS
 from .runtime.step import padding_batch, shared_step
 
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -145,8 +145,8 @@ def ideal_flops(plan: ShardingPlan, stride: int) -> float:
     """The analytic FLOPs per device of a step of `stride` tokens a rank (`shardspec.flops`).
 
     Loops count as XLA's cost analysis counts them, their body once (their trip
-    counts are the step's data): attention reads one block of context per
-    token, and a sparse MoE layer runs one tile on each device
+    counts are the step's data): attention is one tile of tokens a rank reading
+    one block of context, and a sparse MoE layer runs one tile on each device
     (`benchmarks/moe_flops.py` counts the tiles a routing runs).
     """
     sizes, page = plan.runtime, plan.kv_cache.page_size
@@ -158,6 +158,7 @@ def ideal_flops(plan: ShardingPlan, stride: int) -> float:
         sizes.dp_ranks * sizes.request_stride(stride),
         context,
         expert_rows=_one_tile_rows(plan, tokens),
+        attending=sizes.dp_ranks * min(stride, TILE_TOKENS),
     )
     return total / plan.device_count
 

@@ -9,18 +9,19 @@ import pytest
 
 from shardspec import compile, load
 from shardspec.runtime.engine import Engine
-from shardspec.runtime.paged_attention import BLOCK_TOKENS, attend_rank, attend_rank_reference
+from shardspec.runtime.paged_attention import BLOCK_TOKENS, TILE_TOKENS, attend_rank, attend_rank_reference
 from shardspec.runtime.request import Request, SamplingParams
 
 from conftest import ROOT
 from helpers import SERVING
 
+MIXED = [(150, 1), (40, 1), (70, 9), (0, 5), (BLOCK_TOKENS, 1)]  # (cached, new tokens) per row
 
-def _mixed_batch(rng, page=16, pages=64, M=16, K=2, H=8, D=16, latent_dim=None):
+
+def _mixed_batch(rng, page=16, pages=64, M=16, K=2, H=8, D=16, latent_dim=None, contexts=MIXED, padding=(3, 0)):
     """Rows: long decodes (several blocks), a prefill chunk after a cached prefix, a fresh
-    prompt, and padding tokens; block tables with scattered pages. `latent_dim`: one
-    latent cache array (K = 1) whose first channels are the values."""
-    contexts = [(150, 1), (40, 1), (70, 9), (0, 5), (BLOCK_TOKENS, 1)]  # (cached, new tokens) per row
+    prompt, and padding tokens (how many, at which position); block tables with scattered
+    pages. `latent_dim`: one latent cache array (K = 1) whose first channels are the values."""
     Q = len(contexts) + 1  # a padding row
     tables = np.zeros((Q, M), np.int32)
     free = rng.permutation(pages)
@@ -33,8 +34,8 @@ def _mixed_batch(rng, page=16, pages=64, M=16, K=2, H=8, D=16, latent_dim=None):
             rows.append(r)
             slots.append(tables[r, p // page] * page + p % page)
         seq_lens[r] = cached + new
-    for _ in range(3):  # padding tokens: position 0, row 0, dropped slot
-        positions.append(0)
+    for _ in range(padding[0]):  # padding tokens: row 0, dropped slot
+        positions.append(padding[1])
         rows.append(0)
         slots.append(pages * page)
     S = len(positions)
@@ -49,7 +50,7 @@ def _mixed_batch(rng, page=16, pages=64, M=16, K=2, H=8, D=16, latent_dim=None):
         token_rows=jnp.asarray(rows, jnp.int32),
         block_tables=jnp.asarray(tables),
         seq_lens=jnp.asarray(seq_lens),
-    ), S - 3
+    ), S - padding[0]
 
 
 def _jit(rank_attention, D=16, latent_dim=None):
@@ -64,6 +65,19 @@ def test_blockwise_equals_the_exact_gather_on_a_mixed_batch(page):
     np.testing.assert_allclose(np.asarray(got)[:real], np.asarray(want)[:real], rtol=2e-5, atol=2e-5)
     for a, b in zip(caches_got, caches_want, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_tiles_read_their_own_context_and_a_padding_tile_reads_none():
+    # More tokens than a tile: a long prompt's tiles (causal: later ones read more blocks),
+    # decodes and a chunk after a cached prefix sharing a tile, then a whole tile of
+    # padding (-1, as the packer pads) and a last tile that overlaps the one before it.
+    contexts = [(300, 1), (0, 3 * TILE_TOKENS + 5), (90, 20), (7, 1)]
+    batch, real = _mixed_batch(np.random.default_rng(1), pages=128, M=32, contexts=contexts, padding=(100, -1))
+    assert batch["q"].shape[0] % TILE_TOKENS and batch["q"].shape[0] - real > TILE_TOKENS
+    got, _ = _jit(attend_rank)(**batch)
+    want, _ = _jit(attend_rank_reference)(**batch)
+    np.testing.assert_allclose(np.asarray(got)[:real], np.asarray(want)[:real], rtol=2e-5, atol=2e-5)
+    assert not np.asarray(got)[real:].any()  # padding attends to nothing
 
 
 def test_a_latent_cache_is_one_array_whose_first_channels_are_the_values():

@@ -6,14 +6,17 @@ slots are rank-local, so nothing here crosses ranks: model-wise DP adds no
 collective at all.
 
 `attend_rank` (the runtime's) reads what the step uses, not what the limits
-allow: a blockwise online softmax over the rows' pages, BLOCK_TOKENS positions
-at a time, for as many blocks as the step's longest context needs (the trip
-count is data, so one compile serves every context length). Each block's pages
-are read once per request row and shared by that row's tokens. Temp memory is
-one block, [S, BLOCK_TOKENS, K, D], whatever `max_model_len`; compute grows
-with the longest context in the step. `attend_rank_reference` gathers every
-token's whole block table, [S, max_pages × page_size, K, D]: exact and simple,
-it is the tests' oracle.
+allow: the step's tokens in tiles of TILE_TOKENS, each tile a blockwise online
+softmax over its tokens' rows' pages, BLOCK_TOKENS positions at a time, for as
+many blocks as its own furthest token needs (both trip counts are data, so one
+compile serves every context length). So compute grows with each tile's
+context, not the step's longest times every token: a prompt's first tile reads
+one block while a long decode's tile reads all of its own, a causal prompt's
+tiles read more blocks as they go, and a tile of padding reads none. Temp
+memory is one tile's block, [TILE_TOKENS, BLOCK_TOKENS, K, D], whatever
+`max_model_len`. `attend_rank_reference` gathers every token's whole block
+table, [S, max_pages × page_size, K, D]: exact and simple, it is the tests'
+oracle.
 
 A layer's cache is a K and a V array, or (multi-head latent attention,
 `DecoderGeometry.latent_dim`) one array of latents read as the keys, whose
@@ -31,6 +34,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 BLOCK_TOKENS = 64  # positions one loop iteration attends to (rounded to whole pages)
+TILE_TOKENS = 64  # tokens one loop iteration attends for: each tile reads the blocks its own tokens need
 IMPLEMENTATION = "paged: blockwise online softmax over each row's pages (pure JAX)"
 
 
@@ -74,30 +78,43 @@ def attend_rank(q, new, caches, positions, slot_mapping, token_rows, block_table
     caches = _write(new, caches, slot_mapping)
     k_cache, v_cache = _keys_values(caches, latent_dim)
     pages, page, K, D = k_cache.shape
-    Dv = v_cache.shape[-1]
     S, H, _ = q.shape
-    Q, M = block_tables.shape
     per_block = max(1, BLOCK_TOKENS // page)  # pages an iteration reads
-    L = per_block * page
+    M = block_tables.shape[1]
     tables = jnp.pad(block_tables, ((0, 0), (0, -M % per_block)))  # whole blocks, padding page 0
     qg = q.reshape(S, K, H // K, D).astype(jnp.float32) * scale  # query head h reads KV slot h // G
-    blocks = (jnp.max(seq_lens) + L - 1) // L  # the step's longest context, in blocks
+    T = min(S, TILE_TOKENS)
+
+    def tile(t, out):
+        # The last tile ends at S (a window kept in bounds): the tokens it shares with the
+        # tile before are computed twice, the same both times.
+        at = jnp.minimum(t * T, S - T)
+        pos, rows = (jax.lax.dynamic_slice_in_dim(x, at, T) for x in (positions, token_rows))
+        q_tile = jax.lax.dynamic_slice_in_dim(qg, at, T)
+        attended = _attend_tile(q_tile, pos, rows, tables, k_cache, v_cache, per_block, latent_dim)
+        return jax.lax.dynamic_update_slice_in_dim(out, attended, at, axis=0)
+
+    out = jax.lax.fori_loop(0, -(-S // T), tile, jnp.zeros((S, K, H // K, v_cache.shape[-1])))
+    return out.reshape(S, H, -1).astype(q.dtype), caches
+
+
+def _attend_tile(q, positions, rows, tables, k_cache, v_cache, per_block: int, latent_dim):
+    """A tile's tokens, q [T, K, G, D] at `positions` [T] in request `rows` [T] (of the rank's
+    block `tables` [Q, pages]): an online softmax over the blocks its furthest token's context
+    spans (none for a tile of padding, position -1). Returns [T, K, G, Dv]."""
+    T, K, G, D = q.shape
+    Dv, L = v_cache.shape[-1], per_block * k_cache.shape[1]
 
     def block(j, carry):
-        m, norm, acc = carry  # running max [S, K, G], normaliser [S, K, G], output [S, K, G, Dv]
-        ids = jax.lax.dynamic_slice_in_dim(tables, j * per_block, per_block, axis=1)  # [Q, B]
-        # One read of the block per request row, then shared by the row's tokens.
-        keys = k_cache[ids].reshape(Q, L, K, D)[token_rows].astype(jnp.float32)  # [S, L, K, D]
-        values = (
-            keys[..., :Dv]
-            if latent_dim is not None
-            else v_cache[ids].reshape(Q, L, K, Dv)[token_rows].astype(jnp.float32)
-        )
-        scores = jnp.einsum("skgd,slkd->skgl", qg, keys)
-        visible = (j * L + jnp.arange(L))[None, :] <= positions[:, None]  # causal; [S, L]
+        m, norm, acc = carry  # running max [T, K, G], normaliser [T, K, G], output [T, K, G, Dv]
+        ids = jax.lax.dynamic_slice_in_dim(tables, j * per_block, per_block, axis=1)[rows]  # [T, per_block]
+        keys = k_cache[ids].reshape(T, L, K, D).astype(jnp.float32)
+        values = keys[..., :Dv] if latent_dim is not None else v_cache[ids].reshape(T, L, K, Dv).astype(jnp.float32)
+        scores = jnp.einsum("skgd,slkd->skgl", q, keys)
+        visible = (j * L + jnp.arange(L))[None, :] <= positions[:, None]  # causal; [T, L]
         scores = jnp.where(visible[:, None, None, :], scores, -jnp.inf)
         m_new = jnp.maximum(m, scores.max(axis=-1))
-        shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # rows with nothing visible yet stay at 0
+        shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # tokens with nothing visible yet stay at 0
         p = jnp.exp(scores - shift[..., None])
         rescale = jnp.exp(m - shift)
         return (
@@ -106,11 +123,9 @@ def attend_rank(q, new, caches, positions, slot_mapping, token_rows, block_table
             acc * rescale[..., None] + jnp.einsum("skgl,slkd->skgd", p, values),
         )
 
-    G = H // K
-    init = (jnp.full((S, K, G), -jnp.inf), jnp.zeros((S, K, G)), jnp.zeros((S, K, G, Dv)))
-    _, norm, acc = jax.lax.fori_loop(0, blocks, block, init)
-    out = acc / jnp.maximum(norm, 1e-30)[..., None]  # every real token sees itself: norm > 0
-    return out.reshape(S, H, Dv).astype(q.dtype), caches
+    init = (jnp.full((T, K, G), -jnp.inf), jnp.zeros((T, K, G)), jnp.zeros((T, K, G, Dv)))
+    _, norm, acc = jax.lax.fori_loop(0, (jnp.max(positions) + L) // L, block, init)
+    return acc / jnp.maximum(norm, 1e-30)[..., None]  # a real token sees itself: norm > 0
 
 
 def attend_rank_reference(
