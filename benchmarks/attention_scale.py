@@ -6,7 +6,10 @@
    Tokens/s after warm-up, the best of REPEATS runs that alternate between the
    two lengths (the machine is shared and noisy), and the slowdown from 512
    to 16,384 (goal ≤ 1.2×).
-2. Prefill temp memory: the compiled prefill step's temp bytes per device for
+2. Prefill: a lone prompt of 64 to 480 tokens on llama3-tiny (max_model_len
+   512), ms to its first token with each attention (the best of REPEATS): how
+   a prompt's cost grows with its length.
+3. Prefill temp memory: the compiled prefill step's temp bytes per device for
    llama3-8b and llama3-70b shapes under strategies/tp.yaml, at max_model_len
    2,048 and 8,192 (goal: flat, and below the parameters' bytes per device).
 
@@ -81,6 +84,25 @@ def decode(attention) -> dict:
     return {str(n): {"tokens_per_s": round(generated / best[n], 1)} for n in engines}
 
 
+PROMPTS = (64, 128, 256, 480)
+
+
+def prefill(attention) -> dict:
+    """Ms to a lone prompt's first token, at each length: the best of REPEATS."""
+    e = engine(512, attention)
+    rng = np.random.default_rng(0)
+    best = {}
+    for n in PROMPTS:
+        times = []
+        for _ in range(REPEATS):
+            prompt = Request("p", tuple(rng.integers(0, 512, n).tolist()), max_tokens=1)
+            start = time.perf_counter()
+            e.generate([prompt])
+            times.append(time.perf_counter() - start)
+        best[str(n)] = round(min(times) * 1e3, 2)
+    return best
+
+
 def prefill_temp(model: str, max_model_len: int, attention) -> dict:
     plan = compile(
         load(ROOT / "strategies" / "tp.yaml", overrides={"runtime.max_model_len": str(max_model_len)}), model
@@ -98,7 +120,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args(argv)
-    out: dict = {"benchmark": "attention_scale", "decode": {}, "prefill_temp": {}}
+    out: dict = {"benchmark": "attention_scale", "decode": {}, "prefill_ms": {}, "prefill_temp": {}}
     for name, fn in ATTENTION.items():
         runs = decode(fn)
         short, long = runs["512"], runs["16384"]
@@ -109,6 +131,9 @@ def main(argv=None) -> dict:
             f"({slowdown}x slower)",
             file=sys.stderr,
         )
+    for name, fn in ATTENTION.items():
+        out["prefill_ms"][name] = prefill(fn)
+        print(f"prefill, {name}: ms to the first token {out['prefill_ms'][name]}", file=sys.stderr)
     if not args.skip_memory:
         for model in ("llama3-8b", "llama3-70b"):
             for name, fn in ATTENTION.items():
