@@ -204,6 +204,7 @@ def _routing_time(r: dict) -> list[str]:
                 policy,
                 _seeds(v["modelled_s"]),
                 _seeds(v["mean_latency_s"]),
+                _seeds(v["mean_ttft_s"]) if "mean_ttft_s" in v else "-",
                 _seeds(v["steps"]),
                 _seeds(v["padding_efficiency"]),
                 _seeds(v["replayed_s"]) if "replayed_s" in v else "-",
@@ -214,10 +215,14 @@ def _routing_time(r: dict) -> list[str]:
         return [
             f"{trace}:",
             "",
-            *_table(["policy", "modelled s", "mean latency s", "steps", "padding efficiency", "replayed s"], rows),
+            *_table(
+                ["policy", "modelled s", "mean latency s", "mean TTFT s", "steps", "padding efficiency", "replayed s"],
+                rows,
+            ),
             "",
             f"balanced vs the best baseline: modelled time {_seeds(speed['modelled_s'])}×, "
-            f"mean latency {_seeds(speed['mean_latency_s'])}×",
+            f"mean latency {_seeds(speed['mean_latency_s'])}×"
+            + (f", mean TTFT {_seeds(speed['mean_ttft_s'])}×" if "mean_ttft_s" in speed else ""),
             "",
         ]
 

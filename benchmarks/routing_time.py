@@ -128,7 +128,7 @@ def run_table(costs: dict[int, float], engine: Engine | None, seeds: int) -> dic
             metric: [
                 round(min(runs[b][metric][i] for b in BASELINES) / runs["balanced"][metric][i], 3) for i in range(seeds)
             ]
-            for metric in ("modelled_s", "mean_latency_s")
+            for metric in ("modelled_s", "mean_latency_s", "mean_ttft_s")
         }
         for trace_name, runs in results.items()
     }

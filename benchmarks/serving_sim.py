@@ -5,9 +5,10 @@ every count is exact. Each step advances the clock by what the step-cost table
 says its stride costs (`runtime/step_costs.py`); requests arrive at given
 times, and idle time jumps to the next arrival. Reported: the modelled time to
 serve the whole trace (`modelled_s`), the device's busy part of it, each
-request's modelled latency (arrival to last token), steps and padding. `replay` runs the recorded
-strides as real compiled steps of an engine, for a measured time beside the
-modelled one.
+request's modelled latency (arrival to last token) and time to first token
+(arrival to the step that sampled it), steps and padding. `replay` runs the
+recorded strides as real compiled steps of an engine, for a measured time
+beside the modelled one.
 """
 
 from __future__ import annotations
@@ -50,12 +51,13 @@ def simulate(
     queue = [(at, i, r) for i, (at, r) in enumerate(arrivals)]
     heapq.heapify(queue)
     arrived, latency = {}, []
+    arrived_seq, first_token = {}, {}  # by seq id: arrival, and the clock when its first token came
     clock, strides, real, padded, finished, added, idle = 0.0, [], 0, 0, 0, len(queue), 0
     while queue or sched.has_unfinished():
         while queue and queue[0][0] <= clock:
             at, _, request = heapq.heappop(queue)
             arrived[request.id] = at
-            sched.add_request(request)
+            arrived_seq[sched.add_request(request)] = at
         schedule = sched.schedule(costs_ms if config.timed_steps else None)
         if not len(schedule):
             done = sched.take_finished()
@@ -70,6 +72,8 @@ def simulate(
             real, padded = real + packed.real_tokens, padded + packed.padded_tokens
             rows = np.flatnonzero(schedule.sample)
             tokens = (schedule.seq_ids[rows] * 7919 + schedule.output_index[rows] * 104729) % 1000
+            for seq in schedule.seq_ids[rows][schedule.output_index[rows] == 0].tolist():
+                first_token.setdefault(seq, clock)
             done = sched.update(schedule, tokens)
         finished += len(done)
         latency += [clock - arrived[out.id] for out in done]
@@ -78,12 +82,15 @@ def simulate(
                 heapq.heappush(queue, (clock + delay, added, request))
                 added += 1
     assert finished == added, (finished, added)
+    ttft = [first_token[seq] - at for seq, at in arrived_seq.items() if seq in first_token]
     stats = sched.stats()
     return {
         "modelled_s": round(clock / 1e3, 4),
         "busy_s": round(sum(costs_ms[s] for s in strides) / 1e3, 4),
         "mean_latency_s": round(float(np.mean(latency)) / 1e3, 4),
         "p90_latency_s": round(float(np.percentile(latency, 90)) / 1e3, 4),
+        "mean_ttft_s": round(float(np.mean(ttft)) / 1e3, 4),
+        "p90_ttft_s": round(float(np.percentile(ttft, 90)) / 1e3, 4),
         "steps": len(strides),
         "padding_efficiency": round(real / padded, 4),
         "real_tokens": real,
