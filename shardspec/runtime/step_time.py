@@ -13,12 +13,7 @@ ranks hold now, for every bucket as b:
   as the rank's decodes average);
 
 and picks the b with the least modelled time per real token (ties -> the
-larger b, which finishes sooner) among those that give every rank's prefill
-in hand at least PREFILL_CHUNK tokens of the next step (or the whole budget,
-if it is smaller). A step's padding is
-cheap room for a prompt, a few tokens a step beside the decodes, and on time
-per token alone that wins by a few per cent while the prompt's first token
-waits dozens of steps. A small b pads less but takes more steps,
+larger b, which finishes sooner). A small b pads less but takes more steps,
 and leaves a long prompt's tail to run later with fewer ranks busy beside it;
 a large b keeps a long prompt off the critical path but pads the other ranks
 while it runs. The table decides between them; padding efficiency does not.
@@ -35,7 +30,6 @@ from .slots import Slots
 
 HORIZON_STEPS = 256  # the steps a drain is modelled over
 DEFAULT_DECODE_STEPS = 32  # a joining sequence's decode steps when no decode runs to learn from
-PREFILL_CHUNK = 32  # prompt tokens a rank's next step takes at least (all, if it holds fewer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,10 +87,6 @@ def timed_budget(work: WorkInHand, buckets: Sequence[int], costs_ms: Mapping[int
     64
     >>> timed_budget(hold, b, {x: 0.1 * x for x in b})  # all per token: both ranks kept busy
     16
-    >>> cpu = {8: 0.77, 16: 0.86, 32: 1.30, 64: 2.05}  # one CPU device's measured table
-    >>> staggered = WorkInHand([np.array([60, 50, 40, 30, 20, 10])], np.array([64]), np.array([1]))
-    >>> timed_budget(staggered, b, cpu)  # the prompt in one step, not 2 tokens a step for 32 steps
-    64
     """
     H = HORIZON_STEPS
     alive = work.alive(H)  # [R, H]
@@ -113,14 +103,9 @@ def timed_budget(work: WorkInHand, buckets: Sequence[int], costs_ms: Mapping[int
     tokens = np.minimum(alive + chunk + joined * work.joiners[None, :, None], budgets)
     busiest = tokens.max(axis=1)  # [B, H]
     stride = np.minimum(np.searchsorted(buckets, busiest), len(buckets) - 1)
-    each_ms = np.where(busiest > 0, cost[stride], 0.0)  # [B, H]
-    step_ms = each_ms.sum(axis=1)
+    step_ms = np.where(busiest > 0, cost[stride], 0.0).sum(axis=1)
     real = tokens.sum(axis=(1, 2))
     fits = (budgets[:, 0, 0] >= alive[:, 0].max(initial=0)) & (real > 0)  # every decode of the next step fits
-    # A prompt is not left to the decodes' leftovers: its rank's next step gives it PREFILL_CHUNK
-    # tokens (all it holds if fewer, the whole budget if smaller).
-    floor = np.minimum(np.minimum(work.prefill, PREFILL_CHUNK)[None, :], budgets[:, :, 0])
-    fits &= (room[:, :, 0] >= floor).all(axis=1)
     if not fits.any():
         return int(buckets[-1])
     per_token = np.where(fits, step_ms / np.maximum(real, 1), np.inf)
