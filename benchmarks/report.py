@@ -199,30 +199,29 @@ def _per_table(r: dict, title: str, intro: str, trace_lines, command: str) -> li
 
 def _routing_time(r: dict) -> list[str]:
     def trace_lines(table: dict, trace: str, runs: dict) -> list[str]:
+        speed = table["balanced_speedup_vs_best_baseline"][trace]
+        ttft = "mean_ttft_s" in speed  # results from before the simulator timed first tokens have none
         rows = [
             [
                 policy,
                 _seeds(v["modelled_s"]),
                 _seeds(v["mean_latency_s"]),
-                _seeds(v["mean_ttft_s"]) if "mean_ttft_s" in v else "-",
+                *([_seeds(v["mean_ttft_s"])] if ttft else []),
                 _seeds(v["steps"]),
                 _seeds(v["padding_efficiency"]),
                 _seeds(v["replayed_s"]) if "replayed_s" in v else "-",
             ]
             for policy, v in runs.items()
         ]
-        speed = table["balanced_speedup_vs_best_baseline"][trace]
+        head = ["policy", "modelled s", "mean latency s", *(["mean TTFT s"] if ttft else []), "steps"]
         return [
             f"{trace}:",
             "",
-            *_table(
-                ["policy", "modelled s", "mean latency s", "mean TTFT s", "steps", "padding efficiency", "replayed s"],
-                rows,
-            ),
+            *_table([*head, "padding efficiency", "replayed s"], rows),
             "",
             f"balanced vs the best baseline: modelled time {_seeds(speed['modelled_s'])}×, "
             f"mean latency {_seeds(speed['mean_latency_s'])}×"
-            + (f", mean TTFT {_seeds(speed['mean_ttft_s'])}×" if "mean_ttft_s" in speed else ""),
+            + (f", mean TTFT {_seeds(speed['mean_ttft_s'])}×" if ttft else ""),
             "",
         ]
 
