@@ -67,15 +67,20 @@ def test_blockwise_equals_the_exact_gather_on_a_mixed_batch(page):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_tiles_read_their_own_context_and_a_padding_tile_reads_none():
-    # More tokens than a tile: a long prompt's tiles (causal: later ones read more blocks),
-    # decodes and a chunk after a cached prefix sharing a tile, then a whole tile of
-    # padding (-1, as the packer pads) and a last tile that overlaps the one before it.
+@pytest.mark.parametrize("latent_dim", [None, 16])
+def test_tiles_read_their_own_context_and_a_padding_tile_reads_none(latent_dim):
+    # More tokens than a tile: a long prompt's tiles (causal: later ones read more blocks;
+    # those of its tokens alone read each block once for all of them), decodes and a chunk
+    # after a cached prefix sharing a tile, then a whole tile of padding (-1, as the packer
+    # pads) and a last tile that overlaps the one before it.
     contexts = [(300, 1), (0, 3 * TILE_TOKENS + 5), (90, 20), (7, 1)]
-    batch, real = _mixed_batch(np.random.default_rng(1), pages=128, M=32, contexts=contexts, padding=(100, -1))
+    D, K = (24, 1) if latent_dim else (16, 2)
+    batch, real = _mixed_batch(
+        np.random.default_rng(1), pages=128, M=32, K=K, D=D, latent_dim=latent_dim, contexts=contexts, padding=(100, -1)
+    )
     assert batch["q"].shape[0] % TILE_TOKENS and batch["q"].shape[0] - real > TILE_TOKENS
-    got, _ = _jit(attend_rank)(**batch)
-    want, _ = _jit(attend_rank_reference)(**batch)
+    got, _ = _jit(attend_rank, D, latent_dim)(**batch)
+    want, _ = _jit(attend_rank_reference, D, latent_dim)(**batch)
     np.testing.assert_allclose(np.asarray(got)[:real], np.asarray(want)[:real], rtol=2e-5, atol=2e-5)
     assert not np.asarray(got)[real:].any()  # padding attends to nothing
 

@@ -12,7 +12,9 @@ many blocks as its own furthest token needs (both trip counts are data, so one
 compile serves every context length). So compute grows with each tile's
 context, not the step's longest times every token: a prompt's first tile reads
 one block while a long decode's tile reads all of its own, a causal prompt's
-tiles read more blocks as they go, and a tile of padding reads none. Temp
+tiles read more blocks as they go, and a tile of padding reads none. A tile
+of one row's tokens (a prompt's chunk) reads each block once for all of them,
+one matmul; a tile of several rows (decodes) reads each token's own. Temp
 memory is one tile's block, [TILE_TOKENS, BLOCK_TOKENS, K, D], whatever
 `max_model_len`. `attend_rank_reference` gathers every token's whole block
 table, [S, max_pages × page_size, K, D]: exact and simple, it is the tests'
@@ -101,31 +103,53 @@ def attend_rank(q, new, caches, positions, slot_mapping, token_rows, block_table
 def _attend_tile(q, positions, rows, tables, k_cache, v_cache, per_block: int, latent_dim):
     """A tile's tokens, q [T, K, G, D] at `positions` [T] in request `rows` [T] (of the rank's
     block `tables` [Q, pages]): an online softmax over the blocks its furthest token's context
-    spans (none for a tile of padding, position -1). Returns [T, K, G, Dv]."""
+    spans (none for a tile of padding, position -1). Returns [T, K, G, Dv].
+
+    A tile whose tokens are all one row's (a prompt's chunk) reads each block once for all of
+    them, one matmul; a tile of several rows reads each token's row's block for it."""
     T, K, G, D = q.shape
     Dv, L = v_cache.shape[-1], per_block * k_cache.shape[1]
+    real = positions >= 0
+    row = jnp.max(jnp.where(real, rows, 0))
+    one_row = jnp.all(jnp.where(real, rows == row, True))
+
+    def read(ids, shape):  # a block's keys and values at `ids` [..., per_block]
+        keys = k_cache[ids].reshape(*shape, L, K, D).astype(jnp.float32)
+        values = (
+            keys[..., :Dv] if latent_dim is not None else v_cache[ids].reshape(*shape, L, K, Dv).astype(jnp.float32)
+        )
+        return keys, values
+
+    def shared(j, carry):
+        keys, values = read(jax.lax.dynamic_slice_in_dim(tables[row], j * per_block, per_block), ())
+        return _softmax_step(j, carry, positions, jnp.einsum("skgd,lkd->skgl", q, keys), values, "skgl,lkd->skgd")
+
+    def per_token(j, carry):
+        ids = jax.lax.dynamic_slice_in_dim(tables, j * per_block, per_block, axis=1)[rows]  # [T, per_block]
+        keys, values = read(ids, (T,))
+        return _softmax_step(j, carry, positions, jnp.einsum("skgd,slkd->skgl", q, keys), values, "skgl,slkd->skgd")
 
     def block(j, carry):
-        m, norm, acc = carry  # running max [T, K, G], normaliser [T, K, G], output [T, K, G, Dv]
-        ids = jax.lax.dynamic_slice_in_dim(tables, j * per_block, per_block, axis=1)[rows]  # [T, per_block]
-        keys = k_cache[ids].reshape(T, L, K, D).astype(jnp.float32)
-        values = keys[..., :Dv] if latent_dim is not None else v_cache[ids].reshape(T, L, K, Dv).astype(jnp.float32)
-        scores = jnp.einsum("skgd,slkd->skgl", q, keys)
-        visible = (j * L + jnp.arange(L))[None, :] <= positions[:, None]  # causal; [T, L]
-        scores = jnp.where(visible[:, None, None, :], scores, -jnp.inf)
-        m_new = jnp.maximum(m, scores.max(axis=-1))
-        shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # tokens with nothing visible yet stay at 0
-        p = jnp.exp(scores - shift[..., None])
-        rescale = jnp.exp(m - shift)
-        return (
-            m_new,
-            norm * rescale + p.sum(axis=-1),
-            acc * rescale[..., None] + jnp.einsum("skgl,slkd->skgd", p, values),
-        )
+        return jax.lax.cond(one_row, shared, per_token, j, carry)
 
     init = (jnp.full((T, K, G), -jnp.inf), jnp.zeros((T, K, G)), jnp.zeros((T, K, G, Dv)))
     _, norm, acc = jax.lax.fori_loop(0, (jnp.max(positions) + L) // L, block, init)
     return acc / jnp.maximum(norm, 1e-30)[..., None]  # a real token sees itself: norm > 0
+
+
+def _softmax_step(j, carry, positions, scores, values, pv: str):
+    """Block j of an online softmax: `scores` [T, K, G, L] of the block's positions, `values`
+    read as the einsum `pv` reads them. Returns the carry: running max [T, K, G], normaliser
+    [T, K, G], output [T, K, G, Dv]."""
+    m, norm, acc = carry
+    L = scores.shape[-1]
+    visible = (j * L + jnp.arange(L))[None, :] <= positions[:, None]  # causal; [T, L]
+    scores = jnp.where(visible[:, None, None, :], scores, -jnp.inf)
+    m_new = jnp.maximum(m, scores.max(axis=-1))
+    shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # tokens with nothing visible yet stay at 0
+    p = jnp.exp(scores - shift[..., None])
+    rescale = jnp.exp(m - shift)
+    return m_new, norm * rescale + p.sum(axis=-1), acc * rescale[..., None] + jnp.einsum(pv, p, values)
 
 
 def attend_rank_reference(
