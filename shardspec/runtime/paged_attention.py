@@ -129,11 +129,13 @@ def _attend_tile(q, positions, rows, tables, k_cache, v_cache, per_block: int, l
         keys, values = read(ids, (T,))
         return _softmax_step(j, carry, positions, jnp.einsum("skgd,slkd->skgl", q, keys), values, "skgl,slkd->skgd")
 
-    def block(j, carry):
-        return jax.lax.cond(one_row, shared, per_token, j, carry)
-
     init = (jnp.full((T, K, G), -jnp.inf), jnp.zeros((T, K, G)), jnp.zeros((T, K, G, Dv)))
-    _, norm, acc = jax.lax.fori_loop(0, (jnp.max(positions) + L) // L, block, init)
+    blocks = (jnp.max(positions) + L) // L
+
+    def over_blocks(read_block):  # the tile's loop, each block read the one way
+        return lambda: jax.lax.fori_loop(0, blocks, read_block, init)
+
+    _, norm, acc = jax.lax.cond(one_row, over_blocks(shared), over_blocks(per_token))
     return acc / jnp.maximum(norm, 1e-30)[..., None]  # a real token sees itself: norm > 0
 
 
