@@ -830,8 +830,9 @@ _SERVE_HTTP_READING = (
     "engine (it also streams each token's text and hands it over), and its event loop, the HTTP path "
     "(parsing, checking, one chunk a step a stream), comes on top; the load generator takes its own "
     "share of the cores. The ceiling in brackets is what the cores could serve were the HTTP path free "
-    "(cores ÷ (offline + load generator CPU a token), at most offline's rate): on two cores short "
-    "requests cannot reach 0.8× of offline whatever the server does. Below the ceiling the rest is "
+    "(cores ÷ (offline + load generator CPU a token), at most offline's rate): on two cores it sits near "
+    "0.8× of offline for short requests, so reaching 0.8× would take an HTTP path that costs next to "
+    "nothing. Below the ceiling the rest is "
     "contention: the event loop, the engine thread and XLA's pool share the cores, and the two Python "
     "threads one interpreter lock."
 )
